@@ -1,0 +1,104 @@
+// Package sqlstore implements storage.Storage on SQLite (embedded default) and PostgreSQL.
+// Both engines run the same SQL: $N placeholders and types both understand.
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // PostgreSQL driver "pgx"
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
+	_ "modernc.org/sqlite" // pure-Go SQLite driver "sqlite"
+
+	"github.com/ozo-platform/ozo-identity/migrations"
+)
+
+// Engine names the database engine behind a DB.
+type Engine string
+
+const (
+	SQLite   Engine = "sqlite"
+	Postgres Engine = "postgres"
+)
+
+// DB is an open, migrated database.
+type DB struct {
+	*sql.DB
+	Engine Engine
+}
+
+// Open connects to PostgreSQL when url is a postgres:// URL, and otherwise opens (creating it if
+// needed) the SQLite file in dataDir. It does not migrate; call Migrate.
+func Open(ctx context.Context, databaseURL, dataDir string) (*DB, error) {
+	if strings.HasPrefix(databaseURL, "postgres://") || strings.HasPrefix(databaseURL, "postgresql://") {
+		db, err := sql.Open("pgx", databaseURL)
+		if err != nil {
+			return nil, fmt.Errorf("open postgres: %w", err)
+		}
+		db.SetMaxOpenConns(20)
+		if err := db.PingContext(ctx); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("connect to postgres: %w", err)
+		}
+		return &DB{DB: db, Engine: Postgres}, nil
+	}
+	path := databaseURL
+	if path == "" || path == "sqlite" {
+		if err := os.MkdirAll(dataDir, 0o700); err != nil {
+			return nil, fmt.Errorf("create data directory: %w", err)
+		}
+		path = filepath.Join(dataDir, "ozo-identity.db")
+	}
+	path = strings.TrimPrefix(path, "sqlite://")
+	// WAL lets readers run beside the writer; immediate transactions take the write lock up
+	// front so two writers wait for each other instead of failing with SQLITE_BUSY.
+	q := url.Values{}
+	q.Add("_pragma", "busy_timeout(10000)")
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "synchronous(NORMAL)")
+	q.Add("_pragma", "foreign_keys(ON)")
+	q.Set("_txlock", "immediate")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	return &DB{DB: db, Engine: SQLite}, nil
+}
+
+// Migrate applies every embedded migration not yet applied. On PostgreSQL an advisory lock
+// keeps replicas that start together from migrating twice.
+func (db *DB) Migrate(ctx context.Context, log *slog.Logger) error {
+	dialect := goose.DialectSQLite3
+	var opts []goose.ProviderOption
+	if db.Engine == Postgres {
+		dialect = goose.DialectPostgres
+		locker, err := lock.NewPostgresSessionLocker()
+		if err != nil {
+			return fmt.Errorf("migration lock: %w", err)
+		}
+		opts = append(opts, goose.WithSessionLocker(locker))
+	}
+	p, err := goose.NewProvider(dialect, db.DB, migrations.FS, opts...)
+	if err != nil {
+		return fmt.Errorf("load migrations: %w", err)
+	}
+	results, err := p.Up(ctx)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	for _, r := range results {
+		log.Info("applied migration", "file", r.Source.Path, "duration", r.Duration)
+	}
+	return nil
+}

@@ -1,0 +1,733 @@
+package sqlstore
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/ozo-platform/ozo-identity/storage"
+)
+
+// Store implements storage.Storage.
+type Store struct {
+	db *DB
+}
+
+var _ storage.Storage = (*Store)(nil)
+
+// New returns a Store on a migrated database.
+func New(db *DB) *Store { return &Store{db: db} }
+
+// DB exposes the database for packages that keep their own tables in it (the mCSD index).
+func (s *Store) DB() *DB { return s.db }
+
+func (s *Store) Close() error { return s.db.Close() }
+
+func ms(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+func fromMS(v int64) time.Time {
+	if v == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(v).UTC()
+}
+
+// isUniqueViolation recognises a primary-key or unique conflict on both engines.
+func isUniqueViolation(err error) bool {
+	if err == nil {
+		return false
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "UNIQUE constraint failed") || // SQLite
+		strings.Contains(msg, "SQLSTATE 23505") // PostgreSQL unique_violation
+}
+
+// tx runs fn in a transaction, committing when fn returns nil.
+func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) GetSetting(ctx context.Context, name string) (string, error) {
+	var v string
+	err := s.db.QueryRowContext(ctx, `SELECT value FROM settings WHERE name = $1`, name).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", storage.ErrNotFound
+	}
+	if err != nil {
+		return "", fmt.Errorf("get setting %s: %w", name, err)
+	}
+	return v, nil
+}
+
+func (s *Store) SetSettingIfAbsent(ctx context.Context, name, value string) (string, error) {
+	if _, err := s.db.ExecContext(ctx,
+		`INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING`, name, value); err != nil {
+		return "", fmt.Errorf("set setting %s: %w", name, err)
+	}
+	return s.GetSetting(ctx, name)
+}
+
+func (s *Store) SetSetting(ctx context.Context, name, value string) error {
+	_, err := s.db.ExecContext(ctx,
+		`INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value`,
+		name, value)
+	if err != nil {
+		return fmt.Errorf("set setting %s: %w", name, err)
+	}
+	return nil
+}
+
+func (s *Store) CreateAccount(ctx context.Context, a storage.Account) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO accounts (token_hash, user_id, created_at) VALUES ($1, $2, $3)`,
+		a.TokenHash, a.UserID, ms(a.CreatedAt))
+	if isUniqueViolation(err) {
+		return storage.ErrAlreadyExists
+	}
+	if err != nil {
+		return fmt.Errorf("create account: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) GetAccount(ctx context.Context, tokenHash string) (storage.Account, error) {
+	a := storage.Account{TokenHash: tokenHash}
+	var created int64
+	err := s.db.QueryRowContext(ctx, `SELECT user_id, created_at FROM accounts WHERE token_hash = $1`, tokenHash).
+		Scan(&a.UserID, &created)
+	if errors.Is(err, sql.ErrNoRows) {
+		return a, storage.ErrNotFound
+	}
+	if err != nil {
+		return a, fmt.Errorf("get account: %w", err)
+	}
+	a.CreatedAt = fromMS(created)
+	return a, nil
+}
+
+func (s *Store) DeleteAccount(ctx context.Context, tokenHash string) error {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM accounts WHERE token_hash = $1`, tokenHash)
+	if err != nil {
+		return fmt.Errorf("delete account: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return storage.ErrNotFound
+	}
+	return nil
+}
+
+func (s *Store) AcceptTerms(ctx context.Context, userID string, urls []string) error {
+	now := ms(time.Now())
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		for _, u := range urls {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO accepted_terms (user_id, url, accepted_at) VALUES ($1, $2, $3)
+				ON CONFLICT (user_id, url) DO NOTHING`, userID, u, now); err != nil {
+				return fmt.Errorf("accept terms: %w", err)
+			}
+		}
+		return nil
+	})
+}
+
+func (s *Store) AcceptedTerms(ctx context.Context, userID string) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT url FROM accepted_terms WHERE user_id = $1 ORDER BY url`, userID)
+	if err != nil {
+		return nil, fmt.Errorf("accepted terms: %w", err)
+	}
+	defer rows.Close()
+	var urls []string
+	for rows.Next() {
+		var u string
+		if err := rows.Scan(&u); err != nil {
+			return nil, fmt.Errorf("accepted terms: %w", err)
+		}
+		urls = append(urls, u)
+	}
+	return urls, rows.Err()
+}
+
+const sessionColumns = `sid, client_secret, medium, address, send_attempt, next_link, created_at, validated_at, failed_attempts`
+
+func scanSession(row interface{ Scan(...any) error }) (storage.Session, error) {
+	var s storage.Session
+	var created, validated int64
+	err := row.Scan(&s.SID, &s.ClientSecret, &s.ThreePID.Medium, &s.ThreePID.Address, &s.SendAttempt,
+		&s.NextLink, &created, &validated, &s.FailedAttempts)
+	if errors.Is(err, sql.ErrNoRows) {
+		return s, storage.ErrNotFound
+	}
+	if err != nil {
+		return s, fmt.Errorf("scan session: %w", err)
+	}
+	s.CreatedAt, s.ValidatedAt = fromMS(created), fromMS(validated)
+	return s, nil
+}
+
+func (s *Store) CreateSession(ctx context.Context, sess storage.Session, tokenHash string, tokenExpires time.Time) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO validation_sessions (`+sessionColumns+`)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+			sess.SID, sess.ClientSecret, sess.ThreePID.Medium, sess.ThreePID.Address, sess.SendAttempt,
+			sess.NextLink, ms(sess.CreatedAt), ms(sess.ValidatedAt), sess.FailedAttempts)
+		if isUniqueViolation(err) {
+			return storage.ErrAlreadyExists
+		}
+		if err != nil {
+			return fmt.Errorf("create session: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO session_tokens (sid, token_hash, expires_at) VALUES ($1, $2, $3)`,
+			sess.SID, tokenHash, ms(tokenExpires)); err != nil {
+			return fmt.Errorf("create session token: %w", err)
+		}
+		return nil
+	})
+}
+
+func (s *Store) GetSession(ctx context.Context, sid string) (storage.Session, error) {
+	return scanSession(s.db.QueryRowContext(ctx, `SELECT `+sessionColumns+` FROM validation_sessions WHERE sid = $1`, sid))
+}
+
+func (s *Store) FindSession(ctx context.Context, clientSecret string, tp storage.ThreePID) (storage.Session, error) {
+	return scanSession(s.db.QueryRowContext(ctx, `SELECT `+sessionColumns+` FROM validation_sessions
+		WHERE client_secret = $1 AND medium = $2 AND address = $3`, clientSecret, tp.Medium, tp.Address))
+}
+
+func (s *Store) AddSessionToken(ctx context.Context, sid string, sendAttempt int64, tokenHash string, expires time.Time) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE validation_sessions SET send_attempt = $1 WHERE sid = $2`, sendAttempt, sid)
+		if err != nil {
+			return fmt.Errorf("update session: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return storage.ErrNotFound
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO session_tokens (sid, token_hash, expires_at) VALUES ($1, $2, $3)`,
+			sid, tokenHash, ms(expires)); err != nil {
+			return fmt.Errorf("add session token: %w", err)
+		}
+		return nil
+	})
+}
+
+func (s *Store) CheckSessionToken(ctx context.Context, sid, tokenHash string, now time.Time) (bool, storage.Session, error) {
+	var ok bool
+	var sess storage.Session
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		sess, err = scanSession(tx.QueryRowContext(ctx, `SELECT `+sessionColumns+` FROM validation_sessions WHERE sid = $1`, sid))
+		if err != nil {
+			return err
+		}
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM session_tokens WHERE sid = $1 AND token_hash = $2 AND expires_at > $3`,
+			sid, tokenHash, ms(now)).Scan(&n); err != nil {
+			return fmt.Errorf("check token: %w", err)
+		}
+		ok = n > 0
+		if ok {
+			if sess.ValidatedAt.IsZero() {
+				sess.ValidatedAt = now.UTC().Truncate(time.Millisecond)
+			}
+			_, err = tx.ExecContext(ctx, `UPDATE validation_sessions SET validated_at = $1 WHERE sid = $2`, ms(sess.ValidatedAt), sid)
+		} else {
+			sess.FailedAttempts++
+			_, err = tx.ExecContext(ctx, `UPDATE validation_sessions SET failed_attempts = failed_attempts + 1 WHERE sid = $1`, sid)
+		}
+		if err != nil {
+			return fmt.Errorf("update session: %w", err)
+		}
+		return nil
+	})
+	return ok, sess, err
+}
+
+func (s *Store) DeleteExpiredSessions(ctx context.Context, createdBefore time.Time) (int64, error) {
+	var n int64
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM session_tokens WHERE sid IN
+			(SELECT sid FROM validation_sessions WHERE created_at < $1)`, ms(createdBefore)); err != nil {
+			return fmt.Errorf("delete expired tokens: %w", err)
+		}
+		res, err := tx.ExecContext(ctx, `DELETE FROM validation_sessions WHERE created_at < $1`, ms(createdBefore))
+		if err != nil {
+			return fmt.Errorf("delete expired sessions: %w", err)
+		}
+		n, _ = res.RowsAffected()
+		return nil
+	})
+	return n, err
+}
+
+func (s *Store) Bind(ctx context.Context, req storage.BindRequest) error {
+	b := req.Binding
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO bindings (medium, address, mxid, created_at, not_before, not_after, source)
+			VALUES ($1, $2, $3, $4, $5, $6, $7)
+			ON CONFLICT (medium, address) DO UPDATE SET mxid = excluded.mxid, created_at = excluded.created_at,
+				not_before = excluded.not_before, not_after = excluded.not_after, source = excluded.source`,
+			b.Medium, b.Address, b.MXID, ms(b.CreatedAt), ms(b.NotBefore), ms(b.NotAfter), b.Source); err != nil {
+			return fmt.Errorf("store binding: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM binding_hashes WHERE medium = $1 AND address = $2`, b.Medium, b.Address); err != nil {
+			return fmt.Errorf("replace lookup hashes: %w", err)
+		}
+		for _, h := range req.Hashes {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO binding_hashes (hash, medium, address) VALUES ($1, $2, $3)
+				ON CONFLICT (hash) DO UPDATE SET medium = excluded.medium, address = excluded.address`, h, b.Medium, b.Address); err != nil {
+				return fmt.Errorf("store lookup hash: %w", err)
+			}
+		}
+		if req.Deliver == nil {
+			return nil
+		}
+		invites, err := pendingInvites(ctx, tx, b.ThreePID, b.CreatedAt)
+		if err != nil {
+			return err
+		}
+		if len(invites) == 0 {
+			return nil
+		}
+		deliveries, err := req.Deliver(invites)
+		if err != nil {
+			return fmt.Errorf("build onbind: %w", err)
+		}
+		for _, inv := range invites {
+			if _, err := tx.ExecContext(ctx, `UPDATE invites SET delivered_at = $1 WHERE token = $2`, ms(b.CreatedAt), inv.Token); err != nil {
+				return fmt.Errorf("mark invite delivered: %w", err)
+			}
+		}
+		for _, d := range deliveries {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO onbind_queue (id, server_name, body, attempts, next_attempt_at, expires_at, created_at, last_error)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+				d.ID, d.ServerName, string(d.Body), d.Attempts, ms(d.NextAttemptAt), ms(d.ExpiresAt), ms(d.CreatedAt), d.LastError); err != nil {
+				return fmt.Errorf("queue onbind: %w", err)
+			}
+		}
+		return nil
+	})
+}
+
+const bindingColumns = `medium, address, mxid, created_at, not_before, not_after, source`
+
+func scanBinding(row interface{ Scan(...any) error }) (storage.Binding, error) {
+	var b storage.Binding
+	var created, nb, na int64
+	err := row.Scan(&b.Medium, &b.Address, &b.MXID, &created, &nb, &na, &b.Source)
+	if errors.Is(err, sql.ErrNoRows) {
+		return b, storage.ErrNotFound
+	}
+	if err != nil {
+		return b, fmt.Errorf("scan binding: %w", err)
+	}
+	b.CreatedAt, b.NotBefore, b.NotAfter = fromMS(created), fromMS(nb), fromMS(na)
+	return b, nil
+}
+
+func (s *Store) GetBinding(ctx context.Context, tp storage.ThreePID) (storage.Binding, error) {
+	return scanBinding(s.db.QueryRowContext(ctx, `SELECT `+bindingColumns+` FROM bindings WHERE medium = $1 AND address = $2`,
+		tp.Medium, tp.Address))
+}
+
+func (s *Store) DeleteBinding(ctx context.Context, tp storage.ThreePID, mxid string) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		q := `DELETE FROM bindings WHERE medium = $1 AND address = $2`
+		args := []any{tp.Medium, tp.Address}
+		if mxid != "" {
+			q += ` AND mxid = $3`
+			args = append(args, mxid)
+		}
+		res, err := tx.ExecContext(ctx, q, args...)
+		if err != nil {
+			return fmt.Errorf("delete binding: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return storage.ErrNotFound
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM binding_hashes WHERE medium = $1 AND address = $2`, tp.Medium, tp.Address); err != nil {
+			return fmt.Errorf("delete lookup hashes: %w", err)
+		}
+		return nil
+	})
+}
+
+func (s *Store) ListBindings(ctx context.Context, medium, after string, limit int) ([]storage.Binding, error) {
+	q := `SELECT ` + bindingColumns + ` FROM bindings WHERE address > $1`
+	args := []any{after}
+	if medium != "" {
+		q += ` AND medium = $2`
+		args = append(args, medium)
+	}
+	q += fmt.Sprintf(` ORDER BY address, medium LIMIT %d`, limit)
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list bindings: %w", err)
+	}
+	defer rows.Close()
+	var out []storage.Binding
+	for rows.Next() {
+		b, err := scanBinding(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, rows.Err()
+}
+
+// inChunk bounds the number of parameters per statement; SQLite allows 32766.
+const inChunk = 500
+
+func placeholders(start, n int) string {
+	var b strings.Builder
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "$%d", start+i)
+	}
+	return b.String()
+}
+
+func (s *Store) LookupHashes(ctx context.Context, hashes []string) (map[string]string, error) {
+	out := make(map[string]string)
+	for len(hashes) > 0 {
+		chunk := hashes[:min(len(hashes), inChunk)]
+		hashes = hashes[len(chunk):]
+		args := make([]any, len(chunk))
+		for i, h := range chunk {
+			args[i] = h
+		}
+		rows, err := s.db.QueryContext(ctx, `SELECT h.hash, b.mxid FROM binding_hashes h
+			JOIN bindings b ON b.medium = h.medium AND b.address = h.address
+			WHERE h.hash IN (`+placeholders(1, len(chunk))+`)`, args...)
+		if err != nil {
+			return nil, fmt.Errorf("lookup hashes: %w", err)
+		}
+		for rows.Next() {
+			var h, mxid string
+			if err := rows.Scan(&h, &mxid); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("lookup hashes: %w", err)
+			}
+			out[h] = mxid
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("lookup hashes: %w", err)
+		}
+	}
+	return out, nil
+}
+
+func (s *Store) LookupThreePIDs(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error) {
+	out := make(map[storage.ThreePID]string)
+	for len(tps) > 0 {
+		chunk := tps[:min(len(tps), inChunk/2)]
+		tps = tps[len(chunk):]
+		var cond strings.Builder
+		args := make([]any, 0, 2*len(chunk))
+		for i, tp := range chunk {
+			if i > 0 {
+				cond.WriteString(" OR ")
+			}
+			fmt.Fprintf(&cond, "(medium = $%d AND address = $%d)", 2*i+1, 2*i+2)
+			args = append(args, tp.Medium, tp.Address)
+		}
+		rows, err := s.db.QueryContext(ctx, `SELECT medium, address, mxid FROM bindings WHERE `+cond.String(), args...)
+		if err != nil {
+			return nil, fmt.Errorf("lookup 3pids: %w", err)
+		}
+		for rows.Next() {
+			var tp storage.ThreePID
+			var mxid string
+			if err := rows.Scan(&tp.Medium, &tp.Address, &mxid); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("lookup 3pids: %w", err)
+			}
+			out[tp] = mxid
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("lookup 3pids: %w", err)
+		}
+	}
+	return out, nil
+}
+
+func (s *Store) RehashBindings(ctx context.Context, hashFn func(storage.ThreePID) []string) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM binding_hashes`); err != nil {
+			return fmt.Errorf("clear lookup hashes: %w", err)
+		}
+		rows, err := tx.QueryContext(ctx, `SELECT medium, address FROM bindings`)
+		if err != nil {
+			return fmt.Errorf("read bindings: %w", err)
+		}
+		var tps []storage.ThreePID
+		for rows.Next() {
+			var tp storage.ThreePID
+			if err := rows.Scan(&tp.Medium, &tp.Address); err != nil {
+				rows.Close()
+				return fmt.Errorf("read bindings: %w", err)
+			}
+			tps = append(tps, tp)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("read bindings: %w", err)
+		}
+		stmt, err := tx.PrepareContext(ctx, `INSERT INTO binding_hashes (hash, medium, address) VALUES ($1, $2, $3)`)
+		if err != nil {
+			return fmt.Errorf("prepare rehash: %w", err)
+		}
+		defer stmt.Close()
+		for _, tp := range tps {
+			for _, h := range hashFn(tp) {
+				if _, err := stmt.ExecContext(ctx, h, tp.Medium, tp.Address); err != nil {
+					return fmt.Errorf("store lookup hash: %w", err)
+				}
+			}
+		}
+		return nil
+	})
+}
+
+func (s *Store) CreateInvite(ctx context.Context, inv storage.Invite) error {
+	extra, err := json.Marshal(inv.Extra)
+	if err != nil {
+		return fmt.Errorf("encode invite: %w", err)
+	}
+	_, err = s.db.ExecContext(ctx, `INSERT INTO invites (token, medium, address, room_id, sender, extra, created_at, expires_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, inv.Token, inv.ThreePID.Medium, inv.ThreePID.Address, inv.RoomID,
+		inv.Sender, string(extra), ms(inv.CreatedAt), ms(inv.ExpiresAt))
+	if isUniqueViolation(err) {
+		return storage.ErrAlreadyExists
+	}
+	if err != nil {
+		return fmt.Errorf("create invite: %w", err)
+	}
+	return nil
+}
+
+const inviteColumns = `token, medium, address, room_id, sender, extra, created_at, expires_at`
+
+func scanInvite(row interface{ Scan(...any) error }) (storage.Invite, error) {
+	var inv storage.Invite
+	var extra string
+	var created, expires int64
+	err := row.Scan(&inv.Token, &inv.ThreePID.Medium, &inv.ThreePID.Address, &inv.RoomID, &inv.Sender, &extra, &created, &expires)
+	if errors.Is(err, sql.ErrNoRows) {
+		return inv, storage.ErrNotFound
+	}
+	if err != nil {
+		return inv, fmt.Errorf("scan invite: %w", err)
+	}
+	if err := json.Unmarshal([]byte(extra), &inv.Extra); err != nil {
+		return inv, fmt.Errorf("decode invite: %w", err)
+	}
+	inv.CreatedAt, inv.ExpiresAt = fromMS(created), fromMS(expires)
+	return inv, nil
+}
+
+func (s *Store) GetInvite(ctx context.Context, token string) (storage.Invite, error) {
+	return scanInvite(s.db.QueryRowContext(ctx, `SELECT `+inviteColumns+` FROM invites WHERE token = $1`, token))
+}
+
+func (s *Store) PendingInvites(ctx context.Context, tp storage.ThreePID) ([]storage.Invite, error) {
+	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: s.db.Engine == Postgres})
+	if err != nil {
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback()
+	return pendingInvites(ctx, tx, tp, time.Now())
+}
+
+func pendingInvites(ctx context.Context, tx *sql.Tx, tp storage.ThreePID, now time.Time) ([]storage.Invite, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT `+inviteColumns+` FROM invites
+		WHERE medium = $1 AND address = $2 AND delivered_at = 0 AND expires_at > $3 ORDER BY created_at, token`,
+		tp.Medium, tp.Address, ms(now))
+	if err != nil {
+		return nil, fmt.Errorf("pending invites: %w", err)
+	}
+	defer rows.Close()
+	var out []storage.Invite
+	for rows.Next() {
+		inv, err := scanInvite(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, inv)
+	}
+	return out, rows.Err()
+}
+
+func (s *Store) AddEphemeralKey(ctx context.Context, publicKey string, created time.Time) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO ephemeral_keys (public_key, created_at) VALUES ($1, $2)`, publicKey, ms(created))
+	if err != nil {
+		return fmt.Errorf("store ephemeral key: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) EphemeralKeyExists(ctx context.Context, publicKey string) (bool, error) {
+	var n int
+	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM ephemeral_keys WHERE public_key = $1`, publicKey).Scan(&n); err != nil {
+		return false, fmt.Errorf("ephemeral key: %w", err)
+	}
+	return n > 0, nil
+}
+
+const deliveryColumns = `id, server_name, body, attempts, next_attempt_at, expires_at, created_at, last_error`
+
+func scanDelivery(row interface{ Scan(...any) error }) (storage.OnBindDelivery, error) {
+	var d storage.OnBindDelivery
+	var body string
+	var next, expires, created int64
+	if err := row.Scan(&d.ID, &d.ServerName, &body, &d.Attempts, &next, &expires, &created, &d.LastError); err != nil {
+		return d, fmt.Errorf("scan delivery: %w", err)
+	}
+	d.Body = []byte(body)
+	d.NextAttemptAt, d.ExpiresAt, d.CreatedAt = fromMS(next), fromMS(expires), fromMS(created)
+	return d, nil
+}
+
+func (s *Store) queryDeliveries(ctx context.Context, q string, args ...any) ([]storage.OnBindDelivery, error) {
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("deliveries: %w", err)
+	}
+	defer rows.Close()
+	var out []storage.OnBindDelivery
+	for rows.Next() {
+		d, err := scanDelivery(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+func (s *Store) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]storage.OnBindDelivery, error) {
+	return s.queryDeliveries(ctx, `SELECT `+deliveryColumns+` FROM onbind_queue WHERE next_attempt_at <= $1
+		ORDER BY next_attempt_at, id LIMIT `+fmt.Sprint(limit), ms(now))
+}
+
+func (s *Store) ListDeliveries(ctx context.Context) ([]storage.OnBindDelivery, error) {
+	return s.queryDeliveries(ctx, `SELECT `+deliveryColumns+` FROM onbind_queue ORDER BY created_at, id`)
+}
+
+func (s *Store) ClaimDelivery(ctx context.Context, id string, due, until time.Time) (bool, error) {
+	res, err := s.db.ExecContext(ctx, `UPDATE onbind_queue SET next_attempt_at = $1 WHERE id = $2 AND next_attempt_at = $3`,
+		ms(until), id, ms(due))
+	if err != nil {
+		return false, fmt.Errorf("claim delivery: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	return n == 1, nil
+}
+
+func (s *Store) DeliveryDone(ctx context.Context, id string) error {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM onbind_queue WHERE id = $1`, id); err != nil {
+		return fmt.Errorf("delivery done: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) DeliveryFailed(ctx context.Context, id string, next time.Time, lastError string) error {
+	if _, err := s.db.ExecContext(ctx, `UPDATE onbind_queue SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2 WHERE id = $3`,
+		ms(next), lastError, id); err != nil {
+		return fmt.Errorf("delivery failed: %w", err)
+	}
+	return nil
+}
+
+// auditHash chains a record to its predecessor so that editing or removing a row breaks the chain.
+func auditHash(rec storage.AuditRecord) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%d\x00%d\x00%s\x00%s\x00%s\x00%s\x00%s", rec.Seq, ms(rec.At), rec.Actor, rec.Action, rec.Target, rec.Detail, rec.PrevHash)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// VerifyAuditChain reports the first record whose hash does not follow from its predecessor.
+func VerifyAuditChain(records []storage.AuditRecord, prevHash string) error {
+	for _, r := range records {
+		if r.PrevHash != prevHash || auditHash(r) != r.Hash {
+			return fmt.Errorf("audit record %d does not match the chain", r.Seq)
+		}
+		prevHash = r.Hash
+	}
+	return nil
+}
+
+func (s *Store) AppendAudit(ctx context.Context, rec storage.AuditRecord) (storage.AuditRecord, error) {
+	if rec.At.IsZero() {
+		rec.At = time.Now()
+	}
+	rec.At = rec.At.UTC().Truncate(time.Millisecond)
+	// Replicas race for the next sequence number; the primary key lets one win and the other retry.
+	for attempt := 0; attempt < 20; attempt++ {
+		err := s.tx(ctx, func(tx *sql.Tx) error {
+			var seq sql.NullInt64
+			var prev sql.NullString
+			err := tx.QueryRowContext(ctx, `SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1`).Scan(&seq, &prev)
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return fmt.Errorf("read audit tail: %w", err)
+			}
+			rec.Seq = seq.Int64 + 1
+			rec.PrevHash = prev.String
+			rec.Hash = auditHash(rec)
+			_, err = tx.ExecContext(ctx, `INSERT INTO audit_log (seq, at, actor, action, target, detail, prev_hash, hash)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, rec.Seq, ms(rec.At), rec.Actor, rec.Action, rec.Target, rec.Detail, rec.PrevHash, rec.Hash)
+			return err
+		})
+		if err == nil {
+			return rec, nil
+		}
+		if !isUniqueViolation(err) {
+			return rec, fmt.Errorf("append audit: %w", err)
+		}
+	}
+	return rec, errors.New("append audit: too much contention")
+}
+
+func (s *Store) ListAudit(ctx context.Context, afterSeq int64, limit int) ([]storage.AuditRecord, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT seq, at, actor, action, target, detail, prev_hash, hash FROM audit_log
+		WHERE seq > $1 ORDER BY seq LIMIT `+fmt.Sprint(limit), afterSeq)
+	if err != nil {
+		return nil, fmt.Errorf("list audit: %w", err)
+	}
+	defer rows.Close()
+	var out []storage.AuditRecord
+	for rows.Next() {
+		var r storage.AuditRecord
+		var at int64
+		if err := rows.Scan(&r.Seq, &at, &r.Actor, &r.Action, &r.Target, &r.Detail, &r.PrevHash, &r.Hash); err != nil {
+			return nil, fmt.Errorf("list audit: %w", err)
+		}
+		r.At = fromMS(at)
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}

@@ -1,0 +1,156 @@
+// Package storage defines what ozo-identity keeps durably, independent of the database engine.
+// Implementations live in sub-packages and all pass the suite in storage/storagetest.
+package storage
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Errors shared by every implementation so callers can map them to Matrix error codes.
+var (
+	ErrNotFound      = errors.New("storage: not found")
+	ErrAlreadyExists = errors.New("storage: already exists")
+)
+
+// ThreePID is a third-party identifier in canonical form (see identity.Normalize).
+type ThreePID struct {
+	Medium  string
+	Address string
+}
+
+// Binding associates a 3PID with a Matrix user ID.
+type Binding struct {
+	ThreePID
+	MXID      string
+	CreatedAt time.Time
+	NotBefore time.Time
+	NotAfter  time.Time
+	// Source says who created it: "bind" (3PID validation), "admin", "sso".
+	Source string
+}
+
+// Session is a 3PID validation session (requestToken / submitToken).
+type Session struct {
+	SID            string
+	ClientSecret   string
+	ThreePID       ThreePID
+	SendAttempt    int64
+	NextLink       string
+	CreatedAt      time.Time
+	ValidatedAt    time.Time // zero until validated
+	FailedAttempts int
+}
+
+// Invite is a pending room invite for a 3PID that has no binding yet (store-invite).
+type Invite struct {
+	Token     string
+	ThreePID  ThreePID
+	RoomID    string
+	Sender    string
+	CreatedAt time.Time
+	ExpiresAt time.Time
+	// Extra carries the remaining store-invite fields verbatim (room name, sender display name, ...).
+	Extra map[string]string
+}
+
+// OnBindDelivery is a queued /3pid/onbind call to a homeserver.
+type OnBindDelivery struct {
+	ID            string
+	ServerName    string
+	Body          []byte
+	Attempts      int
+	NextAttemptAt time.Time
+	ExpiresAt     time.Time
+	CreatedAt     time.Time
+	LastError     string
+}
+
+// Account is an identity-server access token issued by account/register.
+type Account struct {
+	TokenHash string
+	UserID    string
+	CreatedAt time.Time
+}
+
+// AuditRecord is one entry of the append-only audit log.
+type AuditRecord struct {
+	Seq      int64
+	At       time.Time
+	Actor    string
+	Action   string
+	Target   string
+	Detail   string
+	PrevHash string
+	Hash     string
+}
+
+// BindRequest is everything Bind needs to make the binding and queue the pending invites in one step.
+type BindRequest struct {
+	Binding Binding
+	// Hashes are the lookup hashes of the binding's 3PID (one per medium alias) for the current pepper.
+	Hashes []string
+	// Deliver builds the onbind deliveries for the invites found for the 3PID; called inside the transaction.
+	Deliver func(invites []Invite) ([]OnBindDelivery, error)
+}
+
+// Storage is the durable state of the identity server.
+type Storage interface {
+	// Settings hold generated, persisted values such as the lookup pepper and the signing key.
+	GetSetting(ctx context.Context, name string) (string, error)
+	// SetSettingIfAbsent stores value unless name is set, and returns what is stored, so that
+	// concurrent replicas starting together agree on one value.
+	SetSettingIfAbsent(ctx context.Context, name, value string) (string, error)
+	SetSetting(ctx context.Context, name, value string) error
+
+	CreateAccount(ctx context.Context, a Account) error
+	GetAccount(ctx context.Context, tokenHash string) (Account, error)
+	DeleteAccount(ctx context.Context, tokenHash string) error
+	AcceptTerms(ctx context.Context, userID string, urls []string) error
+	AcceptedTerms(ctx context.Context, userID string) ([]string, error)
+
+	CreateSession(ctx context.Context, s Session, tokenHash string, tokenExpires time.Time) error
+	GetSession(ctx context.Context, sid string) (Session, error)
+	FindSession(ctx context.Context, clientSecret string, tp ThreePID) (Session, error)
+	// AddSessionToken records another valid token for a session and the send attempt it answered.
+	AddSessionToken(ctx context.Context, sid string, sendAttempt int64, tokenHash string, expires time.Time) error
+	// CheckSessionToken marks the session validated when tokenHash is one of its unexpired tokens,
+	// and otherwise counts a failed attempt; it reports whether the token matched.
+	CheckSessionToken(ctx context.Context, sid, tokenHash string, now time.Time) (bool, Session, error)
+	DeleteExpiredSessions(ctx context.Context, createdBefore time.Time) (int64, error)
+
+	// Bind stores the binding, replaces its lookup hashes, marks pending invites for the 3PID
+	// delivered and queues their onbind deliveries, all or nothing.
+	Bind(ctx context.Context, req BindRequest) error
+	GetBinding(ctx context.Context, tp ThreePID) (Binding, error)
+	// DeleteBinding removes the binding of tp if it is bound to mxid (any mxid when empty).
+	DeleteBinding(ctx context.Context, tp ThreePID, mxid string) error
+	ListBindings(ctx context.Context, medium, after string, limit int) ([]Binding, error)
+	// LookupHashes maps lookup hashes to MXIDs; unknown hashes are absent from the result.
+	LookupHashes(ctx context.Context, hashes []string) (map[string]string, error)
+	LookupThreePIDs(ctx context.Context, tps []ThreePID) (map[ThreePID]string, error)
+	// RehashBindings recomputes every binding's lookup hashes with hashFn, for a new pepper.
+	RehashBindings(ctx context.Context, hashFn func(ThreePID) []string) error
+
+	CreateInvite(ctx context.Context, inv Invite) error
+	GetInvite(ctx context.Context, token string) (Invite, error)
+	PendingInvites(ctx context.Context, tp ThreePID) ([]Invite, error)
+	AddEphemeralKey(ctx context.Context, publicKey string, created time.Time) error
+	EphemeralKeyExists(ctx context.Context, publicKey string) (bool, error)
+
+	// DueDeliveries returns up to limit queued onbinds whose next attempt is due, oldest first.
+	DueDeliveries(ctx context.Context, now time.Time, limit int) ([]OnBindDelivery, error)
+	// ClaimDelivery postpones a due delivery to until so that one replica works on it; it reports
+	// whether this caller won it.
+	ClaimDelivery(ctx context.Context, id string, due, until time.Time) (bool, error)
+	DeliveryDone(ctx context.Context, id string) error
+	DeliveryFailed(ctx context.Context, id string, next time.Time, lastError string) error
+	ListDeliveries(ctx context.Context) ([]OnBindDelivery, error)
+
+	// AppendAudit adds a record, chaining its hash to the previous one; Seq, PrevHash and Hash are set.
+	AppendAudit(ctx context.Context, rec AuditRecord) (AuditRecord, error)
+	ListAudit(ctx context.Context, afterSeq int64, limit int) ([]AuditRecord, error)
+
+	Close() error
+}
