@@ -1,0 +1,312 @@
+package email
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	netsmtp "net/smtp"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func newMailer(t *testing.T, cfg Config) *Mailer {
+	t.Helper()
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 5 * time.Second
+	}
+	m, err := New(cfg, nil)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return m
+}
+
+func TestSendModes(t *testing.T) {
+	serverTLS, clientTLS := testCA(t)
+	for _, tc := range []struct {
+		mode, user string
+		wantTLS    bool
+	}{
+		{mode: "none"},
+		{mode: "none", user: "mailer"}, // AUTH without TLS: allowed to loopback only
+		{mode: "starttls", wantTLS: true},
+		{mode: "starttls", user: "mailer", wantTLS: true},
+		{mode: "tls", wantTLS: true},
+		{mode: "tls", user: "mailer", wantTLS: true},
+	} {
+		t.Run(fmt.Sprintf("%s/auth=%v", tc.mode, tc.user != ""), func(t *testing.T) {
+			sink := startSink(t, &mailSink{mode: tc.mode, user: tc.user, pass: "s3cret"}, serverTLS)
+			m := newMailer(t, Config{
+				Host: "127.0.0.1", Port: sink.port, Security: tc.mode,
+				Username: tc.user, Password: map[bool]string{true: "s3cret"}[tc.user != ""],
+				From: "OZO Identiteit <noreply@id.example.nl>", HeloName: "id.example.nl",
+				TLSConfig: clientTLS,
+			})
+			to := "bob@example.org"
+			if err := m.Send(context.Background(), KindValidation, to, validationVars()); err != nil {
+				t.Fatalf("Send: %v", err)
+			}
+			msgs := sink.messages()
+			if len(msgs) != 1 {
+				t.Fatalf("server got %d messages, want 1", len(msgs))
+			}
+			got := msgs[0]
+			if got.from != "noreply@id.example.nl" || len(got.rcpt) != 1 || got.rcpt[0] != to {
+				t.Errorf("envelope from %q rcpt %q", got.from, got.rcpt)
+			}
+			if got.tls != tc.wantTLS {
+				t.Errorf("TLS = %v, want %v", got.tls, tc.wantTLS)
+			}
+			if got.user != tc.user {
+				t.Errorf("authenticated user %q, want %q", got.user, tc.user)
+			}
+			p := parseMessage(t, got.data)
+			for _, part := range []string{p.text, p.html} {
+				if !strings.Contains(part, "T0k3nValue") {
+					t.Errorf("token missing from part:\n%s", part)
+				}
+			}
+			if !strings.Contains(p.text, validationVars()["link"]) {
+				t.Errorf("link missing from text part:\n%s", p.text)
+			}
+			// In HTML the & of the link is written &amp;.
+			if !strings.Contains(p.html, strings.ReplaceAll(validationVars()["link"], "&", "&amp;")) {
+				t.Errorf("link missing from html part:\n%s", p.html)
+			}
+			if p.header.Get("To") != to || !strings.Contains(p.header.Get("From"), "<noreply@id.example.nl>") {
+				t.Errorf("To %q From %q", p.header.Get("To"), p.header.Get("From"))
+			}
+			if _, err := p.header.Date(); err != nil {
+				t.Errorf("Date: %v", err)
+			}
+			if id := p.header.Get("Message-Id"); !strings.HasPrefix(id, "<") || !strings.HasSuffix(id, "@id.example.nl>") {
+				t.Errorf("Message-ID %q", id)
+			}
+			if p.header.Get("Mime-Version") != "1.0" {
+				t.Errorf("MIME-Version %q", p.header.Get("Mime-Version"))
+			}
+			if p.subject != "Confirm your email address / Bevestig uw e-mailadres" {
+				t.Errorf("subject %q", p.subject)
+			}
+		})
+	}
+}
+
+func TestStartTLSRequiredButNotOffered(t *testing.T) {
+	// A server without STARTTLS (or an attacker stripping it): no fallback.
+	sink := startSink(t, &mailSink{mode: "none"}, nil)
+	m := newMailer(t, Config{Host: "127.0.0.1", Port: sink.port, Security: "starttls"})
+	err := m.Send(context.Background(), KindValidation, "bob@example.org", validationVars())
+	if err == nil || !strings.Contains(err.Error(), "STARTTLS") {
+		t.Fatalf("err = %v, want a STARTTLS error", err)
+	}
+	if n := len(sink.messages()); n != 0 {
+		t.Fatalf("server got %d messages over plain text", n)
+	}
+}
+
+func TestUntrustedCertificate(t *testing.T) {
+	serverTLS, _ := testCA(t)
+	_, otherCA := testCA(t)
+	for _, mode := range []string{"starttls", "tls"} {
+		t.Run(mode, func(t *testing.T) {
+			sink := startSink(t, &mailSink{mode: mode}, serverTLS)
+			m := newMailer(t, Config{Host: "127.0.0.1", Port: sink.port, Security: mode, TLSConfig: otherCA})
+			err := m.Send(context.Background(), KindValidation, "bob@example.org", validationVars())
+			if err == nil || !strings.Contains(err.Error(), "certificate") {
+				t.Fatalf("err = %v, want a certificate error", err)
+			}
+			if n := len(sink.messages()); n != 0 {
+				t.Fatalf("server got %d messages", n)
+			}
+		})
+	}
+}
+
+func TestAuthFailures(t *testing.T) {
+	serverTLS, clientTLS := testCA(t)
+	t.Run("wrong password", func(t *testing.T) {
+		sink := startSink(t, &mailSink{mode: "tls", user: "mailer", pass: "right"}, serverTLS)
+		m := newMailer(t, Config{Host: "127.0.0.1", Port: sink.port, Security: "tls",
+			Username: "mailer", Password: "wrong", TLSConfig: clientTLS})
+		err := m.Send(context.Background(), KindValidation, "bob@example.org", validationVars())
+		if err == nil || !strings.Contains(err.Error(), "AUTH") {
+			t.Fatalf("err = %v, want an AUTH error", err)
+		}
+		if n := len(sink.messages()); n != 0 {
+			t.Fatalf("server got %d messages", n)
+		}
+	})
+	t.Run("server without AUTH", func(t *testing.T) {
+		sink := startSink(t, &mailSink{mode: "tls"}, serverTLS)
+		m := newMailer(t, Config{Host: "127.0.0.1", Port: sink.port, Security: "tls",
+			Username: "mailer", Password: "x", TLSConfig: clientTLS})
+		err := m.Send(context.Background(), KindValidation, "bob@example.org", validationVars())
+		if err == nil || !strings.Contains(err.Error(), "AUTH") {
+			t.Fatalf("err = %v, want an AUTH error", err)
+		}
+	})
+	t.Run("plain text to a remote host", func(t *testing.T) {
+		_, err := New(Config{Host: "mail.example.org", Security: "none", Username: "u", Password: "p"}, nil)
+		if err == nil || !strings.Contains(err.Error(), "TLS") {
+			t.Fatalf("New err = %v, want refusal of AUTH without TLS", err)
+		}
+	})
+	t.Run("plainAuth refuses unencrypted remote", func(t *testing.T) {
+		a := &plainAuth{username: "u", password: "p", host: "mail.example.org"}
+		if _, _, err := a.Start(&netsmtp.ServerInfo{Name: "mail.example.org"}); err == nil {
+			t.Fatal("PLAIN started without TLS to a remote host")
+		}
+	})
+}
+
+func TestRecipientRejected(t *testing.T) {
+	sink := startSink(t, &mailSink{mode: "none", rejectRcpt: true}, nil)
+	m := newMailer(t, Config{Host: "127.0.0.1", Port: sink.port})
+	err := m.Send(context.Background(), KindValidation, "nobody@example.org", validationVars())
+	if err == nil || !strings.Contains(err.Error(), "RCPT TO") || !strings.Contains(err.Error(), "550") {
+		t.Fatalf("err = %v, want RCPT TO 550", err)
+	}
+}
+
+func TestConnectionRefused(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	m := newMailer(t, Config{Host: "127.0.0.1", Port: port, Timeout: 2 * time.Second})
+	start := time.Now()
+	err = m.Send(context.Background(), KindValidation, "bob@example.org", validationVars())
+	if err == nil || !strings.Contains(err.Error(), "connect") || !strings.Contains(err.Error(), fmt.Sprint(port)) {
+		t.Fatalf("err = %v, want a connect error naming the port", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("refused connection took %v", d)
+	}
+}
+
+// stallingServer accepts connections and never says a word.
+func stallingServer(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		<-done
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func TestTimeouts(t *testing.T) {
+	_, clientTLS := testCA(t)
+	for _, tc := range []struct {
+		name     string
+		security string
+		timeout  time.Duration // Config.Timeout
+		ctx      time.Duration // caller's deadline
+	}{
+		{"config timeout, greeting never comes", "none", 300 * time.Millisecond, time.Minute},
+		{"ctx deadline, greeting never comes", "none", time.Minute, 300 * time.Millisecond},
+		{"config timeout, TLS handshake never comes", "tls", 300 * time.Millisecond, time.Minute},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			port := stallingServer(t)
+			m := newMailer(t, Config{Host: "127.0.0.1", Port: port, Security: tc.security,
+				Timeout: tc.timeout, TLSConfig: clientTLS})
+			ctx, cancel := context.WithTimeout(context.Background(), tc.ctx)
+			defer cancel()
+			start := time.Now()
+			err := m.Send(ctx, KindValidation, "bob@example.org", validationVars())
+			elapsed := time.Since(start)
+			if err == nil {
+				t.Fatal("Send to a silent server succeeded")
+			}
+			if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Errorf("err = %v, want a deadline error", err)
+			}
+			if !strings.Contains(err.Error(), "127.0.0.1") {
+				t.Errorf("err = %v, want the server address in it", err)
+			}
+			if elapsed > 3*time.Second {
+				t.Fatalf("Send took %v, want about 300ms", elapsed)
+			}
+		})
+	}
+}
+
+func TestCancelledContext(t *testing.T) {
+	port := stallingServer(t)
+	m := newMailer(t, Config{Host: "127.0.0.1", Port: port, Timeout: time.Minute})
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(200*time.Millisecond, cancel)
+	start := time.Now()
+	err := m.Send(ctx, KindValidation, "bob@example.org", validationVars())
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("cancel took %v to take effect", d)
+	}
+}
+
+func TestConcurrentSends(t *testing.T) {
+	sink := startSink(t, &mailSink{mode: "none"}, nil)
+	m := newMailer(t, Config{Host: "127.0.0.1", Port: sink.port, PublicBaseURL: "https://id.example.nl"})
+	const n = 8
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			vars := inviteVars()
+			vars["token"] = fmt.Sprintf("tok%d", i)
+			errs <- m.Send(context.Background(), KindInvite, fmt.Sprintf("user%d@example.org", i), vars)
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	msgs := sink.messages()
+	if len(msgs) != n {
+		t.Fatalf("got %d messages, want %d", len(msgs), n)
+	}
+	ids := map[string]bool{}
+	for _, msg := range msgs {
+		p := parseMessage(t, msg.data)
+		if want := strings.TrimSuffix(strings.TrimPrefix(msg.rcpt[0], "user"), "@example.org"); !strings.Contains(p.text, "tok"+want) {
+			t.Errorf("message to %s lacks its own token", msg.rcpt[0])
+		}
+		ids[p.header.Get("Message-Id")] = true
+	}
+	if len(ids) != n {
+		t.Errorf("%d distinct Message-IDs for %d messages", len(ids), n)
+	}
+}
