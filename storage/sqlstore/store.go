@@ -2,9 +2,7 @@ package sqlstore
 
 import (
 	"context"
-	"crypto/sha256"
 	"database/sql"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -663,24 +661,6 @@ func (s *Store) DeliveryFailed(ctx context.Context, id string, next time.Time, l
 	return nil
 }
 
-// auditHash chains a record to its predecessor so that editing or removing a row breaks the chain.
-func auditHash(rec storage.AuditRecord) string {
-	h := sha256.New()
-	fmt.Fprintf(h, "%d\x00%d\x00%s\x00%s\x00%s\x00%s\x00%s", rec.Seq, ms(rec.At), rec.Actor, rec.Action, rec.Target, rec.Detail, rec.PrevHash)
-	return hex.EncodeToString(h.Sum(nil))
-}
-
-// VerifyAuditChain reports the first record whose hash does not follow from its predecessor.
-func VerifyAuditChain(records []storage.AuditRecord, prevHash string) error {
-	for _, r := range records {
-		if r.PrevHash != prevHash || auditHash(r) != r.Hash {
-			return fmt.Errorf("audit record %d does not match the chain", r.Seq)
-		}
-		prevHash = r.Hash
-	}
-	return nil
-}
-
 func (s *Store) AppendAudit(ctx context.Context, rec storage.AuditRecord) (storage.AuditRecord, error) {
 	if rec.At.IsZero() {
 		rec.At = time.Now()
@@ -697,7 +677,7 @@ func (s *Store) AppendAudit(ctx context.Context, rec storage.AuditRecord) (stora
 			}
 			rec.Seq = seq.Int64 + 1
 			rec.PrevHash = prev.String
-			rec.Hash = auditHash(rec)
+			rec.Hash = storage.AuditHash(rec)
 			_, err = tx.ExecContext(ctx, `INSERT INTO audit_log (seq, at, actor, action, target, detail, prev_hash, hash)
 				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, rec.Seq, ms(rec.At), rec.Actor, rec.Action, rec.Target, rec.Detail, rec.PrevHash, rec.Hash)
 			return err

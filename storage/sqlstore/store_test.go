@@ -31,14 +31,14 @@ func TestAuditChainDetectsTampering(t *testing.T) {
 				}
 			}
 			recs, _ := s.ListAudit(ctx, 0, 10)
-			if err := sqlstore.VerifyAuditChain(recs, ""); err != nil {
+			if err := storage.VerifyAuditChain(recs, ""); err != nil {
 				t.Fatalf("intact chain: %v", err)
 			}
 			if _, err := db.ExecContext(ctx, `UPDATE audit_log SET target = 'z' WHERE seq = 2`); err != nil {
 				t.Fatal(err)
 			}
 			recs, _ = s.ListAudit(ctx, 0, 10)
-			if err := sqlstore.VerifyAuditChain(recs, ""); err == nil {
+			if err := storage.VerifyAuditChain(recs, ""); err == nil {
 				t.Fatal("edited record not detected")
 			}
 		})

@@ -1,0 +1,174 @@
+package api
+
+import (
+	"context"
+	"crypto/subtle"
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/ozo-platform/ozo-identity/identity"
+	"github.com/ozo-platform/ozo-identity/storage"
+)
+
+// routesAdmin is the operators' API. Every call, allowed or not, lands in the audit log.
+func (s *Server) routesAdmin(r chi.Router) {
+	r.Use(s.adminAuth)
+	r.Post("/bindings", s.adminCreateBinding)
+	r.Get("/bindings", s.adminListBindings)
+	r.Delete("/bindings/{medium}/{address}", s.adminDeleteBinding)
+	r.Get("/audit", s.adminAudit)
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+	target string
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.status = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+const recorderKey ctxKey = 1
+
+func (s *Server) adminAuth(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.cfg.AdminToken == "" {
+			matrixError(w, http.StatusNotFound, "M_UNRECOGNIZED", "the admin API is not enabled (admin.token)")
+			return
+		}
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		actor := "admin"
+		token := bearerToken(r)
+		defer func() {
+			_, err := s.svc.Store().AppendAudit(r.Context(), storage.AuditRecord{
+				Actor: actor, Action: r.Method + " " + r.URL.Path, Target: rec.target,
+				Detail: fmt.Sprintf("status=%d client=%s", rec.status, s.clientAddr(r))})
+			if err != nil {
+				s.log.Error("audit record not written", "err", err)
+			}
+		}()
+		switch {
+		case token == "":
+			actor = "anonymous"
+			matrixError(rec, http.StatusUnauthorized, identity.CodeUnauthorized, "the admin API needs a bearer token")
+			return
+		case subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.AdminToken)) != 1:
+			actor = "wrong-token"
+			matrixError(rec, http.StatusForbidden, identity.CodeForbidden, "wrong admin token")
+			return
+		}
+		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), recorderKey, rec)))
+	})
+}
+
+func setAuditTarget(r *http.Request, target string) {
+	if rec, ok := r.Context().Value(recorderKey).(*statusRecorder); ok {
+		rec.target = target
+	}
+}
+
+type bindingJSON struct {
+	Medium    string `json:"medium"`
+	Address   string `json:"address"`
+	MXID      string `json:"mxid"`
+	CreatedAt int64  `json:"created_at"`
+	Source    string `json:"source"`
+}
+
+func (s *Server) adminCreateBinding(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Medium  string `json:"medium"`
+		Address string `json:"address"`
+		MXID    string `json:"mxid"`
+	}
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	setAuditTarget(r, req.Medium+":"+req.Address+" -> "+req.MXID)
+	if err := required(map[string]string{"medium": req.Medium, "address": req.Address, "mxid": req.MXID}, "medium", "address", "mxid"); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	assoc, err := s.svc.AdminBind(r.Context(), req.Medium, req.Address, req.MXID, "admin")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, assoc)
+}
+
+func (s *Server) adminListBindings(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	limit := 100
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			s.writeError(w, r, badRequest(identity.CodeInvalidParam, "limit must be 1-1000"))
+			return
+		}
+		limit = n
+	}
+	medium := q.Get("medium")
+	if medium != "" {
+		if medium = identity.CanonicalMedium(medium); medium == "" {
+			s.writeError(w, r, badRequest(identity.CodeInvalidParam, "unsupported medium"))
+			return
+		}
+	}
+	list, err := s.svc.Store().ListBindings(r.Context(), medium, q.Get("after"), limit)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out := make([]bindingJSON, 0, len(list))
+	for _, b := range list {
+		out = append(out, bindingJSON{Medium: b.Medium, Address: b.Address, MXID: b.MXID, CreatedAt: b.CreatedAt.UnixMilli(), Source: b.Source})
+	}
+	resp := map[string]any{"bindings": out}
+	if len(list) == limit {
+		resp["next_after"] = list[len(list)-1].Address
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Server) adminDeleteBinding(w http.ResponseWriter, r *http.Request) {
+	medium, address := chi.URLParam(r, "medium"), chi.URLParam(r, "address")
+	setAuditTarget(r, medium+":"+address)
+	if err := s.svc.AdminUnbind(r.Context(), medium, address); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{})
+}
+
+func (s *Server) adminAudit(w http.ResponseWriter, r *http.Request) {
+	after, _ := strconv.ParseInt(r.URL.Query().Get("after"), 10, 64)
+	recs, err := s.svc.Store().ListAudit(r.Context(), after, 1000)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	prev := ""
+	if after > 0 {
+		if p, err := s.svc.Store().ListAudit(r.Context(), after-1, 1); err == nil && len(p) == 1 {
+			prev = p[0].Hash
+		}
+	}
+	chainErr := storage.VerifyAuditChain(recs, prev)
+	out := make([]map[string]any, 0, len(recs))
+	for _, rec := range recs {
+		out = append(out, map[string]any{"seq": rec.Seq, "at": rec.At.UnixMilli(), "actor": rec.Actor, "action": rec.Action,
+			"target": rec.Target, "detail": rec.Detail, "hash": rec.Hash})
+	}
+	resp := map[string]any{"records": out, "chain_intact": chainErr == nil}
+	if chainErr != nil {
+		resp["chain_error"] = chainErr.Error()
+	}
+	writeJSON(w, http.StatusOK, resp)
+}

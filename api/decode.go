@@ -1,0 +1,119 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+)
+
+// readBody reads a body within the configured bound.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		return nil, &requestError{status: http.StatusRequestEntityTooLarge, code: "M_TOO_LARGE",
+			msg: fmt.Sprintf("request body is larger than %d bytes", s.cfg.MaxBodyBytes)}
+	}
+	if err != nil {
+		return nil, badRequest("M_UNKNOWN", "could not read the request body")
+	}
+	return body, nil
+}
+
+// decodeJSON decodes a JSON object body into v: M_NOT_JSON for broken JSON, M_BAD_JSON for wrong types.
+func (s *Server) decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	body, err := s.readBody(w, r)
+	if err != nil {
+		return err
+	}
+	return decodeJSONBytes(body, v)
+}
+
+func decodeJSONBytes(body []byte, v any) error {
+	if len(strings.TrimSpace(string(body))) == 0 || !json.Valid(body) {
+		return badRequest("M_NOT_JSON", "the request body is not valid JSON")
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			field := te.Field
+			if field == "" {
+				return badRequest("M_BAD_JSON", "the request body must be a JSON object")
+			}
+			return badRequest("M_BAD_JSON", fmt.Sprintf("%s must be of type %s", field, jsonType(te.Type.String())))
+		}
+		return badRequest("M_BAD_JSON", "the request body does not have the expected shape")
+	}
+	return nil
+}
+
+func jsonType(goType string) string {
+	switch {
+	case strings.HasPrefix(goType, "int"), strings.HasPrefix(goType, "float"):
+		return "number"
+	case goType == "string":
+		return "string"
+	case strings.HasPrefix(goType, "[]"):
+		return "array"
+	case goType == "bool":
+		return "boolean"
+	default:
+		return "object"
+	}
+}
+
+// decodeForm reads a v1 body: JSON or form-encoded, as old homeservers send either.
+func (s *Server) decodeForm(w http.ResponseWriter, r *http.Request) (map[string]string, error) {
+	body, err := s.readBody(w, r)
+	if err != nil {
+		return nil, err
+	}
+	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	out := map[string]string{}
+	if ct == "application/x-www-form-urlencoded" {
+		vals, err := url.ParseQuery(string(body))
+		if err != nil {
+			return nil, badRequest("M_BAD_JSON", "the form body is malformed")
+		}
+		for k, v := range vals {
+			out[k] = v[0]
+		}
+		return out, nil
+	}
+	var raw map[string]any
+	if err := decodeJSONBytes(body, &raw); err != nil {
+		return nil, err
+	}
+	for k, v := range raw {
+		switch v := v.(type) {
+		case string:
+			out[k] = v
+		case float64:
+			out[k] = strconv.FormatFloat(v, 'f', -1, 64)
+		case nil:
+		default:
+			return nil, badRequest("M_BAD_JSON", k+" must be a string")
+		}
+	}
+	return out, nil
+}
+
+// required reports the first missing parameter as M_MISSING_PARAMS.
+func required(fields map[string]string, names ...string) error {
+	var missing []string
+	for _, n := range names {
+		if fields[n] == "" {
+			missing = append(missing, n)
+		}
+	}
+	if len(missing) > 0 {
+		return badRequest("M_MISSING_PARAMS", "missing parameters: "+strings.Join(missing, ", "))
+	}
+	return nil
+}

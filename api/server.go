@@ -1,0 +1,205 @@
+// Package api serves ozo-identity over HTTP: the Matrix Identity Service API v2, the gated v1
+// compatibility API, the /_ozo extensions and the admin API.
+package api
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/ozo-platform/ozo-identity/identity"
+	"github.com/ozo-platform/ozo-identity/storage"
+)
+
+// Homeservers is what the API needs from the homeserver client.
+type Homeservers interface {
+	identity.UserInfoer
+	// Authenticate verifies an X-Matrix signed request and returns the origin server and body.
+	Authenticate(r *http.Request) (origin string, body []byte, err error)
+}
+
+// Config holds the API's settings.
+type Config struct {
+	PublicBaseURL     string
+	MaxBodyBytes      int64
+	MaxLookupBatch    int
+	CORSOrigins       []string
+	TrustedProxies    []netip.Prefix
+	AllowedHomeserver []string
+	V1Enabled         bool
+	V1Networks        []netip.Prefix
+	AdminToken        string
+	// SubmitPage renders GET submitToken results; nil uses the built-in page.
+	SubmitPage *SubmitPage
+}
+
+// Server routes HTTP requests to the identity service.
+type Server struct {
+	svc     *identity.Service
+	hs      Homeservers
+	cfg     Config
+	log     *slog.Logger
+	metrics *Metrics
+	router  chi.Router
+	page    *SubmitPage
+}
+
+// New builds the HTTP handler. metrics may be nil.
+func New(svc *identity.Service, hs Homeservers, cfg Config, metrics *Metrics, log *slog.Logger) *Server {
+	s := &Server{svc: svc, hs: hs, cfg: cfg, log: logger(log), metrics: metrics, page: cfg.SubmitPage}
+	if s.page == nil {
+		s.page = DefaultSubmitPage()
+	}
+	r := chi.NewRouter()
+	r.Use(s.recoverer, s.instrument, s.cors)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		matrixError(w, http.StatusNotFound, "M_UNRECOGNIZED", "unrecognised request")
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		matrixError(w, http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "method not allowed")
+	})
+	r.Get("/_matrix/identity/versions", s.versions)
+	r.Route("/_matrix/identity/v2", s.routesV2)
+	r.Route("/_matrix/identity/api/v1", s.routesV1)
+	r.Route("/_ozo/admin/v1", s.routesAdmin)
+	s.router = r
+	return s
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
+
+func (s *Server) versions(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"versions": []string{
+		"r0.1.0", "r0.2.0", "r0.2.1", "r0.3.0", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8",
+		"v1.9", "v1.10", "v1.11", "v1.12", "v1.13", "v1.14", "v1.15", "v1.16"}})
+}
+
+func (s *Server) recoverer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.log.ErrorContext(r.Context(), "panic serving request", "path", r.URL.Path, "panic", v)
+				matrixError(w, http.StatusInternalServerError, identity.CodeUnknown, "internal server error")
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// cors lets browser clients (Element, the OZO app) call the API, as the spec requires.
+func (s *Server) cors(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		origin := r.Header.Get("Origin")
+		switch {
+		case slices.Contains(s.cfg.CORSOrigins, "*"):
+			w.Header().Set("Access-Control-Allow-Origin", "*")
+		case origin != "" && slices.Contains(s.cfg.CORSOrigins, origin):
+			w.Header().Set("Access-Control-Allow-Origin", origin)
+			w.Header().Add("Vary", "Origin")
+		}
+		w.Header().Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS")
+		w.Header().Set("Access-Control-Allow-Headers", "Origin, X-Requested-With, Content-Type, Accept, Authorization")
+		if r.Method == http.MethodOptions {
+			writeJSON(w, http.StatusOK, map[string]any{})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// clientAddr is the caller's address: the connection's peer, or X-Forwarded-For's last untrusted
+// hop when the peer is a trusted proxy.
+func (s *Server) clientAddr(r *http.Request) netip.Addr {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	addr, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.Addr{}
+	}
+	addr = addr.Unmap()
+	if !inAny(addr, s.cfg.TrustedProxies) {
+		return addr
+	}
+	hops := strings.Split(r.Header.Get("X-Forwarded-For"), ",")
+	for i := len(hops) - 1; i >= 0; i-- {
+		a, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
+		if err != nil {
+			return addr
+		}
+		a = a.Unmap()
+		if !inAny(a, s.cfg.TrustedProxies) {
+			return a
+		}
+		addr = a
+	}
+	return addr
+}
+
+func inAny(a netip.Addr, nets []netip.Prefix) bool {
+	for _, p := range nets {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+type ctxKey int
+
+const accountKey ctxKey = 0
+
+// bearerToken reads the access token from the Authorization header or the deprecated query parameter.
+func bearerToken(r *http.Request) string {
+	if h := r.Header.Get("Authorization"); h != "" {
+		if t, ok := strings.CutPrefix(h, "Bearer "); ok {
+			return strings.TrimSpace(t)
+		}
+		return ""
+	}
+	return r.URL.Query().Get("access_token")
+}
+
+// authenticated requires an identity-server access token; withTerms also requires accepted terms.
+func (s *Server) authenticated(withTerms bool) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			acct, err := s.svc.Authenticate(r.Context(), bearerToken(r))
+			if err != nil {
+				s.writeError(w, r, err)
+				return
+			}
+			if withTerms {
+				ok, err := s.svc.TermsAccepted(r.Context(), acct.UserID)
+				if err != nil {
+					s.writeError(w, r, err)
+					return
+				}
+				if !ok {
+					matrixError(w, http.StatusForbidden, identity.CodeTermsNotSigned, "accept the terms of service first: GET /_matrix/identity/v2/terms")
+					return
+				}
+			}
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), accountKey, acct)))
+		})
+	}
+}
+
+func account(r *http.Request) storage.Account {
+	a, _ := r.Context().Value(accountKey).(storage.Account)
+	return a
+}
+
+// since is a small helper for latency metrics.
+func since(t time.Time) float64 { return time.Since(t).Seconds() }

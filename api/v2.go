@@ -1,0 +1,402 @@
+package api
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/ozo-platform/ozo-identity/identity"
+)
+
+func (s *Server) routesV2(r chi.Router) {
+	r.Get("/", s.statusCheck)
+	r.Post("/account/register", s.register)
+	r.Get("/terms", s.getTerms)
+	r.Get("/pubkey/isvalid", s.pubkeyIsValid)
+	r.Get("/pubkey/ephemeral/isvalid", s.ephemeralIsValid)
+	r.Get("/pubkey/{keyId}", s.pubkey)
+	r.Group(func(r chi.Router) {
+		r.Use(s.authenticated(false))
+		r.Get("/account", s.accountInfo)
+		r.Post("/account/logout", s.logout)
+		r.Post("/terms", s.acceptTerms)
+	})
+	r.Group(func(r chi.Router) {
+		r.Use(s.authenticated(true))
+		r.Get("/hash_details", s.hashDetails)
+		r.Post("/lookup", s.lookup)
+		r.Post("/validate/email/requestToken", s.requestEmailToken)
+		r.Post("/validate/email/submitToken", s.submitEmailToken)
+		r.Get("/validate/email/submitToken", s.submitEmailTokenPage)
+		r.Post("/validate/msisdn/requestToken", s.msisdnUnsupported)
+		r.Post("/validate/msisdn/submitToken", s.msisdnUnsupported)
+		r.Get("/validate/msisdn/submitToken", s.msisdnUnsupported)
+		r.Get("/3pid/getValidated3pid", s.getValidated)
+		r.Post("/3pid/bind", s.bind)
+		r.Post("/store-invite", s.storeInvite)
+		r.Post("/sign-ed25519", s.signEd25519)
+	})
+	// Unbind is authenticated by a validated session or by the homeserver's signature, not a token.
+	r.Post("/3pid/unbind", s.unbind)
+}
+
+func (s *Server) statusCheck(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{})
+}
+
+func (s *Server) register(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		AccessToken      string `json:"access_token"`
+		TokenType        string `json:"token_type"`
+		MatrixServerName string `json:"matrix_server_name"`
+		ExpiresIn        int64  `json:"expires_in"`
+	}
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := required(map[string]string{"access_token": req.AccessToken, "matrix_server_name": req.MatrixServerName},
+		"access_token", "matrix_server_name"); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if req.TokenType != "" && req.TokenType != "Bearer" {
+		s.writeError(w, r, badRequest(identity.CodeInvalidParam, "token_type must be Bearer"))
+		return
+	}
+	token, err := s.svc.Register(r.Context(), s.hs, s.cfg.AllowedHomeserver, req.MatrixServerName, req.AccessToken)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	// "access_token" is what Synapse and older clients read; "token" is the spec's name.
+	writeJSON(w, http.StatusOK, map[string]string{"token": token, "access_token": token})
+}
+
+func (s *Server) accountInfo(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"user_id": account(r).UserID})
+}
+
+func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
+	if err := s.svc.Logout(r.Context(), bearerToken(r)); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{})
+}
+
+func (s *Server) getTerms(w http.ResponseWriter, r *http.Request) {
+	policies := map[string]any{}
+	for name, p := range s.svc.Policies() {
+		doc := map[string]any{"version": p.Version}
+		for lang, d := range p.Languages {
+			doc[lang] = map[string]string{"name": d.Name, "url": d.URL}
+		}
+		policies[name] = doc
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"policies": policies})
+}
+
+func (s *Server) acceptTerms(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		UserAccepts []string `json:"user_accepts"`
+	}
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if req.UserAccepts == nil {
+		s.writeError(w, r, badRequest("M_MISSING_PARAMS", "missing parameters: user_accepts"))
+		return
+	}
+	if err := s.svc.AcceptTerms(r.Context(), account(r).UserID, req.UserAccepts); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{})
+}
+
+func (s *Server) hashDetails(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"algorithms": []string{"sha256", "none"}, "lookup_pepper": s.svc.Pepper()})
+}
+
+func (s *Server) lookup(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Addresses []string `json:"addresses"`
+		Algorithm string   `json:"algorithm"`
+		Pepper    *string  `json:"pepper"`
+	}
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if req.Addresses == nil || req.Algorithm == "" || req.Pepper == nil {
+		s.writeError(w, r, badRequest("M_MISSING_PARAMS", "addresses, algorithm and pepper are required"))
+		return
+	}
+	if len(req.Addresses) > s.cfg.MaxLookupBatch {
+		s.writeError(w, r, &requestError{status: http.StatusRequestEntityTooLarge, code: "M_TOO_LARGE",
+			msg: fmt.Sprintf("at most %d addresses per lookup", s.cfg.MaxLookupBatch)})
+		return
+	}
+	mappings, err := s.svc.Lookup(r.Context(), req.Algorithm, *req.Pepper, req.Addresses)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if s.metrics != nil {
+		s.metrics.lookupAddresses.Add(float64(len(req.Addresses)))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"mappings": mappings})
+}
+
+type requestTokenReq struct {
+	ClientSecret string `json:"client_secret"`
+	Email        string `json:"email"`
+	SendAttempt  *int64 `json:"send_attempt"`
+	NextLink     string `json:"next_link"`
+}
+
+func (s *Server) requestEmailToken(w http.ResponseWriter, r *http.Request) {
+	var req requestTokenReq
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.doRequestEmailToken(w, r, req)
+}
+
+func (s *Server) doRequestEmailToken(w http.ResponseWriter, r *http.Request, req requestTokenReq) {
+	if req.ClientSecret == "" || req.Email == "" || req.SendAttempt == nil {
+		s.writeError(w, r, badRequest("M_MISSING_PARAMS", "client_secret, email and send_attempt are required"))
+		return
+	}
+	sid, err := s.svc.RequestEmailToken(r.Context(), req.ClientSecret, req.Email, *req.SendAttempt, req.NextLink, s.clientAddr(r).String())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"sid": sid})
+}
+
+func (s *Server) submitEmailToken(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		SID          string `json:"sid"`
+		ClientSecret string `json:"client_secret"`
+		Token        string `json:"token"`
+	}
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := required(map[string]string{"sid": req.SID, "client_secret": req.ClientSecret, "token": req.Token},
+		"sid", "client_secret", "token"); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if _, err := s.svc.SubmitToken(r.Context(), req.SID, req.ClientSecret, req.Token); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]bool{"success": true})
+}
+
+// submitEmailTokenPage is where the link in the mail lands: a page for the person, or a redirect to next_link.
+func (s *Server) submitEmailTokenPage(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	nextLink, err := s.svc.SubmitToken(r.Context(), q.Get("sid"), q.Get("client_secret"), q.Get("token"))
+	if err == nil && nextLink != "" {
+		if u, perr := url.Parse(nextLink); perr == nil && (u.Scheme == "https" || u.Scheme == "http") {
+			http.Redirect(w, r, nextLink, http.StatusFound)
+			return
+		}
+	}
+	s.page.render(w, err)
+}
+
+func (s *Server) msisdnUnsupported(w http.ResponseWriter, r *http.Request) {
+	matrixError(w, http.StatusBadRequest, "M_UNRECOGNIZED", "phone number validation is not offered by this identity server")
+}
+
+func (s *Server) getValidated(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	if err := required(map[string]string{"sid": q.Get("sid"), "client_secret": q.Get("client_secret")}, "sid", "client_secret"); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	sess, err := s.svc.Validated(r.Context(), q.Get("sid"), q.Get("client_secret"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"medium": sess.ThreePID.Medium, "address": sess.ThreePID.Address,
+		"validated_at": sess.ValidatedAt.UnixMilli()})
+}
+
+func (s *Server) bind(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		SID          string `json:"sid"`
+		ClientSecret string `json:"client_secret"`
+		MXID         string `json:"mxid"`
+	}
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := required(map[string]string{"sid": req.SID, "client_secret": req.ClientSecret, "mxid": req.MXID},
+		"sid", "client_secret", "mxid"); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	assoc, err := s.svc.Bind(r.Context(), req.SID, req.ClientSecret, req.MXID, account(r).UserID)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, assoc)
+}
+
+func (s *Server) unbind(w http.ResponseWriter, r *http.Request) {
+	var body []byte
+	var origin string
+	var err error
+	if strings.HasPrefix(r.Header.Get("Authorization"), "X-Matrix") {
+		origin, body, err = s.hs.Authenticate(r)
+	} else {
+		body, err = s.readBody(w, r)
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	var req struct {
+		SID          string `json:"sid"`
+		ClientSecret string `json:"client_secret"`
+		MXID         string `json:"mxid"`
+		ThreePID     struct {
+			Medium  string `json:"medium"`
+			Address string `json:"address"`
+		} `json:"threepid"`
+	}
+	if err := decodeJSONBytes(body, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if req.MXID == "" || req.ThreePID.Medium == "" || req.ThreePID.Address == "" {
+		s.writeError(w, r, badRequest("M_MISSING_PARAMS", "mxid and threepid {medium, address} are required"))
+		return
+	}
+	if origin == "" && req.SID == "" && req.ClientSecret == "" {
+		matrixError(w, http.StatusUnauthorized, identity.CodeUnauthorized, "unbind needs sid and client_secret, or an X-Matrix signature from the user's homeserver")
+		return
+	}
+	if err := s.svc.Unbind(r.Context(), req.SID, req.ClientSecret, req.ThreePID.Medium, req.ThreePID.Address, req.MXID, origin); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{})
+}
+
+func (s *Server) storeInvite(w http.ResponseWriter, r *http.Request) {
+	var raw map[string]json.RawMessage
+	if err := s.decodeJSON(w, r, &raw); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	fields := map[string]string{}
+	for k, v := range raw {
+		var str string
+		if err := json.Unmarshal(v, &str); err != nil {
+			if string(v) == "null" {
+				continue
+			}
+			s.writeError(w, r, badRequest("M_BAD_JSON", k+" must be a string"))
+			return
+		}
+		fields[k] = str
+	}
+	s.doStoreInvite(w, r, fields, "v2")
+}
+
+func (s *Server) doStoreInvite(w http.ResponseWriter, r *http.Request, fields map[string]string, version string) {
+	if err := required(fields, "medium", "address", "room_id", "sender"); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	extra := map[string]string{}
+	for _, k := range identity.InviteFields {
+		extra[k] = fields[k]
+	}
+	inv, err := s.svc.StoreInvite(r.Context(), identity.InviteRequest{Medium: fields["medium"], Address: fields["address"],
+		RoomID: fields["room_id"], Sender: fields["sender"], Extra: extra})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	base := strings.TrimRight(s.cfg.PublicBaseURL, "/") + "/_matrix/identity/" + version
+	if version == "v1" {
+		base = strings.TrimRight(s.cfg.PublicBaseURL, "/") + "/_matrix/identity/api/v1"
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"token":        inv.Token,
+		"display_name": inv.DisplayName,
+		"public_key":   inv.PublicKey,
+		"public_keys": []map[string]string{
+			{"public_key": inv.PublicKey, "key_validity_url": base + "/pubkey/isvalid"},
+			{"public_key": inv.Ephemeral, "key_validity_url": base + "/pubkey/ephemeral/isvalid"},
+		},
+	})
+}
+
+func (s *Server) signEd25519(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		MXID       string `json:"mxid"`
+		Token      string `json:"token"`
+		PrivateKey string `json:"private_key"`
+	}
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	signed, err := s.svc.SignEd25519(r.Context(), req.MXID, req.Token, req.PrivateKey)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, signed)
+}
+
+func (s *Server) pubkey(w http.ResponseWriter, r *http.Request) {
+	if chi.URLParam(r, "keyId") != s.svc.Signer().KeyID() {
+		matrixError(w, http.StatusNotFound, identity.CodeNotFound, "the public key was not found")
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"public_key": s.svc.Signer().PublicKey()})
+}
+
+func (s *Server) pubkeyIsValid(w http.ResponseWriter, r *http.Request) {
+	key := r.URL.Query().Get("public_key")
+	if key == "" {
+		s.writeError(w, r, badRequest("M_MISSING_PARAMS", "missing parameters: public_key"))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]bool{"valid": s.svc.IsValidPublicKey(key)})
+}
+
+func (s *Server) ephemeralIsValid(w http.ResponseWriter, r *http.Request) {
+	key := r.URL.Query().Get("public_key")
+	if key == "" {
+		s.writeError(w, r, badRequest("M_MISSING_PARAMS", "missing parameters: public_key"))
+		return
+	}
+	ok, err := s.svc.IsValidEphemeralKey(r.Context(), key)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]bool{"valid": ok})
+}

@@ -1,0 +1,105 @@
+package identity
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+
+	"github.com/ozo-platform/ozo-identity/storage"
+)
+
+// UserInfoer verifies an OpenID token at the homeserver that issued it.
+type UserInfoer interface {
+	UserInfo(ctx context.Context, serverName, accessToken string) (string, error)
+}
+
+// Register exchanges a homeserver-issued OpenID token for an identity-server access token.
+// Only homeservers in allowed may register ("*" allows any).
+func (s *Service) Register(ctx context.Context, hs UserInfoer, allowed []string, serverName, openIDToken string) (string, error) {
+	if serverName == "" || openIDToken == "" {
+		return "", errorf(CodeMissingParams, "matrix_server_name and access_token are required")
+	}
+	if !slices.Contains(allowed, "*") && !slices.Contains(allowed, strings.ToLower(serverName)) && !slices.Contains(allowed, serverName) {
+		return "", errorf(CodeForbidden, "homeserver %q may not use this identity server", serverName)
+	}
+	userID, err := hs.UserInfo(ctx, serverName, openIDToken)
+	if err != nil {
+		return "", err
+	}
+	token := randomToken(32)
+	if err := s.store.CreateAccount(ctx, storage.Account{TokenHash: hashToken(token), UserID: userID, CreatedAt: s.now()}); err != nil {
+		return "", err
+	}
+	return token, nil
+}
+
+// Authenticate returns the account of an access token.
+func (s *Service) Authenticate(ctx context.Context, token string) (storage.Account, error) {
+	if token == "" {
+		return storage.Account{}, errorf(CodeUnauthorized, "an identity server access token is required")
+	}
+	a, err := s.store.GetAccount(ctx, hashToken(token))
+	if errors.Is(err, storage.ErrNotFound) {
+		return a, errorf(CodeUnauthorized, "unrecognised access token")
+	}
+	return a, err
+}
+
+// Logout revokes an access token.
+func (s *Service) Logout(ctx context.Context, token string) error {
+	err := s.store.DeleteAccount(ctx, hashToken(token))
+	if errors.Is(err, storage.ErrNotFound) {
+		return errorf(CodeUnauthorized, "unrecognised access token")
+	}
+	return err
+}
+
+// Policies returns the configured policies.
+func (s *Service) Policies() map[string]Policy { return s.opts.Policies }
+
+// policyURLs returns every URL of every current policy version.
+func (s *Service) policyURLs() map[string]bool {
+	urls := map[string]bool{}
+	for _, p := range s.opts.Policies {
+		for _, d := range p.Languages {
+			urls[d.URL] = true
+		}
+	}
+	return urls
+}
+
+// AcceptTerms records the policy URLs a user accepted; unknown URLs are an error.
+func (s *Service) AcceptTerms(ctx context.Context, userID string, urls []string) error {
+	known := s.policyURLs()
+	for _, u := range urls {
+		if !known[u] {
+			return errorf(CodeInvalidParam, "%q is not the URL of a current policy", u)
+		}
+	}
+	return s.store.AcceptTerms(ctx, userID, urls)
+}
+
+// TermsAccepted reports whether userID accepted every current policy in at least one language.
+func (s *Service) TermsAccepted(ctx context.Context, userID string) (bool, error) {
+	if len(s.opts.Policies) == 0 {
+		return true, nil
+	}
+	accepted, err := s.store.AcceptedTerms(ctx, userID)
+	if err != nil {
+		return false, err
+	}
+	for _, p := range s.opts.Policies {
+		ok := false
+		for _, d := range p.Languages {
+			if slices.Contains(accepted, d.URL) {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false, nil
+		}
+	}
+	return true, nil
+}

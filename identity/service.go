@@ -1,0 +1,621 @@
+package identity
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ozo-platform/ozo-identity/email"
+	"github.com/ozo-platform/ozo-identity/storage"
+)
+
+// Mailer sends the validation and invite mails.
+type Mailer interface {
+	Send(ctx context.Context, kind email.Kind, to string, vars map[string]string) error
+}
+
+// Resolver answers which MXID a 3PID belongs to: local bindings first, then the directories.
+type Resolver interface {
+	Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error)
+	ResolveHashes(ctx context.Context, hashes []string) (map[string]string, error)
+}
+
+// Options are the tunables of the Service, from configuration.
+type Options struct {
+	PublicBaseURL     string
+	SessionLifetime   time.Duration
+	TokenLifetime     time.Duration
+	MaxFailedAttempts int
+	InviteLifetime    time.Duration
+	WebClientLocation string
+	OnBindRetryFor    time.Duration
+	// Policies maps policy name → version → language → URL; users must accept every current URL.
+	Policies map[string]Policy
+}
+
+// Policy is a document users must accept before using the service.
+type Policy struct {
+	Version   string
+	Languages map[string]PolicyDocument
+}
+
+type PolicyDocument struct{ Name, URL string }
+
+// Service implements the Identity Service API's behaviour.
+type Service struct {
+	store    storage.Storage
+	signer   *Signer
+	mailer   Mailer
+	resolver Resolver
+	opts     Options
+	log      *slog.Logger
+	now      func() time.Time
+
+	mu     sync.RWMutex
+	pepper string
+
+	// wake nudges the onbind worker after a bind queued deliveries.
+	wake chan struct{}
+}
+
+// New builds the service; resolver may be nil to resolve from local bindings only.
+func New(store storage.Storage, signer *Signer, pepper string, mailer Mailer, resolver Resolver, opts Options, log *slog.Logger) *Service {
+	s := &Service{store: store, signer: signer, mailer: mailer, opts: opts, log: log, now: time.Now,
+		pepper: pepper, wake: make(chan struct{}, 1)}
+	if resolver == nil {
+		resolver = LocalBindings{s}
+	}
+	s.resolver = resolver
+	return s
+}
+
+// Signer returns the server's signing key.
+func (s *Service) Signer() *Signer { return s.signer }
+
+// Store returns the storage the service uses.
+func (s *Service) Store() storage.Storage { return s.store }
+
+// Pepper returns the current lookup pepper.
+func (s *Service) Pepper() string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.pepper
+}
+
+// RotatePepper stores a new pepper and recomputes every binding's lookup hashes.
+func (s *Service) RotatePepper(ctx context.Context) (string, error) {
+	b := make([]byte, 24)
+	rand.Read(b)
+	pepper := base64.RawURLEncoding.EncodeToString(b)
+	if err := s.store.RehashBindings(ctx, func(tp storage.ThreePID) []string { return LookupHashes(tp, pepper) }); err != nil {
+		return "", err
+	}
+	if err := s.store.SetSetting(ctx, settingPepper, pepper); err != nil {
+		return "", err
+	}
+	s.mu.Lock()
+	s.pepper = pepper
+	s.mu.Unlock()
+	return pepper, nil
+}
+
+func randomToken(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func hashToken(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
+}
+
+// validSecret checks the grammar the spec gives client secrets and session IDs: [0-9a-zA-Z.=_-], 1–255.
+func validSecret(s string) bool {
+	if len(s) == 0 || len(s) > 255 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || strings.ContainsRune(".=_-", c)) {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidMXID checks the shape of a Matrix user ID: @localpart:server.
+func ValidMXID(mxid string) bool {
+	if len(mxid) > 255 || !strings.HasPrefix(mxid, "@") {
+		return false
+	}
+	local, server, ok := strings.Cut(mxid[1:], ":")
+	if !ok || local == "" || server == "" {
+		return false
+	}
+	for _, c := range mxid {
+		if c < 0x21 || c > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// ServerOf returns the server name part of a Matrix ID.
+func ServerOf(mxid string) string {
+	_, server, _ := strings.Cut(mxid, ":")
+	return server
+}
+
+func normalizeErr(err error) error {
+	switch {
+	case errors.Is(err, ErrInvalidEmail):
+		return errorf(CodeInvalidEmail, "%s", err.Error())
+	case errors.Is(err, ErrUnsupportedMedium), errors.Is(err, ErrInvalidAddress):
+		return errorf(CodeInvalidParam, "%s", err.Error())
+	}
+	return err
+}
+
+// RequestEmailToken starts (or continues) an email validation session and mails a token.
+// Following the spec, a send_attempt not higher than the last one sends nothing and returns the same sid.
+func (s *Service) RequestEmailToken(ctx context.Context, clientSecret, address string, sendAttempt int64, nextLink, clientIP string) (string, error) {
+	if !validSecret(clientSecret) {
+		return "", errorf(CodeInvalidParam, "client_secret must be 1-255 characters of [0-9a-zA-Z.=_-]")
+	}
+	if nextLink != "" {
+		if u, err := url.Parse(nextLink); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return "", errorf(CodeInvalidParam, "next_link must be an absolute http(s) URL")
+		}
+	}
+	tp, err := Normalize(MediumEmail, address)
+	if err != nil {
+		return "", normalizeErr(err)
+	}
+	now := s.now()
+	sess, err := s.store.FindSession(ctx, clientSecret, tp)
+	switch {
+	case err == nil && now.Sub(sess.CreatedAt) > s.opts.SessionLifetime:
+		return "", errorf(CodeSessionExpired, "this validation session has expired; use a new client_secret")
+	case err == nil && sendAttempt <= sess.SendAttempt:
+		return sess.SID, nil
+	case err == nil:
+		token := randomToken(24)
+		if err := s.store.AddSessionToken(ctx, sess.SID, sendAttempt, hashToken(token), now.Add(s.opts.TokenLifetime)); err != nil {
+			return "", err
+		}
+		return sess.SID, s.sendValidation(ctx, sess.SID, clientSecret, tp.Address, token, nextLink, clientIP)
+	case !errors.Is(err, storage.ErrNotFound):
+		return "", err
+	}
+	sess = storage.Session{SID: randomToken(12), ClientSecret: clientSecret, ThreePID: tp, SendAttempt: sendAttempt,
+		NextLink: nextLink, CreatedAt: now}
+	token := randomToken(24)
+	if err := s.store.CreateSession(ctx, sess, hashToken(token), now.Add(s.opts.TokenLifetime)); err != nil {
+		if errors.Is(err, storage.ErrAlreadyExists) {
+			// A concurrent request with the same secret won; answer with its session.
+			if again, err := s.store.FindSession(ctx, clientSecret, tp); err == nil {
+				return again.SID, nil
+			}
+		}
+		return "", err
+	}
+	return sess.SID, s.sendValidation(ctx, sess.SID, clientSecret, tp.Address, token, nextLink, clientIP)
+}
+
+func (s *Service) sendValidation(ctx context.Context, sid, clientSecret, to, token, nextLink, clientIP string) error {
+	q := url.Values{"sid": {sid}, "client_secret": {clientSecret}, "token": {token}}
+	if nextLink != "" {
+		q.Set("nextLink", nextLink)
+	}
+	link := strings.TrimRight(s.opts.PublicBaseURL, "/") + "/_matrix/identity/v2/validate/email/submitToken?" + q.Encode()
+	vars := map[string]string{"token": token, "link": link, "sid": sid, "client_secret": clientSecret}
+	if clientIP != "" {
+		vars["ipaddress"] = clientIP
+	}
+	if err := s.mailer.Send(ctx, email.KindValidation, to, vars); err != nil {
+		s.log.Warn("validation mail failed", "sid", sid, "err", err)
+		return errorf(CodeEmailSendError, "could not send the validation email")
+	}
+	return nil
+}
+
+// liveSession loads a session and checks the client secret and expiry.
+func (s *Service) liveSession(ctx context.Context, sid, clientSecret string) (storage.Session, error) {
+	if !validSecret(sid) || !validSecret(clientSecret) {
+		return storage.Session{}, errorf(CodeInvalidParam, "sid and client_secret must be 1-255 characters of [0-9a-zA-Z.=_-]")
+	}
+	sess, err := s.store.GetSession(ctx, sid)
+	if errors.Is(err, storage.ErrNotFound) || err == nil && sess.ClientSecret != clientSecret {
+		return sess, errorf(CodeNoValidSession, "no validation session with this sid and client_secret")
+	}
+	if err != nil {
+		return sess, err
+	}
+	if s.now().Sub(sess.CreatedAt) > s.opts.SessionLifetime {
+		return sess, errorf(CodeSessionExpired, "this validation session has expired")
+	}
+	return sess, nil
+}
+
+// SubmitToken validates a session with the mailed token and returns its next_link.
+func (s *Service) SubmitToken(ctx context.Context, sid, clientSecret, token string) (string, error) {
+	sess, err := s.liveSession(ctx, sid, clientSecret)
+	if err != nil {
+		return "", err
+	}
+	if sess.FailedAttempts >= s.opts.MaxFailedAttempts {
+		return "", errorf(CodeLimitExceeded, "too many wrong tokens for this session; start a new one")
+	}
+	if token == "" || len(token) > 255 {
+		return "", errorf(CodeTokenIncorrect, "the token is incorrect")
+	}
+	ok, sess, err := s.store.CheckSessionToken(ctx, sid, hashToken(token), s.now())
+	if err != nil {
+		return "", err
+	}
+	if !ok {
+		return "", errorf(CodeTokenIncorrect, "the token is incorrect")
+	}
+	return sess.NextLink, nil
+}
+
+// Validated returns the validated 3PID of a session.
+func (s *Service) Validated(ctx context.Context, sid, clientSecret string) (storage.Session, error) {
+	sess, err := s.liveSession(ctx, sid, clientSecret)
+	if err != nil {
+		return sess, err
+	}
+	if sess.ValidatedAt.IsZero() {
+		return sess, errorf(CodeSessionNotValidated, "this validation session has not been validated yet")
+	}
+	return sess, nil
+}
+
+// Association is a signed 3PID association as the spec's bind and v1 lookup return it.
+type Association = map[string]any
+
+func (s *Service) association(b storage.Binding) (Association, error) {
+	a := Association{
+		"address":    b.Address,
+		"medium":     b.Medium,
+		"mxid":       b.MXID,
+		"not_before": b.NotBefore.UnixMilli(),
+		"not_after":  b.NotAfter.UnixMilli(),
+		"ts":         b.CreatedAt.UnixMilli(),
+	}
+	if err := s.signer.Sign(a); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// Association returns the signed association of a binding, for v1 lookup.
+func (s *Service) Association(b storage.Binding) (Association, error) { return s.association(b) }
+
+// Bind binds the session's validated 3PID to mxid. The caller (an account) may only bind its own MXID;
+// callerUserID is empty for the unauthenticated v1 API, which the network gate protects.
+func (s *Service) Bind(ctx context.Context, sid, clientSecret, mxid, callerUserID string) (Association, error) {
+	if !ValidMXID(mxid) {
+		return nil, errorf(CodeInvalidParam, "mxid is not a Matrix user ID")
+	}
+	if callerUserID != "" && callerUserID != mxid {
+		return nil, errorf(CodeForbidden, "you may only bind 3PIDs to your own Matrix ID")
+	}
+	sess, err := s.Validated(ctx, sid, clientSecret)
+	if err != nil {
+		return nil, err
+	}
+	return s.bind(ctx, sess.ThreePID, mxid, "bind")
+}
+
+// AdminBind binds a 3PID without validation, for provisioning through the admin API or SSO.
+func (s *Service) AdminBind(ctx context.Context, medium, address, mxid, source string) (Association, error) {
+	tp, err := Normalize(medium, address)
+	if err != nil {
+		return nil, normalizeErr(err)
+	}
+	if !ValidMXID(mxid) {
+		return nil, errorf(CodeInvalidParam, "mxid is not a Matrix user ID")
+	}
+	return s.bind(ctx, tp, mxid, source)
+}
+
+// bindingLifetime is how long a signed association is valid; homeservers re-check after it.
+const bindingLifetime = 100 * 365 * 24 * time.Hour
+
+func (s *Service) bind(ctx context.Context, tp storage.ThreePID, mxid, source string) (Association, error) {
+	now := s.now().UTC().Truncate(time.Millisecond)
+	b := storage.Binding{ThreePID: tp, MXID: mxid, CreatedAt: now, NotBefore: now, NotAfter: now.Add(bindingLifetime), Source: source}
+	assoc, err := s.association(b)
+	if err != nil {
+		return nil, err
+	}
+	queued := false
+	err = s.store.Bind(ctx, storage.BindRequest{
+		Binding: b,
+		Hashes:  LookupHashes(tp, s.Pepper()),
+		Deliver: func(invites []storage.Invite) ([]storage.OnBindDelivery, error) {
+			d, err := s.onBindDelivery(b, assoc, invites)
+			if err != nil {
+				return nil, err
+			}
+			queued = true
+			return []storage.OnBindDelivery{d}, nil
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	if queued {
+		s.Wake()
+	}
+	return assoc, nil
+}
+
+// Unbind removes a binding. Authorised either by a validated session for the 3PID, or by the
+// homeserver of mxid (originServer, from X-Matrix authentication).
+func (s *Service) Unbind(ctx context.Context, sid, clientSecret, medium, address, mxid, originServer string) error {
+	tp, err := Normalize(medium, address)
+	if err != nil {
+		return normalizeErr(err)
+	}
+	if !ValidMXID(mxid) {
+		return errorf(CodeInvalidParam, "mxid is not a Matrix user ID")
+	}
+	switch {
+	case sid != "" || clientSecret != "":
+		sess, err := s.Validated(ctx, sid, clientSecret)
+		if err != nil {
+			return err
+		}
+		if sess.ThreePID != tp {
+			return errorf(CodeForbidden, "the session validated a different 3PID")
+		}
+	case originServer != "":
+		if ServerOf(mxid) != originServer {
+			return errorf(CodeForbidden, "a homeserver may only unbind its own users")
+		}
+	default:
+		return errorf(CodeForbidden, "unbind needs a validated session or a signed request from the user's homeserver")
+	}
+	if err := s.store.DeleteBinding(ctx, tp, mxid); errors.Is(err, storage.ErrNotFound) {
+		return errorf(CodeNotFound, "this 3PID is not bound to this Matrix ID")
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
+// AdminUnbind removes a binding whatever its MXID.
+func (s *Service) AdminUnbind(ctx context.Context, medium, address string) error {
+	tp, err := Normalize(medium, address)
+	if err != nil {
+		return normalizeErr(err)
+	}
+	if err := s.store.DeleteBinding(ctx, tp, ""); errors.Is(err, storage.ErrNotFound) {
+		return errorf(CodeNotFound, "this 3PID is not bound")
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
+// LocalBindings is the first link of the resolution chain: the bindings stored here.
+type LocalBindings struct{ s *Service }
+
+// NewLocalBindings returns the local-bindings resolver of s, to put first in a chain.
+func NewLocalBindings(s *Service) LocalBindings { return LocalBindings{s} }
+
+func (l LocalBindings) Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error) {
+	return l.s.store.LookupThreePIDs(ctx, tps)
+}
+
+func (l LocalBindings) ResolveHashes(ctx context.Context, hashes []string) (map[string]string, error) {
+	return l.s.store.LookupHashes(ctx, hashes)
+}
+
+// SetResolver replaces the resolution chain (local bindings, then directories, then peers).
+func (s *Service) SetResolver(r Resolver) { s.resolver = r }
+
+// Lookup answers a v2 lookup: hashed ("sha256") or plain ("none", "address medium") addresses.
+func (s *Service) Lookup(ctx context.Context, algorithm, pepper string, addresses []string) (map[string]string, error) {
+	if algorithm != "sha256" && algorithm != "none" {
+		return nil, errorf(CodeInvalidParam, "unsupported algorithm %q; see /hash_details", algorithm)
+	}
+	if pepper != s.Pepper() {
+		return nil, errorf(CodeInvalidPepper, "the pepper is not the current one; see /hash_details")
+	}
+	out := make(map[string]string)
+	if algorithm == "sha256" {
+		found, err := s.resolver.ResolveHashes(ctx, addresses)
+		if err != nil {
+			return nil, err
+		}
+		for _, a := range addresses {
+			if mxid, ok := found[a]; ok {
+				out[a] = mxid
+			}
+		}
+		return out, nil
+	}
+	byTP := make(map[storage.ThreePID][]string)
+	var tps []storage.ThreePID
+	for _, a := range addresses {
+		i := strings.LastIndexByte(a, ' ')
+		if i < 0 {
+			continue // not "address medium": it cannot match anything
+		}
+		tp, err := Normalize(a[i+1:], a[:i])
+		if err != nil {
+			continue
+		}
+		if _, seen := byTP[tp]; !seen {
+			tps = append(tps, tp)
+		}
+		byTP[tp] = append(byTP[tp], a)
+	}
+	found, err := s.resolver.Resolve(ctx, tps)
+	if err != nil {
+		return nil, err
+	}
+	for tp, mxid := range found {
+		for _, a := range byTP[tp] {
+			out[a] = mxid
+		}
+	}
+	return out, nil
+}
+
+// LookupOne resolves a single 3PID (v1 lookup, invites): its MXID or "".
+func (s *Service) LookupOne(ctx context.Context, medium, address string) (storage.ThreePID, string, error) {
+	tp, err := Normalize(medium, address)
+	if err != nil {
+		return tp, "", normalizeErr(err)
+	}
+	found, err := s.resolver.Resolve(ctx, []storage.ThreePID{tp})
+	if err != nil {
+		return tp, "", err
+	}
+	return tp, found[tp], nil
+}
+
+// InviteRequest is the body of store-invite.
+type InviteRequest struct {
+	Medium, Address, RoomID, Sender string
+	// Extra holds the optional fields: room_name, room_alias, room_avatar_url, room_join_rules,
+	// room_type, sender_display_name, sender_avatar_url.
+	Extra map[string]string
+}
+
+// InviteFields lists the optional store-invite fields kept and passed to the mail template.
+var InviteFields = []string{"room_name", "room_alias", "room_avatar_url", "room_join_rules", "room_type",
+	"sender_display_name", "sender_avatar_url"}
+
+// StoredInvite is what store-invite answers.
+type StoredInvite struct {
+	Token       string
+	DisplayName string
+	PublicKey   string // long-term key
+	Ephemeral   string // ephemeral public key
+}
+
+// StoreInvite records a pending invite for an unbound 3PID and mails the invitee when it is an email.
+func (s *Service) StoreInvite(ctx context.Context, req InviteRequest) (StoredInvite, error) {
+	if req.Medium == "" || req.Address == "" || req.RoomID == "" || req.Sender == "" {
+		return StoredInvite{}, errorf(CodeMissingParams, "medium, address, room_id and sender are required")
+	}
+	if !ValidMXID(req.Sender) {
+		return StoredInvite{}, errorf(CodeInvalidParam, "sender is not a Matrix user ID")
+	}
+	if !strings.HasPrefix(req.RoomID, "!") || len(req.RoomID) > 255 || !strings.Contains(req.RoomID, ":") && len(req.RoomID) < 2 {
+		return StoredInvite{}, errorf(CodeInvalidParam, "room_id is not a Matrix room ID")
+	}
+	tp, mxid, err := s.LookupOne(ctx, req.Medium, req.Address)
+	if err != nil {
+		return StoredInvite{}, err
+	}
+	if mxid != "" {
+		return StoredInvite{}, errorf(CodeThreePIDInUse, "this 3PID is already bound to a Matrix user; invite them directly")
+	}
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return StoredInvite{}, fmt.Errorf("generate ephemeral key: %w", err)
+	}
+	ephemeral := base64.RawStdEncoding.EncodeToString(pub)
+	now := s.now()
+	extra := map[string]string{}
+	for _, k := range InviteFields {
+		if v := req.Extra[k]; v != "" {
+			if len(v) > 1024 {
+				return StoredInvite{}, errorf(CodeInvalidParam, "%s is too long", k)
+			}
+			extra[k] = v
+		}
+	}
+	inv := storage.Invite{Token: randomToken(24), ThreePID: tp, RoomID: req.RoomID, Sender: req.Sender,
+		CreatedAt: now, ExpiresAt: now.Add(s.opts.InviteLifetime), Extra: extra}
+	if err := s.store.AddEphemeralKey(ctx, ephemeral, now); err != nil {
+		return StoredInvite{}, err
+	}
+	if err := s.store.CreateInvite(ctx, inv); err != nil {
+		return StoredInvite{}, err
+	}
+	if tp.Medium == MediumEmail {
+		vars := map[string]string{"token": inv.Token, "room_id": inv.RoomID, "sender": inv.Sender,
+			"medium": tp.Medium, "address": tp.Address,
+			// URL-safe, unpadded: the form Sydent mails and sign-ed25519 accepts.
+			"ephemeral_private_key": base64.RawURLEncoding.EncodeToString(priv.Seed()),
+			"web_client_location":   s.opts.WebClientLocation}
+		for k, v := range extra {
+			vars[k] = v
+		}
+		if err := s.mailer.Send(ctx, email.KindInvite, tp.Address, vars); err != nil {
+			// The invite stays stored: binding later still delivers it; the sender learns the mail failed.
+			s.log.Warn("invite mail failed", "room_id", inv.RoomID, "err", err)
+			return StoredInvite{}, errorf(CodeEmailSendError, "the invite is stored but the email could not be sent")
+		}
+	}
+	return StoredInvite{Token: inv.Token, DisplayName: RedactedDisplayName(tp), PublicKey: s.signer.PublicKey(), Ephemeral: ephemeral}, nil
+}
+
+// RedactedDisplayName is what room members see for a 3PID invite: enough to recognise, not to harvest.
+func RedactedDisplayName(tp storage.ThreePID) string {
+	switch tp.Medium {
+	case MediumEmail:
+		local, domain, _ := strings.Cut(tp.Address, "@")
+		return keep(local, 3) + "...@" + keep(domain, 3) + "..."
+	case MediumUZI, MediumURA:
+		return strings.ToUpper(tp.Medium) + " ..." + tp.Address[len(tp.Address)-3:]
+	default:
+		return tp.Medium + " invite"
+	}
+}
+
+func keep(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return string(r)
+	}
+	return string(r[:n])
+}
+
+// SignEd25519 signs {mxid, sender, token} of a stored invite with the caller's ephemeral private key.
+func (s *Service) SignEd25519(ctx context.Context, mxid, token, privateKey string) (map[string]any, error) {
+	if mxid == "" || token == "" || privateKey == "" {
+		return nil, errorf(CodeMissingParams, "mxid, token and private_key are required")
+	}
+	if !ValidMXID(mxid) {
+		return nil, errorf(CodeInvalidParam, "mxid is not a Matrix user ID")
+	}
+	inv, err := s.store.GetInvite(ctx, token)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, errorf(CodeNotFound, "no invite with this token")
+	} else if err != nil {
+		return nil, err
+	}
+	obj := map[string]any{"mxid": mxid, "sender": inv.Sender, "token": token}
+	if err := signWithPrivateKey(obj, s.signer.ServerName, privateKey); err != nil {
+		return nil, err
+	}
+	return obj, nil
+}
+
+// IsValidPublicKey reports whether key is this server's long-term key.
+func (s *Service) IsValidPublicKey(key string) bool {
+	return strings.TrimRight(key, "=") == s.signer.PublicKey()
+}
+
+// IsValidEphemeralKey reports whether key was handed out by store-invite.
+func (s *Service) IsValidEphemeralKey(ctx context.Context, key string) (bool, error) {
+	return s.store.EphemeralKeyExists(ctx, strings.TrimRight(key, "="))
+}
