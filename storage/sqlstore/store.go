@@ -393,8 +393,8 @@ func (s *Store) ListBindings(ctx context.Context, medium, after string, limit in
 	return out, rows.Err()
 }
 
-// inChunk bounds the number of parameters per statement; SQLite allows 32766.
-const inChunk = 500
+// inChunk bounds the parameters per statement: larger IN lists cost more per address on SQLite.
+const inChunk = 100
 
 func placeholders(start, n int) string {
 	var b strings.Builder

@@ -1,0 +1,69 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestExampleConfigLoads(t *testing.T) {
+	cfg, err := Load("../ozo-identity.example.yaml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ServerName != "id.zorg.example.nl" || cfg.Validation.TokenLifetime != 24*time.Hour {
+		t.Fatalf("example config: %+v", cfg)
+	}
+}
+
+func TestDefaultsWithoutFile(t *testing.T) {
+	cfg, err := Load("", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != ":8090" || cfg.DataDir != "./data" || cfg.V1.Enabled || len(cfg.Homeservers.Allowed) != 0 {
+		t.Fatalf("defaults: %+v", cfg)
+	}
+}
+
+func TestEnvironmentOverridesFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(path, []byte("listen: \":1\"\ndatabase:\n  url: postgres://file\nv1:\n  enabled: false\n"), 0o600)
+	cfg, err := Load(path, []string{"OZO_LISTEN=:2", "OZO_DATABASE_URL=postgres://env", "OZO_V1_ENABLED=true",
+		"OZO_V1_NETWORKS=10.0.0.0/8, 127.0.0.1", "OZO_VALIDATION_TOKEN_LIFETIME=5m", "PATH=/bin"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != ":2" || cfg.Database.URL != "postgres://env" || !cfg.V1.Enabled ||
+		!slices.Equal(cfg.V1.Networks, []string{"10.0.0.0/8", "127.0.0.1"}) || cfg.Validation.TokenLifetime != 5*time.Minute {
+		t.Fatalf("env overrides: %+v", cfg)
+	}
+}
+
+func TestBadConfigFailsAtLoad(t *testing.T) {
+	dir := t.TempDir()
+	cases := map[string]string{
+		"unknown key":     "lisen: \":1\"\n",
+		"bad cidr":        "v1:\n  networks: [\"10.0.0.0/33\"]\n",
+		"bad security":    "email:\n  smtp:\n    security: ssl\n",
+		"relative url":    "public_base_url: /id\n",
+		"policy, no url":  "terms:\n  policies:\n    p:\n      version: \"1\"\n      languages:\n        nl: {name: x}\n",
+		"not yaml at all": "{{{",
+	}
+	for name, body := range cases {
+		path := filepath.Join(dir, strings.ReplaceAll(name, " ", "_")+".yaml")
+		os.WriteFile(path, []byte(body), 0o600)
+		if _, err := Load(path, nil); err == nil {
+			t.Errorf("%s: loaded without error", name)
+		}
+	}
+	if _, err := Load("", []string{"OZO_LISTN=:1"}); err == nil {
+		t.Error("a misspelt OZO_ variable was ignored")
+	}
+	if _, err := Load("", []string{"OZO_LOOKUP_MAX_BATCH=many"}); err == nil {
+		t.Error("a non-number was accepted")
+	}
+}
