@@ -36,6 +36,7 @@ type Config struct {
 	V1Enabled         bool
 	V1Networks        []netip.Prefix
 	AdminToken        string
+	RateLimits        RateLimits
 	// SubmitPage renders GET submitToken results; nil uses the built-in page.
 	SubmitPage *SubmitPage
 }

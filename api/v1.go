@@ -1,7 +1,9 @@
 package api
 
 import (
+	"bytes"
 	"errors"
+	"maps"
 	"net/http"
 	"strconv"
 	"time"
@@ -23,7 +25,7 @@ func (s *Server) routesV1(r chi.Router) {
 	r.Get("/pubkey/isvalid", s.pubkeyIsValid)
 	r.Get("/pubkey/ephemeral/isvalid", s.ephemeralIsValid)
 	r.Get("/pubkey/{keyId}", s.pubkey)
-	r.Post("/validate/email/requestToken", s.v1RequestEmailToken)
+	r.With(s.limitClient("requestToken")).Post("/validate/email/requestToken", s.v1RequestEmailToken)
 	r.Post("/validate/email/submitToken", s.v1SubmitEmailToken)
 	r.Get("/validate/email/submitToken", s.submitEmailTokenPage)
 	r.Get("/3pid/getValidated3pid", s.getValidated)
@@ -179,10 +181,24 @@ func (s *Server) v1Bind(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) v1SignEd25519(w http.ResponseWriter, r *http.Request) {
-	fields, err := s.decodeForm(w, r)
+	// Element (matrix-js-sdk) POSTs to the mailed signurl with token, private_key and mxid in the
+	// query and no body, as Sydent accepts; fields in a body, if any, take precedence.
+	fields := map[string]string{}
+	for k, v := range r.URL.Query() {
+		fields[k] = v[0]
+	}
+	body, err := s.readBody(w, r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
+	}
+	if len(bytes.TrimSpace(body)) > 0 {
+		fromBody, err := parseForm(body, r.Header.Get("Content-Type"))
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		maps.Copy(fields, fromBody)
 	}
 	signed, err := s.svc.SignEd25519(r.Context(), fields["mxid"], fields["token"], fields["private_key"])
 	if err != nil {

@@ -14,7 +14,7 @@ import (
 
 func (s *Server) routesV2(r chi.Router) {
 	r.Get("/", s.statusCheck)
-	r.Post("/account/register", s.register)
+	r.With(s.limitClient("register")).Post("/account/register", s.register)
 	r.Get("/terms", s.getTerms)
 	r.Get("/pubkey/isvalid", s.pubkeyIsValid)
 	r.Get("/pubkey/ephemeral/isvalid", s.ephemeralIsValid)
@@ -28,18 +28,20 @@ func (s *Server) routesV2(r chi.Router) {
 	r.Group(func(r chi.Router) {
 		r.Use(s.authenticated(true))
 		r.Get("/hash_details", s.hashDetails)
-		r.Post("/lookup", s.lookup)
-		r.Post("/validate/email/requestToken", s.requestEmailToken)
+		r.With(s.limitLookup).Post("/lookup", s.lookup)
+		r.With(s.limitClient("requestToken")).Post("/validate/email/requestToken", s.requestEmailToken)
 		r.Post("/validate/email/submitToken", s.submitEmailToken)
-		r.Get("/validate/email/submitToken", s.submitEmailTokenPage)
 		r.Post("/validate/msisdn/requestToken", s.msisdnUnsupported)
 		r.Post("/validate/msisdn/submitToken", s.msisdnUnsupported)
 		r.Get("/validate/msisdn/submitToken", s.msisdnUnsupported)
 		r.Get("/3pid/getValidated3pid", s.getValidated)
 		r.Post("/3pid/bind", s.bind)
-		r.Post("/store-invite", s.storeInvite)
+		r.With(s.limitClient("store-invite")).Post("/store-invite", s.storeInvite)
 		r.Post("/sign-ed25519", s.signEd25519)
 	})
+	// The link in the validation mail opens in a browser, which has no token: the mailed token
+	// is the proof (as in Sydent, where only POST submitToken needs authentication).
+	r.Get("/validate/email/submitToken", s.submitEmailTokenPage)
 	// Unbind is authenticated by a validated session or by the homeserver's signature, not a token.
 	r.Post("/3pid/unbind", s.unbind)
 }

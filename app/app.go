@@ -14,11 +14,14 @@ import (
 	"os"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/ozo-platform/ozo-identity/api"
 	"github.com/ozo-platform/ozo-identity/config"
 	"github.com/ozo-platform/ozo-identity/email"
 	"github.com/ozo-platform/ozo-identity/homeserver"
 	"github.com/ozo-platform/ozo-identity/identity"
+	"github.com/ozo-platform/ozo-identity/ratelimit"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
 
@@ -111,6 +114,14 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	}
 	v1Nets, _ := config.ParsePrefixes(cfg.V1.Networks)
 	proxies, _ := config.ParsePrefixes(cfg.HTTP.TrustedProxies)
+	var limiter ratelimit.Limiter = ratelimit.NewMemory()
+	if cfg.Redis.URL != "" {
+		opts, err := redis.ParseURL(cfg.Redis.URL)
+		if err != nil {
+			return nil, fmt.Errorf("redis.url: %w", err)
+		}
+		limiter = ratelimit.NewRedis(redis.NewClient(opts), "ozo-identity:rl:")
+	}
 	metrics := api.NewMetrics()
 	srv := api.New(svc, hs, api.Config{
 		PublicBaseURL:     cfg.PublicBaseURL,
@@ -122,7 +133,9 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		V1Enabled:         cfg.V1.Enabled,
 		V1Networks:        v1Nets,
 		AdminToken:        cfg.Admin.Token,
-		SubmitPage:        page,
+		RateLimits: api.RateLimits{Limiter: limiter, LookupPerAccount: cfg.RateLimits.LookupPerAccount,
+			LookupPerServer: cfg.RateLimits.LookupPerServer, PerClient: cfg.RateLimits.PerClient},
+		SubmitPage: page,
 	}, metrics, log.With("component", "api"))
 	return &App{Config: cfg, DB: db, Store: store, Service: svc, API: srv, Metrics: metrics, HS: hs, log: log}, nil
 }

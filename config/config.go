@@ -43,6 +43,21 @@ type Config struct {
 	Homeservers Homeservers `yaml:"homeservers"`
 	V1          V1          `yaml:"v1"`
 	Admin       Admin       `yaml:"admin"`
+	Redis       Redis       `yaml:"redis"`
+	RateLimits  RateLimits  `yaml:"rate_limits"`
+}
+
+// Redis holds shared ephemeral state (rate limits) so replicas agree; empty keeps it in memory.
+type Redis struct {
+	URL string `yaml:"url"`
+}
+
+// RateLimits are per-minute budgets; 0 disables one.
+type RateLimits struct {
+	LookupPerAccount int `yaml:"lookup_per_account"`
+	LookupPerServer  int `yaml:"lookup_per_server"`
+	// PerClient bounds register, requestToken and store-invite per client address.
+	PerClient int `yaml:"per_client"`
 }
 
 type Database struct {
@@ -155,6 +170,7 @@ func Defaults() Config {
 		},
 		Email:       Email{SMTP: SMTP{Host: "localhost", Port: 25, Security: "none"}, From: "ozo-identity <noreply@localhost>"},
 		Homeservers: Homeservers{Timeout: 10 * time.Second},
+		RateLimits:  RateLimits{LookupPerAccount: 120, LookupPerServer: 2400, PerClient: 60},
 	}
 }
 
