@@ -25,7 +25,8 @@ func (s *Server) routesV1(r chi.Router) {
 	r.Get("/pubkey/isvalid", s.pubkeyIsValid)
 	r.Get("/pubkey/ephemeral/isvalid", s.ephemeralIsValid)
 	r.Get("/pubkey/{keyId}", s.pubkey)
-	r.With(s.limitClient("requestToken")).Post("/validate/email/requestToken", s.v1RequestEmailToken)
+	// v1 callers are the configured homeservers, proxying for all their users: no per-client budget.
+	r.Post("/validate/email/requestToken", s.v1RequestEmailToken)
 	r.Post("/validate/email/submitToken", s.v1SubmitEmailToken)
 	r.Get("/validate/email/submitToken", s.submitEmailTokenPage)
 	r.Get("/3pid/getValidated3pid", s.getValidated)

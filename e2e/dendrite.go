@@ -1,6 +1,7 @@
 // Package e2e runs real Dendrite homeservers on loopback for end-to-end tests:
 // two (or more) federating instances whose identity-server traffic goes to a
-// server the test controls.
+// server the test controls, typically ozo-identity itself (StartIdentityServer,
+// on HTTPS, mailing to an in-process SMTP server).
 //
 // Build the homeserver once with scripts/build-dendrite.sh; tests find it at
 // <repo root>/.cache/bin/dendrite or at $OZO_DENDRITE_BIN. Without it tests

@@ -499,7 +499,7 @@ type InviteRequest struct {
 
 // InviteFields lists the optional store-invite fields kept and passed to the mail template.
 var InviteFields = []string{"room_name", "room_alias", "room_avatar_url", "room_join_rules", "room_type",
-	"sender_display_name", "sender_avatar_url"}
+	"sender_display_name", "sender_avatar_url", "org.matrix.web_client_location"}
 
 // StoredInvite is what store-invite answers.
 type StoredInvite struct {
