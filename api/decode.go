@@ -74,7 +74,12 @@ func (s *Server) decodeForm(w http.ResponseWriter, r *http.Request) (map[string]
 	if err != nil {
 		return nil, err
 	}
-	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	return parseForm(body, r.Header.Get("Content-Type"))
+}
+
+// parseForm parses a v1 body, form-encoded or a JSON object of scalars, into its fields.
+func parseForm(body []byte, contentType string) (map[string]string, error) {
+	ct, _, _ := mime.ParseMediaType(contentType)
 	out := map[string]string{}
 	if ct == "application/x-www-form-urlencoded" {
 		vals, err := url.ParseQuery(string(body))

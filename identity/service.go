@@ -189,11 +189,12 @@ func (s *Service) RequestEmailToken(ctx context.Context, clientSecret, address s
 	case err == nil && sendAttempt <= sess.SendAttempt:
 		return sess.SID, nil
 	case err == nil:
+		// Mail first: a failed send records nothing, so the client's retry with the same send_attempt sends again.
 		token := randomToken(24)
-		if err := s.store.AddSessionToken(ctx, sess.SID, sendAttempt, hashToken(token), now.Add(s.opts.TokenLifetime)); err != nil {
+		if err := s.sendValidation(ctx, sess.SID, clientSecret, tp.Address, token, nextLink, clientIP); err != nil {
 			return "", err
 		}
-		return sess.SID, s.sendValidation(ctx, sess.SID, clientSecret, tp.Address, token, nextLink, clientIP)
+		return sess.SID, s.store.AddSessionToken(ctx, sess.SID, sendAttempt, hashToken(token), now.Add(s.opts.TokenLifetime))
 	case !errors.Is(err, storage.ErrNotFound):
 		return "", err
 	}
@@ -209,7 +210,14 @@ func (s *Service) RequestEmailToken(ctx context.Context, clientSecret, address s
 		}
 		return "", err
 	}
-	return sess.SID, s.sendValidation(ctx, sess.SID, clientSecret, tp.Address, token, nextLink, clientIP)
+	if err := s.sendValidation(ctx, sess.SID, clientSecret, tp.Address, token, nextLink, clientIP); err != nil {
+		// Nothing was mailed, so the session is useless: drop it so a retry starts afresh.
+		if derr := s.store.DeleteSession(ctx, sess.SID); derr != nil {
+			s.log.Warn("remove session after failed mail", "sid", sess.SID, "err", derr)
+		}
+		return "", err
+	}
+	return sess.SID, nil
 }
 
 func (s *Service) sendValidation(ctx context.Context, sid, clientSecret, to, token, nextLink, clientIP string) error {
@@ -253,13 +261,13 @@ func (s *Service) SubmitToken(ctx context.Context, sid, clientSecret, token stri
 	if err != nil {
 		return "", err
 	}
-	if sess.FailedAttempts >= s.opts.MaxFailedAttempts {
+	if len(token) > 255 {
+		token = token[:255]
+	}
+	ok, sess, err := s.store.CheckSessionToken(ctx, sess.SID, hashToken(token), s.now(), s.opts.MaxFailedAttempts)
+	if errors.Is(err, storage.ErrTooManyAttempts) {
 		return "", errorf(CodeLimitExceeded, "too many wrong tokens for this session; start a new one")
 	}
-	if token == "" || len(token) > 255 {
-		return "", errorf(CodeTokenIncorrect, "the token is incorrect")
-	}
-	ok, sess, err := s.store.CheckSessionToken(ctx, sid, hashToken(token), s.now())
 	if err != nil {
 		return "", err
 	}
@@ -544,12 +552,6 @@ func (s *Service) StoreInvite(ctx context.Context, req InviteRequest) (StoredInv
 	}
 	inv := storage.Invite{Token: randomToken(24), ThreePID: tp, RoomID: req.RoomID, Sender: req.Sender,
 		CreatedAt: now, ExpiresAt: now.Add(s.opts.InviteLifetime), Extra: extra}
-	if err := s.store.AddEphemeralKey(ctx, ephemeral, now); err != nil {
-		return StoredInvite{}, err
-	}
-	if err := s.store.CreateInvite(ctx, inv); err != nil {
-		return StoredInvite{}, err
-	}
 	if tp.Medium == MediumEmail {
 		vars := map[string]string{"token": inv.Token, "room_id": inv.RoomID, "sender": inv.Sender,
 			"medium": tp.Medium, "address": tp.Address,
@@ -559,11 +561,18 @@ func (s *Service) StoreInvite(ctx context.Context, req InviteRequest) (StoredInv
 		for k, v := range extra {
 			vars[k] = v
 		}
+		// Mail before storing: an invite whose mail failed is not kept, and the homeserver's
+		// invite fails with M_EMAIL_SEND_ERROR instead of leaving a room event nobody was told of.
 		if err := s.mailer.Send(ctx, email.KindInvite, tp.Address, vars); err != nil {
-			// The invite stays stored: binding later still delivers it; the sender learns the mail failed.
 			s.log.Warn("invite mail failed", "room_id", inv.RoomID, "err", err)
-			return StoredInvite{}, errorf(CodeEmailSendError, "the invite is stored but the email could not be sent")
+			return StoredInvite{}, errorf(CodeEmailSendError, "the invite email could not be sent")
 		}
+	}
+	if err := s.store.AddEphemeralKey(ctx, ephemeral, now); err != nil {
+		return StoredInvite{}, err
+	}
+	if err := s.store.CreateInvite(ctx, inv); err != nil {
+		return StoredInvite{}, err
 	}
 	return StoredInvite{Token: inv.Token, DisplayName: RedactedDisplayName(tp), PublicKey: s.signer.PublicKey(), Ephemeral: ephemeral}, nil
 }

@@ -12,6 +12,8 @@ import (
 var (
 	ErrNotFound      = errors.New("storage: not found")
 	ErrAlreadyExists = errors.New("storage: already exists")
+	// ErrTooManyAttempts: the session already had its allowed number of wrong tokens.
+	ErrTooManyAttempts = errors.New("storage: too many failed attempts")
 )
 
 // ThreePID is a third-party identifier in canonical form (see identity.Normalize).
@@ -116,8 +118,10 @@ type Storage interface {
 	// AddSessionToken records another valid token for a session and the send attempt it answered.
 	AddSessionToken(ctx context.Context, sid string, sendAttempt int64, tokenHash string, expires time.Time) error
 	// CheckSessionToken marks the session validated when tokenHash is one of its unexpired tokens,
-	// and otherwise counts a failed attempt; it reports whether the token matched.
-	CheckSessionToken(ctx context.Context, sid, tokenHash string, now time.Time) (bool, Session, error)
+	// and otherwise counts a failed attempt; it reports whether the token matched. A session that
+	// already failed maxFailed times is refused with ErrTooManyAttempts, atomically across replicas.
+	CheckSessionToken(ctx context.Context, sid, tokenHash string, now time.Time, maxFailed int) (bool, Session, error)
+	DeleteSession(ctx context.Context, sid string) error
 	DeleteExpiredSessions(ctx context.Context, createdBefore time.Time) (int64, error)
 
 	// Bind stores the binding, replaces its lookup hashes, marks pending invites for the 3PID

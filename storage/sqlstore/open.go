@@ -6,6 +6,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"net/url"
 	"os"
@@ -85,7 +86,15 @@ func (db *DB) Migrate(ctx context.Context, log *slog.Logger) error {
 	var opts []goose.ProviderOption
 	if db.Engine == Postgres {
 		dialect = goose.DialectPostgres
-		locker, err := lock.NewPostgresSessionLocker()
+		// The advisory lock is server-wide; one per schema lets separate deployments (and test
+		// schemas) on one server migrate without waiting for each other.
+		var schema string
+		if err := db.QueryRowContext(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
+			return fmt.Errorf("read schema: %w", err)
+		}
+		h := fnv.New64a()
+		h.Write([]byte("ozo-identity:" + schema))
+		locker, err := lock.NewPostgresSessionLocker(lock.WithLockID(int64(h.Sum64()>>1)), lock.WithLockTimeout(1, 300))
 		if err != nil {
 			return fmt.Errorf("migration lock: %w", err)
 		}

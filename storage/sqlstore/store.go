@@ -228,14 +228,22 @@ func (s *Store) AddSessionToken(ctx context.Context, sid string, sendAttempt int
 	})
 }
 
-func (s *Store) CheckSessionToken(ctx context.Context, sid, tokenHash string, now time.Time) (bool, storage.Session, error) {
+func (s *Store) CheckSessionToken(ctx context.Context, sid, tokenHash string, now time.Time, maxFailed int) (bool, storage.Session, error) {
 	var ok bool
 	var sess storage.Session
 	err := s.tx(ctx, func(tx *sql.Tx) error {
+		// A no-op update takes the row lock first (SQLite's immediate transaction already has the
+		// write lock), so concurrent guesses are counted one after another.
+		if _, err := tx.ExecContext(ctx, `UPDATE validation_sessions SET failed_attempts = failed_attempts WHERE sid = $1`, sid); err != nil {
+			return fmt.Errorf("lock session: %w", err)
+		}
 		var err error
 		sess, err = scanSession(tx.QueryRowContext(ctx, `SELECT `+sessionColumns+` FROM validation_sessions WHERE sid = $1`, sid))
 		if err != nil {
 			return err
+		}
+		if sess.FailedAttempts >= maxFailed {
+			return storage.ErrTooManyAttempts
 		}
 		var n int
 		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM session_tokens WHERE sid = $1 AND token_hash = $2 AND expires_at > $3`,
@@ -258,6 +266,18 @@ func (s *Store) CheckSessionToken(ctx context.Context, sid, tokenHash string, no
 		return nil
 	})
 	return ok, sess, err
+}
+
+func (s *Store) DeleteSession(ctx context.Context, sid string) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM session_tokens WHERE sid = $1`, sid); err != nil {
+			return fmt.Errorf("delete session tokens: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM validation_sessions WHERE sid = $1`, sid); err != nil {
+			return fmt.Errorf("delete session: %w", err)
+		}
+		return nil
+	})
 }
 
 func (s *Store) DeleteExpiredSessions(ctx context.Context, createdBefore time.Time) (int64, error) {

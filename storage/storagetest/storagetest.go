@@ -121,15 +121,15 @@ func testSessions(t *testing.T, s storage.Storage) {
 	}
 	must(t, s.AddSessionToken(ctx, "s1", 2, "tok2", now.Add(time.Hour)))
 	must(t, s.AddSessionToken(ctx, "s1", 3, "tok-expired", now.Add(-time.Second)))
-	ok, got, err := s.CheckSessionToken(ctx, "s1", "wrong", now)
+	ok, got, err := s.CheckSessionToken(ctx, "s1", "wrong", now, 10)
 	must(t, err)
 	if ok || got.FailedAttempts != 1 || !got.ValidatedAt.IsZero() {
 		t.Fatalf("wrong token: ok=%v %+v", ok, got)
 	}
-	if ok, _, _ := s.CheckSessionToken(ctx, "s1", "tok-expired", now); ok {
+	if ok, _, _ := s.CheckSessionToken(ctx, "s1", "tok-expired", now, 10); ok {
 		t.Fatal("expired token accepted")
 	}
-	ok, got, err = s.CheckSessionToken(ctx, "s1", "tok1", now)
+	ok, got, err = s.CheckSessionToken(ctx, "s1", "tok1", now, 10)
 	must(t, err)
 	if !ok || got.ValidatedAt.IsZero() || got.SendAttempt != 3 {
 		t.Fatalf("first token: ok=%v %+v", ok, got)
@@ -138,8 +138,41 @@ func testSessions(t *testing.T, s storage.Storage) {
 	if stored.ValidatedAt.IsZero() || stored.FailedAttempts != 2 {
 		t.Fatalf("stored: %+v", stored)
 	}
-	if _, _, err := s.CheckSessionToken(ctx, "nope", "tok1", now); !errors.Is(err, storage.ErrNotFound) {
+	if _, _, err := s.CheckSessionToken(ctx, "nope", "tok1", now, 10); !errors.Is(err, storage.ErrNotFound) {
 		t.Fatalf("unknown sid: %v", err)
+	}
+	// The attempt limit holds under concurrent guesses.
+	must(t, s.CreateSession(ctx, storage.Session{SID: "s3", ClientSecret: "cs3", ThreePID: tp, CreatedAt: now.Add(time.Hour)}, "t3", now.Add(time.Hour)))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	counted, refused := 0, 0
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _, err := s.CheckSessionToken(ctx, "s3", "guess", now, 3)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				counted++
+			case errors.Is(err, storage.ErrTooManyAttempts):
+				refused++
+			default:
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if counted != 3 || refused != 17 {
+		t.Fatalf("concurrent guesses: %d checked, %d refused; want 3 and 17", counted, refused)
+	}
+	if ok, _, err := s.CheckSessionToken(ctx, "s3", "t3", now, 3); ok || !errors.Is(err, storage.ErrTooManyAttempts) {
+		t.Fatalf("right token after the limit: ok=%v err=%v", ok, err)
+	}
+	must(t, s.DeleteSession(ctx, "s3"))
+	if _, err := s.GetSession(ctx, "s3"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("deleted session: %v", err)
 	}
 	n, err := s.DeleteExpiredSessions(ctx, now.Add(time.Second))
 	must(t, err)
