@@ -35,7 +35,9 @@ func startServe(t *testing.T, env []string) string {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	var logs bytes.Buffer
-	go func() { done <- run(ctx, []string{"serve", "--listen", addr, "--data-dir", t.TempDir()}, env, &syncWriter{w: &logs}) }()
+	go func() {
+		done <- run(ctx, []string{"serve", "--listen", addr, "--data-dir", t.TempDir()}, env, &syncWriter{w: &logs})
+	}()
 	t.Cleanup(func() {
 		cancel()
 		select {
