@@ -16,6 +16,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/ozo-platform/ozo-identity/api/apitest"
+	"github.com/ozo-platform/ozo-identity/email/smtptest"
 )
 
 const v2 = apitest.V2
@@ -134,7 +135,7 @@ func valid(t *testing.T, r *apitest.Response) bool {
 	return v
 }
 
-func hasHeader(m apitest.Message, name string) bool {
+func hasHeader(m smtptest.Message, name string) bool {
 	for _, n := range m.HeaderNames {
 		if strings.EqualFold(n, name) {
 			return true

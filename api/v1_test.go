@@ -14,6 +14,7 @@ import (
 
 	"github.com/ozo-platform/ozo-identity/api/apitest"
 	"github.com/ozo-platform/ozo-identity/config"
+	"github.com/ozo-platform/ozo-identity/email/smtptest"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
 
@@ -96,7 +97,7 @@ func TestV1Gate(t *testing.T) {
 			}
 
 			// The invite mail carries the token and the ephemeral private key in the sign URL.
-			m := h.Mail.WaitTo(t, addr, 1)
+			m := h.Mail.Wait(t, addr, 1, apitest.MailWait)
 			signURL := inviteSignURL(t, m)
 			if signURL.Query().Get("token") != inv.Token || signURL.Query().Get("private_key") == "" {
 				t.Fatalf("sign URL %s does not carry the invite token %s", signURL, inv.Token)
@@ -117,7 +118,7 @@ func TestV1Gate(t *testing.T) {
 
 			// With v1 on, a v2 store-invite mails the token the same way.
 			v2inv := storeInvite(t, h, alice, emailInvite(alice, "dave@example.org"))
-			if got := inviteSignURL(t, h.Mail.WaitTo(t, "dave@example.org", 1)).Query().Get("token"); got != v2inv.Token {
+			if got := inviteSignURL(t, h.Mail.Wait(t, "dave@example.org", 1, apitest.MailWait)).Query().Get("token"); got != v2inv.Token {
 				t.Fatalf("v2 invite mail carries token %q, want %q", got, v2inv.Token)
 			}
 
@@ -125,7 +126,7 @@ func TestV1Gate(t *testing.T) {
 			secret := apitest.Secret()
 			sid := h.Do(t, apitest.Request{Method: http.MethodPost, Path: v1 + "/validate/email/requestToken", Body: url.Values{
 				"client_secret": {secret}, "email": {addr}, "send_attempt": {"1"}}}).Want(t, http.StatusOK, "").Str(t, "sid")
-			token := apitest.ValidationLink(t, h.Mail.WaitTo(t, addr, 2)).Get("token")
+			token := apitest.ValidationLink(t, h.Mail.Wait(t, addr, 2, apitest.MailWait)).Get("token")
 			h.Do(t, apitest.Request{Method: http.MethodPost, Path: v1 + "/validate/email/submitToken", Body: url.Values{
 				"sid": {sid}, "client_secret": {secret}, "token": {token}}}).Want(t, http.StatusOK, "")
 			r = h.Do(t, apitest.Request{Method: http.MethodPost, Path: v1 + "/3pid/bind", Body: url.Values{
@@ -145,7 +146,7 @@ func TestV1Gate(t *testing.T) {
 var signURLRE = regexp.MustCompile(`signurl=([^&\s"]+)`)
 
 // inviteSignURL returns the sign URL from the invite link in the mail text.
-func inviteSignURL(t *testing.T, m apitest.Message) *url.URL {
+func inviteSignURL(t *testing.T, m smtptest.Message) *url.URL {
 	t.Helper()
 	match := signURLRE.FindStringSubmatch(m.Text)
 	if match == nil {

@@ -237,9 +237,9 @@ func TestEmailValidation(t *testing.T) {
 			return h.Post(t, v2+"/validate/email/requestToken", u.Token, body).Want(t, http.StatusOK, "").Str(t, "sid")
 		}
 		sid := request(1, "")
-		first := h.Mail.WaitTo(t, addr, 1)
-		if len(first.Rcpt) != 1 || first.Rcpt[0] != addr {
-			t.Fatalf("envelope recipients %v", first.Rcpt)
+		first := h.Mail.Wait(t, addr, 1, apitest.MailWait)
+		if len(first.To) != 1 || first.To[0] != addr {
+			t.Fatalf("envelope recipients %v", first.To)
 		}
 		token1 := apitest.ValidationLink(t, first).Get("token")
 		if !strings.Contains(first.Text, token1) || !strings.Contains(first.HTML, token1) {
@@ -257,7 +257,7 @@ func TestEmailValidation(t *testing.T) {
 		if again := request(2, ""); again != sid {
 			t.Fatalf("send_attempt 2: sid %q, want %q", again, sid)
 		}
-		token2 := apitest.ValidationLink(t, h.Mail.WaitTo(t, addr, 2)).Get("token")
+		token2 := apitest.ValidationLink(t, h.Mail.Wait(t, addr, 2, apitest.MailWait)).Get("token")
 		if token2 == token1 {
 			t.Fatal("a higher send_attempt sent the same token")
 		}
@@ -292,7 +292,7 @@ func TestEmailValidation(t *testing.T) {
 		secret = apitest.Secret()
 		next := "https://app.ozo.test/validated?step=2"
 		sid = request(1, next)
-		link := apitest.ValidationLink(t, h.Mail.WaitTo(t, addr, 3))
+		link := apitest.ValidationLink(t, h.Mail.Wait(t, addr, 3, apitest.MailWait))
 		wrong := h.Get(t, v2+"/validate/email/submitToken"+q("sid", sid, "client_secret", secret, "token", "nope"), "")
 		if wrong.Status == http.StatusFound {
 			t.Fatal("a wrong token redirected to next_link")
@@ -353,7 +353,7 @@ func TestExpiry(t *testing.T) {
 		// A new send attempt mails a fresh token, which works while the session lives.
 		h.Post(t, v2+"/validate/email/requestToken", u.Token, map[string]any{"client_secret": s.ClientSecret, "email": s.Address,
 			"send_attempt": 2}).Want(t, http.StatusOK, "")
-		fresh := apitest.ValidationLink(t, h.Mail.WaitTo(t, s.Address, 2)).Get("token")
+		fresh := apitest.ValidationLink(t, h.Mail.Wait(t, s.Address, 2, apitest.MailWait)).Get("token")
 		submit(fresh).Want(t, http.StatusOK, "")
 		h.Get(t, getValidated, u.Token).Want(t, http.StatusOK, "")
 
@@ -445,7 +445,7 @@ func TestUnbind(t *testing.T) {
 
 		t.Run("signed by the homeserver with mautrix", func(t *testing.T) {
 			h.Bind(t, alice, addr)
-			fc := federation.NewClient(h.HS.Name, h.HS.Key, nil, exhttp.SensibleClientSettings.WithTLSConfig(h.CA.Client.Clone()))
+			fc := federation.NewClient(h.HS.Name, h.HS.Key, nil, exhttp.SensibleClientSettings.WithTLSConfig(h.CA.ClientTLSConfig()))
 			fc.AllowIP = func(net.IP) bool { return true }
 			var out map[string]any
 			_, _, err := fc.MakeFullRequest(context.Background(), federation.RequestParams{
@@ -523,9 +523,9 @@ func TestStoreInvite(t *testing.T) {
 			t.Fatal("the ephemeral key passes as the long-term key")
 		}
 
-		m := h.Mail.WaitTo(t, addr, 1)
-		if len(m.Rcpt) != 1 || m.Rcpt[0] != addr || m.Header.Get("To") == "" || !strings.Contains(m.Header.Get("To"), addr) {
-			t.Fatalf("invite mail envelope %v To %q", m.Rcpt, m.Header.Get("To"))
+		m := h.Mail.Wait(t, addr, 1, apitest.MailWait)
+		if len(m.To) != 1 || m.To[0] != addr || m.Header.Get("To") == "" || !strings.Contains(m.Header.Get("To"), addr) {
+			t.Fatalf("invite mail envelope %v To %q", m.To, m.Header.Get("To"))
 		}
 		if !strings.Contains(m.Text, "Zorgteam Jansen") || !strings.Contains(m.Text, "Dr. Alice") {
 			t.Fatalf("invite mail lacks room or sender:\n%s", m.Text)
@@ -645,9 +645,9 @@ func TestInviteMailHeaderInjection(t *testing.T) {
 		body["room_name"] = "Zorg\r\nBcc: evil@example.org"
 		body["sender_display_name"] = "Eve\nCc: evil2@example.org"
 		storeInvite(t, h, alice, body)
-		m := h.Mail.WaitTo(t, addr, 1)
-		if len(m.Rcpt) != 1 || m.Rcpt[0] != addr {
-			t.Fatalf("envelope recipients %v", m.Rcpt)
+		m := h.Mail.Wait(t, addr, 1, apitest.MailWait)
+		if len(m.To) != 1 || m.To[0] != addr {
+			t.Fatalf("envelope recipients %v", m.To)
 		}
 		for _, name := range []string{"Bcc", "Cc", "Resent-To", "Resent-Bcc"} {
 			if hasHeader(m, name) {

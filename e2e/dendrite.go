@@ -31,6 +31,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/ozo-platform/ozo-identity/internal/pkitest"
 )
 
 const modulePath = "github.com/ozo-platform/ozo-identity"
@@ -46,14 +48,14 @@ type Options struct {
 	// CA signs the homeservers' TLS certificates and is the only CA their
 	// processes trust. Nil means a new one; pass one to have it before the
 	// identity server starts.
-	CA *CA
+	CA *pkitest.CA
 	// StartTimeout bounds the wait for all homeservers to serve; 0 means 30s.
 	StartTimeout time.Duration
 }
 
 // Federation is a set of running homeservers that federate with each other.
 type Federation struct {
-	CA          *CA
+	CA          *pkitest.CA
 	Homeservers []*Homeserver
 }
 
@@ -88,7 +90,7 @@ func StartFederation(t testing.TB, opts Options) *Federation {
 	}
 	ca := opts.CA
 	if ca == nil {
-		ca = NewCA(t)
+		ca = pkitest.NewCA(t)
 	}
 	timeout := opts.StartTimeout
 	if timeout == 0 {
@@ -199,11 +201,11 @@ func freePorts(t testing.TB, n int) []int {
 	return ports
 }
 
-func (hs *Homeserver) start(t testing.TB, bin string, ca *CA, clientPort, fedPort int, idServers []string) {
+func (hs *Homeserver) start(t testing.TB, bin string, ca *pkitest.CA, clientPort, fedPort int, idServers []string) {
 	t.Helper()
 	keyFile := filepath.Join(hs.Dir, "matrix_key.pem")
 	writeMatrixKey(t, keyFile)
-	certFile, tlsKeyFile := ca.writeLeaf(t, hs.Dir)
+	certFile, tlsKeyFile := ca.WriteLeaf(t, hs.Dir)
 	cfgFile := filepath.Join(hs.Dir, "dendrite.yaml")
 	cfg, err := yaml.Marshal(dendriteConfig(hs.ServerName, hs.Dir, keyFile, idServers))
 	if err != nil {
@@ -285,7 +287,7 @@ func (hs *Homeserver) Exited() (bool, error) {
 
 // waitReady polls the client API over HTTP and the federation key endpoint
 // over verified HTTPS until both answer 200, the process dies, or ctx ends.
-func (hs *Homeserver) waitReady(ctx context.Context, ca *CA) error {
+func (hs *Homeserver) waitReady(ctx context.Context, ca *pkitest.CA) error {
 	client := &http.Client{
 		Timeout:   2 * time.Second,
 		Transport: &http.Transport{TLSClientConfig: ca.ClientTLSConfig(), DisableKeepAlives: true},

@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -21,6 +20,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/ozo-platform/ozo-identity/internal/pkitest"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore/dbtest"
 )
@@ -48,7 +48,7 @@ func TestIdentityFlows(t *testing.T) {
 }
 
 func runFlows(t *testing.T, engine sqlstore.Engine) {
-	ca := NewCA(t)
+	ca := pkitest.NewCA(t)
 	dbURL := dbtest.URL(t, engine) // before the server, so the database outlives it
 	is := StartIdentityServer(t, ca, ISOptions{V1Networks: []string{"127.0.0.1/32"}, DatabaseURL: dbURL})
 	fed := StartFederation(t, Options{CA: ca, IdentityServers: []string{is.Name}})
@@ -278,7 +278,7 @@ func (f *flows) unboundEmail(t *testing.T) {
 	}
 
 	// The invite mail reached Bob's mailbox.
-	invite := f.is.Mail.Wait(t, addr, mails, mailWait)
+	invite := f.is.Mail.Wait(t, addr, mails+1, mailWait)
 	if !strings.Contains(invite.Subject, "Invitation from alice") || !strings.Contains(invite.Text, "https://chat.ozo.example.org") {
 		t.Fatalf("invite mail: subject %q, text:\n%s", invite.Subject, invite.Text)
 	}
@@ -355,7 +355,7 @@ func (f *flows) unbindThenInvite(t *testing.T) {
 	if !errors.Is(err, mautrix.MNotFound) {
 		t.Fatalf("bob's member event in the new room: %+v, err %v; want none", member, err)
 	}
-	invite := f.is.Mail.Wait(t, addr, mails, mailWait)
+	invite := f.is.Mail.Wait(t, addr, mails+1, mailWait)
 	if !strings.Contains(invite.Subject, "Invitation from alice") {
 		t.Fatalf("new mail to %s has subject %q, want an invite", addr, invite.Subject)
 	}
@@ -369,7 +369,7 @@ func (f *flows) v1Gate(t *testing.T) {
 	const inside, outside = "gate@example.org", "outside@example.org"
 	mails := len(f.is.Mail.To(inside))
 	f.inviteEmail(t, f.room, inside)
-	f.is.Mail.Wait(t, inside, mails, mailWait)
+	f.is.Mail.Wait(t, inside, mails+1, mailWait)
 	if status, resp := f.is.v1Lookup(t, nil, "email", "carol@example.org"); status != http.StatusOK || resp["mxid"] != f.carol.UserID.String() {
 		t.Fatalf("v1 lookup from 127.0.0.1: %d %v, want carol", status, resp)
 	}
@@ -569,13 +569,13 @@ func bindEmailThroughHomeserver(t *testing.T, cli *mautrix.Client, is *IdentityS
 		t.Fatalf("%s: requestToken for %s gave no sid", cli.UserID, addr)
 	}
 
-	msg := is.Mail.Wait(t, addr, mails, mailWait)
-	link := validationLink.FindString(msg.Text)
-	if link == "" {
-		t.Fatalf("validation mail to %s holds no submitToken link:\n%s", addr, msg.Text)
-	}
+	msg := is.Mail.Wait(t, addr, mails+1, mailWait)
+	link := msg.ValidationLink()
 	u, err := url.Parse(link)
-	if err != nil || u.Query().Get("sid") != tok.SID || u.Query().Get("client_secret") != secret {
+	if link == "" || err != nil || u.Scheme != "https" || !strings.HasSuffix(u.Path, "/_matrix/identity/v2/validate/email/submitToken") {
+		t.Fatalf("validation mail to %s holds no https v2 submitToken link:\n%s", addr, msg.Text)
+	}
+	if u.Query().Get("sid") != tok.SID || u.Query().Get("client_secret") != secret {
 		t.Fatalf("validation link %s does not carry sid %s and our client secret", link, tok.SID)
 	}
 	// Opened as a person would: a browser GET, no identity-server token.
@@ -595,8 +595,6 @@ func bindEmailThroughHomeserver(t *testing.T, cli *mautrix.Client, is *IdentityS
 	}
 	return tok.SID, secret
 }
-
-var validationLink = regexp.MustCompile(`https://\S+/_matrix/identity/v2/validate/email/submitToken\?\S+`)
 
 func getPage(t *testing.T, client *http.Client, link string) (int, string) {
 	t.Helper()

@@ -16,10 +16,12 @@ import (
 
 	"github.com/ozo-platform/ozo-identity/app"
 	"github.com/ozo-platform/ozo-identity/config"
+	"github.com/ozo-platform/ozo-identity/email/smtptest"
+	"github.com/ozo-platform/ozo-identity/internal/pkitest"
 )
 
 // IdentityServer is an in-process ozo-identity served over HTTPS with a
-// certificate from the test CA, sending its mail to a MailSink.
+// certificate from the test CA, sending its mail to an in-process SMTP server.
 type IdentityServer struct {
 	// Name is "localhost:<port>": what homeservers and clients pass as
 	// id_server, and the server name its signatures are made under.
@@ -28,10 +30,10 @@ type IdentityServer struct {
 	URL        string
 	App        *app.App
 	AdminToken string
-	Mail       *MailSink
+	Mail       *smtptest.Server
 	LogFile    string
 
-	ca *CA
+	ca *pkitest.CA
 }
 
 // ISOptions configures StartIdentityServer.
@@ -46,7 +48,7 @@ type ISOptions struct {
 
 // StartIdentityServer builds ozo-identity from its configuration, as the
 // binary does, and serves it on a free loopback port until the test ends.
-func StartIdentityServer(t testing.TB, ca *CA, opts ISOptions) *IdentityServer {
+func StartIdentityServer(t testing.TB, ca *pkitest.CA, opts ISOptions) *IdentityServer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -58,7 +60,7 @@ func StartIdentityServer(t testing.TB, ca *CA, opts ISOptions) *IdentityServer {
 		Name:       fmt.Sprintf("localhost:%d", port),
 		URL:        fmt.Sprintf("https://localhost:%d", port),
 		AdminToken: randomHex(t, 24),
-		Mail:       StartMailSink(t),
+		Mail:       smtptest.Start(t),
 		LogFile:    filepath.Join(dir, "ozo-identity.log"),
 		ca:         ca,
 	}

@@ -19,6 +19,8 @@ import (
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/ozo-platform/ozo-identity/internal/pkitest"
 )
 
 // TestDendriteIdentityServerProtocol pins down, against real Dendrite
@@ -26,7 +28,7 @@ import (
 // accepts from it. The identity server here is a minimal recorder written for
 // this test; the facts it checks are the contract ozo-identity must meet.
 func TestDendriteIdentityServerProtocol(t *testing.T) {
-	ca := NewCA(t)
+	ca := pkitest.NewCA(t)
 	is := newProbeIS(t, ca)
 	fed := StartFederation(t, Options{CA: ca, IdentityServers: []string{is.name}})
 	hs1, hs2 := fed.Homeservers[0], fed.Homeservers[1]
@@ -273,7 +275,7 @@ type isRequest struct {
 	Form                                            map[string]string
 }
 
-func newProbeIS(t *testing.T, ca *CA) *probeIS {
+func newProbeIS(t *testing.T, ca *pkitest.CA) *probeIS {
 	_, key, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)

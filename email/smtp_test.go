@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ozo-platform/ozo-identity/email/smtptest"
 )
 
 func newMailer(t *testing.T, cfg Config) *Mailer {
@@ -39,9 +41,9 @@ func TestSendModes(t *testing.T) {
 		{mode: "tls", user: "mailer", wantTLS: true},
 	} {
 		t.Run(fmt.Sprintf("%s/auth=%v", tc.mode, tc.user != ""), func(t *testing.T) {
-			sink := startSink(t, &mailSink{mode: tc.mode, user: tc.user, pass: "s3cret"}, serverTLS)
+			sink := smtptest.StartWith(t, smtptest.Options{Security: tc.mode, TLS: serverTLS, Username: tc.user, Password: "s3cret"})
 			m := newMailer(t, Config{
-				Host: "127.0.0.1", Port: sink.port, Security: tc.mode,
+				Host: "127.0.0.1", Port: sink.Port, Security: tc.mode,
 				Username: tc.user, Password: map[bool]string{true: "s3cret"}[tc.user != ""],
 				From: "OZO Identiteit <noreply@id.example.nl>", HeloName: "id.example.nl",
 				TLSConfig: clientTLS,
@@ -50,47 +52,47 @@ func TestSendModes(t *testing.T) {
 			if err := m.Send(context.Background(), KindValidation, to, validationVars()); err != nil {
 				t.Fatalf("Send: %v", err)
 			}
-			msgs := sink.messages()
+			msgs := sink.Messages()
 			if len(msgs) != 1 {
 				t.Fatalf("server got %d messages, want 1", len(msgs))
 			}
 			got := msgs[0]
-			if got.from != "noreply@id.example.nl" || len(got.rcpt) != 1 || got.rcpt[0] != to {
-				t.Errorf("envelope from %q rcpt %q", got.from, got.rcpt)
+			if got.From != "noreply@id.example.nl" || len(got.To) != 1 || got.To[0] != to {
+				t.Errorf("envelope from %q rcpt %q", got.From, got.To)
 			}
-			if got.tls != tc.wantTLS {
-				t.Errorf("TLS = %v, want %v", got.tls, tc.wantTLS)
+			if got.TLS != tc.wantTLS {
+				t.Errorf("TLS = %v, want %v", got.TLS, tc.wantTLS)
 			}
-			if got.user != tc.user {
-				t.Errorf("authenticated user %q, want %q", got.user, tc.user)
+			if got.User != tc.user {
+				t.Errorf("authenticated user %q, want %q", got.User, tc.user)
 			}
-			p := parseMessage(t, got.data)
-			for _, part := range []string{p.text, p.html} {
+			p := parseMessage(t, got.Raw)
+			for _, part := range []string{p.Text, p.HTML} {
 				if !strings.Contains(part, "T0k3nValue") {
 					t.Errorf("token missing from part:\n%s", part)
 				}
 			}
-			if !strings.Contains(p.text, validationVars()["link"]) {
-				t.Errorf("link missing from text part:\n%s", p.text)
+			if !strings.Contains(p.Text, validationVars()["link"]) {
+				t.Errorf("link missing from text part:\n%s", p.Text)
 			}
 			// In HTML the & of the link is written &amp;.
-			if !strings.Contains(p.html, strings.ReplaceAll(validationVars()["link"], "&", "&amp;")) {
-				t.Errorf("link missing from html part:\n%s", p.html)
+			if !strings.Contains(p.HTML, strings.ReplaceAll(validationVars()["link"], "&", "&amp;")) {
+				t.Errorf("link missing from html part:\n%s", p.HTML)
 			}
-			if p.header.Get("To") != to || !strings.Contains(p.header.Get("From"), "<noreply@id.example.nl>") {
-				t.Errorf("To %q From %q", p.header.Get("To"), p.header.Get("From"))
+			if p.Header.Get("To") != to || !strings.Contains(p.Header.Get("From"), "<noreply@id.example.nl>") {
+				t.Errorf("To %q From %q", p.Header.Get("To"), p.Header.Get("From"))
 			}
-			if _, err := p.header.Date(); err != nil {
+			if _, err := p.Header.Date(); err != nil {
 				t.Errorf("Date: %v", err)
 			}
-			if id := p.header.Get("Message-Id"); !strings.HasPrefix(id, "<") || !strings.HasSuffix(id, "@id.example.nl>") {
+			if id := p.Header.Get("Message-Id"); !strings.HasPrefix(id, "<") || !strings.HasSuffix(id, "@id.example.nl>") {
 				t.Errorf("Message-ID %q", id)
 			}
-			if p.header.Get("Mime-Version") != "1.0" {
-				t.Errorf("MIME-Version %q", p.header.Get("Mime-Version"))
+			if p.Header.Get("Mime-Version") != "1.0" {
+				t.Errorf("MIME-Version %q", p.Header.Get("Mime-Version"))
 			}
-			if p.subject != "Confirm your email address / Bevestig uw e-mailadres" {
-				t.Errorf("subject %q", p.subject)
+			if p.Subject != "Confirm your email address / Bevestig uw e-mailadres" {
+				t.Errorf("subject %q", p.Subject)
 			}
 		})
 	}
@@ -98,13 +100,13 @@ func TestSendModes(t *testing.T) {
 
 func TestStartTLSRequiredButNotOffered(t *testing.T) {
 	// A server without STARTTLS (or an attacker stripping it): no fallback.
-	sink := startSink(t, &mailSink{mode: "none"}, nil)
-	m := newMailer(t, Config{Host: "127.0.0.1", Port: sink.port, Security: "starttls"})
+	sink := smtptest.Start(t)
+	m := newMailer(t, Config{Host: "127.0.0.1", Port: sink.Port, Security: "starttls"})
 	err := m.Send(context.Background(), KindValidation, "bob@example.org", validationVars())
 	if err == nil || !strings.Contains(err.Error(), "STARTTLS") {
 		t.Fatalf("err = %v, want a STARTTLS error", err)
 	}
-	if n := len(sink.messages()); n != 0 {
+	if n := len(sink.Messages()); n != 0 {
 		t.Fatalf("server got %d messages over plain text", n)
 	}
 }
@@ -114,13 +116,13 @@ func TestUntrustedCertificate(t *testing.T) {
 	_, otherCA := testCA(t)
 	for _, mode := range []string{"starttls", "tls"} {
 		t.Run(mode, func(t *testing.T) {
-			sink := startSink(t, &mailSink{mode: mode}, serverTLS)
-			m := newMailer(t, Config{Host: "127.0.0.1", Port: sink.port, Security: mode, TLSConfig: otherCA})
+			sink := smtptest.StartWith(t, smtptest.Options{Security: mode, TLS: serverTLS})
+			m := newMailer(t, Config{Host: "127.0.0.1", Port: sink.Port, Security: mode, TLSConfig: otherCA})
 			err := m.Send(context.Background(), KindValidation, "bob@example.org", validationVars())
 			if err == nil || !strings.Contains(err.Error(), "certificate") {
 				t.Fatalf("err = %v, want a certificate error", err)
 			}
-			if n := len(sink.messages()); n != 0 {
+			if n := len(sink.Messages()); n != 0 {
 				t.Fatalf("server got %d messages", n)
 			}
 		})
@@ -130,20 +132,20 @@ func TestUntrustedCertificate(t *testing.T) {
 func TestAuthFailures(t *testing.T) {
 	serverTLS, clientTLS := testCA(t)
 	t.Run("wrong password", func(t *testing.T) {
-		sink := startSink(t, &mailSink{mode: "tls", user: "mailer", pass: "right"}, serverTLS)
-		m := newMailer(t, Config{Host: "127.0.0.1", Port: sink.port, Security: "tls",
+		sink := smtptest.StartWith(t, smtptest.Options{Security: "tls", TLS: serverTLS, Username: "mailer", Password: "right"})
+		m := newMailer(t, Config{Host: "127.0.0.1", Port: sink.Port, Security: "tls",
 			Username: "mailer", Password: "wrong", TLSConfig: clientTLS})
 		err := m.Send(context.Background(), KindValidation, "bob@example.org", validationVars())
 		if err == nil || !strings.Contains(err.Error(), "AUTH") {
 			t.Fatalf("err = %v, want an AUTH error", err)
 		}
-		if n := len(sink.messages()); n != 0 {
+		if n := len(sink.Messages()); n != 0 {
 			t.Fatalf("server got %d messages", n)
 		}
 	})
 	t.Run("server without AUTH", func(t *testing.T) {
-		sink := startSink(t, &mailSink{mode: "tls"}, serverTLS)
-		m := newMailer(t, Config{Host: "127.0.0.1", Port: sink.port, Security: "tls",
+		sink := smtptest.StartWith(t, smtptest.Options{Security: "tls", TLS: serverTLS})
+		m := newMailer(t, Config{Host: "127.0.0.1", Port: sink.Port, Security: "tls",
 			Username: "mailer", Password: "x", TLSConfig: clientTLS})
 		err := m.Send(context.Background(), KindValidation, "bob@example.org", validationVars())
 		if err == nil || !strings.Contains(err.Error(), "AUTH") {
@@ -165,8 +167,8 @@ func TestAuthFailures(t *testing.T) {
 }
 
 func TestRecipientRejected(t *testing.T) {
-	sink := startSink(t, &mailSink{mode: "none", rejectRcpt: true}, nil)
-	m := newMailer(t, Config{Host: "127.0.0.1", Port: sink.port})
+	sink := smtptest.StartWith(t, smtptest.Options{RejectRecipients: true})
+	m := newMailer(t, Config{Host: "127.0.0.1", Port: sink.Port})
 	err := m.Send(context.Background(), KindValidation, "nobody@example.org", validationVars())
 	if err == nil || !strings.Contains(err.Error(), "RCPT TO") || !strings.Contains(err.Error(), "550") {
 		t.Fatalf("err = %v, want RCPT TO 550", err)
@@ -278,8 +280,8 @@ func TestCancelledContext(t *testing.T) {
 }
 
 func TestConcurrentSends(t *testing.T) {
-	sink := startSink(t, &mailSink{mode: "none"}, nil)
-	m := newMailer(t, Config{Host: "127.0.0.1", Port: sink.port, PublicBaseURL: "https://id.example.nl"})
+	sink := smtptest.Start(t)
+	m := newMailer(t, Config{Host: "127.0.0.1", Port: sink.Port, PublicBaseURL: "https://id.example.nl"})
 	const n = 8
 	errs := make(chan error, n)
 	for i := range n {
@@ -294,17 +296,17 @@ func TestConcurrentSends(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	msgs := sink.messages()
+	msgs := sink.Messages()
 	if len(msgs) != n {
 		t.Fatalf("got %d messages, want %d", len(msgs), n)
 	}
 	ids := map[string]bool{}
 	for _, msg := range msgs {
-		p := parseMessage(t, msg.data)
-		if want := strings.TrimSuffix(strings.TrimPrefix(msg.rcpt[0], "user"), "@example.org"); !strings.Contains(p.text, "tok"+want) {
-			t.Errorf("message to %s lacks its own token", msg.rcpt[0])
+		p := parseMessage(t, msg.Raw)
+		if want := strings.TrimSuffix(strings.TrimPrefix(msg.To[0], "user"), "@example.org"); !strings.Contains(p.Text, "tok"+want) {
+			t.Errorf("message to %s lacks its own token", msg.To[0])
 		}
-		ids[p.header.Get("Message-Id")] = true
+		ids[p.Header.Get("Message-Id")] = true
 	}
 	if len(ids) != n {
 		t.Errorf("%d distinct Message-IDs for %d messages", len(ids), n)

@@ -8,13 +8,15 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/ozo-platform/ozo-identity/email/smtptest"
 )
 
 // TestHostileInvite sends an invite whose user-controlled fields try to
 // inject markup and headers, through a real SMTP server.
 func TestHostileInvite(t *testing.T) {
-	sink := startSink(t, &mailSink{mode: "none"}, nil)
-	m := newMailer(t, Config{Host: "127.0.0.1", Port: sink.port, PublicBaseURL: "https://id.example.nl"})
+	sink := smtptest.Start(t)
+	m := newMailer(t, Config{Host: "127.0.0.1", Port: sink.Port, PublicBaseURL: "https://id.example.nl"})
 
 	for _, tc := range []struct {
 		name string
@@ -29,7 +31,7 @@ func TestHostileInvite(t *testing.T) {
 		{"bad web client", map[string]string{"org.matrix.web_client_location": `javascript:alert(1)//"`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			before := len(sink.messages())
+			before := len(sink.Messages())
 			vars := inviteVars()
 			for k, v := range tc.vars {
 				vars[k] = v
@@ -38,64 +40,64 @@ func TestHostileInvite(t *testing.T) {
 			if err := m.Send(context.Background(), KindInvite, to, vars); err != nil {
 				t.Fatalf("Send: %v", err)
 			}
-			msgs := sink.messages()
+			msgs := sink.Messages()
 			if len(msgs) != before+1 {
 				t.Fatalf("got %d new messages", len(msgs)-before)
 			}
 			got := msgs[len(msgs)-1]
-			if !slices.Equal(got.rcpt, []string{to}) {
-				t.Fatalf("envelope recipients %q, want only %s", got.rcpt, to)
+			if !slices.Equal(got.To, []string{to}) {
+				t.Fatalf("envelope recipients %q, want only %s", got.To, to)
 			}
-			if names := headerNamesOf(t, got.data); !slices.Equal(names, []string{
+			p := parseMessage(t, got.Raw)
+			if names := p.HeaderNames; !slices.Equal(names, []string{
 				"From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Auto-Submitted", "Content-Type",
 			}) {
 				t.Fatalf("headers %q", names)
 			}
-			p := parseMessage(t, got.data)
 			for _, h := range []string{"Bcc", "Cc"} {
-				if v := p.header.Get(h); v != "" {
+				if v := p.Header.Get(h); v != "" {
 					t.Errorf("%s header injected: %q", h, v)
 				}
 			}
-			if list, err := p.header.AddressList("To"); err != nil || len(list) != 1 || list[0].Address != to {
+			if list, err := p.Header.AddressList("To"); err != nil || len(list) != 1 || list[0].Address != to {
 				t.Errorf("To = %v (%v)", list, err)
 			}
-			if strings.ContainsAny(p.subject, "\r\n\x00") || strings.Contains(p.subject, "\u202e") {
-				t.Errorf("subject holds control characters: %q", p.subject)
+			if strings.ContainsAny(p.Subject, "\r\n\x00") || strings.Contains(p.Subject, "\u202e") {
+				t.Errorf("subject holds control characters: %q", p.Subject)
 			}
 			for _, bad := range []string{"<script", "<img", "<b>", `"onload="`, "javascript:", "\u202e"} {
-				if strings.Contains(p.html, bad) {
-					t.Errorf("html part holds %q:\n%s", bad, p.html)
+				if strings.Contains(p.HTML, bad) {
+					t.Errorf("html part holds %q:\n%s", bad, p.HTML)
 				}
 			}
-			if !strings.Contains(p.text, "InviteTokenABC") || !strings.Contains(p.html, "InviteTokenABC") {
+			if !strings.Contains(p.Text, "InviteTokenABC") || !strings.Contains(p.HTML, "InviteTokenABC") {
 				t.Errorf("token missing")
 			}
-			if !strings.Contains(p.html, `href="https://app.element.io/#/room/%21abc%3Ahs.example.nl?email=carol%40example.org&amp;signurl=https%3A//id.example.nl/`) {
-				t.Errorf("invite link missing from html:\n%s", p.html)
+			if !strings.Contains(p.HTML, `href="https://app.element.io/#/room/%21abc%3Ahs.example.nl?email=carol%40example.org&amp;signurl=https%3A//id.example.nl/`) {
+				t.Errorf("invite link missing from html:\n%s", p.HTML)
 			}
 		})
 	}
 
 	// The escaped forms are there, not just the raw ones gone.
-	msgs := sink.messages()
-	p := parseMessage(t, msgs[0].data)
-	if !strings.Contains(p.html, "(&lt;script&gt;alert(1)&lt;/script&gt;)") {
-		t.Errorf("html part lacks the escaped room name:\n%s", p.html)
+	msgs := sink.Messages()
+	p := parseMessage(t, msgs[0].Raw)
+	if !strings.Contains(p.HTML, "(&lt;script&gt;alert(1)&lt;/script&gt;)") {
+		t.Errorf("html part lacks the escaped room name:\n%s", p.HTML)
 	}
-	if !strings.Contains(p.text, "(<script>alert(1)</script>)") {
-		t.Errorf("text part should show the room name as written:\n%s", p.text)
+	if !strings.Contains(p.Text, "(<script>alert(1)</script>)") {
+		t.Errorf("text part should show the room name as written:\n%s", p.Text)
 	}
-	p = parseMessage(t, msgs[1].data)
-	if !strings.Contains(p.text, "(Hi Bcc: evil@example.com)") {
-		t.Errorf("text part lacks the cleaned room name:\n%s", p.text)
+	p = parseMessage(t, msgs[1].Raw)
+	if !strings.Contains(p.Text, "(Hi Bcc: evil@example.com)") {
+		t.Errorf("text part lacks the cleaned room name:\n%s", p.Text)
 	}
 }
 
 func TestSydentTemplates(t *testing.T) {
-	sink := startSink(t, &mailSink{mode: "none"}, nil)
+	sink := smtptest.Start(t)
 	m := newMailer(t, Config{
-		Host: "127.0.0.1", Port: sink.port, From: "Sydent Validation <noreply@id.example.nl>",
+		Host: "127.0.0.1", Port: sink.Port, From: "Sydent Validation <noreply@id.example.nl>",
 		Templates: map[Kind]string{
 			KindInvite:     "testdata/invite.eml",
 			KindValidation: "testdata/verification.eml",
@@ -110,20 +112,20 @@ func TestSydentTemplates(t *testing.T) {
 	if err := m.Send(context.Background(), KindInvite, to, vars); err != nil {
 		t.Fatal(err)
 	}
-	got := sink.messages()[0]
-	if names := headerNamesOf(t, got.data); !slices.Equal(names, []string{
+	got := sink.Messages()[0]
+	p := parseMessage(t, got.Raw)
+	if names := p.HeaderNames; !slices.Equal(names, []string{
 		"Date", "From", "To", "Message-ID", "Subject", "X-Room", "MIME-Version", "Content-Type",
 	}) {
 		t.Fatalf("headers %q", names)
 	}
-	p := parseMessage(t, got.data)
-	if p.header.Get("From") != "Sydent Validation <noreply@id.example.nl>" {
-		t.Errorf("%%(from)s = %q, want Config.From as written", p.header.Get("From"))
+	if p.Header.Get("From") != "Sydent Validation <noreply@id.example.nl>" {
+		t.Errorf("%%(from)s = %q, want Config.From as written", p.Header.Get("From"))
 	}
-	if p.subject != "Alice nodigt u uit voor Zorg & Welzijn/Team ü" {
-		t.Errorf("subject %q", p.subject)
+	if p.Subject != "Alice nodigt u uit voor Zorg & Welzijn/Team ü" {
+		t.Errorf("subject %q", p.Subject)
 	}
-	if raw := p.header.Get("Subject"); !strings.HasPrefix(raw, "=?utf-8?q?") {
+	if raw := p.Header.Get("Subject"); !strings.HasPrefix(raw, "=?utf-8?q?") {
 		t.Errorf("non-ASCII subject not encoded: %q", raw)
 	}
 	for _, want := range []string{
@@ -131,13 +133,13 @@ func TestSydentTemplates(t *testing.T) {
 		// %(x_forurl)s is Python's urllib.parse.quote; location loses its trailing /.
 		"https://chat.example.nl/#/room/%21abc%3Ahs.example.nl?email=dave%2Bzorg%40example.org&room_name=Zorg%20%26%20Welzijn/Team%20%C3%BC&token=InviteTokenABC&private_key=EphKey_-123",
 	} {
-		if !strings.Contains(p.text, want) {
-			t.Errorf("text part lacks %q:\n%s", want, p.text)
+		if !strings.Contains(p.Text, want) {
+			t.Errorf("text part lacks %q:\n%s", want, p.Text)
 		}
 	}
 	// %(x_forhtml)s is Python's html.escape.
-	if want := "<p>Alice (@alice:hs.example.nl) invited you to a room (Zorg &amp; Welzijn/Team ü) on Matrix.</p>"; !strings.Contains(p.html, want) {
-		t.Errorf("html part lacks %q:\n%s", want, p.html)
+	if want := "<p>Alice (@alice:hs.example.nl) invited you to a room (Zorg &amp; Welzijn/Team ü) on Matrix.</p>"; !strings.Contains(p.HTML, want) {
+		t.Errorf("html part lacks %q:\n%s", want, p.HTML)
 	}
 
 	// Hostile values in a template that puts a user value in a header.
@@ -146,32 +148,32 @@ func TestSydentTemplates(t *testing.T) {
 	if err := m.Send(context.Background(), KindInvite, to, vars); err != nil {
 		t.Fatal(err)
 	}
-	got = sink.messages()[1]
-	if !slices.Equal(got.rcpt, []string{to}) {
-		t.Fatalf("recipients %q", got.rcpt)
+	got = sink.Messages()[1]
+	if !slices.Equal(got.To, []string{to}) {
+		t.Fatalf("recipients %q", got.To)
 	}
-	p = parseMessage(t, got.data)
-	if p.header.Get("Bcc") != "" || p.header.Get("X-Room") != "Hi Bcc: evil@example.com" {
-		t.Errorf("Bcc %q X-Room %q", p.header.Get("Bcc"), p.header.Get("X-Room"))
+	p = parseMessage(t, got.Raw)
+	if p.Header.Get("Bcc") != "" || p.Header.Get("X-Room") != "Hi Bcc: evil@example.com" {
+		t.Errorf("Bcc %q X-Room %q", p.Header.Get("Bcc"), p.Header.Get("X-Room"))
 	}
-	if !strings.Contains(p.html, "<p>&lt;script&gt;x&lt;/script&gt;&#x27; ") {
-		t.Errorf("html part:\n%s", p.html)
+	if !strings.Contains(p.HTML, "<p>&lt;script&gt;x&lt;/script&gt;&#x27; ") {
+		t.Errorf("html part:\n%s", p.HTML)
 	}
 
 	// Validation mail, old-style template with a fixed boundary.
 	if err := m.Send(context.Background(), KindValidation, to, validationVars()); err != nil {
 		t.Fatal(err)
 	}
-	p = parseMessage(t, sink.messages()[2].data)
-	if p.subject != "Confirm your email address" {
-		t.Errorf("subject %q", p.subject)
+	p = parseMessage(t, sink.Messages()[2].Raw)
+	if p.Subject != "Confirm your email address" {
+		t.Errorf("subject %q", p.Subject)
 	}
-	if !strings.Contains(p.text, "A request came from 192.0.2.7. Open "+validationVars()["link"]) ||
-		!strings.Contains(p.text, "code T0k3nValue.") {
-		t.Errorf("text part:\n%s", p.text)
+	if !strings.Contains(p.Text, "A request came from 192.0.2.7. Open "+validationVars()["link"]) ||
+		!strings.Contains(p.Text, "code T0k3nValue.") {
+		t.Errorf("text part:\n%s", p.Text)
 	}
-	if !strings.Contains(p.html, `<a href="`+validationVars()["link"]+`">`) {
-		t.Errorf("html part:\n%s", p.html)
+	if !strings.Contains(p.HTML, `<a href="`+validationVars()["link"]+`">`) {
+		t.Errorf("html part:\n%s", p.HTML)
 	}
 	// A value carrying the fixed boundary could forge a MIME part.
 	vv := validationVars()
@@ -257,8 +259,8 @@ func TestTemplateLoadErrors(t *testing.T) {
 			t.Fatal(err)
 		}
 		p := parseMessage(t, msg)
-		if p.subject != "Code for x@example.org" || !strings.Contains(p.text, "Code T0k3nValue https%3A//id.example.nl/") {
-			t.Errorf("subject %q text %q", p.subject, p.text)
+		if p.Subject != "Code for x@example.org" || !strings.Contains(p.Text, "Code T0k3nValue https%3A//id.example.nl/") {
+			t.Errorf("subject %q text %q", p.Subject, p.Text)
 		}
 	})
 }

@@ -16,7 +16,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -24,12 +23,17 @@ import (
 
 	"github.com/ozo-platform/ozo-identity/app"
 	"github.com/ozo-platform/ozo-identity/config"
+	"github.com/ozo-platform/ozo-identity/email/smtptest"
+	"github.com/ozo-platform/ozo-identity/internal/pkitest"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore/dbtest"
 )
 
 // AdminToken is the admin API token of every harness.
 const AdminToken = "apitest-admin-token-0123456789"
+
+// MailWait bounds how long a test waits for a mail the service sends.
+const MailWait = 10 * time.Second
 
 // Policy URLs configured by default; a user accepts one language of each.
 const (
@@ -54,8 +58,8 @@ func ForEachEngine(t *testing.T, fn func(t *testing.T, engine sqlstore.Engine)) 
 // Harness is a running ozo-identity with its SMTP server and homeserver stand-in.
 type Harness struct {
 	Engine sqlstore.Engine
-	CA     *CA
-	Mail   *MailServer
+	CA     *pkitest.CA
+	Mail   *smtptest.Server
 	HS     *Homeserver
 	Config config.Config
 	App    *app.App
@@ -73,11 +77,11 @@ type Harness struct {
 func New(t testing.TB, engine sqlstore.Engine, configure ...func(*config.Config)) *Harness {
 	t.Helper()
 	h := &Harness{Engine: engine, t: t, logs: &syncBuffer{}}
-	h.CA = NewCA(t)
-	h.Mail = NewMailServer(t)
+	h.CA = pkitest.NewCA(t)
+	h.Mail = smtptest.Start(t)
 	h.HS = NewHomeserver(t, h.CA)
 	h.Client = &http.Client{
-		Transport: &http.Transport{TLSClientConfig: h.CA.Client.Clone(), ForceAttemptHTTP2: true},
+		Transport: &http.Transport{TLSClientConfig: h.CA.ClientTLSConfig(), ForceAttemptHTTP2: true},
 		Timeout:   30 * time.Second,
 		CheckRedirect: func(*http.Request, []*http.Request) error {
 			return http.ErrUseLastResponse
@@ -100,7 +104,7 @@ func New(t testing.TB, engine sqlstore.Engine, configure ...func(*config.Config)
 	cfg.Lookup.MaxBatch = 50
 	cfg.Validation.MaxFailedAttempts = 3
 	cfg.Invites.OnBindRetryFor = time.Hour
-	cfg.Email.SMTP = config.SMTP{Host: "127.0.0.1", Port: h.Mail.Port, Security: "none"}
+	cfg.Email.SMTP = config.SMTP{Host: h.Mail.Host, Port: h.Mail.Port, Security: "none"}
 	cfg.Email.From = "OZO test <noreply@ozo.test>"
 	cfg.Terms.Policies = map[string]config.Policy{
 		"privacy_policy": {Version: "1.0", Languages: map[string]config.PolicyLanguage{
@@ -114,7 +118,7 @@ func New(t testing.TB, engine sqlstore.Engine, configure ...func(*config.Config)
 	cfg.Homeservers = config.Homeservers{
 		Allowed:         []string{h.HS.Name},
 		AllowedNetworks: []string{"127.0.0.0/8", "::1/128"},
-		CAFile:          h.CA.File,
+		CAFile:          h.CA.CertFile,
 		Timeout:         5 * time.Second,
 	}
 	cfg.Admin.Token = AdminToken
@@ -150,7 +154,7 @@ func (h *Harness) start(ln net.Listener) {
 	h.App = a
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- a.Serve(ctx, ln, h.CA.Server.Clone()) }()
+	go func() { done <- a.Serve(ctx, ln, h.CA.ServerTLSConfig(h.t)) }()
 	h.stop = func() {
 		// A connection the client opened but never used is "new" to the server, and Shutdown
 		// waits 5 s for such connections: close the client's side first.
@@ -393,7 +397,7 @@ func (h *Harness) RequestToken(t testing.TB, u User, address string) (Session, s
 		"client_secret": s.ClientSecret, "email": address, "send_attempt": 1,
 	}).Want(t, http.StatusOK, "")
 	s.SID = r.Str(t, "sid")
-	link := ValidationLink(t, h.Mail.WaitTo(t, address, before+1))
+	link := ValidationLink(t, h.Mail.Wait(t, address, before+1, MailWait))
 	if link.Get("sid") != s.SID || link.Get("client_secret") != s.ClientSecret {
 		t.Fatalf("mail link has sid %q secret %q, want %q %q", link.Get("sid"), link.Get("client_secret"), s.SID, s.ClientSecret)
 	}
@@ -419,12 +423,10 @@ func (h *Harness) Bind(t testing.TB, u User, address string) map[string]any {
 	}).Want(t, http.StatusOK, "").JSON(t)
 }
 
-var linkRE = regexp.MustCompile(`https?://[^\s"<>]+/validate/email/submitToken\?[^\s"<>]+`)
-
-// ValidationLink returns the query of the submitToken link in a validation mail.
-func ValidationLink(t testing.TB, m Message) url.Values {
+// ValidationLink returns the query of the submitToken link in a validation mail's text part.
+func ValidationLink(t testing.TB, m smtptest.Message) url.Values {
 	t.Helper()
-	found := linkRE.FindString(m.Text)
+	found := m.ValidationLink()
 	if found == "" {
 		t.Fatalf("no submitToken link in the mail text:\n%s", m.Text)
 	}

@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"maunium.net/go/mautrix/federation"
+
+	"github.com/ozo-platform/ozo-identity/internal/pkitest"
 )
 
 // Homeserver is a homeserver stand-in over TLS on 127.0.0.1: it answers OpenID userinfo for the
@@ -42,7 +44,7 @@ type OnBind struct {
 }
 
 // NewHomeserver starts a stand-in; it stops when the test ends.
-func NewHomeserver(t testing.TB, ca *CA) *Homeserver {
+func NewHomeserver(t testing.TB, ca *pkitest.CA) *Homeserver {
 	t.Helper()
 	hs := &Homeserver{Key: federation.GenerateSigningKey(), tokens: map[string]string{}, notify: make(chan struct{}, 1)}
 	hs.onbindStatus.Store(http.StatusOK)
@@ -56,7 +58,7 @@ func NewHomeserver(t testing.TB, ca *CA) *Homeserver {
 		hs.hits.Add(1)
 		mux.ServeHTTP(w, r)
 	}))
-	srv.TLS = ca.Server.Clone()
+	srv.TLS = ca.ServerTLSConfig(t)
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	hs.Name = srv.Listener.Addr().String()

@@ -141,10 +141,10 @@ func TestValidationPageInBrowser(t *testing.T) {
 	if resp.StatusCode != 200 || got.SID == "" {
 		t.Fatalf("requestToken: %d", resp.StatusCode)
 	}
-	msg := mail.WaitFor(t, "mantelzorger@example.nl", 10*time.Second)
+	msg := mail.Wait(t, "mantelzorger@example.nl", 1, 10*time.Second)
 	link := msg.ValidationLink()
 	if link == "" {
-		t.Fatalf("no link in mail:\n%s", msg.Body())
+		t.Fatalf("no link in mail:\n%s", msg.Raw)
 	}
 	// The mail links to public_base_url; this test serves on another port.
 	u, _ := url.Parse(link)
