@@ -43,8 +43,39 @@ type Config struct {
 	Homeservers Homeservers `yaml:"homeservers"`
 	V1          V1          `yaml:"v1"`
 	Admin       Admin       `yaml:"admin"`
+	Directory   Directory   `yaml:"directory"`
 	Redis       Redis       `yaml:"redis"`
 	RateLimits  RateLimits  `yaml:"rate_limits"`
+}
+
+// Directory configures Generieke Functie Adressering: the LRZA and the providers' mCSD directories.
+type Directory struct {
+	// LRZAURL is the base URL of the LRZA's mCSD directory; provider directories are discovered there.
+	LRZAURL string `yaml:"lrza_url"`
+	// Directories are provider directories the operator adds by hand.
+	Directories []StaticDirectory `yaml:"directories"`
+	// SyncInterval is how often serve syncs (with up to 10 % random jitter); 0 disables it.
+	SyncInterval   time.Duration `yaml:"sync_interval"`
+	Concurrency    int           `yaml:"concurrency"`
+	RequestTimeout time.Duration `yaml:"request_timeout"`
+	// AllowedNetworks are private networks directories may be fetched from; discovered directory
+	// URLs come from third parties, so loopback and private addresses are refused otherwise.
+	AllowedNetworks []string `yaml:"allowed_networks"`
+	CAFile          string   `yaml:"ca_file"`
+	// Peers are other identity servers asked, last, about 3PIDs nobody here knows.
+	Peers []Peer `yaml:"peers"`
+}
+
+// StaticDirectory is a provider's mCSD directory and the URAs it may speak for.
+type StaticDirectory struct {
+	URL  string   `yaml:"url"`
+	URAs []string `yaml:"uras"`
+}
+
+// Peer is another identity server consulted by the resolution chain.
+type Peer struct {
+	URL   string `yaml:"url"`
+	Token string `yaml:"token"`
 }
 
 // Redis holds shared ephemeral state (rate limits) so replicas agree; empty keeps it in memory.
@@ -171,6 +202,7 @@ func Defaults() Config {
 		Email:       Email{SMTP: SMTP{Host: "localhost", Port: 25, Security: "none"}, From: "ozo-identity <noreply@localhost>"},
 		Homeservers: Homeservers{Timeout: 10 * time.Second},
 		RateLimits:  RateLimits{LookupPerAccount: 120, LookupPerServer: 2400, PerClient: 60},
+		Directory:   Directory{SyncInterval: 15 * time.Minute, Concurrency: 8, RequestTimeout: 30 * time.Second},
 	}
 }
 
@@ -303,6 +335,17 @@ func (c *Config) Validate() error {
 	if _, err := ParsePrefixes(c.Homeservers.AllowedNetworks); err != nil {
 		errs = append(errs, fmt.Errorf("homeservers.allowed_networks: %w", err))
 	}
+	if _, err := ParsePrefixes(c.Directory.AllowedNetworks); err != nil {
+		errs = append(errs, fmt.Errorf("directory.allowed_networks: %w", err))
+	}
+	for _, u := range append([]string{c.Directory.LRZAURL}, directoryURLs(c.Directory)...) {
+		if u == "" {
+			continue
+		}
+		if pu, err := url.Parse(u); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" {
+			errs = append(errs, fmt.Errorf("directory URL %q must be an absolute http(s) URL", u))
+		}
+	}
 	if _, err := ParsePrefixes(c.V1.Networks); err != nil {
 		errs = append(errs, fmt.Errorf("v1.networks: %w", err))
 	}
@@ -334,6 +377,17 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func directoryURLs(d Directory) []string {
+	var out []string
+	for _, s := range d.Directories {
+		out = append(out, s.URL)
+	}
+	for _, p := range d.Peers {
+		out = append(out, p.URL)
+	}
+	return out
 }
 
 // ParsePrefixes parses CIDRs; a bare address counts as a single-address network.

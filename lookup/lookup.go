@@ -1,0 +1,130 @@
+// Package lookup resolves 3PIDs to Matrix user IDs. v2 lookup, v1 lookup and store-invite all
+// use one chain: the identity server's own bindings first, then the mCSD index of Generieke
+// Functie Adressering (package lookup/mcsd), then, optionally, peer identity servers.
+package lookup
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/ozo-platform/ozo-identity/storage"
+)
+
+// Resolver maps 3PIDs to MXIDs. 3PIDs are canonical (identity.Normalize); hashes are v2 lookup
+// hashes made with the current pepper. What a resolver does not know is absent from its result.
+type Resolver interface {
+	Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error)
+	ResolveHashes(ctx context.Context, hashes []string) (map[string]string, error)
+}
+
+// Chain asks each link in turn about what the earlier links did not resolve; the first answer
+// wins. An error of a link ends the lookup, unless the link is wrapped in Optional.
+func Chain(links ...Resolver) Resolver { return chain(links) }
+
+type chain []Resolver
+
+func (c chain) Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error) {
+	out := make(map[storage.ThreePID]string)
+	rest := tps
+	for i, link := range c {
+		if len(rest) == 0 {
+			break
+		}
+		found, err := link.Resolve(ctx, rest)
+		if err != nil {
+			return nil, fmt.Errorf("lookup link %d: %w", i, err)
+		}
+		next := rest[:0:0]
+		for _, tp := range rest {
+			if mxid, ok := found[tp]; ok && mxid != "" {
+				if _, done := out[tp]; !done {
+					out[tp] = mxid
+				}
+				continue
+			}
+			if _, done := out[tp]; !done {
+				next = append(next, tp)
+			}
+		}
+		rest = next
+	}
+	return out, nil
+}
+
+func (c chain) ResolveHashes(ctx context.Context, hashes []string) (map[string]string, error) {
+	out := make(map[string]string)
+	rest := hashes
+	for i, link := range c {
+		if len(rest) == 0 {
+			break
+		}
+		found, err := link.ResolveHashes(ctx, rest)
+		if err != nil {
+			return nil, fmt.Errorf("lookup link %d: %w", i, err)
+		}
+		next := rest[:0:0]
+		for _, h := range rest {
+			if mxid, ok := found[h]; ok && mxid != "" {
+				if _, done := out[h]; !done {
+					out[h] = mxid
+				}
+				continue
+			}
+			if _, done := out[h]; !done {
+				next = append(next, h)
+			}
+		}
+		rest = next
+	}
+	return out, nil
+}
+
+// Optional wraps a link whose failure must not fail the lookup, such as a peer identity server:
+// its errors are logged and it then answers nothing.
+func Optional(name string, r Resolver, log *slog.Logger) Resolver {
+	return optional{name: name, r: r, log: log}
+}
+
+type optional struct {
+	name string
+	r    Resolver
+	log  *slog.Logger
+}
+
+func (o optional) Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error) {
+	found, err := o.r.Resolve(ctx, tps)
+	if err != nil {
+		o.log.WarnContext(ctx, "optional lookup failed; skipped", "link", o.name, "count", len(tps), "err", err)
+		return nil, nil
+	}
+	return found, nil
+}
+
+func (o optional) ResolveHashes(ctx context.Context, hashes []string) (map[string]string, error) {
+	found, err := o.r.ResolveHashes(ctx, hashes)
+	if err != nil {
+		o.log.WarnContext(ctx, "optional hashed lookup failed; skipped", "link", o.name, "count", len(hashes), "err", err)
+		return nil, nil
+	}
+	return found, nil
+}
+
+// BindingStore is the part of storage.Storage that the local-bindings link needs.
+type BindingStore interface {
+	LookupThreePIDs(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error)
+	LookupHashes(ctx context.Context, hashes []string) (map[string]string, error)
+}
+
+// Bindings is the first link of the chain: the 3PIDs bound at this identity server.
+func Bindings(s BindingStore) Resolver { return bindings{s} }
+
+type bindings struct{ s BindingStore }
+
+func (b bindings) Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error) {
+	return b.s.LookupThreePIDs(ctx, tps)
+}
+
+func (b bindings) ResolveHashes(ctx context.Context, hashes []string) (map[string]string, error) {
+	return b.s.LookupHashes(ctx, hashes)
+}

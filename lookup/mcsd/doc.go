@@ -1,0 +1,64 @@
+// Package mcsd keeps a database index of the care-provider directories of Generieke Functie
+// Adressering and resolves UZI and URA numbers to Matrix user IDs with it.
+//
+// # Sync
+//
+// A Syncer is an IHE mCSD Update Client (ITI-91). It reads the LRZA's directory (Organization
+// and Endpoint), discovers from it each provider directory (an Endpoint referenced by an
+// Organization with a URA whose payloadType is the Administration Directory code of the Nuts guide
+// or of its VWS successor, see DirectoryPayloadTypes), and fetches {base}/{Type}/_history?_since=…
+// for Organization, Location, HealthcareService, Endpoint, Practitioner and PractitionerRole,
+// paged through Bundle.link next. The watermark per directory and type is the first page's
+// Bundle.meta.lastUpdated, stored once the whole history was read, so a restart resumes where the
+// last complete read ended. Pages are decoded token by token and written in batches; memory does
+// not grow with the size of a directory.
+//
+// # Anti-spoofing (Dutch IG, Care Services, Update Client)
+//
+// A provider directory counts only for the URAs that registered it at the LRZA. Its Organization
+// counts when it carries one of those URAs or is partOf (transitively) one that does; its
+// PractitionerRole, HealthcareService and Location when their organisation counts; its
+// Practitioner when an accepted PractitionerRole refers to it; its Endpoint when an accepted
+// Organization, HealthcareService or PractitionerRole refers to it. References only resolve inside
+// the same directory. The LRZA's name and status of a URA Organization override the provider's.
+// Everything else is kept but rejected, with a reason, and reported.
+//
+// # Where the Matrix address is read (design.md §4)
+//
+//   - Endpoint.address as a Matrix URI (matrix:u/alice:hs.example.nl), a matrix.to link
+//     (https://matrix.to/#/@alice:hs.example.nl) or a bare user ID, referenced from
+//     PractitionerRole.endpoint (a practitioner) or Organization.endpoint (a function account of a
+//     care provider, resolving its ura); only status active within Endpoint.period counts.
+//   - telecom with the contactpoint-purpose extension (PurposeExtension) valued matrix-messaging (a
+//     user ID) on PractitionerRole, Practitioner or Organization, or matrix-homeserver (a server
+//     name); a telecom value that is a matrix:u/ URI counts without the extension.
+//   - an Endpoint whose connectionType or payloadType code mentions "matrix" and whose address is
+//     https://<server name> is a homeserver; on an Organization it says where that provider's
+//     practitioners live.
+//
+// What ozo-identity publishes itself, until a national code exists: Endpoint.address
+// matrix:u/<localpart>:<server>, connectionType and payloadType codes "matrix" and
+// "matrix-messaging" in the provisional system https://ozo-platform.github.io/fhir/CodeSystem/matrix,
+// referenced from the PractitionerRole.
+//
+// # Which MXID a UZI number resolves to
+//
+// Candidates come only from an accepted PractitionerRole that is active, within its period, of an
+// active organisation, whose Practitioner (if any) is active, and that carries the UZI number or
+// whose Practitioner does. The rule, applied over all directories:
+//
+//  1. a Matrix Endpoint referenced by the role itself (active, within its period) beats the
+//     role's matrix-messaging telecom, which beats the Practitioner's;
+//  2. then the most recently updated (the latest meta.lastUpdated of role, practitioner and endpoint);
+//  3. then the lowest PractitionerRole id, then the lowest directory id, then the lowest MXID.
+//
+// An inactive role, an Endpoint that is off or outside its period, and anything rejected never
+// resolve. A URA resolves to its Organization's Matrix Endpoint, else its matrix-messaging telecom.
+//
+// # Homeserver localisation
+//
+// After each sync the homeserver of every practitioner whose candidates changed is recomputed
+// with the same rule, falling back to a matrix-homeserver telecom of the role or practitioner, then
+// to the homeserver of the role's organisation or care provider. A change is a move: the previous
+// homeserver and the time of the move are kept (Index.Homeserver) and Options.OnMove hears of it.
+package mcsd
