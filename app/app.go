@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -21,6 +22,8 @@ import (
 	"github.com/ozo-platform/ozo-identity/email"
 	"github.com/ozo-platform/ozo-identity/homeserver"
 	"github.com/ozo-platform/ozo-identity/identity"
+	"github.com/ozo-platform/ozo-identity/lookup"
+	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
 	"github.com/ozo-platform/ozo-identity/ratelimit"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
@@ -34,6 +37,8 @@ type App struct {
 	API     *api.Server
 	Metrics *api.Metrics
 	HS      *homeserver.Client
+	Index   *mcsd.Index
+	Syncer  *mcsd.Syncer
 	log     *slog.Logger
 }
 
@@ -96,7 +101,16 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		}
 		policies[name] = identity.Policy{Version: p.Version, Languages: docs}
 	}
+	index := mcsd.NewIndex(db)
+	if err := index.Rehash(ctx, pepper); err != nil {
+		return nil, fmt.Errorf("directory index: %w", err)
+	}
+	syncer, peers, err := directory(cfg, index, log)
+	if err != nil {
+		return nil, err
+	}
 	svc := identity.New(store, signer, pepper, mailer, nil, identity.Options{
+		OnPepper:          index.Rehash,
 		PublicBaseURL:     cfg.PublicBaseURL,
 		SessionLifetime:   cfg.Validation.SessionLifetime,
 		TokenLifetime:     cfg.Validation.TokenLifetime,
@@ -106,6 +120,11 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		OnBindRetryFor:    cfg.Invites.OnBindRetryFor,
 		Policies:          policies,
 	}, log.With("component", "identity"))
+	links := []lookup.Resolver{lookup.Bindings(store), index}
+	for _, p := range peers {
+		links = append(links, lookup.Optional(p.name, p.peer, log.With("component", "peer")))
+	}
+	svc.SetResolver(lookup.Chain(links...))
 	var page *api.SubmitPage
 	if cfg.Validation.SubmitPage != "" {
 		if page, err = api.LoadSubmitPage(cfg.Validation.SubmitPage); err != nil {
@@ -137,7 +156,69 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 			LookupPerServer: cfg.RateLimits.LookupPerServer, PerClient: cfg.RateLimits.PerClient},
 		SubmitPage: page,
 	}, metrics, log.With("component", "api"))
-	return &App{Config: cfg, DB: db, Store: store, Service: svc, API: srv, Metrics: metrics, HS: hs, log: log}, nil
+	return &App{Config: cfg, DB: db, Store: store, Service: svc, API: srv, Metrics: metrics, HS: hs,
+		Index: index, Syncer: syncer, log: log}, nil
+}
+
+type namedPeer struct {
+	name string
+	peer *lookup.Peer
+}
+
+// directory builds the mCSD syncer and the peer identity servers. Directory URLs come from the
+// LRZA, a third party, so they are fetched through the same SSRF guard as homeservers.
+func directory(cfg config.Config, index *mcsd.Index, log *slog.Logger) (*mcsd.Syncer, []namedPeer, error) {
+	allowed, _ := config.ParsePrefixes(cfg.Directory.AllowedNetworks)
+	tlsCfg, err := tlsWithCA(cfg.Directory.CAFile)
+	if err != nil {
+		return nil, nil, fmt.Errorf("directory.ca_file: %w", err)
+	}
+	client := homeserver.NewHTTPClient(homeserver.Options{AllowedNetworks: allowed, TLSConfig: tlsCfg,
+		Timeout: cfg.Directory.RequestTimeout, MaxResponseBytes: 64 << 20})
+	var static []mcsd.StaticDirectory
+	for _, d := range cfg.Directory.Directories {
+		static = append(static, mcsd.StaticDirectory{BaseURL: d.URL, URAs: d.URAs})
+	}
+	syncer := mcsd.NewSyncer(index, mcsd.Options{LRZA: cfg.Directory.LRZAURL, Directories: static, Client: client,
+		Concurrency: cfg.Directory.Concurrency, RequestTimeout: cfg.Directory.RequestTimeout,
+		Logger: log.With("component", "mcsd")})
+	var peers []namedPeer
+	for _, p := range cfg.Directory.Peers {
+		peers = append(peers, namedPeer{name: p.URL, peer: lookup.NewPeer(lookup.PeerOptions{BaseURL: p.URL, Token: p.Token,
+			Client: homeserver.NewHTTPClient(homeserver.Options{AllowedNetworks: allowed, TLSConfig: tlsCfg, Timeout: 10 * time.Second})})})
+	}
+	return syncer, peers, nil
+}
+
+// HasDirectories reports whether any mCSD directory is configured.
+func (a *App) HasDirectories() bool {
+	return a.Config.Directory.LRZAURL != "" || len(a.Config.Directory.Directories) > 0
+}
+
+// SyncDirectories runs one sync of every directory and logs what it did.
+func (a *App) SyncDirectories(ctx context.Context) ([]mcsd.DirectoryReport, error) {
+	reports, err := a.Syncer.SyncAll(ctx)
+	for _, r := range reports {
+		a.log.Info("directory synced", "directory", r.Directory, "fetched", r.Fetched, "applied", r.Applied,
+			"rejected", r.Rejected, "err", r.Err)
+	}
+	return reports, err
+}
+
+// syncSchedule runs SyncDirectories every interval, with up to 10 % random jitter so that
+// replicas and providers are not hit at the same moment.
+func (a *App) syncSchedule(ctx context.Context, interval time.Duration) {
+	for {
+		if _, err := a.SyncDirectories(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("directory sync", "err", err)
+		}
+		jitter := time.Duration(rand.Int64N(int64(interval)/10 + 1))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval + jitter):
+		}
+	}
 }
 
 // v1BaseURL gives the mail templates a base for Sydent's v1 sign-ed25519 link, only when v1 is served.
@@ -168,6 +249,9 @@ func tlsWithCA(file string) (*tls.Config, error) {
 
 // RunWorkers runs the background work (onbind delivery, session clean-up) until ctx ends.
 func (a *App) RunWorkers(ctx context.Context) {
+	if a.HasDirectories() && a.Config.Directory.SyncInterval > 0 {
+		go a.syncSchedule(ctx, a.Config.Directory.SyncInterval)
+	}
 	go a.Service.DeliverOnBinds(ctx, a.HS, func(err error) bool { return !homeserver.IsRetryable(err) }, 5*time.Second)
 	go func() {
 		t := time.NewTicker(time.Hour)

@@ -24,10 +24,21 @@ type Mailer interface {
 	Send(ctx context.Context, kind email.Kind, to string, vars map[string]string) error
 }
 
-// Resolver answers which MXID a 3PID belongs to: local bindings first, then the directories.
+// Resolver answers which MXID a 3PID belongs to (lookup.Chain builds the full chain).
 type Resolver interface {
 	Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error)
 	ResolveHashes(ctx context.Context, hashes []string) (map[string]string, error)
+}
+
+// localBindings resolves from this server's bindings only, until SetResolver installs the chain.
+type localBindings struct{ store storage.Storage }
+
+func (l localBindings) Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error) {
+	return l.store.LookupThreePIDs(ctx, tps)
+}
+
+func (l localBindings) ResolveHashes(ctx context.Context, hashes []string) (map[string]string, error) {
+	return l.store.LookupHashes(ctx, hashes)
 }
 
 // Options are the tunables of the Service, from configuration.
@@ -39,6 +50,8 @@ type Options struct {
 	InviteLifetime    time.Duration
 	WebClientLocation string
 	OnBindRetryFor    time.Duration
+	// OnPepper is told every new pepper so that other hash indexes (the mCSD index) follow it.
+	OnPepper func(ctx context.Context, pepper string) error
 	// Policies maps policy name → version → language → URL; users must accept every current URL.
 	Policies map[string]Policy
 }
@@ -73,7 +86,7 @@ func New(store storage.Storage, signer *Signer, pepper string, mailer Mailer, re
 	s := &Service{store: store, signer: signer, mailer: mailer, opts: opts, log: log, now: time.Now,
 		pepper: pepper, wake: make(chan struct{}, 1)}
 	if resolver == nil {
-		resolver = LocalBindings{s}
+		resolver = localBindings{store}
 	}
 	s.resolver = resolver
 	return s
@@ -99,6 +112,11 @@ func (s *Service) RotatePepper(ctx context.Context) (string, error) {
 	pepper := base64.RawURLEncoding.EncodeToString(b)
 	if err := s.store.RehashBindings(ctx, func(tp storage.ThreePID) []string { return LookupHashes(tp, pepper) }); err != nil {
 		return "", err
+	}
+	if s.opts.OnPepper != nil {
+		if err := s.opts.OnPepper(ctx, pepper); err != nil {
+			return "", err
+		}
 	}
 	if err := s.store.SetSetting(ctx, settingPepper, pepper); err != nil {
 		return "", err
@@ -416,20 +434,6 @@ func (s *Service) AdminUnbind(ctx context.Context, medium, address string) error
 		return err
 	}
 	return nil
-}
-
-// LocalBindings is the first link of the resolution chain: the bindings stored here.
-type LocalBindings struct{ s *Service }
-
-// NewLocalBindings returns the local-bindings resolver of s, to put first in a chain.
-func NewLocalBindings(s *Service) LocalBindings { return LocalBindings{s} }
-
-func (l LocalBindings) Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error) {
-	return l.s.store.LookupThreePIDs(ctx, tps)
-}
-
-func (l LocalBindings) ResolveHashes(ctx context.Context, hashes []string) (map[string]string, error) {
-	return l.s.store.LookupHashes(ctx, hashes)
 }
 
 // SetResolver replaces the resolution chain (local bindings, then directories, then peers).
