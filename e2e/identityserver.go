@@ -44,15 +44,26 @@ type ISOptions struct {
 	// DatabaseURL is database.url: a postgres:// URL or a SQLite file path;
 	// empty means a SQLite file in a temporary directory.
 	DatabaseURL string
+	// Listener is where it serves; its port makes the name, localhost:<port>.
+	// Nil means a new one on 127.0.0.1. A test passes its own when the
+	// homeservers, which must trust that name, have to start first.
+	Listener net.Listener
+	// Directory, when set, is the directory section of the configuration
+	// (LRZA, allowed networks, CA, sync interval); start from
+	// config.Defaults().Directory. Nil means no directories.
+	Directory *config.Directory
 }
 
 // StartIdentityServer builds ozo-identity from its configuration, as the
 // binary does, and serves it on a free loopback port until the test ends.
 func StartIdentityServer(t testing.TB, ca *pkitest.CA, opts ISOptions) *IdentityServer {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("e2e: identity server listener: %v", err)
+	ln := opts.Listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			t.Fatalf("e2e: identity server listener: %v", err)
+		}
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	dir := t.TempDir()
@@ -84,6 +95,9 @@ func StartIdentityServer(t testing.TB, ca *pkitest.CA, opts ISOptions) *Identity
 	cfg.Email.SMTP = config.SMTP{Host: is.Mail.Host, Port: is.Mail.Port, Security: "none"}
 	cfg.Email.From = "OZO e2e <noreply@ozo.example.org>"
 	cfg.Invites.WebClientLocation = "https://chat.ozo.example.org"
+	if opts.Directory != nil {
+		cfg.Directory = *opts.Directory
+	}
 	if err := cfg.Validate(); err != nil {
 		ln.Close()
 		t.Fatalf("e2e: identity server config: %v", err)
