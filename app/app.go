@@ -40,6 +40,8 @@ type App struct {
 	Index   *mcsd.Index
 	Syncer  *mcsd.Syncer
 	log     *slog.Logger
+
+	syncerOpts mcsd.Options // what Syncer was built with, for NewSyncer
 }
 
 // New opens and migrates the database and builds every component. Nothing listens yet.
@@ -105,7 +107,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	if err := index.Rehash(ctx, pepper); err != nil {
 		return nil, fmt.Errorf("directory index: %w", err)
 	}
-	syncer, peers, err := directory(cfg, index, log)
+	syncer, syncerOpts, peers, err := directory(cfg, index, log)
 	if err != nil {
 		return nil, err
 	}
@@ -153,11 +155,13 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		V1Networks:        v1Nets,
 		AdminToken:        cfg.Admin.Token,
 		RateLimits: api.RateLimits{Limiter: limiter, LookupPerAccount: cfg.RateLimits.LookupPerAccount,
-			LookupPerServer: cfg.RateLimits.LookupPerServer, PerClient: cfg.RateLimits.PerClient},
+			LookupPerServer: cfg.RateLimits.LookupPerServer, DirectoryPerAccount: cfg.RateLimits.DirectoryPerAccount,
+			PerClient: cfg.RateLimits.PerClient},
+		Directory:  index,
 		SubmitPage: page,
 	}, metrics, log.With("component", "api"))
 	return &App{Config: cfg, DB: db, Store: store, Service: svc, API: srv, Metrics: metrics, HS: hs,
-		Index: index, Syncer: syncer, log: log}, nil
+		Index: index, Syncer: syncer, syncerOpts: syncerOpts, log: log}, nil
 }
 
 type namedPeer struct {
@@ -167,11 +171,11 @@ type namedPeer struct {
 
 // directory builds the mCSD syncer and the peer identity servers. Directory URLs come from the
 // LRZA, a third party, so they are fetched through the same SSRF guard as homeservers.
-func directory(cfg config.Config, index *mcsd.Index, log *slog.Logger) (*mcsd.Syncer, []namedPeer, error) {
+func directory(cfg config.Config, index *mcsd.Index, log *slog.Logger) (*mcsd.Syncer, mcsd.Options, []namedPeer, error) {
 	allowed, _ := config.ParsePrefixes(cfg.Directory.AllowedNetworks)
 	tlsCfg, err := tlsWithCA(cfg.Directory.CAFile)
 	if err != nil {
-		return nil, nil, fmt.Errorf("directory.ca_file: %w", err)
+		return nil, mcsd.Options{}, nil, fmt.Errorf("directory.ca_file: %w", err)
 	}
 	client := homeserver.NewHTTPClient(homeserver.Options{AllowedNetworks: allowed, TLSConfig: tlsCfg,
 		Timeout: cfg.Directory.RequestTimeout, MaxResponseBytes: 64 << 20})
@@ -179,15 +183,26 @@ func directory(cfg config.Config, index *mcsd.Index, log *slog.Logger) (*mcsd.Sy
 	for _, d := range cfg.Directory.Directories {
 		static = append(static, mcsd.StaticDirectory{BaseURL: d.URL, URAs: d.URAs})
 	}
-	syncer := mcsd.NewSyncer(index, mcsd.Options{LRZA: cfg.Directory.LRZAURL, Directories: static, Client: client,
+	opts := mcsd.Options{LRZA: cfg.Directory.LRZAURL, Directories: static, Client: client,
 		Concurrency: cfg.Directory.Concurrency, RequestTimeout: cfg.Directory.RequestTimeout,
-		Logger: log.With("component", "mcsd")})
+		Logger: log.With("component", "mcsd")}
+	syncer := mcsd.NewSyncer(index, opts)
 	var peers []namedPeer
 	for _, p := range cfg.Directory.Peers {
 		peers = append(peers, namedPeer{name: p.URL, peer: lookup.NewPeer(lookup.PeerOptions{BaseURL: p.URL, Token: p.Token,
 			Client: homeserver.NewHTTPClient(homeserver.Options{AllowedNetworks: allowed, TLSConfig: tlsCfg, Timeout: 10 * time.Second})})})
 	}
-	return syncer, peers, nil
+	return syncer, opts, peers, nil
+}
+
+// NewSyncer returns a syncer of the configured directories like a.Syncer, with its options
+// changed by configure: a manual sync ignores backoff and reports progress.
+func (a *App) NewSyncer(configure func(*mcsd.Options)) *mcsd.Syncer {
+	opts := a.syncerOpts
+	if configure != nil {
+		configure(&opts)
+	}
+	return mcsd.NewSyncer(a.Index, opts)
 }
 
 // HasDirectories reports whether any mCSD directory is configured.

@@ -1,7 +1,9 @@
 // Command ozo-identity is a Matrix identity server for cross-organisational care chat.
 //
-//	ozo-identity serve   [--config FILE] [--listen ADDR] [--data-dir DIR]
-//	ozo-identity migrate [--config FILE] [--data-dir DIR]
+//	ozo-identity serve            [--config FILE] [--listen ADDR] [--data-dir DIR]
+//	ozo-identity migrate          [--config FILE] [--data-dir DIR]
+//	ozo-identity directory sync   [--config FILE] [--data-dir DIR] [--force]
+//	ozo-identity directory status [--config FILE] [--data-dir DIR] [--json]
 package main
 
 import (
@@ -24,7 +26,7 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Environ(), os.Stderr); err != nil {
+	if err := run(ctx, os.Args[1:], os.Environ(), os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "ozo-identity:", err)
 		os.Exit(1)
 	}
@@ -33,16 +35,25 @@ func main() {
 const usage = `usage: ozo-identity <command> [flags]
 
 commands:
-  serve     run the identity server
-  migrate   apply database migrations and exit
+  serve              run the identity server; syncs the mCSD directories every
+                     directory.sync_interval (default 15m, with up to 10 % random jitter)
+  migrate            apply database migrations and exit
+  directory sync     sync every mCSD directory once (the LRZA and the providers' directories),
+                     with progress on stderr and a summary on stdout; exits non-zero when a
+                     directory failed (what every directory applied is kept)
+  directory status   show every known directory: last success, errors, backoff, watermarks, counts
 
 flags:
   --config FILE    YAML configuration (every key also settable as OZO_<KEY>, e.g. OZO_DATABASE_URL)
-  --listen ADDR    listen address (OZO_LISTEN, default :8090)
+  --listen ADDR    listen address (OZO_LISTEN, default :8090; serve only)
   --data-dir DIR   data directory for the SQLite database (OZO_DATA_DIR, default ./data)
+  --force          directory sync: also sync directories that are backing off after failures
+  --json           directory status: print JSON instead of tables
 `
 
-func run(ctx context.Context, args, env []string, stderr io.Writer) error {
+// run is main without the process: args without the program name, env as os.Environ gives it.
+// Results go to stdout, logs, progress and usage to stderr.
+func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(stderr, usage)
 		if len(args) == 0 {
@@ -50,20 +61,48 @@ func run(ctx context.Context, args, env []string, stderr io.Writer) error {
 		}
 		return nil
 	}
-	cmd := args[0]
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "serve", "migrate":
+	case "directory":
+		if len(rest) == 0 || strings.HasPrefix(rest[0], "-") {
+			fmt.Fprint(stderr, usage)
+			return fmt.Errorf("directory: missing subcommand (sync or status)")
+		}
+		if rest[0] != "sync" && rest[0] != "status" {
+			fmt.Fprint(stderr, usage)
+			return fmt.Errorf("directory: unknown subcommand %q (want sync or status)", rest[0])
+		}
+		cmd, rest = cmd+" "+rest[0], rest[1:]
+	default:
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("unknown command %q", cmd)
+	}
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configFile := fs.String("config", "", "YAML configuration file")
-	listen := fs.String("listen", "", "listen address")
 	dataDir := fs.String("data-dir", "", "data directory")
-	if err := fs.Parse(args[1:]); err != nil {
+	var listen *string
+	var force, asJSON *bool
+	switch cmd {
+	case "serve", "migrate":
+		listen = fs.String("listen", "", "listen address")
+	case "directory sync":
+		force = fs.Bool("force", false, "also sync directories that are backing off")
+	case "directory status":
+		asJSON = fs.Bool("json", false, "print JSON")
+	}
+	if err := fs.Parse(rest); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%s: unexpected argument %q", cmd, fs.Arg(0))
 	}
 	cfg, err := config.Load(*configFile, env)
 	if err != nil {
 		return err
 	}
-	if *listen != "" {
+	if listen != nil && *listen != "" {
 		cfg.Listen = *listen
 	}
 	if *dataDir != "" {
@@ -84,9 +123,10 @@ func run(ctx context.Context, args, env []string, stderr io.Writer) error {
 		}
 		log.Info("database is up to date", "engine", string(db.Engine))
 		return nil
-	default:
-		fmt.Fprint(stderr, usage)
-		return fmt.Errorf("unknown command %q", cmd)
+	case "directory sync":
+		return directorySync(ctx, cfg, *force, stdout, stderr)
+	default: // "directory status"
+		return directoryStatus(ctx, cfg, *asJSON, stdout, log)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -34,9 +35,9 @@ func startServe(t *testing.T, env []string) string {
 	addr := freeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	var logs bytes.Buffer
+	logs := &syncWriter{w: &bytes.Buffer{}}
 	go func() {
-		done <- run(ctx, []string{"serve", "--listen", addr, "--data-dir", t.TempDir()}, env, &syncWriter{w: &logs})
+		done <- run(ctx, []string{"serve", "--listen", addr, "--data-dir", t.TempDir()}, env, io.Discard, logs)
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -70,9 +71,23 @@ func startServe(t *testing.T, env []string) string {
 	return ""
 }
 
-type syncWriter struct{ w io.Writer }
+// syncWriter lets serve's goroutines log while the test reads what was logged.
+type syncWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
 
-func (s *syncWriter) Write(p []byte) (int, error) { return s.w.Write(p) }
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+func (s *syncWriter) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.String()
+}
 
 // The README promise: serve with no configuration starts on SQLite and answers {}.
 func TestServeWithoutConfig(t *testing.T) {
@@ -80,13 +95,13 @@ func TestServeWithoutConfig(t *testing.T) {
 }
 
 func TestUnknownCommandAndBadEnvFail(t *testing.T) {
-	if err := run(context.Background(), []string{"frobnicate"}, nil, io.Discard); err == nil {
+	if err := run(context.Background(), []string{"frobnicate"}, nil, io.Discard, io.Discard); err == nil {
 		t.Error("unknown command accepted")
 	}
-	if err := run(context.Background(), []string{"serve"}, []string{"OZO_LISTN=:1"}, io.Discard); err == nil {
+	if err := run(context.Background(), []string{"serve"}, []string{"OZO_LISTN=:1"}, io.Discard, io.Discard); err == nil {
 		t.Error("misspelt variable accepted")
 	}
-	if err := run(context.Background(), []string{"migrate", "--data-dir", t.TempDir()}, nil, io.Discard); err != nil {
+	if err := run(context.Background(), []string{"migrate", "--data-dir", t.TempDir()}, nil, io.Discard, io.Discard); err != nil {
 		t.Errorf("migrate: %v", err)
 	}
 }

@@ -1,0 +1,282 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ozo-platform/ozo-identity/app"
+	"github.com/ozo-platform/ozo-identity/config"
+	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
+	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
+)
+
+// maxRejectionsShown is how many rejection reasons the summary lists per directory; the status
+// command and the database keep the counts.
+const maxRejectionsShown = 5
+
+// directorySync runs one sync of every configured directory, drawing progress on stderr, then
+// prints a summary on stdout. A failing directory fails the command; the others' work is kept.
+func directorySync(ctx context.Context, cfg config.Config, force bool, stdout, stderr io.Writer) error {
+	if cfg.Directory.LRZAURL == "" && len(cfg.Directory.Directories) == 0 {
+		return errors.New("no directory configured: set directory.lrza_url (OZO_DIRECTORY_LRZA_URL) " +
+			"or directory.directories in the configuration file")
+	}
+	progress := newSyncProgress(stderr)
+	defer progress.Close()
+	// Log lines pass through the progress display so that they do not break its bar.
+	log := newLogger(cfg, progress)
+	a, err := app.New(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	syncer := a.NewSyncer(func(o *mcsd.Options) {
+		o.IgnoreBackoff = force
+		o.Progress = progress.Event
+		// Failures are in the progress lines and the summary; the log would repeat each one.
+		o.Logger = quieter(cfg, log)
+	})
+	reports, err := syncer.SyncAll(ctx)
+	progress.Close()
+	writeSyncSummary(stdout, reports)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("directory sync interrupted: %w", err)
+		}
+		return fmt.Errorf("directory sync: %w", err)
+	}
+	if failed := failedCount(reports); failed > 0 {
+		return fmt.Errorf("%d of %d directories failed; what they and the others applied is kept", failed, len(reports))
+	}
+	return nil
+}
+
+// quieter keeps a log at warnings and above out, unless debug logging was asked for.
+func quieter(cfg config.Config, log *slog.Logger) *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err == nil && level < slog.LevelInfo {
+		return log
+	}
+	return slog.New(minLevel{log.Handler(), slog.LevelError})
+}
+
+type minLevel struct {
+	slog.Handler
+	level slog.Level
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.level && h.Handler.Enabled(ctx, l)
+}
+
+func failedCount(reports []mcsd.DirectoryReport) int {
+	n := 0
+	for _, r := range reports {
+		if r.Err != nil {
+			n++
+		}
+	}
+	return n
+}
+
+// writeSyncSummary prints a table of what the sync did per directory and the first rejections.
+func writeSyncSummary(w io.Writer, reports []mcsd.DirectoryReport) {
+	if len(reports) == 0 {
+		fmt.Fprintln(w, "no directory was synced")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "DIRECTORY\tKIND\tFETCHED\tAPPLIED\tDELETED\tREJECTED\tTIME\tSTATUS")
+	var ok, failed, skipped, removed int
+	for _, r := range reports {
+		status := "ok"
+		switch {
+		case r.Removed:
+			status, removed = "removed: no longer listed by the LRZA", removed+1
+		case r.Skipped != "":
+			status, skipped = "skipped: "+clean(r.Skipped, 200), skipped+1
+		case r.Err != nil:
+			status, failed = "FAILED: "+clean(r.Err.Error(), 300), failed+1
+		default:
+			ok++
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", clean(r.Directory, 200), r.Kind, r.Fetched, r.Applied,
+			r.Deleted, r.Rejected, r.Duration.Round(time.Millisecond), status)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\n%d directories: %d synced, %d failed, %d skipped, %d removed\n",
+		len(reports), ok, failed, skipped, removed)
+
+	for _, r := range reports {
+		if r.Rejected == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "\nrejected in %s: %d\n", clean(r.Directory, 200), r.Rejected)
+		for _, rej := range r.Rejections[:min(len(r.Rejections), maxRejectionsShown)] {
+			what := rej.Type
+			if rej.ID != "" {
+				what += "/" + rej.ID
+			}
+			fmt.Fprintf(w, "  %s: %s\n", clean(what, 120), clean(rej.Reason, 300))
+		}
+		if more := r.Rejected - min(len(r.Rejections), maxRejectionsShown); more > 0 {
+			fmt.Fprintf(w, "  … and %d more\n", more)
+		}
+	}
+}
+
+// directoryStatus prints what the database knows of every directory.
+func directoryStatus(ctx context.Context, cfg config.Config, asJSON bool, stdout io.Writer, log *slog.Logger) error {
+	db, err := sqlstore.Open(ctx, cfg.Database.URL, cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if err := db.Migrate(ctx, log); err != nil {
+		return err
+	}
+	status, err := mcsd.NewIndex(db).Status(ctx)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return writeStatusJSON(stdout, status)
+	}
+	writeStatusTable(stdout, status, time.Now())
+	return nil
+}
+
+// statusJSON is the --json form of a directory's status; times are absent when they never were.
+type statusJSON struct {
+	Directory   string            `json:"directory"`
+	Kind        string            `json:"kind"`
+	Origin      string            `json:"origin"`
+	Active      bool              `json:"active"`
+	URAs        []string          `json:"uras"`
+	LastAttempt *time.Time        `json:"last_attempt,omitempty"`
+	LastSuccess *time.Time        `json:"last_success,omitempty"`
+	LastError   string            `json:"last_error,omitempty"`
+	Failures    int               `json:"failures"`
+	NextAttempt *time.Time        `json:"next_attempt,omitempty"`
+	Watermarks  map[string]string `json:"watermarks"`
+	Counts      map[string]int    `json:"counts"`
+	Rejected    map[string]int    `json:"rejected"`
+}
+
+func writeStatusJSON(w io.Writer, status []mcsd.DirectoryStatus) error {
+	out := struct {
+		Directories []statusJSON `json:"directories"`
+	}{Directories: []statusJSON{}}
+	for _, s := range status {
+		out.Directories = append(out.Directories, statusJSON{
+			Directory: s.BaseURL, Kind: s.Kind, Origin: s.Origin, Active: s.Active,
+			URAs:        nonNil(s.URAs),
+			LastAttempt: timePtr(s.LastAttempt), LastSuccess: timePtr(s.LastSuccess),
+			LastError: s.LastError, Failures: s.Failures, NextAttempt: timePtr(s.NextAttempt),
+			Watermarks: nonNilMap(s.Watermarks), Counts: nonNilMap(s.Counts), Rejected: nonNilMap(s.Rejected),
+		})
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(out)
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+func nonNilMap[V any](m map[string]V) map[string]V {
+	if m == nil {
+		return map[string]V{}
+	}
+	return m
+}
+
+// writeStatusTable prints one row per directory, then its resource types with their counts and
+// the watermark the next sync asks from.
+func writeStatusTable(w io.Writer, status []mcsd.DirectoryStatus, now time.Time) {
+	if len(status) == 0 {
+		fmt.Fprintln(w, "no directory known yet: run 'ozo-identity directory sync'")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "DIRECTORY\tKIND\tORIGIN\tACTIVE\tURAS\tRESOURCES\tREJECTED\tLAST SUCCESS\tFAILURES\tNEXT ATTEMPT\tLAST ERROR")
+	for _, s := range status {
+		uras := "-"
+		if len(s.URAs) > 0 {
+			uras = clean(strings.Join(s.URAs, ","), 60)
+		}
+		active := "yes"
+		if !s.Active {
+			active = "no"
+		}
+		lastErr := "-"
+		if s.LastError != "" {
+			lastErr = clean(s.LastError, 300)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%d\t%s\t%s\n", clean(s.BaseURL, 200), s.Kind, s.Origin, active, uras,
+			sum(s.Counts), sum(s.Rejected), when(s.LastSuccess, now), s.Failures, when(s.NextAttempt, now), lastErr)
+	}
+	tw.Flush()
+
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "DIRECTORY\tTYPE\tRESOURCES\tREJECTED\tWATERMARK")
+	for _, s := range status {
+		types := slices.Sorted(maps.Keys(s.Watermarks))
+		for t := range s.Counts {
+			if !slices.Contains(types, t) {
+				types = append(types, t)
+			}
+		}
+		slices.Sort(types)
+		for _, t := range types {
+			mark := s.Watermarks[t]
+			if mark == "" {
+				mark = "- (full read next)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", clean(s.BaseURL, 200), clean(t, 40), s.Counts[t], s.Rejected[t], clean(mark, 60))
+		}
+	}
+	tw.Flush()
+}
+
+func sum(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+// when formats a time with how long ago or ahead it is, "-" when it never was.
+func when(t, now time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	d := now.Sub(t).Round(time.Second)
+	rel := d.String() + " ago"
+	if d < 0 {
+		rel = "in " + (-d).String()
+	}
+	return t.Local().Format("2006-01-02 15:04:05") + " (" + rel + ")"
+}
