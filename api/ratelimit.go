@@ -16,6 +16,8 @@ type RateLimits struct {
 	// LookupPerAccount and LookupPerServer bound lookups (uzi and ura are enumerable).
 	LookupPerAccount int
 	LookupPerServer  int
+	// DirectoryPerAccount bounds /_ozo/v1/directory calls per account.
+	DirectoryPerAccount int
 	// PerClient bounds unauthenticated and mail-sending calls per client address.
 	PerClient int
 }

@@ -37,6 +37,8 @@ type Config struct {
 	V1Networks        []netip.Prefix
 	AdminToken        string
 	RateLimits        RateLimits
+	// Directory answers /_ozo/v1/directory; nil leaves those routes out.
+	Directory Directory
 	// SubmitPage renders GET submitToken results; nil uses the built-in page.
 	SubmitPage *SubmitPage
 }
@@ -70,6 +72,9 @@ func New(svc *identity.Service, hs Homeservers, cfg Config, metrics *Metrics, lo
 	r.Route("/_matrix/identity/v2", s.routesV2)
 	r.Route("/_matrix/identity/api/v1", s.routesV1)
 	r.Route("/_ozo/admin/v1", s.routesAdmin)
+	if cfg.Directory != nil {
+		r.Route("/_ozo/v1/directory", s.routesDirectory)
+	}
 	s.router = r
 	return s
 }

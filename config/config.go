@@ -87,6 +87,8 @@ type Redis struct {
 type RateLimits struct {
 	LookupPerAccount int `yaml:"lookup_per_account"`
 	LookupPerServer  int `yaml:"lookup_per_server"`
+	// DirectoryPerAccount bounds homeserver localisation and directory search per account.
+	DirectoryPerAccount int `yaml:"directory_per_account"`
 	// PerClient bounds register, requestToken and store-invite per client address.
 	PerClient int `yaml:"per_client"`
 }
@@ -201,7 +203,7 @@ func Defaults() Config {
 		},
 		Email:       Email{SMTP: SMTP{Host: "localhost", Port: 25, Security: "none"}, From: "ozo-identity <noreply@localhost>"},
 		Homeservers: Homeservers{Timeout: 10 * time.Second},
-		RateLimits:  RateLimits{LookupPerAccount: 120, LookupPerServer: 2400, PerClient: 60},
+		RateLimits:  RateLimits{LookupPerAccount: 120, LookupPerServer: 2400, DirectoryPerAccount: 60, PerClient: 60},
 		Directory:   Directory{SyncInterval: 15 * time.Minute, Concurrency: 8, RequestTimeout: 30 * time.Second},
 	}
 }

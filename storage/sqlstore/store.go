@@ -427,18 +427,27 @@ func placeholders(start, n int) string {
 	return b.String()
 }
 
+const lookupHashesQuery = `SELECT h.hash, b.mxid FROM binding_hashes h
+	JOIN bindings b ON b.medium = h.medium AND b.address = h.address WHERE h.hash `
+
 func (s *Store) LookupHashes(ctx context.Context, hashes []string) (map[string]string, error) {
 	out := make(map[string]string)
 	for len(hashes) > 0 {
-		chunk := hashes[:min(len(hashes), inChunk)]
-		hashes = hashes[len(chunk):]
-		args := make([]any, len(chunk))
-		for i, h := range chunk {
-			args[i] = h
+		var rows *sql.Rows
+		var err error
+		if s.db.Engine == Postgres {
+			// One round trip with an array parameter, whatever the batch size.
+			rows, err = s.db.QueryContext(ctx, lookupHashesQuery+`= ANY($1)`, hashes)
+			hashes = nil
+		} else {
+			chunk := hashes[:min(len(hashes), inChunk)]
+			hashes = hashes[len(chunk):]
+			args := make([]any, len(chunk))
+			for i, h := range chunk {
+				args[i] = h
+			}
+			rows, err = s.db.QueryContext(ctx, lookupHashesQuery+`IN (`+placeholders(1, len(chunk))+`)`, args...)
 		}
-		rows, err := s.db.QueryContext(ctx, `SELECT h.hash, b.mxid FROM binding_hashes h
-			JOIN bindings b ON b.medium = h.medium AND b.address = h.address
-			WHERE h.hash IN (`+placeholders(1, len(chunk))+`)`, args...)
 		if err != nil {
 			return nil, fmt.Errorf("lookup hashes: %w", err)
 		}
