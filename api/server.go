@@ -186,6 +186,11 @@ func (s *Server) authenticated(withTerms bool) func(http.Handler) http.Handler {
 				s.writeError(w, r, err)
 				return
 			}
+			// A homeserver taken off the allow-list loses access at once, not when its tokens expire.
+			if !identity.HomeserverAllowed(s.cfg.AllowedHomeserver, identity.ServerOf(acct.UserID)) {
+				matrixError(w, http.StatusForbidden, identity.CodeForbidden, "your homeserver may no longer use this identity server")
+				return
+			}
 			if withTerms {
 				ok, err := s.svc.TermsAccepted(r.Context(), acct.UserID)
 				if err != nil {

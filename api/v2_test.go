@@ -127,6 +127,19 @@ func TestRegisterGuards(t *testing.T) {
 	})
 }
 
+// Taking a homeserver off the allow-list ends its users' access, tokens issued before included.
+func TestAllowListAppliesToExistingTokens(t *testing.T) {
+	apitest.ForEachEngine(t, func(t *testing.T, e sqlstore.Engine) {
+		h := apitest.New(t, e)
+		u := h.Register(t, "alice")
+		h.Get(t, v2+"/account", u.Token).Want(t, http.StatusOK, "")
+		h.Config.Homeservers.Allowed = []string{"hs.elsewhere.test"}
+		h.Restart()
+		h.Get(t, v2+"/account", u.Token).Want(t, http.StatusForbidden, "M_FORBIDDEN")
+		h.Get(t, v2+"/hash_details", u.Token).Want(t, http.StatusForbidden, "M_FORBIDDEN")
+	})
+}
+
 func TestTerms(t *testing.T) {
 	apitest.ForEachEngine(t, func(t *testing.T, e sqlstore.Engine) {
 		t.Run("configured", func(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -38,6 +39,7 @@ type App struct {
 	Metrics *api.Metrics
 	HS      *homeserver.Client
 	Index   *mcsd.Index
+	workers sync.WaitGroup
 	Syncer  *mcsd.Syncer
 	log     *slog.Logger
 
@@ -265,10 +267,12 @@ func tlsWithCA(file string) (*tls.Config, error) {
 // RunWorkers runs the background work (onbind delivery, session clean-up) until ctx ends.
 func (a *App) RunWorkers(ctx context.Context) {
 	if a.HasDirectories() && a.Config.Directory.SyncInterval > 0 {
-		go a.syncSchedule(ctx, a.Config.Directory.SyncInterval)
+		a.workers.Go(func() { a.syncSchedule(ctx, a.Config.Directory.SyncInterval) })
 	}
-	go a.Service.DeliverOnBinds(ctx, a.HS, func(err error) bool { return !homeserver.IsRetryable(err) }, 5*time.Second)
-	go func() {
+	a.workers.Go(func() {
+		a.Service.DeliverOnBinds(ctx, a.HS, func(err error) bool { return !homeserver.IsRetryable(err) }, 5*time.Second)
+	})
+	a.workers.Go(func() {
 		t := time.NewTicker(time.Hour)
 		defer t.Stop()
 		for {
@@ -283,7 +287,7 @@ func (a *App) RunWorkers(ctx context.Context) {
 			case <-t.C:
 			}
 		}
-	}()
+	})
 }
 
 // Serve listens on the configured addresses until ctx ends, then shuts down gracefully.
@@ -323,7 +327,10 @@ func (a *App) Serve(ctx context.Context, ln net.Listener, tlsConfig *tls.Config)
 	if ops != nil {
 		ops.Shutdown(shutdown)
 	}
-	return srv.Shutdown(shutdown)
+	err := srv.Shutdown(shutdown)
+	// Let an onbind attempt or directory sync in flight finish writing its outcome (they stop with ctx).
+	a.workers.Wait()
+	return err
 }
 
 // Close releases the database.

@@ -20,7 +20,7 @@ func (s *Service) Register(ctx context.Context, hs UserInfoer, allowed []string,
 	if serverName == "" || openIDToken == "" {
 		return "", errorf(CodeMissingParams, "matrix_server_name and access_token are required")
 	}
-	if !slices.Contains(allowed, "*") && !slices.Contains(allowed, strings.ToLower(serverName)) && !slices.Contains(allowed, serverName) {
+	if !HomeserverAllowed(allowed, serverName) {
 		return "", errorf(CodeForbidden, "homeserver %q may not use this identity server", serverName)
 	}
 	userID, err := hs.UserInfo(ctx, serverName, openIDToken)
@@ -32,6 +32,11 @@ func (s *Service) Register(ctx context.Context, hs UserInfoer, allowed []string,
 		return "", err
 	}
 	return token, nil
+}
+
+// HomeserverAllowed reports whether serverName is on the allow-list ("*" allows all).
+func HomeserverAllowed(allowed []string, serverName string) bool {
+	return slices.Contains(allowed, "*") || slices.Contains(allowed, strings.ToLower(serverName)) || slices.Contains(allowed, serverName)
 }
 
 // Authenticate returns the account of an access token.
