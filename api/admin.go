@@ -11,6 +11,7 @@ import (
 
 	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/storage"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // routesAdmin is the operators' API. Every call, allowed or not, lands in the audit log.
@@ -116,7 +117,7 @@ func (s *Server) adminListBindings(w http.ResponseWriter, r *http.Request) {
 	}
 	medium := q.Get("medium")
 	if medium != "" {
-		if medium = identity.CanonicalMedium(medium); medium == "" {
+		if medium = threepid.CanonicalMedium(medium); medium == "" {
 			s.writeError(w, r, badRequest(identity.CodeInvalidParam, "unsupported medium"))
 			return
 		}

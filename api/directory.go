@@ -18,6 +18,7 @@ import (
 	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
 	"github.com/ozo-platform/ozo-identity/storage"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // Directory is what the /_ozo/v1/directory endpoints need from the mCSD index.
@@ -83,11 +84,11 @@ func (s *Server) directoryHomeserver(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	if identity.CanonicalMedium(q.Get("medium")) != identity.MediumUZI {
+	if threepid.CanonicalMedium(q.Get("medium")) != threepid.MediumUZI {
 		s.writeError(w, r, badRequest(identity.CodeInvalidParam, "medium must be uzi (or uzi_nr)"))
 		return
 	}
-	tp, err := identity.Normalize(identity.MediumUZI, q.Get("address"))
+	tp, err := threepid.Normalize(threepid.MediumUZI, q.Get("address"))
 	if err != nil {
 		s.writeError(w, r, badRequest(identity.CodeInvalidParam, "address must be a UZI number of 9 digits"))
 		return
@@ -192,7 +193,7 @@ func (s *Server) directoryOrganizations(w http.ResponseWriter, r *http.Request) 
 		return
 	}
 	if ura != "" {
-		tp, err := identity.Normalize(identity.MediumURA, ura)
+		tp, err := threepid.Normalize(threepid.MediumURA, ura)
 		if err != nil {
 			s.writeError(w, r, badRequest(identity.CodeInvalidParam, "ura must be a URA number of 8 digits"))
 			return

@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/ozo-platform/ozo-identity/identity"
-	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore/dbtest"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // seed inserts n email bindings with their lookup hashes in large transactions; going through
@@ -33,7 +33,7 @@ func seed(b *testing.B, db *sqlstore.DB, n int, pepper string) {
 			if _, err := bs.ExecContext(ctx, "email", addr, fmt.Sprintf("@u%d:hs.example.nl", i), now); err != nil {
 				b.Fatal(err)
 			}
-			if _, err := hs.ExecContext(ctx, identity.LookupHash(addr, "email", pepper), "email", addr); err != nil {
+			if _, err := hs.ExecContext(ctx, threepid.LookupHash(addr, "email", pepper), "email", addr); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -77,9 +77,9 @@ func BenchmarkLookup(b *testing.B) {
 						addrs := make([]string, batch)
 						for i := range addrs {
 							if i%2 == 0 {
-								addrs[i] = identity.LookupHash(fmt.Sprintf("user%07d@example.org", (i*7919)%n), "email", pepper)
+								addrs[i] = threepid.LookupHash(fmt.Sprintf("user%07d@example.org", (i*7919)%n), "email", pepper)
 							} else {
-								addrs[i] = identity.LookupHash(fmt.Sprintf("nobody%d@example.org", i), "email", pepper)
+								addrs[i] = threepid.LookupHash(fmt.Sprintf("nobody%d@example.org", i), "email", pepper)
 							}
 						}
 						b.ResetTimer()
@@ -99,5 +99,3 @@ func BenchmarkLookup(b *testing.B) {
 		}
 	}
 }
-
-var _ = storage.ThreePID{}

@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"github.com/ozo-platform/ozo-identity/email"
+	"github.com/ozo-platform/ozo-identity/lookup"
 	"github.com/ozo-platform/ozo-identity/storage"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // Mailer sends the validation and invite mails.
@@ -24,22 +26,8 @@ type Mailer interface {
 	Send(ctx context.Context, kind email.Kind, to string, vars map[string]string) error
 }
 
-// Resolver answers which MXID a 3PID belongs to (lookup.Chain builds the full chain).
-type Resolver interface {
-	Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error)
-	ResolveHashes(ctx context.Context, hashes []string) (map[string]string, error)
-}
-
-// localBindings resolves from this server's bindings only, until SetResolver installs the chain.
-type localBindings struct{ store storage.Storage }
-
-func (l localBindings) Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error) {
-	return l.store.LookupThreePIDs(ctx, tps)
-}
-
-func (l localBindings) ResolveHashes(ctx context.Context, hashes []string) (map[string]string, error) {
-	return l.store.LookupHashes(ctx, hashes)
-}
+// Resolver answers which MXID a 3PID belongs to; lookup.Chain builds the full chain.
+type Resolver = lookup.Resolver
 
 // Options are the tunables of the Service, from configuration.
 type Options struct {
@@ -86,7 +74,7 @@ func New(store storage.Storage, signer *Signer, pepper string, mailer Mailer, re
 	s := &Service{store: store, signer: signer, mailer: mailer, opts: opts, log: log, now: time.Now,
 		pepper: pepper, wake: make(chan struct{}, 1)}
 	if resolver == nil {
-		resolver = localBindings{store}
+		resolver = lookup.Bindings(store)
 	}
 	s.resolver = resolver
 	return s
@@ -110,7 +98,7 @@ func (s *Service) RotatePepper(ctx context.Context) (string, error) {
 	b := make([]byte, 24)
 	rand.Read(b)
 	pepper := base64.RawURLEncoding.EncodeToString(b)
-	if err := s.store.RehashBindings(ctx, func(tp storage.ThreePID) []string { return LookupHashes(tp, pepper) }); err != nil {
+	if err := s.store.RehashBindings(ctx, func(tp storage.ThreePID) []string { return threepid.LookupHashes(tp, pepper) }); err != nil {
 		return "", err
 	}
 	if s.opts.OnPepper != nil {
@@ -176,9 +164,9 @@ func ServerOf(mxid string) string {
 
 func normalizeErr(err error) error {
 	switch {
-	case errors.Is(err, ErrInvalidEmail):
+	case errors.Is(err, threepid.ErrInvalidEmail):
 		return errorf(CodeInvalidEmail, "%s", err.Error())
-	case errors.Is(err, ErrUnsupportedMedium), errors.Is(err, ErrInvalidAddress):
+	case errors.Is(err, threepid.ErrUnsupportedMedium), errors.Is(err, threepid.ErrInvalidAddress):
 		return errorf(CodeInvalidParam, "%s", err.Error())
 	}
 	return err
@@ -195,7 +183,7 @@ func (s *Service) RequestEmailToken(ctx context.Context, clientSecret, address s
 			return "", errorf(CodeInvalidParam, "next_link must be an absolute http(s) URL")
 		}
 	}
-	tp, err := Normalize(MediumEmail, address)
+	tp, err := threepid.Normalize(threepid.MediumEmail, address)
 	if err != nil {
 		return "", normalizeErr(err)
 	}
@@ -346,7 +334,7 @@ func (s *Service) Bind(ctx context.Context, sid, clientSecret, mxid, callerUserI
 
 // AdminBind binds a 3PID without validation, for provisioning through the admin API or SSO.
 func (s *Service) AdminBind(ctx context.Context, medium, address, mxid, source string) (Association, error) {
-	tp, err := Normalize(medium, address)
+	tp, err := threepid.Normalize(medium, address)
 	if err != nil {
 		return nil, normalizeErr(err)
 	}
@@ -369,7 +357,7 @@ func (s *Service) bind(ctx context.Context, tp storage.ThreePID, mxid, source st
 	queued := false
 	err = s.store.Bind(ctx, storage.BindRequest{
 		Binding: b,
-		Hashes:  LookupHashes(tp, s.Pepper()),
+		Hashes:  threepid.LookupHashes(tp, s.Pepper()),
 		Deliver: func(invites []storage.Invite) ([]storage.OnBindDelivery, error) {
 			d, err := s.onBindDelivery(b, assoc, invites)
 			if err != nil {
@@ -391,7 +379,7 @@ func (s *Service) bind(ctx context.Context, tp storage.ThreePID, mxid, source st
 // Unbind removes a binding. Authorised either by a validated session for the 3PID, or by the
 // homeserver of mxid (originServer, from X-Matrix authentication).
 func (s *Service) Unbind(ctx context.Context, sid, clientSecret, medium, address, mxid, originServer string) error {
-	tp, err := Normalize(medium, address)
+	tp, err := threepid.Normalize(medium, address)
 	if err != nil {
 		return normalizeErr(err)
 	}
@@ -424,7 +412,7 @@ func (s *Service) Unbind(ctx context.Context, sid, clientSecret, medium, address
 
 // AdminUnbind removes a binding whatever its MXID.
 func (s *Service) AdminUnbind(ctx context.Context, medium, address string) error {
-	tp, err := Normalize(medium, address)
+	tp, err := threepid.Normalize(medium, address)
 	if err != nil {
 		return normalizeErr(err)
 	}
@@ -467,7 +455,7 @@ func (s *Service) Lookup(ctx context.Context, algorithm, pepper string, addresse
 		if i < 0 {
 			continue // not "address medium": it cannot match anything
 		}
-		tp, err := Normalize(a[i+1:], a[:i])
+		tp, err := threepid.Normalize(a[i+1:], a[:i])
 		if err != nil {
 			continue
 		}
@@ -490,7 +478,7 @@ func (s *Service) Lookup(ctx context.Context, algorithm, pepper string, addresse
 
 // LookupOne resolves a single 3PID (v1 lookup, invites): its MXID or "".
 func (s *Service) LookupOne(ctx context.Context, medium, address string) (storage.ThreePID, string, error) {
-	tp, err := Normalize(medium, address)
+	tp, err := threepid.Normalize(medium, address)
 	if err != nil {
 		return tp, "", normalizeErr(err)
 	}
@@ -556,7 +544,7 @@ func (s *Service) StoreInvite(ctx context.Context, req InviteRequest) (StoredInv
 	}
 	inv := storage.Invite{Token: randomToken(24), ThreePID: tp, RoomID: req.RoomID, Sender: req.Sender,
 		CreatedAt: now, ExpiresAt: now.Add(s.opts.InviteLifetime), Extra: extra}
-	if tp.Medium == MediumEmail {
+	if tp.Medium == threepid.MediumEmail {
 		vars := map[string]string{"token": inv.Token, "room_id": inv.RoomID, "sender": inv.Sender,
 			"medium": tp.Medium, "address": tp.Address,
 			// URL-safe, unpadded: the form Sydent mails and sign-ed25519 accepts.
@@ -584,10 +572,10 @@ func (s *Service) StoreInvite(ctx context.Context, req InviteRequest) (StoredInv
 // RedactedDisplayName is what room members see for a 3PID invite: enough to recognise, not to harvest.
 func RedactedDisplayName(tp storage.ThreePID) string {
 	switch tp.Medium {
-	case MediumEmail:
+	case threepid.MediumEmail:
 		local, domain, _ := strings.Cut(tp.Address, "@")
 		return keep(local, 3) + "...@" + keep(domain, 3) + "..."
-	case MediumUZI, MediumURA:
+	case threepid.MediumUZI, threepid.MediumURA:
 		return strings.ToUpper(tp.Medium) + " ..." + tp.Address[len(tp.Address)-3:]
 	default:
 		return tp.Medium + " invite"

@@ -11,7 +11,7 @@ import (
 	"github.com/ozo-platform/ozo-identity/storage"
 )
 
-// Resolver maps 3PIDs to MXIDs. 3PIDs are canonical (identity.Normalize); hashes are v2 lookup
+// Resolver maps 3PIDs to MXIDs. 3PIDs are canonical (threepid.Normalize); hashes are v2 lookup
 // hashes made with the current pepper. What a resolver does not know is absent from its result.
 type Resolver interface {
 	Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error)

@@ -13,13 +13,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/lookup"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd/mcsdtest"
 	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore/dbtest"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // peerIS is a minimal identity server speaking the v2 hash_details and lookup of the Matrix spec.
@@ -76,7 +76,7 @@ func (p *peerIS) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		mappings := map[string]string{}
 		for tp, mxid := range p.binds {
-			for _, h := range identity.LookupHashes(tp, p.pep) {
+			for _, h := range threepid.LookupHashes(tp, p.pep) {
 				for _, a := range req.Addresses {
 					if a == h {
 						mappings[h] = mxid
@@ -115,7 +115,7 @@ func TestChain(t *testing.T) {
 
 			// Link 1: a practitioner who logged in here is bound locally.
 			local := storage.Binding{ThreePID: uzi("900012345"), MXID: "@marieke:ozo.example.nl", CreatedAt: time.Now(), Source: "sso"}
-			if err := store.Bind(ctx, storage.BindRequest{Binding: local, Hashes: identity.LookupHashes(local.ThreePID, pepper)}); err != nil {
+			if err := store.Bind(ctx, storage.BindRequest{Binding: local, Hashes: threepid.LookupHashes(local.ThreePID, pepper)}); err != nil {
 				t.Fatal(err)
 			}
 			// Link 2: the mCSD index.
@@ -161,7 +161,7 @@ func TestChain(t *testing.T) {
 			}
 
 			// Hashed lookups: local bindings and the mCSD index; not the peer (other pepper).
-			h := func(tp storage.ThreePID, i int) string { return identity.LookupHashes(tp, pepper)[i] }
+			h := func(tp storage.ThreePID, i int) string { return threepid.LookupHashes(tp, pepper)[i] }
 			hashes := []string{h(uzi("900012345"), 0), h(uzi("900023457"), 1), h(uzi("900099999"), 0), "unknown"}
 			gotH, err := chain.ResolveHashes(ctx, hashes)
 			if err != nil {

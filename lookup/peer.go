@@ -13,9 +13,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
 	"github.com/ozo-platform/ozo-identity/storage"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // PeerOptions configure a peer identity server link.
@@ -47,7 +47,7 @@ func NewPeer(opts PeerOptions) *Peer {
 		opts.Client = &http.Client{Timeout: 10 * time.Second}
 	}
 	if len(opts.Media) == 0 {
-		opts.Media = []string{identity.MediumUZI, identity.MediumURA}
+		opts.Media = []string{threepid.MediumUZI, threepid.MediumURA}
 	}
 	return &Peer{opts: opts}
 }
@@ -171,9 +171,9 @@ func (p *Peer) lookup(ctx context.Context, tps []storage.ThreePID, algo, pepper 
 	for _, tp := range tps {
 		var keys []string
 		if algo == "sha256" {
-			keys = identity.LookupHashes(tp, pepper)
+			keys = threepid.LookupHashes(tp, pepper)
 		} else {
-			for _, m := range identity.MediumNames(tp.Medium) {
+			for _, m := range threepid.MediumNames(tp.Medium) {
 				keys = append(keys, tp.Address+" "+m)
 			}
 		}

@@ -16,7 +16,7 @@ var (
 	ErrTooManyAttempts = errors.New("storage: too many failed attempts")
 )
 
-// ThreePID is a third-party identifier in canonical form (see identity.Normalize).
+// ThreePID is a third-party identifier in canonical form (see threepid.Normalize).
 type ThreePID struct {
 	Medium  string
 	Address string

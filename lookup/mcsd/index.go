@@ -13,9 +13,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // Index is the mCSD index in the database: what the synced directories publish, checked against
@@ -249,7 +249,7 @@ func (x *Index) candidates(ctx context.Context, q interface {
 func (x *Index) Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error) {
 	var want []storage.ThreePID
 	for _, tp := range tps {
-		if tp.Medium == identity.MediumUZI || tp.Medium == identity.MediumURA {
+		if tp.Medium == threepid.MediumUZI || tp.Medium == threepid.MediumURA {
 			want = append(want, tp)
 		}
 	}
@@ -401,7 +401,7 @@ func fillHashes(ctx context.Context, tx *sql.Tx, dir, pepper string) error {
 		q.WriteString(`INSERT INTO mcsd_hashes (dir, hash, medium, address) VALUES `)
 		n := 0
 		for _, k := range page {
-			for _, h := range identity.LookupHashes(storage.ThreePID{Medium: k.medium, Address: k.address}, pepper) {
+			for _, h := range threepid.LookupHashes(storage.ThreePID{Medium: k.medium, Address: k.address}, pepper) {
 				if n > 0 {
 					q.WriteByte(',')
 				}
@@ -421,7 +421,7 @@ func fillHashes(ctx context.Context, tx *sql.Tx, dir, pepper string) error {
 // when a directory moved them, the homeserver they came from and since when they are on the
 // current one. Without any placement it returns storage.ErrNotFound.
 func (x *Index) Homeserver(ctx context.Context, uzi string) (current, previous string, since time.Time, err error) {
-	tp, err := identity.Normalize(identity.MediumUZI, uzi)
+	tp, err := threepid.Normalize(threepid.MediumUZI, uzi)
 	if err != nil {
 		return "", "", time.Time{}, err
 	}

@@ -10,12 +10,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd/mcsdtest"
 	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore/dbtest"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 const (
@@ -589,7 +589,7 @@ func TestHashedLookupAndRehash(t *testing.T) {
 		s := e.syncer()
 		e.sync(s) // hashes are made during the sync with the stored pepper
 		hashes := func(medium, address, pepper string) []string {
-			return identity.LookupHashes(storage.ThreePID{Medium: medium, Address: address}, pepper)
+			return threepid.LookupHashes(storage.ThreePID{Medium: medium, Address: address}, pepper)
 		}
 		check := func(pepper string, want map[string]string) {
 			t.Helper()

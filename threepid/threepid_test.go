@@ -1,4 +1,4 @@
-package identity
+package threepid
 
 import (
 	"errors"
@@ -54,21 +54,5 @@ func TestLookupHashesCoverAliases(t *testing.T) {
 	// The spec's example: sha256("alice@example.com email matrixrocks"), unpadded URL-safe base64.
 	if got := LookupHash("alice@example.com", "email", "matrixrocks"); got != "4kenr7N9drpCJ4AfalmlGQVsOn3o2RHjkADUpXJWZUc" {
 		t.Fatalf("spec example hash: %s", got)
-	}
-}
-
-func TestValidMXIDAndSecret(t *testing.T) {
-	for _, ok := range []string{"@alice:hs.example.nl", "@a.b_c=d:localhost:8448"} {
-		if !ValidMXID(ok) {
-			t.Errorf("%q rejected", ok)
-		}
-	}
-	for _, bad := range []string{"alice:hs", "@alice", "@:hs", "@alice:", "@al ice:hs", "@alice:hs\n"} {
-		if ValidMXID(bad) {
-			t.Errorf("%q accepted", bad)
-		}
-	}
-	if validSecret("") || validSecret("a b") || validSecret(string(make([]byte, 256))) || !validSecret("abc.DEF=_-1") {
-		t.Error("client_secret grammar")
 	}
 }

@@ -1,6 +1,6 @@
-// Package identity is the domain of ozo-identity: 3PID validation and bindings, invites,
-// signing keys, identity-server accounts and terms, independent of HTTP.
-package identity
+// Package threepid holds the rules for third-party identifiers: which media ozo-identity binds,
+// their canonical form, and the v2 lookup hashes. Every other package takes 3PIDs through it.
+package threepid
 
 import (
 	"crypto/sha256"
