@@ -23,6 +23,7 @@ func (s *Server) routesAdmin(r chi.Router) {
 	r.Get("/audit", s.adminAudit)
 }
 
+// statusRecorder remembers the status a handler wrote, for metrics and the audit log.
 type statusRecorder struct {
 	http.ResponseWriter
 	status int
