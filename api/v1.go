@@ -125,7 +125,7 @@ func (s *Server) v1StoreInvite(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	s.doStoreInvite(w, r, fields, "v1")
+	s.doStoreInvite(w, r, fields, "v1", "")
 }
 
 func (s *Server) v1RequestEmailToken(w http.ResponseWriter, r *http.Request) {

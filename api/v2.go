@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/url"
 	"strings"
 
 	"github.com/go-chi/chi/v5"
@@ -211,11 +210,10 @@ func (s *Server) submitEmailToken(w http.ResponseWriter, r *http.Request) {
 func (s *Server) submitEmailTokenPage(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	nextLink, err := s.svc.SubmitToken(r.Context(), q.Get("sid"), q.Get("client_secret"), q.Get("token"))
-	if err == nil && nextLink != "" {
-		if u, perr := url.Parse(nextLink); perr == nil && (u.Scheme == "https" || u.Scheme == "http") {
-			http.Redirect(w, r, nextLink, http.StatusFound)
-			return
-		}
+	// Checked again here: a session stored before the allow-list was narrowed keeps its next_link.
+	if err == nil && nextLink != "" && s.svc.AllowedNextLink(nextLink) {
+		http.Redirect(w, r, nextLink, http.StatusFound)
+		return
 	}
 	s.page.render(w, err)
 }
@@ -321,10 +319,12 @@ func (s *Server) storeInvite(w http.ResponseWriter, r *http.Request) {
 		}
 		fields[k] = str
 	}
-	s.doStoreInvite(w, r, fields, "v2")
+	s.doStoreInvite(w, r, fields, "v2", account(r).UserID)
 }
 
-func (s *Server) doStoreInvite(w http.ResponseWriter, r *http.Request, fields map[string]string, version string) {
+// doStoreInvite stores an invite; caller is the authenticated user who must be its sender, or
+// "" for v1, whose callers are the configured homeservers.
+func (s *Server) doStoreInvite(w http.ResponseWriter, r *http.Request, fields map[string]string, version, caller string) {
 	if err := required(fields, "medium", "address", "room_id", "sender"); err != nil {
 		s.writeError(w, r, err)
 		return
@@ -334,7 +334,7 @@ func (s *Server) doStoreInvite(w http.ResponseWriter, r *http.Request, fields ma
 		extra[k] = fields[k]
 	}
 	inv, err := s.svc.StoreInvite(r.Context(), identity.InviteRequest{Medium: fields["medium"], Address: fields["address"],
-		RoomID: fields["room_id"], Sender: fields["sender"], Extra: extra})
+		RoomID: fields["room_id"], Sender: fields["sender"], Caller: caller, Extra: extra})
 	if err != nil {
 		s.writeError(w, r, err)
 		return

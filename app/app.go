@@ -26,6 +26,7 @@ import (
 	"github.com/ozo-platform/ozo-identity/lookup"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
 	"github.com/ozo-platform/ozo-identity/ratelimit"
+	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
 
@@ -123,6 +124,15 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		WebClientLocation: cfg.Invites.WebClientLocation,
 		OnBindRetryFor:    cfg.Invites.OnBindRetryFor,
 		Policies:          policies,
+
+		WebClientLocations: cfg.Invites.WebClientLocations,
+		NextLinkHosts:      cfg.Validation.NextLinkHosts,
+		InviteLimits: storage.InviteLimits{PerThreePID: cfg.Invites.MaxPendingPerThreePID,
+			PerSender: cfg.Invites.MaxPendingPerSender},
+		MaxMailsPerSession: cfg.Validation.MaxMailsPerSession,
+		MaxMailsPerAddress: cfg.Validation.MaxMailsPerAddress,
+		OnBindMaxInvites:   cfg.Invites.OnBindMaxInvites,
+		OnBindMaxBytes:     cfg.Invites.OnBindMaxBytes,
 	}, log.With("component", "identity"))
 	links := []lookup.Resolver{lookup.Bindings(store), index}
 	for _, p := range peers {
@@ -264,7 +274,8 @@ func tlsWithCA(file string) (*tls.Config, error) {
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 
-// RunWorkers runs the background work (onbind delivery, session clean-up) until ctx ends.
+// RunWorkers runs the background work (onbind delivery, clean-up of expired sessions, invites
+// and ephemeral keys) until ctx ends.
 func (a *App) RunWorkers(ctx context.Context) {
 	if a.HasDirectories() && a.Config.Directory.SyncInterval > 0 {
 		a.workers.Go(func() { a.syncSchedule(ctx, a.Config.Directory.SyncInterval) })
@@ -280,6 +291,11 @@ func (a *App) RunWorkers(ctx context.Context) {
 				a.log.Warn("session clean-up", "err", err)
 			} else if n > 0 {
 				a.log.Info("removed expired validation sessions", "count", n)
+			}
+			if inv, keys, err := a.Store.PruneInvites(ctx, time.Now()); err != nil && ctx.Err() == nil {
+				a.log.Warn("invite clean-up", "err", err)
+			} else if inv > 0 || keys > 0 {
+				a.log.Info("removed expired invites", "invites", inv, "ephemeral_keys", keys)
 			}
 			select {
 			case <-ctx.Done():

@@ -118,12 +118,28 @@ type Validation struct {
 	MaxFailedAttempts int           `yaml:"max_failed_attempts"`
 	// SubmitPage is an HTML template shown by GET submitToken when there is no next_link.
 	SubmitPage string `yaml:"submit_page"`
+	// NextLinkHosts are the hosts (host or host:port) a next_link may redirect to, https only;
+	// empty means the hosts of public_base_url and of the invite web client locations.
+	NextLinkHosts []string `yaml:"next_link_hosts"`
+	// MaxMailsPerSession bounds the mails one session sends (send_attempt 1, 2, ...).
+	MaxMailsPerSession int `yaml:"max_mails_per_session"`
+	// MaxMailsPerAddress bounds the validation mails to one address per session_lifetime.
+	MaxMailsPerAddress int `yaml:"max_mails_per_address"`
 }
 
 type Invites struct {
 	Lifetime time.Duration `yaml:"lifetime"`
 	// WebClientLocation is the chat client the invite mail links to.
 	WebClientLocation string `yaml:"web_client_location"`
+	// WebClientLocations are the clients an invite's org.matrix.web_client_location may choose;
+	// others are ignored in favour of WebClientLocation. Empty means WebClientLocation only.
+	WebClientLocations []string `yaml:"web_client_locations"`
+	// MaxPendingPerThreePID and MaxPendingPerSender cap undelivered invites.
+	MaxPendingPerThreePID int `yaml:"max_pending_per_threepid"`
+	MaxPendingPerSender   int `yaml:"max_pending_per_sender"`
+	// OnBindMaxInvites and OnBindMaxBytes bound one onbind request to a homeserver.
+	OnBindMaxInvites int `yaml:"onbind_max_invites"`
+	OnBindMaxBytes   int `yaml:"onbind_max_bytes"`
 	// OnBindRetryFor bounds how long an onbind delivery is retried.
 	OnBindRetryFor time.Duration `yaml:"onbind_retry_for"`
 }
@@ -137,7 +153,8 @@ type Email struct {
 type SMTP struct {
 	Host string `yaml:"host"`
 	Port int    `yaml:"port"`
-	// Security is "none", "starttls" or "tls" (implicit TLS).
+	// Security is "starttls" (required), "tls" (implicit TLS) or "none"; empty (the default)
+	// means starttls for any host but a loopback one. Certificates are always verified.
 	Security string `yaml:"security"`
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
@@ -192,16 +209,23 @@ func Defaults() Config {
 		HTTP:          HTTP{MaxBodyBytes: 64 << 10, CORSOrigins: []string{"*"}},
 		Lookup:        Lookup{MaxBatch: 10000},
 		Validation: Validation{
-			SessionLifetime:   24 * time.Hour,
-			TokenLifetime:     24 * time.Hour,
-			MaxFailedAttempts: 10,
+			SessionLifetime:    24 * time.Hour,
+			TokenLifetime:      24 * time.Hour,
+			MaxFailedAttempts:  10,
+			MaxMailsPerSession: 3,
+			MaxMailsPerAddress: 10,
 		},
 		Invites: Invites{
-			Lifetime:          30 * 24 * time.Hour,
-			WebClientLocation: "https://app.element.io",
-			OnBindRetryFor:    7 * 24 * time.Hour,
+			Lifetime:              30 * 24 * time.Hour,
+			WebClientLocation:     "https://app.element.io",
+			MaxPendingPerThreePID: 50,
+			MaxPendingPerSender:   200,
+			OnBindMaxInvites:      50,
+			OnBindMaxBytes:        64 << 10,
+			OnBindRetryFor:        7 * 24 * time.Hour,
 		},
-		Email:       Email{SMTP: SMTP{Host: "localhost", Port: 25, Security: "none"}, From: "ozo-identity <noreply@localhost>"},
+		// No security set: STARTTLS is required unless the host is loopback (see email.Config).
+		Email:       Email{SMTP: SMTP{Host: "localhost"}, From: "ozo-identity <noreply@localhost>"},
 		Homeservers: Homeservers{Timeout: 10 * time.Second},
 		RateLimits:  RateLimits{LookupPerAccount: 120, LookupPerServer: 2400, DirectoryPerAccount: 60, PerClient: 60},
 		Directory:   Directory{SyncInterval: 15 * time.Minute, Concurrency: 8, RequestTimeout: 30 * time.Second},
@@ -355,9 +379,28 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("http.trusted_proxies: %w", err))
 	}
 	switch c.Email.SMTP.Security {
-	case "none", "starttls", "tls":
+	case "", "none", "starttls", "tls":
 	default:
-		errs = append(errs, fmt.Errorf("email.smtp.security %q must be none, starttls or tls", c.Email.SMTP.Security))
+		errs = append(errs, fmt.Errorf("email.smtp.security %q must be starttls, tls or none (empty: starttls unless the host is loopback)", c.Email.SMTP.Security))
+	}
+	for _, loc := range append([]string{c.Invites.WebClientLocation}, c.Invites.WebClientLocations...) {
+		if pu, err := url.Parse(loc); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" {
+			errs = append(errs, fmt.Errorf("invites web client location %q must be an absolute http(s) URL", loc))
+		}
+	}
+	for _, h := range c.Validation.NextLinkHosts {
+		if pu, err := url.Parse("https://" + h); err != nil || pu.Host != h || h == "" {
+			errs = append(errs, fmt.Errorf("validation.next_link_hosts: %q must be a host or host:port", h))
+		}
+	}
+	if c.Validation.MaxMailsPerSession <= 0 || c.Validation.MaxMailsPerAddress <= 0 {
+		errs = append(errs, errors.New("validation.max_mails_per_session and max_mails_per_address must be positive"))
+	}
+	if c.Invites.MaxPendingPerThreePID <= 0 || c.Invites.MaxPendingPerSender <= 0 {
+		errs = append(errs, errors.New("invites.max_pending_per_threepid and max_pending_per_sender must be positive"))
+	}
+	if c.Invites.OnBindMaxInvites <= 0 || c.Invites.OnBindMaxBytes < 4096 {
+		errs = append(errs, errors.New("invites.onbind_max_invites must be positive and invites.onbind_max_bytes at least 4096"))
 	}
 	if c.Lookup.MaxBatch <= 0 {
 		errs = append(errs, errors.New("lookup.max_batch must be positive"))

@@ -165,13 +165,13 @@ func (s *Store) AcceptedTerms(ctx context.Context, userID string) ([]string, err
 	return urls, rows.Err()
 }
 
-const sessionColumns = `sid, client_secret, medium, address, send_attempt, next_link, created_at, validated_at, failed_attempts`
+const sessionColumns = `sid, client_secret, medium, address, send_attempt, next_link, created_at, validated_at, failed_attempts, mails_sent`
 
 func scanSession(row interface{ Scan(...any) error }) (storage.Session, error) {
 	var s storage.Session
 	var created, validated int64
 	err := row.Scan(&s.SID, &s.ClientSecret, &s.ThreePID.Medium, &s.ThreePID.Address, &s.SendAttempt,
-		&s.NextLink, &created, &validated, &s.FailedAttempts)
+		&s.NextLink, &created, &validated, &s.FailedAttempts, &s.MailsSent)
 	if errors.Is(err, sql.ErrNoRows) {
 		return s, storage.ErrNotFound
 	}
@@ -182,12 +182,62 @@ func scanSession(row interface{ Scan(...any) error }) (storage.Session, error) {
 	return s, nil
 }
 
-func (s *Store) CreateSession(ctx context.Context, sess storage.Session, tokenHash string, tokenExpires time.Time) error {
+// Advisory lock classes: PostgreSQL serialises quota checks per key with them (SQLite's
+// immediate transactions already run one writer at a time).
+const (
+	lockInviteThreePID = 1
+	lockInviteSender   = 2
+	lockMailAddress    = 3
+)
+
+// lock takes a transaction-scoped lock on (class, key) on PostgreSQL, so that counting and
+// inserting under a quota is atomic across replicas. Callers take classes in ascending order.
+func (s *Store) lock(ctx context.Context, tx *sql.Tx, class int, key string) error {
+	if s.db.Engine != Postgres {
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, class, key); err != nil {
+		return fmt.Errorf("lock: %w", err)
+	}
+	return nil
+}
+
+func mailsSent(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}, tp storage.ThreePID, since time.Time) (int, error) {
+	var n int
+	if err := q.QueryRowContext(ctx, `SELECT COALESCE(SUM(mails_sent), 0) FROM validation_sessions
+		WHERE medium = $1 AND address = $2 AND created_at >= $3`, tp.Medium, tp.Address, ms(since)).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count mails: %w", err)
+	}
+	return n, nil
+}
+
+func (s *Store) MailsSent(ctx context.Context, tp storage.ThreePID, since time.Time) (int, error) {
+	return mailsSent(ctx, s.db, tp, since)
+}
+
+func (s *Store) CreateSession(ctx context.Context, sess storage.Session, tokenHash string, tokenExpires time.Time, quota storage.MailQuota) error {
+	if sess.MailsSent == 0 {
+		sess.MailsSent = 1
+	}
 	return s.tx(ctx, func(tx *sql.Tx) error {
+		if quota.PerAddress > 0 {
+			if err := s.lock(ctx, tx, lockMailAddress, sess.ThreePID.Medium+" "+sess.ThreePID.Address); err != nil {
+				return err
+			}
+			n, err := mailsSent(ctx, tx, sess.ThreePID, quota.Since)
+			if err != nil {
+				return err
+			}
+			if n+sess.MailsSent > quota.PerAddress {
+				return storage.ErrAddressMailLimit
+			}
+		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO validation_sessions (`+sessionColumns+`)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
 			sess.SID, sess.ClientSecret, sess.ThreePID.Medium, sess.ThreePID.Address, sess.SendAttempt,
-			sess.NextLink, ms(sess.CreatedAt), ms(sess.ValidatedAt), sess.FailedAttempts)
+			sess.NextLink, ms(sess.CreatedAt), ms(sess.ValidatedAt), sess.FailedAttempts, sess.MailsSent)
 		if isUniqueViolation(err) {
 			return storage.ErrAlreadyExists
 		}
@@ -211,14 +261,43 @@ func (s *Store) FindSession(ctx context.Context, clientSecret string, tp storage
 		WHERE client_secret = $1 AND medium = $2 AND address = $3`, clientSecret, tp.Medium, tp.Address))
 }
 
-func (s *Store) AddSessionToken(ctx context.Context, sid string, sendAttempt int64, tokenHash string, expires time.Time) error {
+func (s *Store) AddSessionToken(ctx context.Context, sid string, sendAttempt int64, tokenHash string, expires time.Time, quota storage.MailQuota) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE validation_sessions SET send_attempt = $1 WHERE sid = $2`, sendAttempt, sid)
+		sess, err := scanSession(tx.QueryRowContext(ctx, `SELECT `+sessionColumns+` FROM validation_sessions WHERE sid = $1`, sid))
+		if err != nil {
+			return err
+		}
+		if quota.PerAddress > 0 {
+			if err := s.lock(ctx, tx, lockMailAddress, sess.ThreePID.Medium+" "+sess.ThreePID.Address); err != nil {
+				return err
+			}
+		}
+		// Counting under the row lock of the update keeps concurrent attempts of one session in line.
+		q := `UPDATE validation_sessions SET send_attempt = $1, mails_sent = mails_sent + 1 WHERE sid = $2`
+		args := []any{sendAttempt, sid}
+		if quota.PerSession > 0 {
+			q += ` AND mails_sent < $3`
+			args = append(args, quota.PerSession)
+		}
+		res, err := tx.ExecContext(ctx, q, args...)
 		if err != nil {
 			return fmt.Errorf("update session: %w", err)
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
-			return storage.ErrNotFound
+			return storage.ErrSessionMailLimit
+		}
+		if quota.PerAddress > 0 {
+			n, err := mailsSent(ctx, tx, sess.ThreePID, quota.Since)
+			if err != nil {
+				return err
+			}
+			if n > quota.PerAddress {
+				return storage.ErrAddressMailLimit
+			}
+		}
+		// Only the newest mail's token works: an older mail, perhaps read by someone else, is void.
+		if _, err := tx.ExecContext(ctx, `DELETE FROM session_tokens WHERE sid = $1`, sid); err != nil {
+			return fmt.Errorf("replace session token: %w", err)
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO session_tokens (sid, token_hash, expires_at) VALUES ($1, $2, $3)`,
 			sid, tokenHash, ms(expires)); err != nil {
@@ -336,10 +415,8 @@ func (s *Store) Bind(ctx context.Context, req storage.BindRequest) error {
 			}
 		}
 		for _, d := range deliveries {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO onbind_queue (id, server_name, body, attempts, next_attempt_at, expires_at, created_at, last_error)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
-				d.ID, d.ServerName, string(d.Body), d.Attempts, ms(d.NextAttemptAt), ms(d.ExpiresAt), ms(d.CreatedAt), d.LastError); err != nil {
-				return fmt.Errorf("queue onbind: %w", err)
+			if err := insertDelivery(ctx, tx, d); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -540,21 +617,63 @@ func (s *Store) RehashBindings(ctx context.Context, hashFn func(storage.ThreePID
 	})
 }
 
-func (s *Store) CreateInvite(ctx context.Context, inv storage.Invite) error {
+func (s *Store) CreateInvite(ctx context.Context, inv storage.Invite, limits storage.InviteLimits) error {
 	extra, err := json.Marshal(inv.Extra)
 	if err != nil {
 		return fmt.Errorf("encode invite: %w", err)
 	}
-	_, err = s.db.ExecContext(ctx, `INSERT INTO invites (token, medium, address, room_id, sender, extra, created_at, expires_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, inv.Token, inv.ThreePID.Medium, inv.ThreePID.Address, inv.RoomID,
-		inv.Sender, string(extra), ms(inv.CreatedAt), ms(inv.ExpiresAt))
-	if isUniqueViolation(err) {
-		return storage.ErrAlreadyExists
-	}
-	if err != nil {
-		return fmt.Errorf("create invite: %w", err)
-	}
-	return nil
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		pending := func(cond string, args ...any) (int, error) {
+			var n int
+			args = append(args, ms(inv.CreatedAt))
+			err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM invites WHERE `+cond+
+				fmt.Sprintf(` AND delivered_at = 0 AND expires_at > $%d`, len(args)), args...).Scan(&n)
+			if err != nil {
+				return 0, fmt.Errorf("count pending invites: %w", err)
+			}
+			return n, nil
+		}
+		if limits.PerThreePID > 0 {
+			if err := s.lock(ctx, tx, lockInviteThreePID, inv.ThreePID.Medium+" "+inv.ThreePID.Address); err != nil {
+				return err
+			}
+			n, err := pending(`medium = $1 AND address = $2`, inv.ThreePID.Medium, inv.ThreePID.Address)
+			if err != nil {
+				return err
+			}
+			if n >= limits.PerThreePID {
+				return storage.ErrThreePIDInviteLimit
+			}
+		}
+		if limits.PerSender > 0 {
+			if err := s.lock(ctx, tx, lockInviteSender, inv.Sender); err != nil {
+				return err
+			}
+			n, err := pending(`sender = $1`, inv.Sender)
+			if err != nil {
+				return err
+			}
+			if n >= limits.PerSender {
+				return storage.ErrSenderInviteLimit
+			}
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO invites (token, medium, address, room_id, sender, extra, created_at, expires_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, inv.Token, inv.ThreePID.Medium, inv.ThreePID.Address, inv.RoomID,
+			inv.Sender, string(extra), ms(inv.CreatedAt), ms(inv.ExpiresAt))
+		if isUniqueViolation(err) {
+			return storage.ErrAlreadyExists
+		}
+		if err != nil {
+			return fmt.Errorf("create invite: %w", err)
+		}
+		if inv.EphemeralKey != "" {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO ephemeral_keys (public_key, created_at, expires_at) VALUES ($1, $2, $3)`,
+				inv.EphemeralKey, ms(inv.CreatedAt), ms(inv.ExpiresAt)); err != nil {
+				return fmt.Errorf("store ephemeral key: %w", err)
+			}
+		}
+		return nil
+	})
 }
 
 const inviteColumns = `token, medium, address, room_id, sender, extra, created_at, expires_at`
@@ -579,6 +698,18 @@ func scanInvite(row interface{ Scan(...any) error }) (storage.Invite, error) {
 
 func (s *Store) GetInvite(ctx context.Context, token string) (storage.Invite, error) {
 	return scanInvite(s.db.QueryRowContext(ctx, `SELECT `+inviteColumns+` FROM invites WHERE token = $1`, token))
+}
+
+func (s *Store) DeleteInvite(ctx context.Context, token, ephemeralKey string) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM invites WHERE token = $1`, token); err != nil {
+			return fmt.Errorf("delete invite: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM ephemeral_keys WHERE public_key = $1`, ephemeralKey); err != nil {
+			return fmt.Errorf("delete ephemeral key: %w", err)
+		}
+		return nil
+	})
 }
 
 func (s *Store) PendingInvites(ctx context.Context, tp storage.ThreePID) ([]storage.Invite, error) {
@@ -609,20 +740,29 @@ func pendingInvites(ctx context.Context, tx *sql.Tx, tp storage.ThreePID, now ti
 	return out, rows.Err()
 }
 
-func (s *Store) AddEphemeralKey(ctx context.Context, publicKey string, created time.Time) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO ephemeral_keys (public_key, created_at) VALUES ($1, $2)`, publicKey, ms(created))
-	if err != nil {
-		return fmt.Errorf("store ephemeral key: %w", err)
-	}
-	return nil
-}
-
 func (s *Store) EphemeralKeyExists(ctx context.Context, publicKey string) (bool, error) {
 	var n int
 	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM ephemeral_keys WHERE public_key = $1`, publicKey).Scan(&n); err != nil {
 		return false, fmt.Errorf("ephemeral key: %w", err)
 	}
 	return n > 0, nil
+}
+
+func (s *Store) PruneInvites(ctx context.Context, now time.Time) (int64, int64, error) {
+	var invites, keys int64
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM invites WHERE expires_at < $1`, ms(now))
+		if err != nil {
+			return fmt.Errorf("prune invites: %w", err)
+		}
+		invites, _ = res.RowsAffected()
+		if res, err = tx.ExecContext(ctx, `DELETE FROM ephemeral_keys WHERE expires_at < $1`, ms(now)); err != nil {
+			return fmt.Errorf("prune ephemeral keys: %w", err)
+		}
+		keys, _ = res.RowsAffected()
+		return nil
+	})
+	return invites, keys, err
 }
 
 const deliveryColumns = `id, server_name, body, attempts, next_attempt_at, expires_at, created_at, last_error`
@@ -678,6 +818,33 @@ func (s *Store) ClaimDelivery(ctx context.Context, id string, due, until time.Ti
 func (s *Store) DeliveryDone(ctx context.Context, id string) error {
 	if _, err := s.db.ExecContext(ctx, `DELETE FROM onbind_queue WHERE id = $1`, id); err != nil {
 		return fmt.Errorf("delivery done: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) ReplaceDelivery(ctx context.Context, id string, parts []storage.OnBindDelivery) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM onbind_queue WHERE id = $1`, id)
+		if err != nil {
+			return fmt.Errorf("replace delivery: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return storage.ErrNotFound
+		}
+		for _, d := range parts {
+			if err := insertDelivery(ctx, tx, d); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func insertDelivery(ctx context.Context, tx *sql.Tx, d storage.OnBindDelivery) error {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO onbind_queue (id, server_name, body, attempts, next_attempt_at, expires_at, created_at, last_error)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+		d.ID, d.ServerName, string(d.Body), d.Attempts, ms(d.NextAttemptAt), ms(d.ExpiresAt), ms(d.CreatedAt), d.LastError); err != nil {
+		return fmt.Errorf("queue onbind: %w", err)
 	}
 	return nil
 }
