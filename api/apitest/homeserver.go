@@ -30,10 +30,11 @@ type Homeserver struct {
 	hits         atomic.Int64
 	onbindStatus atomic.Int32
 
-	mu      sync.Mutex
-	tokens  map[string]string // OpenID token → user ID
-	onbinds []OnBind
-	notify  chan struct{}
+	mu         sync.Mutex
+	tokens     map[string]string // OpenID token → user ID
+	onbinds    []OnBind
+	onbindRule func(body []byte) int
+	notify     chan struct{}
 }
 
 // OnBind is one /3pid/onbind call the stand-in received.
@@ -84,6 +85,15 @@ func (hs *Homeserver) IssueOpenIDToken(localpart string) (token, userID string) 
 // SetOnBindStatus sets the status the onbind endpoint answers with (200 at first).
 func (hs *Homeserver) SetOnBindStatus(status int) { hs.onbindStatus.Store(int32(status)) }
 
+// SetOnBindRule makes the onbind endpoint answer rule(body) when that is not 0 (otherwise the
+// status of SetOnBindStatus), to refuse some requests as a real homeserver would: too large (413)
+// or holding an invite it rejects.
+func (hs *Homeserver) SetOnBindRule(rule func(body []byte) int) {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	hs.onbindRule = rule
+}
+
 // OnBinds returns every onbind call received so far.
 func (hs *Homeserver) OnBinds() []OnBind {
 	hs.mu.Lock()
@@ -117,13 +127,18 @@ func (hs *Homeserver) userinfo(w http.ResponseWriter, r *http.Request) {
 }
 
 func (hs *Homeserver) onbind(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	body, err := io.ReadAll(io.LimitReader(r.Body, 4<<20))
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	status := int(hs.onbindStatus.Load())
 	hs.mu.Lock()
+	if hs.onbindRule != nil {
+		if st := hs.onbindRule(body); st != 0 {
+			status = st
+		}
+	}
 	hs.onbinds = append(hs.onbinds, OnBind{Body: body, Status: status})
 	hs.mu.Unlock()
 	select {
