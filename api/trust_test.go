@@ -439,6 +439,16 @@ func TestStoreInviteRejectsBadStrings(t *testing.T) {
 		if n := keys(); n != keysBefore {
 			t.Fatalf("refused invites left %d ephemeral keys", n-keysBefore)
 		}
+		// The invite's other endpoints take the same care: no 500 from PostgreSQL.
+		priv, _ := ephemeralKey(t)
+		h.Post(t, v2+"/sign-ed25519", u.Token, map[string]any{"mxid": u.MXID, "token": "a\u0000b", "private_key": priv}).
+			Want(t, http.StatusBadRequest, "M_INVALID_PARAM")
+		if valid(t, h.Get(t, v2+"/pubkey/ephemeral/isvalid?public_key=a%00b", "").Want(t, http.StatusOK, "")) {
+			t.Fatal("a key with NUL is valid")
+		}
+		if valid(t, h.Get(t, v2+"/pubkey/ephemeral/isvalid?public_key=a%FFb", "").Want(t, http.StatusOK, "")) {
+			t.Fatal("a key with invalid UTF-8 is valid")
+		}
 		if n := len(h.Mail.To("new.colleague@zorg.example.nl")); n != 0 {
 			t.Fatalf("%d mails for refused invites", n)
 		}

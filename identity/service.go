@@ -758,6 +758,9 @@ func (s *Service) SignEd25519(ctx context.Context, mxid, token, privateKey strin
 	if !ValidMXID(mxid) {
 		return nil, errorf(CodeInvalidParam, "mxid is not a Matrix user ID")
 	}
+	if err := checkText("token", token, false); err != nil {
+		return nil, err
+	}
 	inv, err := s.store.GetInvite(ctx, token)
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil, errorf(CodeNotFound, "no invite with this token")
@@ -778,5 +781,8 @@ func (s *Service) IsValidPublicKey(key string) bool {
 
 // IsValidEphemeralKey reports whether key was handed out by store-invite.
 func (s *Service) IsValidEphemeralKey(ctx context.Context, key string) (bool, error) {
+	if checkText("public_key", key, false) != nil {
+		return false, nil // never handed out; PostgreSQL would refuse to compare it
+	}
 	return s.store.EphemeralKeyExists(ctx, strings.TrimRight(key, "="))
 }
