@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"regexp"
 	"strings"
 	"sync"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/ozo-platform/ozo-identity/api/apitest"
 	"github.com/ozo-platform/ozo-identity/config"
+	"github.com/ozo-platform/ozo-identity/email/smtptest"
 	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
@@ -464,4 +467,50 @@ func TestStoreInviteRejectsBadStrings(t *testing.T) {
 		}
 		before.check(t, h)
 	})
+}
+
+// Item 9: with only a remote SMTP host configured, a server that does not offer STARTTLS gets
+// no mail in clear; the caller gets M_EMAIL_SEND_ERROR and nothing is left behind.
+func TestMailNotInClearByDefault(t *testing.T) {
+	apitest.ForEachEngine(t, func(t *testing.T, e sqlstore.Engine) {
+		ip := nonLoopbackIP(t)
+		plain := smtptest.StartWith(t, smtptest.Options{Host: ip})
+		h := apitest.New(t, e)
+		before := makeEarlierState(t, h)
+		h.Config.Email.SMTP = config.Defaults().Email.SMTP
+		h.Config.Email.SMTP.Host, h.Config.Email.SMTP.Port = ip, plain.Port
+		h.Restart()
+		u := h.NewUser(t, "bob")
+		h.Post(t, v2+"/validate/email/requestToken", u.Token, map[string]any{"client_secret": apitest.Secret(),
+			"email": "bob@zorg.example.nl", "send_attempt": 1}).Want(t, http.StatusInternalServerError, "M_EMAIL_SEND_ERROR")
+		h.Post(t, v2+"/store-invite", u.Token, emailInvite(u, "invitee@zorg.example.nl")).
+			Want(t, http.StatusInternalServerError, "M_EMAIL_SEND_ERROR")
+		if n := len(plain.Messages()); n != 0 {
+			t.Fatalf("%d mails went out in clear", n)
+		}
+		if p, _ := h.App.Store.PendingInvites(t.Context(), storage.ThreePID{Medium: "email", Address: "invitee@zorg.example.nl"}); len(p) != 0 {
+			t.Fatalf("an invite whose mail failed was kept: %+v", p)
+		}
+		before.check(t, h)
+	})
+}
+
+// nonLoopbackIP returns an IPv4 address of this machine that is not loopback, for a mail server
+// the service must treat as remote.
+func nonLoopbackIP(t *testing.T) string {
+	t.Helper()
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLoopback() && ipn.IP.To4() != nil && !ipn.IP.IsLinkLocalUnicast() {
+			return ipn.IP.String()
+		}
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("no non-loopback IPv4 address to run a remote SMTP server on")
+	}
+	t.Skip("no non-loopback IPv4 address")
+	return ""
 }
