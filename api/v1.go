@@ -5,7 +5,6 @@ import (
 	"errors"
 	"maps"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -136,12 +135,13 @@ func (s *Server) v1RequestEmailToken(w http.ResponseWriter, r *http.Request) {
 	}
 	req := requestTokenReq{ClientSecret: fields["client_secret"], Email: fields["email"], NextLink: fields["next_link"]}
 	if v, ok := fields["send_attempt"]; ok {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
+		n, ok := parseSendAttempt(v)
+		if !ok {
 			s.writeError(w, r, badRequest(identity.CodeInvalidParam, "send_attempt must be an integer"))
 			return
 		}
-		req.SendAttempt = &n
+		a := sendAttempt(n)
+		req.SendAttempt = &a
 	}
 	s.doRequestEmailToken(w, r, req)
 }
