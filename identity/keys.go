@@ -15,6 +15,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/ozo-platform/ozo-identity/storage"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // KeyID is the identifier Sydent and homeservers expect for an identity server's key.
@@ -23,6 +24,8 @@ const KeyID = "ed25519:0"
 const (
 	settingSigningKey = "signing_key"
 	settingPepper     = "lookup_pepper"
+	// settingFoldedHashes is set once every binding has its folded lookup hashes.
+	settingFoldedHashes = "folded_lookup_hashes"
 )
 
 // Signer signs JSON objects with the server's long-term Ed25519 key.
@@ -146,5 +149,23 @@ func LoadPepper(ctx context.Context, store storage.Storage) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("store pepper: %w", err)
 	}
+	// Bindings made before folded lookup hashes existed get them once.
+	if _, err := store.GetSetting(ctx, settingFoldedHashes); errors.Is(err, storage.ErrNotFound) {
+		if err := store.RehashBindings(ctx, hashesWith(pepper)); err != nil {
+			return "", fmt.Errorf("add folded lookup hashes: %w", err)
+		}
+		if err := store.SetSetting(ctx, settingFoldedHashes, "1"); err != nil {
+			return "", fmt.Errorf("add folded lookup hashes: %w", err)
+		}
+	} else if err != nil {
+		return "", fmt.Errorf("read settings: %w", err)
+	}
 	return pepper, nil
+}
+
+// hashesWith computes a 3PID's exact and folded lookup hashes under pepper.
+func hashesWith(pepper string) func(storage.ThreePID) ([]string, []string) {
+	return func(tp storage.ThreePID) ([]string, []string) {
+		return threepid.LookupHashes(tp, pepper), threepid.FoldedLookupHashes(tp, pepper)
+	}
 }

@@ -98,7 +98,7 @@ func (s *Service) RotatePepper(ctx context.Context) (string, error) {
 	b := make([]byte, 24)
 	rand.Read(b)
 	pepper := base64.RawURLEncoding.EncodeToString(b)
-	if err := s.store.RehashBindings(ctx, func(tp storage.ThreePID) []string { return threepid.LookupHashes(tp, pepper) }); err != nil {
+	if err := s.store.RehashBindings(ctx, hashesWith(pepper)); err != nil {
 		return "", err
 	}
 	if s.opts.OnPepper != nil {
@@ -356,8 +356,9 @@ func (s *Service) bind(ctx context.Context, tp storage.ThreePID, mxid, source st
 	}
 	queued := false
 	err = s.store.Bind(ctx, storage.BindRequest{
-		Binding: b,
-		Hashes:  threepid.LookupHashes(tp, s.Pepper()),
+		Binding:      b,
+		Hashes:       threepid.LookupHashes(tp, s.Pepper()),
+		FoldedHashes: threepid.FoldedLookupHashes(tp, s.Pepper()),
 		Deliver: func(invites []storage.Invite) ([]storage.OnBindDelivery, error) {
 			d, err := s.onBindDelivery(b, assoc, invites)
 			if err != nil {
