@@ -24,7 +24,7 @@ func TestHostileInputKeepsState(t *testing.T) {
 		h.Bind(t, alice, bound)
 		inv := storeInvite(t, h, alice, emailInvite(alice, "pending@example.org"))
 		ephemeral := inv.PublicKeys[1].PublicKey
-		priv, _ := ephemeralKey(t)
+		priv := inviteSignURL(t, h.Mail.Wait(t, "pending@example.org", 1, apitest.MailWait)).Query().Get("private_key")
 		bobSession := h.ValidateEmail(t, bob, "bob@example.org")
 		mailsBefore := len(h.Mail.Messages())
 

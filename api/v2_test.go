@@ -550,8 +550,13 @@ func TestStoreInvite(t *testing.T) {
 			t.Fatalf("uzi display_name %q", uzi.DisplayName)
 		}
 
-		// sign-ed25519 signs {mxid, sender, token} with the caller's ephemeral private key.
-		priv, pubKey := ephemeralKey(t)
+		// sign-ed25519 signs {mxid, sender, token} with the ephemeral private key mailed with the
+		// invite, and with no other.
+		priv := inviteSignURL(t, m).Query().Get("private_key")
+		pubKey, _ := base64.RawStdEncoding.DecodeString(eph.PublicKey)
+		other, _ := ephemeralKey(t)
+		h.Post(t, v2+"/sign-ed25519", alice.Token, map[string]any{"mxid": "@carol:hs.ozo.test", "token": inv.Token, "private_key": other}).
+			Want(t, http.StatusForbidden, "M_FORBIDDEN")
 		signed := h.Post(t, v2+"/sign-ed25519", alice.Token, map[string]any{"mxid": "@carol:hs.ozo.test", "token": inv.Token, "private_key": priv}).
 			Want(t, http.StatusOK, "")
 		wantKeys(t, signed.Body, "mxid", "sender", "token", "signatures")

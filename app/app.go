@@ -85,7 +85,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		Host: cfg.Email.SMTP.Host, Port: cfg.Email.SMTP.Port, Security: cfg.Email.SMTP.Security,
 		Username: cfg.Email.SMTP.Username, Password: cfg.Email.SMTP.Password, From: cfg.Email.From,
 		Templates: templates, WebClientLocation: cfg.Invites.WebClientLocation,
-		PublicBaseURL: v1BaseURL(cfg), TLSConfig: smtpTLS,
+		PublicBaseURL: cfg.PublicBaseURL, TLSConfig: smtpTLS,
 	}, log.With("component", "email"))
 	if err != nil {
 		return nil, fmt.Errorf("email: %w", err)
@@ -238,13 +238,6 @@ func (a *App) syncSchedule(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// v1BaseURL gives the mail templates a base for Sydent's v1 sign-ed25519 link, only when v1 is served.
-func v1BaseURL(cfg config.Config) string {
-	if cfg.V1.Enabled {
-		return cfg.PublicBaseURL
-	}
-	return ""
-}
 
 func tlsWithCA(file string) (*tls.Config, error) {
 	if file == "" {

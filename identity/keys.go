@@ -97,20 +97,38 @@ func signWith(obj map[string]any, serverName string, key *federation.SigningKey)
 	return nil
 }
 
-// signWithPrivateKey signs obj with a caller-provided ephemeral key (sign-ed25519).
-func signWithPrivateKey(obj map[string]any, serverName, privateKey string) error {
+// parsePrivateKey reads a caller-provided Ed25519 private key: a 32-byte seed or a 64-byte key.
+func parsePrivateKey(privateKey string) (ed25519.PrivateKey, error) {
 	raw, err := decodeBase64(privateKey)
 	if err != nil {
-		return errorf(CodeInvalidParam, "private_key is not base64")
+		return nil, errorf(CodeInvalidParam, "private_key is not base64")
 	}
-	var priv ed25519.PrivateKey
 	switch len(raw) {
 	case ed25519.SeedSize:
-		priv = ed25519.NewKeyFromSeed(raw)
+		return ed25519.NewKeyFromSeed(raw), nil
 	case ed25519.PrivateKeySize:
-		priv = ed25519.PrivateKey(raw)
+		// A 64-byte key carries its public half; derive it from the seed so it cannot lie.
+		return ed25519.NewKeyFromSeed(raw[:ed25519.SeedSize]), nil
 	default:
-		return errorf(CodeInvalidParam, "private_key is not an Ed25519 key")
+		return nil, errorf(CodeInvalidParam, "private_key is not an Ed25519 key")
+	}
+}
+
+// ephemeralPublicKey is the unpadded base64 public key of a caller-provided private key, the form
+// store-invite hands out.
+func ephemeralPublicKey(privateKey string) (string, error) {
+	priv, err := parsePrivateKey(privateKey)
+	if err != nil {
+		return "", err
+	}
+	return base64.RawStdEncoding.EncodeToString(priv.Public().(ed25519.PublicKey)), nil
+}
+
+// signWithPrivateKey signs obj with a caller-provided ephemeral key (sign-ed25519).
+func signWithPrivateKey(obj map[string]any, serverName, privateKey string) error {
+	priv, err := parsePrivateKey(privateKey)
+	if err != nil {
+		return err
 	}
 	pub := priv.Public().(ed25519.PublicKey)
 	key := &federation.SigningKey{ID: id.KeyID(KeyID), Pub: id.SigningKey(base64.RawStdEncoding.EncodeToString(pub)), Priv: priv}

@@ -544,7 +544,7 @@ func (s *Service) StoreInvite(ctx context.Context, req InviteRequest) (StoredInv
 		}
 	}
 	inv := storage.Invite{Token: randomToken(24), ThreePID: tp, RoomID: req.RoomID, Sender: req.Sender,
-		CreatedAt: now, ExpiresAt: now.Add(s.opts.InviteLifetime), Extra: extra}
+		CreatedAt: now, ExpiresAt: now.Add(s.opts.InviteLifetime), Extra: extra, EphemeralKey: ephemeral}
 	if tp.Medium == threepid.MediumEmail {
 		vars := map[string]string{"token": inv.Token, "room_id": inv.RoomID, "sender": inv.Sender,
 			"medium": tp.Medium, "address": tp.Address,
@@ -600,10 +600,27 @@ func (s *Service) SignEd25519(ctx context.Context, mxid, token, privateKey strin
 		return nil, errorf(CodeInvalidParam, "mxid is not a Matrix user ID")
 	}
 	inv, err := s.store.GetInvite(ctx, token)
-	if errors.Is(err, storage.ErrNotFound) {
+	if errors.Is(err, storage.ErrNotFound) || err == nil && !inv.ExpiresAt.After(s.now()) {
 		return nil, errorf(CodeNotFound, "no invite with this token")
 	} else if err != nil {
 		return nil, err
+	}
+	// Only the key mailed with this invite signs for it (as in Sydent): the sign URL is reachable
+	// without an account, so token and key together are the proof.
+	pub, err := ephemeralPublicKey(privateKey)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case inv.EphemeralKey != "" && pub != inv.EphemeralKey:
+		return nil, errorf(CodeForbidden, "private_key is not the key of this invite")
+	case inv.EphemeralKey == "":
+		// Invites stored before their key was kept: the key must at least be one store-invite made.
+		if ok, err := s.store.EphemeralKeyExists(ctx, pub); err != nil {
+			return nil, err
+		} else if !ok {
+			return nil, errorf(CodeForbidden, "private_key is not the key of this invite")
+		}
 	}
 	obj := map[string]any{"mxid": mxid, "sender": inv.Sender, "token": token}
 	if err := signWithPrivateKey(obj, s.signer.ServerName, privateKey); err != nil {
