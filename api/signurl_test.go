@@ -56,7 +56,7 @@ func TestMailedSignURLWithV1Off(t *testing.T) {
 		otherKey := apitest.InviteSignURL(t, h.Mail.Wait(t, "dave@example.org", 1, apitest.MailWait)).Query().Get("private_key")
 		follow(http.MethodPost, func(f map[string]string) { f["private_key"] = otherKey }).Want(t, http.StatusForbidden, "M_FORBIDDEN") // 3
 		stranger, _ := ephemeralKey(t)
-		follow(http.MethodPost, func(f map[string]string) { f["private_key"] = stranger }).Want(t, http.StatusForbidden, "M_FORBIDDEN") // 4
+		follow(http.MethodPost, func(f map[string]string) { f["private_key"] = stranger }).Want(t, http.StatusForbidden, "M_FORBIDDEN")      // 4
 		follow(http.MethodPost, func(f map[string]string) { f["token"] = otherInv.Token + "x" }).Want(t, http.StatusNotFound, "M_NOT_FOUND") // 5
 
 		// The rest of v1 stays behind its gate.

@@ -238,7 +238,6 @@ func (a *App) syncSchedule(ctx context.Context, interval time.Duration) {
 	}
 }
 
-
 func tlsWithCA(file string) (*tls.Config, error) {
 	if file == "" {
 		return nil, nil
