@@ -113,8 +113,10 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	if err != nil {
 		return nil, err
 	}
+	metrics := api.NewMetrics()
 	svc := identity.New(store, signer, pepper, mailer, nil, identity.Options{
 		OnPepper:          index.Rehash,
+		OnBindGivenUp:     metrics.OnBindGivenUp,
 		PublicBaseURL:     cfg.PublicBaseURL,
 		SessionLifetime:   cfg.Validation.SessionLifetime,
 		TokenLifetime:     cfg.Validation.TokenLifetime,
@@ -145,7 +147,6 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		}
 		limiter = ratelimit.NewRedis(redis.NewClient(opts), "ozo-identity:rl:")
 	}
-	metrics := api.NewMetrics()
 	srv := api.New(svc, hs, api.Config{
 		PublicBaseURL:     cfg.PublicBaseURL,
 		MaxBodyBytes:      cfg.HTTP.MaxBodyBytes,

@@ -105,7 +105,16 @@ func (s *Service) attempt(ctx context.Context, hs OnBinder, permanent func(error
 		}
 		return
 	case permanent(err) || now.After(d.ExpiresAt):
-		s.log.Warn("onbind given up", "server", d.ServerName, "attempts", d.Attempts+1, "err", err)
+		errcode, message := "", ""
+		var me interface{ MatrixError() (string, string) }
+		if errors.As(err, &me) {
+			errcode, message = me.MatrixError()
+		}
+		s.log.Warn("onbind given up", "server", d.ServerName, "attempts", d.Attempts+1,
+			"errcode", errcode, "error", message, "expired", !permanent(err), "err", err)
+		if s.opts.OnBindGivenUp != nil {
+			s.opts.OnBindGivenUp(errcode, !permanent(err))
+		}
 		if err := s.store.DeliveryDone(ctx, d.ID); err != nil {
 			s.log.Error("onbind give up", "err", err)
 		}

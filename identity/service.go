@@ -40,6 +40,9 @@ type Options struct {
 	OnBindRetryFor    time.Duration
 	// OnPepper is told every new pepper so that other hash indexes (the mCSD index) follow it.
 	OnPepper func(ctx context.Context, pepper string) error
+	// OnBindGivenUp is told of each onbind delivery given up: the homeserver's errcode ("" when
+	// it sent none) and whether it ran out of time rather than being refused.
+	OnBindGivenUp func(errcode string, expired bool)
 	// Policies maps policy name → version → language → URL; users must accept every current URL.
 	Policies map[string]Policy
 }

@@ -33,7 +33,9 @@ type Homeserver struct {
 	mu      sync.Mutex
 	tokens  map[string]string // OpenID token → user ID
 	onbinds []OnBind
-	notify  chan struct{}
+	// onbindError is the error body answered with a non-200 onbind status; nil means M_UNKNOWN.
+	onbindError map[string]string
+	notify      chan struct{}
 }
 
 // OnBind is one /3pid/onbind call the stand-in received.
@@ -84,6 +86,14 @@ func (hs *Homeserver) IssueOpenIDToken(localpart string) (token, userID string) 
 // SetOnBindStatus sets the status the onbind endpoint answers with (200 at first).
 func (hs *Homeserver) SetOnBindStatus(status int) { hs.onbindStatus.Store(int32(status)) }
 
+// SetOnBindError makes the onbind endpoint answer status with a Matrix error {errcode, error}.
+func (hs *Homeserver) SetOnBindError(status int, errcode, message string) {
+	hs.mu.Lock()
+	hs.onbindError = map[string]string{"errcode": errcode, "error": message}
+	hs.mu.Unlock()
+	hs.onbindStatus.Store(int32(status))
+}
+
 // OnBinds returns every onbind call received so far.
 func (hs *Homeserver) OnBinds() []OnBind {
 	hs.mu.Lock()
@@ -131,7 +141,13 @@ func (hs *Homeserver) onbind(w http.ResponseWriter, r *http.Request) {
 	default:
 	}
 	if status != http.StatusOK {
-		writeJSON(w, status, map[string]string{"errcode": "M_UNKNOWN", "error": "try again later"})
+		hs.mu.Lock()
+		answer := hs.onbindError
+		hs.mu.Unlock()
+		if answer == nil {
+			answer = map[string]string{"errcode": "M_UNKNOWN", "error": "try again later"}
+		}
+		writeJSON(w, status, answer)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{})
