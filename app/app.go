@@ -95,8 +95,14 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	if err != nil {
 		return nil, fmt.Errorf("homeservers.ca_file: %w", err)
 	}
+	pins := map[string][32]byte{}
+	for name, pin := range cfg.Homeservers.PinnedCerts {
+		if pins[name], err = config.ParsePin(pin); err != nil {
+			return nil, fmt.Errorf("homeservers.pinned_certs.%s: %w", name, err)
+		}
+	}
 	hs := homeserver.New(homeserver.Options{AllowedNetworks: allowed, TLSConfig: hsTLS, Timeout: cfg.Homeservers.Timeout,
-		ServerName: cfg.ServerName}, log.With("component", "homeserver"))
+		ServerName: cfg.ServerName, PinnedCerts: pins}, log.With("component", "homeserver"))
 	policies := map[string]identity.Policy{}
 	for name, p := range cfg.Terms.Policies {
 		docs := map[string]identity.PolicyDocument{}

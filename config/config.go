@@ -3,6 +3,8 @@
 package config
 
 import (
+	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -168,6 +170,10 @@ type Homeservers struct {
 	// CAFile adds a CA to trust when calling homeservers (test setups, private PKI).
 	CAFile  string        `yaml:"ca_file"`
 	Timeout time.Duration `yaml:"timeout"`
+	// PinnedCerts maps a server name (host or host:port) to "sha256/<base64 or hex>" of the one
+	// certificate, or of its public key (SPKI), trusted for it instead of CA verification: for
+	// test homeservers with self-signed certificates that Go cannot verify (no subjectAltName).
+	PinnedCerts map[string]string `yaml:"pinned_certs"`
 }
 
 type V1 struct {
@@ -337,6 +343,14 @@ func (c *Config) Validate() error {
 	if _, err := ParsePrefixes(c.Homeservers.AllowedNetworks); err != nil {
 		errs = append(errs, fmt.Errorf("homeservers.allowed_networks: %w", err))
 	}
+	for name, pin := range c.Homeservers.PinnedCerts {
+		if _, err := ParsePin(pin); err != nil {
+			errs = append(errs, fmt.Errorf("homeservers.pinned_certs.%s: %w", name, err))
+		}
+		if name == "" || strings.ContainsAny(name, "/ ") {
+			errs = append(errs, fmt.Errorf("homeservers.pinned_certs: %q is not a server name", name))
+		}
+	}
 	if _, err := ParsePrefixes(c.Directory.AllowedNetworks); err != nil {
 		errs = append(errs, fmt.Errorf("directory.allowed_networks: %w", err))
 	}
@@ -411,4 +425,32 @@ func ParsePrefixes(list []string) ([]netip.Prefix, error) {
 		out = append(out, p.Masked())
 	}
 	return out, nil
+}
+
+// ParsePin reads a certificate pin "sha256/<digest>", the digest in base64 (standard or URL-safe,
+// padded or not) or hex: SHA-256 of a DER certificate or of its SubjectPublicKeyInfo.
+func ParsePin(s string) ([32]byte, error) {
+	var pin [32]byte
+	digest, ok := strings.CutPrefix(s, "sha256/")
+	if !ok {
+		return pin, fmt.Errorf("pin %q must start with sha256/", s)
+	}
+	var raw []byte
+	var err error
+	clean := strings.ReplaceAll(digest, ":", "")
+	if len(clean) == 64 {
+		raw, err = hex.DecodeString(clean)
+	} else {
+		trimmed := strings.TrimRight(digest, "=")
+		if strings.ContainsAny(trimmed, "-_") {
+			raw, err = base64.RawURLEncoding.DecodeString(trimmed)
+		} else {
+			raw, err = base64.RawStdEncoding.DecodeString(trimmed)
+		}
+	}
+	if err != nil || len(raw) != len(pin) {
+		return pin, fmt.Errorf("pin %q is not a SHA-256 digest in base64 or hex", s)
+	}
+	copy(pin[:], raw)
+	return pin, nil
 }

@@ -73,6 +73,9 @@ type Options struct {
 	Resolver *net.Resolver
 	// UserAgent is sent on outbound requests; empty means "ozo-identity".
 	UserAgent string
+	// PinnedCerts maps "host:port" or "host" to the SHA-256 of the one certificate (or of its
+	// SubjectPublicKeyInfo) accepted there instead of the usual verification.
+	PinnedCerts map[string][32]byte
 }
 
 // Client talks to homeservers. It is safe for concurrent use.
@@ -104,6 +107,9 @@ func New(opts Options, log *slog.Logger) *Client {
 	}
 	srt := federation.NewServerResolvingTransport(newResolutionCache(maxCacheEntries), c.dialContext, settings)
 	srt.Transport.MaxResponseHeaderBytes = maxHeaderBytes
+	if len(opts.PinnedCerts) > 0 {
+		srt.Transport.DialTLSContext = dialTLSFunc(opts.TLSConfig, opts.PinnedCerts, srt.DialContext)
+	}
 	// mautrix fetches .well-known with http.DefaultClient unless told otherwise: give it
 	// the guarded client, with half the budget so a black-holed port 443 leaves time for
 	// the SRV / port 8448 fallback.

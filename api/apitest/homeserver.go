@@ -2,6 +2,7 @@ package apitest
 
 import (
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -48,6 +49,13 @@ type OnBind struct {
 // NewHomeserver starts a stand-in; it stops when the test ends.
 func NewHomeserver(t testing.TB, ca *pkitest.CA) *Homeserver {
 	t.Helper()
+	return NewHomeserverTLS(t, ca.ServerTLSConfig(t))
+}
+
+// NewHomeserverTLS starts a stand-in serving with the given TLS configuration (a self-signed
+// certificate, say); it stops when the test ends.
+func NewHomeserverTLS(t testing.TB, tlsConfig *tls.Config) *Homeserver {
+	t.Helper()
 	hs := &Homeserver{Key: federation.GenerateSigningKey(), tokens: map[string]string{}, notify: make(chan struct{}, 1)}
 	hs.onbindStatus.Store(http.StatusOK)
 	mux := http.NewServeMux()
@@ -60,7 +68,7 @@ func NewHomeserver(t testing.TB, ca *pkitest.CA) *Homeserver {
 		hs.hits.Add(1)
 		mux.ServeHTTP(w, r)
 	}))
-	srv.TLS = ca.ServerTLSConfig(t)
+	srv.TLS = tlsConfig
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	hs.Name = srv.Listener.Addr().String()
