@@ -99,14 +99,14 @@ func TestEnvironmentRules(t *testing.T) {
 		ok  bool
 	}{
 		"deployment variables ignored": {[]string{"OZO_FOO_BAR=x", "OZO_APP_VERSION=3", "OZO_DENDRITE_BIN=/x"}, true},
-		"typo of a key":                 {[]string{"OZO_LISTN=:1"}, false},
-		"typo in a section":             {[]string{"OZO_EMAIL_SMPT_HOST=mail"}, false},
-		"unknown key in a section":      {[]string{"OZO_RATE_LIMITS_PER_PLANET=3"}, false},
-		"sub-key of a scalar":           {[]string{"OZO_LOG_LEVEL_X=debug"}, false},
-		"bad JSON":                      {[]string{`OZO_TERMS_POLICIES={"p": `}, false},
-		"unknown field in JSON":         {[]string{`OZO_DIRECTORY_PEERS=[{"url": "https://p.example", "tokn": "x"}]`}, false},
-		"wrong type":                    {[]string{"OZO_LOOKUP_MAX_BATCH=many"}, false},
-		"invalid after load":            {[]string{`OZO_HOMESERVERS_PINNED_CERTS={"hs": "md5/abc"}`}, false},
+		"typo of a key":                {[]string{"OZO_LISTN=:1"}, false},
+		"typo in a section":            {[]string{"OZO_EMAIL_SMPT_HOST=mail"}, false},
+		"unknown key in a section":     {[]string{"OZO_RATE_LIMITS_PER_PLANET=3"}, false},
+		"sub-key of a scalar":          {[]string{"OZO_LOG_LEVEL_X=debug"}, false},
+		"bad JSON":                     {[]string{`OZO_TERMS_POLICIES={"p": `}, false},
+		"unknown field in JSON":        {[]string{`OZO_DIRECTORY_PEERS=[{"url": "https://p.example", "tokn": "x"}]`}, false},
+		"wrong type":                   {[]string{"OZO_LOOKUP_MAX_BATCH=many"}, false},
+		"invalid after load":           {[]string{`OZO_HOMESERVERS_PINNED_CERTS={"hs": "md5/abc"}`}, false},
 	}
 	for name, tc := range cases {
 		_, err := Load("", tc.env)
