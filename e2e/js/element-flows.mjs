@@ -127,9 +127,12 @@ step("requestEmailToken and submit", { sid });
 // 5. Bind. Element asks the homeserver (bindThreePid, /account/3pid/bind), which Dendrite does not
 // serve; the path that works is Dendrite's POST /account/3pid with bind: true.
 const creds = { sid, client_secret: secret, id_server: idServer, id_access_token: bob.isToken };
+// Element's "add an email to the account" asks the homeserver for the mail, without id_server.
+const addRefused = await expectError("requestAdd3pidEmailToken on Dendrite",
+    bob.requestAdd3pidEmailToken(env.bobEmail, secret + "add", 1));
 const bindRefused = await expectError("bindThreePid on Dendrite", bob.bindThreePid(creds));
 await bob.http.authedRequest("POST", "/account/3pid", undefined, { three_pid_creds: creds, bind: true });
-step("bind", { bindThreePid: bindRefused });
+step("bind", { requestAdd3pidEmailToken: addRefused, bindThreePid: bindRefused });
 
 // 6. Hashed lookups: email, uzi, and an idp subject with capitals (the SDK lower-cases it).
 const found = await alice.identityHashedLookup(
