@@ -1,5 +1,6 @@
-// Package config loads ozo-identity's configuration: a YAML file whose every scalar key can be
-// overridden by an OZO_* environment variable (nested keys joined by "_", upper-cased).
+// Package config loads ozo-identity's configuration: a YAML file whose every key can be
+// overridden by an OZO_* environment variable (nested keys joined by "_", upper-cased; structured
+// values as JSON), found by reflection over the yaml tags.
 package config
 
 import (
