@@ -86,7 +86,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		Host: cfg.Email.SMTP.Host, Port: cfg.Email.SMTP.Port, Security: cfg.Email.SMTP.Security,
 		Username: cfg.Email.SMTP.Username, Password: cfg.Email.SMTP.Password, From: cfg.Email.From,
 		Templates: templates, WebClientLocation: cfg.Invites.WebClientLocation,
-		PublicBaseURL: v1BaseURL(cfg), TLSConfig: smtpTLS,
+		PublicBaseURL: cfg.PublicBaseURL, TLSConfig: smtpTLS,
 	}, log.With("component", "email"))
 	if err != nil {
 		return nil, fmt.Errorf("email: %w", err)
@@ -96,8 +96,14 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	if err != nil {
 		return nil, fmt.Errorf("homeservers.ca_file: %w", err)
 	}
+	pins := map[string][32]byte{}
+	for name, pin := range cfg.Homeservers.PinnedCerts {
+		if pins[name], err = config.ParsePin(pin); err != nil {
+			return nil, fmt.Errorf("homeservers.pinned_certs.%s: %w", name, err)
+		}
+	}
 	hs := homeserver.New(homeserver.Options{AllowedNetworks: allowed, TLSConfig: hsTLS, Timeout: cfg.Homeservers.Timeout,
-		ServerName: cfg.ServerName}, log.With("component", "homeserver"))
+		ServerName: cfg.ServerName, PinnedCerts: pins}, log.With("component", "homeserver"))
 	policies := map[string]identity.Policy{}
 	for name, p := range cfg.Terms.Policies {
 		docs := map[string]identity.PolicyDocument{}
@@ -114,8 +120,10 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	if err != nil {
 		return nil, err
 	}
+	metrics := api.NewMetrics()
 	svc := identity.New(store, signer, pepper, mailer, nil, identity.Options{
 		OnPepper:          index.Rehash,
+		OnBindGivenUp:     metrics.OnBindGivenUp,
 		PublicBaseURL:     cfg.PublicBaseURL,
 		SessionLifetime:   cfg.Validation.SessionLifetime,
 		TokenLifetime:     cfg.Validation.TokenLifetime,
@@ -155,7 +163,6 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		}
 		limiter = ratelimit.NewRedis(redis.NewClient(opts), "ozo-identity:rl:")
 	}
-	metrics := api.NewMetrics()
 	srv := api.New(svc, hs, api.Config{
 		PublicBaseURL:     cfg.PublicBaseURL,
 		MaxBodyBytes:      cfg.HTTP.MaxBodyBytes,
@@ -246,14 +253,6 @@ func (a *App) syncSchedule(ctx context.Context, interval time.Duration) {
 		case <-time.After(interval + jitter):
 		}
 	}
-}
-
-// v1BaseURL gives the mail templates a base for Sydent's v1 sign-ed25519 link, only when v1 is served.
-func v1BaseURL(cfg config.Config) string {
-	if cfg.V1.Enabled {
-		return cfg.PublicBaseURL
-	}
-	return ""
 }
 
 func tlsWithCA(file string) (*tls.Config, error) {

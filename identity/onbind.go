@@ -175,21 +175,27 @@ func (s *Service) attempt(ctx context.Context, hs OnBinder, permanent func(error
 			s.log.Error("onbind done", "err", err)
 		}
 		return
-	case permanent(err) && !now.After(d.ExpiresAt):
-		if parts, ok := s.splitDelivery(d); ok {
-			s.log.Warn("onbind batch refused, sending its invites one by one", "server", d.ServerName, "invites", len(parts), "err", err)
-			if err := s.store.ReplaceDelivery(ctx, d.ID, parts); err != nil {
-				s.log.Error("onbind split", "err", err)
-			}
-			return
-		}
-		s.log.Warn("onbind given up", "server", d.ServerName, "attempts", d.Attempts+1, "err", err)
-		if err := s.store.DeliveryDone(ctx, d.ID); err != nil {
-			s.log.Error("onbind give up", "err", err)
-		}
-		return
 	case permanent(err) || now.After(d.ExpiresAt):
-		s.log.Warn("onbind given up", "server", d.ServerName, "attempts", d.Attempts+1, "err", err)
+		// A refused batch is re-sent one invite per request, so one bad invite drops only itself.
+		if permanent(err) && !now.After(d.ExpiresAt) {
+			if parts, ok := s.splitDelivery(d); ok {
+				s.log.Warn("onbind batch refused, sending its invites one by one", "server", d.ServerName, "invites", len(parts), "err", err)
+				if err := s.store.ReplaceDelivery(ctx, d.ID, parts); err != nil {
+					s.log.Error("onbind split", "err", err)
+				}
+				return
+			}
+		}
+		errcode, message := "", ""
+		var me interface{ MatrixError() (string, string) }
+		if errors.As(err, &me) {
+			errcode, message = me.MatrixError()
+		}
+		s.log.Warn("onbind given up", "server", d.ServerName, "attempts", d.Attempts+1,
+			"errcode", errcode, "error", message, "expired", !permanent(err), "err", err)
+		if s.opts.OnBindGivenUp != nil {
+			s.opts.OnBindGivenUp(errcode, !permanent(err))
+		}
 		if err := s.store.DeliveryDone(ctx, d.ID); err != nil {
 			s.log.Error("onbind give up", "err", err)
 		}

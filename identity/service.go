@@ -58,6 +58,9 @@ type Options struct {
 	OnBindRetryFor   time.Duration
 	// OnPepper is told every new pepper so that other hash indexes (the mCSD index) follow it.
 	OnPepper func(ctx context.Context, pepper string) error
+	// OnBindGivenUp is told of each onbind delivery given up: the homeserver's errcode ("" when
+	// it sent none) and whether it ran out of time rather than being refused.
+	OnBindGivenUp func(errcode string, expired bool)
 	// Policies maps policy name → version → language → URL; users must accept every current URL.
 	Policies map[string]Policy
 }
@@ -126,7 +129,7 @@ func (s *Service) RotatePepper(ctx context.Context) (string, error) {
 	b := make([]byte, 24)
 	rand.Read(b)
 	pepper := base64.RawURLEncoding.EncodeToString(b)
-	if err := s.store.RehashBindings(ctx, func(tp storage.ThreePID) []string { return threepid.LookupHashes(tp, pepper) }); err != nil {
+	if err := s.store.RehashBindings(ctx, hashesWith(pepper)); err != nil {
 		return "", err
 	}
 	if s.opts.OnPepper != nil {
@@ -482,8 +485,9 @@ func (s *Service) bind(ctx context.Context, tp storage.ThreePID, mxid, source st
 	}
 	queued := false
 	err = s.store.Bind(ctx, storage.BindRequest{
-		Binding: b,
-		Hashes:  threepid.LookupHashes(tp, s.Pepper()),
+		Binding:      b,
+		Hashes:       threepid.LookupHashes(tp, s.Pepper()),
+		FoldedHashes: threepid.FoldedLookupHashes(tp, s.Pepper()),
 		Deliver: func(invites []storage.Invite) ([]storage.OnBindDelivery, error) {
 			ds, err := s.onBindDeliveries(b, assoc, invites)
 			if err != nil {
@@ -762,10 +766,27 @@ func (s *Service) SignEd25519(ctx context.Context, mxid, token, privateKey strin
 		return nil, err
 	}
 	inv, err := s.store.GetInvite(ctx, token)
-	if errors.Is(err, storage.ErrNotFound) {
+	if errors.Is(err, storage.ErrNotFound) || err == nil && !inv.ExpiresAt.After(s.now()) {
 		return nil, errorf(CodeNotFound, "no invite with this token")
 	} else if err != nil {
 		return nil, err
+	}
+	// Only the key mailed with this invite signs for it (as in Sydent): the sign URL is reachable
+	// without an account, so token and key together are the proof.
+	pub, err := ephemeralPublicKey(privateKey)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case inv.EphemeralKey != "" && pub != inv.EphemeralKey:
+		return nil, errorf(CodeForbidden, "private_key is not the key of this invite")
+	case inv.EphemeralKey == "":
+		// Invites stored before their key was kept: the key must at least be one store-invite made.
+		if ok, err := s.store.EphemeralKeyExists(ctx, pub); err != nil {
+			return nil, err
+		} else if !ok {
+			return nil, errorf(CodeForbidden, "private_key is not the key of this invite")
+		}
 	}
 	obj := map[string]any{"mxid": mxid, "sender": inv.Sender, "token": token}
 	if err := signWithPrivateKey(obj, s.signer.ServerName, privateKey); err != nil {

@@ -82,7 +82,8 @@ type Invite struct {
 	ExpiresAt time.Time
 	// Extra carries the remaining store-invite fields verbatim (room name, sender display name, ...).
 	Extra map[string]string
-	// EphemeralKey is the public key handed out with the invite; it expires with the invite.
+	// EphemeralKey is the public half of the key mailed with the invite; sign-ed25519 signs only
+	// with its private half. It expires with the invite; empty for invites stored before it was kept.
 	EphemeralKey string
 }
 
@@ -122,6 +123,9 @@ type BindRequest struct {
 	Binding Binding
 	// Hashes are the lookup hashes of the binding's 3PID (one per medium alias) for the current pepper.
 	Hashes []string
+	// FoldedHashes are lookup hashes of the lower-cased 3PID, answered only when one binding has
+	// them; empty when lower-casing changes nothing.
+	FoldedHashes []string
 	// Deliver builds the onbind deliveries for the invites found for the 3PID; called inside the transaction.
 	Deliver func(invites []Invite) ([]OnBindDelivery, error)
 }
@@ -166,11 +170,14 @@ type Storage interface {
 	// DeleteBinding removes the binding of tp if it is bound to mxid (any mxid when empty).
 	DeleteBinding(ctx context.Context, tp ThreePID, mxid string) error
 	ListBindings(ctx context.Context, medium, after string, limit int) ([]Binding, error)
-	// LookupHashes maps lookup hashes to MXIDs; unknown hashes are absent from the result.
+	// LookupHashes maps lookup hashes to MXIDs; unknown hashes are absent from the result. A hash
+	// that is no binding's exact hash is answered from the folded hashes when exactly one binding
+	// has it.
 	LookupHashes(ctx context.Context, hashes []string) (map[string]string, error)
 	LookupThreePIDs(ctx context.Context, tps []ThreePID) (map[ThreePID]string, error)
-	// RehashBindings recomputes every binding's lookup hashes with hashFn, for a new pepper.
-	RehashBindings(ctx context.Context, hashFn func(ThreePID) []string) error
+	// RehashBindings recomputes every binding's lookup hashes (exact and folded, as in
+	// BindRequest) with hashFn, for a new pepper.
+	RehashBindings(ctx context.Context, hashFn func(ThreePID) (hashes, folded []string)) error
 
 	// CreateInvite stores the invite and its ephemeral key together, unless the 3PID or the sender
 	// already has its limit of pending invites (ErrThreePIDInviteLimit, ErrSenderInviteLimit).

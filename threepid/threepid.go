@@ -146,6 +146,18 @@ func LookupHash(address, medium, pepper string) string {
 	return base64.RawURLEncoding.EncodeToString(sum[:])
 }
 
+// FoldedLookupHashes returns the hashes of the lower-cased 3PID, as matrix-js-sdk computes them
+// (it lower-cases every address before hashing), or nil when lower-casing changes nothing. They
+// may be shared by several 3PIDs (idp subjects are case-sensitive), so they are answered only
+// when unambiguous.
+func FoldedLookupHashes(tp storage.ThreePID, pepper string) []string {
+	lower := strings.ToLower(tp.Address)
+	if lower == tp.Address {
+		return nil
+	}
+	return LookupHashes(storage.ThreePID{Medium: tp.Medium, Address: lower}, pepper)
+}
+
 // LookupHashes returns the hashes of a canonical 3PID under every accepted name of its medium.
 func LookupHashes(tp storage.ThreePID, pepper string) []string {
 	names := MediumNames(tp.Medium)

@@ -2,6 +2,7 @@ package apitest
 
 import (
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -34,7 +35,9 @@ type Homeserver struct {
 	tokens     map[string]string // OpenID token → user ID
 	onbinds    []OnBind
 	onbindRule func(body []byte) int
-	notify     chan struct{}
+	// onbindError is the error body answered with a non-200 onbind status; nil means M_UNKNOWN.
+	onbindError map[string]string
+	notify      chan struct{}
 }
 
 // OnBind is one /3pid/onbind call the stand-in received.
@@ -46,6 +49,13 @@ type OnBind struct {
 
 // NewHomeserver starts a stand-in; it stops when the test ends.
 func NewHomeserver(t testing.TB, ca *pkitest.CA) *Homeserver {
+	t.Helper()
+	return NewHomeserverTLS(t, ca.ServerTLSConfig(t))
+}
+
+// NewHomeserverTLS starts a stand-in serving with the given TLS configuration (a self-signed
+// certificate, say); it stops when the test ends.
+func NewHomeserverTLS(t testing.TB, tlsConfig *tls.Config) *Homeserver {
 	t.Helper()
 	hs := &Homeserver{Key: federation.GenerateSigningKey(), tokens: map[string]string{}, notify: make(chan struct{}, 1)}
 	hs.onbindStatus.Store(http.StatusOK)
@@ -59,7 +69,7 @@ func NewHomeserver(t testing.TB, ca *pkitest.CA) *Homeserver {
 		hs.hits.Add(1)
 		mux.ServeHTTP(w, r)
 	}))
-	srv.TLS = ca.ServerTLSConfig(t)
+	srv.TLS = tlsConfig
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	hs.Name = srv.Listener.Addr().String()
@@ -92,6 +102,14 @@ func (hs *Homeserver) SetOnBindRule(rule func(body []byte) int) {
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
 	hs.onbindRule = rule
+}
+
+// SetOnBindError makes the onbind endpoint answer status with a Matrix error {errcode, error}.
+func (hs *Homeserver) SetOnBindError(status int, errcode, message string) {
+	hs.mu.Lock()
+	hs.onbindError = map[string]string{"errcode": errcode, "error": message}
+	hs.mu.Unlock()
+	hs.onbindStatus.Store(int32(status))
 }
 
 // OnBinds returns every onbind call received so far.
@@ -146,7 +164,13 @@ func (hs *Homeserver) onbind(w http.ResponseWriter, r *http.Request) {
 	default:
 	}
 	if status != http.StatusOK {
-		writeJSON(w, status, map[string]string{"errcode": "M_UNKNOWN", "error": "try again later"})
+		hs.mu.Lock()
+		answer := hs.onbindError
+		hs.mu.Unlock()
+		if answer == nil {
+			answer = map[string]string{"errcode": "M_UNKNOWN", "error": "try again later"}
+		}
+		writeJSON(w, status, answer)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{})

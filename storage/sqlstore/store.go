@@ -395,6 +395,9 @@ func (s *Store) Bind(ctx context.Context, req storage.BindRequest) error {
 				return fmt.Errorf("store lookup hash: %w", err)
 			}
 		}
+		if err := replaceFoldedHashes(ctx, tx, b.ThreePID, req.FoldedHashes); err != nil {
+			return err
+		}
 		if req.Deliver == nil {
 			return nil
 		}
@@ -462,7 +465,7 @@ func (s *Store) DeleteBinding(ctx context.Context, tp storage.ThreePID, mxid str
 		if _, err := tx.ExecContext(ctx, `DELETE FROM binding_hashes WHERE medium = $1 AND address = $2`, tp.Medium, tp.Address); err != nil {
 			return fmt.Errorf("delete lookup hashes: %w", err)
 		}
-		return nil
+		return replaceFoldedHashes(ctx, tx, tp, nil)
 	})
 }
 
@@ -507,14 +510,36 @@ func placeholders(start, n int) string {
 const lookupHashesQuery = `SELECT h.hash, b.mxid FROM binding_hashes h
 	JOIN bindings b ON b.medium = h.medium AND b.address = h.address WHERE h.hash `
 
+// foldedHashesQuery answers a folded hash only when exactly one binding has it.
+const foldedHashesQuery = `SELECT f.hash, MIN(b.mxid) FROM binding_folded_hashes f
+	JOIN bindings b ON b.medium = f.medium AND b.address = f.address WHERE f.hash `
+const foldedHashesGroup = ` GROUP BY f.hash HAVING COUNT(*) = 1`
+
 func (s *Store) LookupHashes(ctx context.Context, hashes []string) (map[string]string, error) {
 	out := make(map[string]string)
+	if err := s.queryHashes(ctx, lookupHashesQuery, "", hashes, out); err != nil {
+		return nil, err
+	}
+	var rest []string
+	for _, h := range hashes {
+		if _, ok := out[h]; !ok {
+			rest = append(rest, h)
+		}
+	}
+	if err := s.queryHashes(ctx, foldedHashesQuery, foldedHashesGroup, rest, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// queryHashes runs query (ending in "WHERE hash ") for hashes in batches, adding hash → MXID to out.
+func (s *Store) queryHashes(ctx context.Context, query, suffix string, hashes []string, out map[string]string) error {
 	for len(hashes) > 0 {
 		var rows *sql.Rows
 		var err error
 		if s.db.Engine == Postgres {
 			// One round trip with an array parameter, whatever the batch size.
-			rows, err = s.db.QueryContext(ctx, lookupHashesQuery+`= ANY($1)`, hashes)
+			rows, err = s.db.QueryContext(ctx, query+`= ANY($1)`+suffix, hashes)
 			hashes = nil
 		} else {
 			chunk := hashes[:min(len(hashes), inChunk)]
@@ -523,25 +548,38 @@ func (s *Store) LookupHashes(ctx context.Context, hashes []string) (map[string]s
 			for i, h := range chunk {
 				args[i] = h
 			}
-			rows, err = s.db.QueryContext(ctx, lookupHashesQuery+`IN (`+placeholders(1, len(chunk))+`)`, args...)
+			rows, err = s.db.QueryContext(ctx, query+`IN (`+placeholders(1, len(chunk))+`)`+suffix, args...)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("lookup hashes: %w", err)
+			return fmt.Errorf("lookup hashes: %w", err)
 		}
 		for rows.Next() {
 			var h, mxid string
 			if err := rows.Scan(&h, &mxid); err != nil {
 				rows.Close()
-				return nil, fmt.Errorf("lookup hashes: %w", err)
+				return fmt.Errorf("lookup hashes: %w", err)
 			}
 			out[h] = mxid
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
-			return nil, fmt.Errorf("lookup hashes: %w", err)
+			return fmt.Errorf("lookup hashes: %w", err)
 		}
 	}
-	return out, nil
+	return nil
+}
+
+func replaceFoldedHashes(ctx context.Context, tx *sql.Tx, tp storage.ThreePID, hashes []string) error {
+	if _, err := tx.ExecContext(ctx, `DELETE FROM binding_folded_hashes WHERE medium = $1 AND address = $2`, tp.Medium, tp.Address); err != nil {
+		return fmt.Errorf("replace folded lookup hashes: %w", err)
+	}
+	for _, h := range hashes {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO binding_folded_hashes (hash, medium, address) VALUES ($1, $2, $3)
+			ON CONFLICT DO NOTHING`, h, tp.Medium, tp.Address); err != nil {
+			return fmt.Errorf("store folded lookup hash: %w", err)
+		}
+	}
+	return nil
 }
 
 func (s *Store) LookupThreePIDs(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error) {
@@ -579,10 +617,13 @@ func (s *Store) LookupThreePIDs(ctx context.Context, tps []storage.ThreePID) (ma
 	return out, nil
 }
 
-func (s *Store) RehashBindings(ctx context.Context, hashFn func(storage.ThreePID) []string) error {
+func (s *Store) RehashBindings(ctx context.Context, hashFn func(storage.ThreePID) (hashes, folded []string)) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM binding_hashes`); err != nil {
 			return fmt.Errorf("clear lookup hashes: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM binding_folded_hashes`); err != nil {
+			return fmt.Errorf("clear folded lookup hashes: %w", err)
 		}
 		rows, err := tx.QueryContext(ctx, `SELECT medium, address FROM bindings`)
 		if err != nil {
@@ -607,10 +648,14 @@ func (s *Store) RehashBindings(ctx context.Context, hashFn func(storage.ThreePID
 		}
 		defer stmt.Close()
 		for _, tp := range tps {
-			for _, h := range hashFn(tp) {
+			hashes, folded := hashFn(tp)
+			for _, h := range hashes {
 				if _, err := stmt.ExecContext(ctx, h, tp.Medium, tp.Address); err != nil {
 					return fmt.Errorf("store lookup hash: %w", err)
 				}
+			}
+			if err := replaceFoldedHashes(ctx, tx, tp, folded); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -657,9 +702,9 @@ func (s *Store) CreateInvite(ctx context.Context, inv storage.Invite, limits sto
 				return storage.ErrSenderInviteLimit
 			}
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO invites (token, medium, address, room_id, sender, extra, created_at, expires_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, inv.Token, inv.ThreePID.Medium, inv.ThreePID.Address, inv.RoomID,
-			inv.Sender, string(extra), ms(inv.CreatedAt), ms(inv.ExpiresAt))
+		_, err = tx.ExecContext(ctx, `INSERT INTO invites (token, medium, address, room_id, sender, extra, created_at, expires_at, ephemeral_key)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, inv.Token, inv.ThreePID.Medium, inv.ThreePID.Address, inv.RoomID,
+			inv.Sender, string(extra), ms(inv.CreatedAt), ms(inv.ExpiresAt), inv.EphemeralKey)
 		if isUniqueViolation(err) {
 			return storage.ErrAlreadyExists
 		}
@@ -676,13 +721,13 @@ func (s *Store) CreateInvite(ctx context.Context, inv storage.Invite, limits sto
 	})
 }
 
-const inviteColumns = `token, medium, address, room_id, sender, extra, created_at, expires_at`
+const inviteColumns = `token, medium, address, room_id, sender, extra, created_at, expires_at, ephemeral_key`
 
 func scanInvite(row interface{ Scan(...any) error }) (storage.Invite, error) {
 	var inv storage.Invite
 	var extra string
 	var created, expires int64
-	err := row.Scan(&inv.Token, &inv.ThreePID.Medium, &inv.ThreePID.Address, &inv.RoomID, &inv.Sender, &extra, &created, &expires)
+	err := row.Scan(&inv.Token, &inv.ThreePID.Medium, &inv.ThreePID.Address, &inv.RoomID, &inv.Sender, &extra, &created, &expires, &inv.EphemeralKey)
 	if errors.Is(err, sql.ErrNoRows) {
 		return inv, storage.ErrNotFound
 	}

@@ -24,6 +24,7 @@ func Run(t *testing.T, newStore func(t *testing.T) storage.Storage) {
 		{"Terms", testTerms},
 		{"Sessions", testSessions},
 		{"BindAndLookup", testBindAndLookup},
+		{"FoldedHashes", testFoldedHashes},
 		{"BindQueuesInvites", testBindQueuesInvites},
 		{"BindRollsBack", testBindRollsBack},
 		{"Deliveries", testDeliveries},
@@ -232,7 +233,7 @@ func testBindAndLookup(t *testing.T, s storage.Storage) {
 	if m, err := s.LookupHashes(ctx, many); err != nil || len(m) != 1 {
 		t.Fatalf("big batch: %v %v", m, err)
 	}
-	must(t, s.RehashBindings(ctx, func(tp storage.ThreePID) []string { return []string{"new-" + tp.Address} }))
+	must(t, s.RehashBindings(ctx, func(tp storage.ThreePID) ([]string, []string) { return []string{"new-" + tp.Address}, nil }))
 	if m, _ := s.LookupHashes(ctx, []string{"h2", "new-012345678"}); len(m) != 1 || m["new-012345678"] == "" {
 		t.Fatalf("after rehash: %v", m)
 	}
@@ -259,7 +260,7 @@ func testBindQueuesInvites(t *testing.T, s storage.Storage) {
 	for i, tok := range []string{"t1", "t2"} {
 		must(t, s.CreateInvite(ctx, storage.Invite{Token: tok, ThreePID: tp, RoomID: fmt.Sprintf("!r%d:hs1", i),
 			Sender: "@alice:hs1", CreatedAt: now.Add(time.Duration(i) * time.Millisecond), ExpiresAt: now.Add(time.Hour),
-			Extra: map[string]string{"room_name": "Zorgteam"}}, storage.InviteLimits{}))
+			Extra: map[string]string{"room_name": "Zorgteam"}, EphemeralKey: "eph-" + tok}, storage.InviteLimits{}))
 	}
 	must(t, s.CreateInvite(ctx, storage.Invite{Token: "old", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1",
 		CreatedAt: now.Add(-2 * time.Hour), ExpiresAt: now.Add(-time.Hour)}, storage.InviteLimits{}))
@@ -268,7 +269,7 @@ func testBindQueuesInvites(t *testing.T, s storage.Storage) {
 	}
 	inv, err := s.GetInvite(ctx, "t1")
 	must(t, err)
-	if inv.Extra["room_name"] != "Zorgteam" || inv.Sender != "@alice:hs1" {
+	if inv.Extra["room_name"] != "Zorgteam" || inv.Sender != "@alice:hs1" || inv.EphemeralKey != "eph-t1" {
 		t.Fatalf("invite: %+v", inv)
 	}
 	pending, err := s.PendingInvites(ctx, tp)
@@ -541,5 +542,47 @@ func testAudit(t *testing.T, s storage.Storage) {
 			t.Fatalf("record %d breaks the chain: %+v", i, r)
 		}
 		prev = r.Hash
+	}
+}
+
+// testFoldedHashes: a folded hash finds its binding only while exactly one binding has it, never
+// shadows an exact hash, and goes with unbind and rehash.
+func testFoldedHashes(t *testing.T, s storage.Storage) {
+	upper := binding("idp", "zorg:Alice", "@alice:hs1")
+	must(t, s.Bind(ctx, storage.BindRequest{Binding: upper, Hashes: []string{"h-Alice"}, FoldedHashes: []string{"h-alice"}}))
+	if m, _ := s.LookupHashes(ctx, []string{"h-Alice", "h-alice"}); len(m) != 2 || m["h-alice"] != "@alice:hs1" {
+		t.Fatalf("one binding with the folded hash: %v", m)
+	}
+	// A second binding folding to the same hash makes it ambiguous: neither is answered.
+	other := binding("idp", "zorg:ALICE", "@mallory:hs2")
+	must(t, s.Bind(ctx, storage.BindRequest{Binding: other, Hashes: []string{"h-ALICE"}, FoldedHashes: []string{"h-alice"}}))
+	if m, _ := s.LookupHashes(ctx, []string{"h-alice"}); len(m) != 0 {
+		t.Fatalf("ambiguous folded hash answered: %v", m)
+	}
+	if m, _ := s.LookupHashes(ctx, []string{"h-Alice", "h-ALICE"}); m["h-Alice"] != "@alice:hs1" || m["h-ALICE"] != "@mallory:hs2" {
+		t.Fatalf("exact hashes with an ambiguous fold: %v", m)
+	}
+	must(t, s.DeleteBinding(ctx, other.ThreePID, "@mallory:hs2"))
+	if m, _ := s.LookupHashes(ctx, []string{"h-alice"}); m["h-alice"] != "@alice:hs1" {
+		t.Fatalf("after unbinding the other: %v", m)
+	}
+	// An exact binding of the lower-case address wins over the fold.
+	lower := binding("idp", "zorg:alice", "@real:hs1")
+	must(t, s.Bind(ctx, storage.BindRequest{Binding: lower, Hashes: []string{"h-alice"}}))
+	if m, _ := s.LookupHashes(ctx, []string{"h-alice"}); m["h-alice"] != "@real:hs1" {
+		t.Fatalf("exact hash shadowed by a fold: %v", m)
+	}
+	must(t, s.RehashBindings(ctx, func(tp storage.ThreePID) ([]string, []string) {
+		if tp.Address == "zorg:Alice" {
+			return []string{"n-Alice"}, []string{"n-alice"}
+		}
+		return []string{"n-" + tp.Address}, nil
+	}))
+	if m, _ := s.LookupHashes(ctx, []string{"h-alice", "n-alice", "n-Alice"}); len(m) != 2 || m["n-alice"] != "@alice:hs1" {
+		t.Fatalf("after rehash: %v", m)
+	}
+	must(t, s.DeleteBinding(ctx, upper.ThreePID, ""))
+	if m, _ := s.LookupHashes(ctx, []string{"n-alice", "n-Alice"}); len(m) != 0 {
+		t.Fatalf("folded hash survives unbind: %v", m)
 	}
 }
