@@ -281,7 +281,7 @@ func TestDirectorySync(t *testing.T) {
 	if res.err != nil {
 		t.Fatalf("sync during backoff: %v\n%s", res.err, res.stdout)
 	}
-	if r := parseSummary(t, res.stdout)[hospital]; !strings.HasPrefix(r.status, "skipped: backing off after 1 failures") {
+	if r := parseSummary(t, res.stdout)[hospital]; !strings.HasPrefix(r.status, "skipped: backing off after 1 failed attempt(s) in a row") {
 		t.Errorf("hospital during backoff: %+v", r)
 	}
 	res = runCLI(t, env, "directory", "sync", "--force")
@@ -402,7 +402,7 @@ func TestSummaryCleansDirectoryText(t *testing.T) {
 			{Type: "Endpoint", ID: "d", Reason: "r4"}, {Type: "Endpoint", ID: "e", Reason: "r5"},
 			{Type: "Endpoint", ID: "f", Reason: "r6"},
 		},
-	}})
+	}}, time.Now())
 	s := out.String()
 	for _, bad := range []string{"\x1b", "\x07", "\r", "\u202e", "\nFAKE"} {
 		if strings.Contains(s, bad) {
