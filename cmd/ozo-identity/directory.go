@@ -52,15 +52,16 @@ func directorySync(ctx context.Context, cfg config.Config, f syncFlags, stdout, 
 	syncer := a.NewSyncer(func(o *mcsd.Options) {
 		o.IgnoreBackoff = f.force
 		o.Wait = f.wait
+		o.OnWait = func(held *sqlstore.LeaseHeldError) {
+			fmt.Fprintf(stderr, "waiting: %s is running another directory sync of this database (since %s) …\n",
+				clean(held.Holder, 200), held.Acquired.UTC().Format(time.RFC3339))
+		}
 		o.Full, o.FullOnly = f.full, f.only
 		o.AllowMassDelete = f.allowMassDelete
 		o.Progress = progress.Event
 		// Failures are in the progress lines and the summary; the log would repeat each one.
 		o.Logger = quieter(cfg, log)
 	})
-	if f.wait {
-		fmt.Fprintln(stderr, "waiting for any other directory sync of this database to finish …")
-	}
 	reports, err := syncer.SyncAll(ctx)
 	progress.Close()
 	if errors.Is(err, mcsd.ErrSyncRunning) {

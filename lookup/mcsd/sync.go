@@ -52,8 +52,9 @@ type Options struct {
 	MaxDeleteMin    int
 	AllowMassDelete bool
 	// Wait for a sync that holds the lease (another process, replica or run) instead of
-	// returning ErrSyncRunning.
-	Wait bool
+	// returning ErrSyncRunning; OnWait, if set, hears who holds it before the wait starts.
+	Wait   bool
+	OnWait func(*sqlstore.LeaseHeldError)
 	// LeaseTTL is how long the sync lease outlives its holder's last renewal [1m]; a holder
 	// that dies keeps others out that long.
 	LeaseTTL time.Duration
@@ -194,14 +195,14 @@ func (s *Syncer) SyncAll(ctx context.Context) ([]DirectoryReport, error) {
 // elsewhere is an error wrapping ErrSyncRunning and a *sqlstore.LeaseHeldError.
 func (s *Syncer) Lease(ctx context.Context) (*sqlstore.Lease, error) {
 	holder := sqlstore.NewHolder()
-	var l *sqlstore.Lease
-	var err error
-	if s.opts.Wait {
-		l, err = s.idx.db.WaitLease(ctx, LeaseName, holder, s.opts.LeaseTTL, min(time.Second, s.opts.LeaseTTL/4))
-	} else {
-		l, err = s.idx.db.AcquireLease(ctx, LeaseName, holder, s.opts.LeaseTTL)
-	}
+	l, err := s.idx.db.AcquireLease(ctx, LeaseName, holder, s.opts.LeaseTTL)
 	var held *sqlstore.LeaseHeldError
+	if errors.As(err, &held) && s.opts.Wait {
+		if s.opts.OnWait != nil {
+			s.opts.OnWait(held)
+		}
+		l, err = s.idx.db.WaitLease(ctx, LeaseName, holder, s.opts.LeaseTTL, min(time.Second, s.opts.LeaseTTL/4))
+	}
 	if errors.As(err, &held) {
 		return nil, fmt.Errorf("%w: %w", ErrSyncRunning, err)
 	}
