@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -21,6 +23,7 @@ import (
 
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd/mcsdtest"
+	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
 
 // providers are the directories the test LRZA lists with a usable directory Endpoint.
@@ -145,6 +148,7 @@ type statusOut struct {
 		Watermarks  map[string]string
 		Counts      map[string]int
 		Rejected    map[string]int
+		Collapsed   string
 	}
 }
 
@@ -335,6 +339,70 @@ func TestDirectorySyncLRZAFails(t *testing.T) {
 	rows := parseSummary(t, res.stdout)
 	if len(rows) != 1 || !strings.HasPrefix(rows[srv.LRZAURL()].status, "FAILED: ") {
 		t.Errorf("summary:\n%s", res.stdout)
+	}
+	if !strings.Contains(res.stdout, "\nfailed (1):\n  "+srv.LRZAURL()+" (lrza): Organization history: malformed page") {
+		t.Errorf("no failure list:\n%s", res.stdout)
+	}
+	// Backing off, the LRZA is skipped: still a failure of the command, and the line says
+	// when it is retried and how to force it.
+	srv.Directory("lrza").SetFailure(mcsdtest.Failure{})
+	res = runCLI(t, env, "directory", "sync")
+	if res.err == nil || !strings.Contains(res.err.Error(), "the LRZA was not synced") {
+		t.Fatalf("sync with the LRZA backing off: %v\n%s", res.err, res.stdout)
+	}
+	if !regexp.MustCompile(`skipped \(1\):\n  `+regexp.QuoteMeta(srv.LRZAURL())+` \(lrza\): backing off after 1 failed attempt\(s\) in a row \(last: .*\); next attempt \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(in [0-9ms.]+\); run 'ozo-identity directory sync --force' to try now\n`).MatchString(res.stdout) {
+		t.Errorf("skip line:\n%s", res.stdout)
+	}
+	if res = runCLI(t, env, "directory", "sync", "--force"); res.err != nil {
+		t.Fatalf("forced sync after the LRZA recovered: %v\n%s", res.err, res.stdout)
+	}
+}
+
+// `directory sync --full URA` re-reads that provider's directory: rows lost from the index
+// while its watermarks stayed come back; status flags the loss before.
+func TestDirectorySyncFull(t *testing.T) {
+	srv := mcsdtest.Start(t, mcsdtest.Options{})
+	env := directoryEnv(t, srv, t.TempDir())
+	if res := runCLI(t, env, "directory", "sync"); res.err != nil {
+		t.Fatalf("first sync: %v\n%s", res.err, res.stdout)
+	}
+	gp := srv.URL("huisartsenpraktijk-de-linde")
+	db, err := sqlstore.Open(context.Background(), "", mustEnv(env, "OZO_DATA_DIR"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	sum := sha256.Sum256([]byte(gp))
+	for _, tbl := range []string{"mcsd_resources", "mcsd_refs", "mcsd_identifiers", "mcsd_addresses", "mcsd_hashes"} {
+		if _, err := db.Exec(`DELETE FROM `+tbl+` WHERE dir = $1`, hex.EncodeToString(sum[:8])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res := runCLI(t, env, "directory", "status")
+	if !strings.Contains(res.stdout, "COLLAPSED (1)") || !strings.Contains(res.stdout, gp+": 0 resources count now") ||
+		!strings.Contains(res.stdout, "ozo-identity directory sync --full 17004512") {
+		t.Errorf("status does not flag the lost rows:\n%s", res.stdout)
+	}
+	for _, bad := range [][]string{{"--full", "1700"}, {"17004512"}, {"--full", "17004512", "--wait"}} {
+		if res := runCLI(t, env, append([]string{"directory", "sync"}, bad...)...); res.err == nil {
+			t.Errorf("directory sync %v accepted", bad)
+		}
+	}
+	res = runCLI(t, env, "directory", "sync", "--full", "17004512")
+	if res.err != nil {
+		t.Fatalf("full sync: %v\n%s", res.err, res.stdout)
+	}
+	rows := parseSummary(t, res.stdout)
+	if r := rows[gp]; r.fetched != entries(t, "huisartsenpraktijk-de-linde") || r.status != "ok" {
+		t.Errorf("GP row of the full sync %+v", r)
+	}
+	if r := rows[srv.URL("thuiszorg-zonnehof")]; r.fetched != 0 {
+		t.Errorf("a directory not asked for was re-read: %+v", r)
+	}
+	for _, d := range statusJSONOf(t, env).Directories {
+		if d.Directory == gp && (d.Counts["Practitioner"] != 3 || d.Collapsed != "") {
+			t.Errorf("GP after --full: counts %v, collapsed %q", d.Counts, d.Collapsed)
+		}
 	}
 }
 

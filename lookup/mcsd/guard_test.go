@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -221,6 +222,13 @@ func TestFullRecoversCorruptedIndex(t *testing.T) {
 		if got := e.resolve("uzi", gpUZI); got != "" {
 			t.Fatalf("test premise: the corrupted directory resolves %q after an incremental sync", got)
 		}
+		// The status flags it: what counted after the last sync is gone.
+		if st := status(t, e, gp); !strings.Contains(st.Collapsed, "rows were lost") {
+			t.Errorf("corrupted directory not flagged: %+v", st)
+		}
+		if st := status(t, e, hospital); st.Collapsed != "" {
+			t.Errorf("intact directory flagged: %q", st.Collapsed)
+		}
 
 		// Slow pages make the re-read take a while; a reader checks the intact hospital throughout.
 		e.srv.Directory(hospital).SetFailure(mcsdtest.Failure{Delay: 50 * time.Millisecond})
@@ -260,6 +268,9 @@ func TestFullRecoversCorruptedIndex(t *testing.T) {
 		}
 		if got := e.resolve("uzi", hospUZI); got != hospMXID {
 			t.Errorf("intact directory after the re-read: %q", got)
+		}
+		if st := status(t, e, gp); st.Collapsed != "" {
+			t.Errorf("recovered directory still flagged: %q", st.Collapsed)
 		}
 	})
 }
