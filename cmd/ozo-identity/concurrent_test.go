@@ -280,4 +280,3 @@ func forEngines(t *testing.T, fn func(t *testing.T, engine sqlstore.Engine)) {
 		t.Run(string(engine), func(t *testing.T) { fn(t, engine) })
 	}
 }
-

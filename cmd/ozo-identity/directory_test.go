@@ -350,7 +350,7 @@ func TestDirectorySyncLRZAFails(t *testing.T) {
 	if res.err == nil || !strings.Contains(res.err.Error(), "the LRZA was not synced") {
 		t.Fatalf("sync with the LRZA backing off: %v\n%s", res.err, res.stdout)
 	}
-	if !regexp.MustCompile(`skipped \(1\):\n  `+regexp.QuoteMeta(srv.LRZAURL())+` \(lrza\): backing off after 1 failed attempt\(s\) in a row \(last: .*\); next attempt \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(in [0-9ms.]+\); run 'ozo-identity directory sync --force' to try now\n`).MatchString(res.stdout) {
+	if !regexp.MustCompile(`skipped \(1\):\n  ` + regexp.QuoteMeta(srv.LRZAURL()) + ` \(lrza\): backing off after 1 failed attempt\(s\) in a row \(last: .*\); next attempt \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(in [0-9ms.]+\); run 'ozo-identity directory sync --force' to try now\n`).MatchString(res.stdout) {
 		t.Errorf("skip line:\n%s", res.stdout)
 	}
 	if res = runCLI(t, env, "directory", "sync", "--force"); res.err != nil {
