@@ -88,3 +88,25 @@ func TestSyncProgressGolden(t *testing.T) {
 	p.Close()
 	golden(t, "sync_progress.golden", out.Bytes())
 }
+
+// On a terminal the bar names the directory that stopped answering and for how long, instead of
+// sitting frozen on the last page heard.
+func TestProgressBarNamesSilentDirectory(t *testing.T) {
+	var out bytes.Buffer
+	now := goldenNow
+	p := &syncProgress{w: &out, tty: true, width: 160, active: map[string]*activeDir{}, waitNote: 2 * time.Second,
+		now: func() time.Time { return now }}
+	p.Event(mcsd.Progress{Directory: "https://fast.example.nl/fhir", Kind: "provider", Total: 2})
+	p.Event(mcsd.Progress{Directory: "https://slow.example.nl/ziekenhuis/fhir", Kind: "provider", Total: 2})
+	p.Event(mcsd.Progress{Directory: "https://slow.example.nl/ziekenhuis/fhir", Kind: "provider", Total: 2, Type: "Practitioner", Fetched: 300})
+	now = now.Add(20 * time.Second)
+	p.Event(mcsd.Progress{Directory: "https://fast.example.nl/fhir", Kind: "provider", Total: 2, Type: "Location", Fetched: 9})
+	if d := p.descriptionAt(now.Add(time.Second)); d != "providers waiting on ziekenhuis 21s (Practitioner)" {
+		t.Errorf("description %q", d)
+	}
+	p.tick(now.Add(2 * time.Second))
+	p.Close()
+	if !bytes.Contains(out.Bytes(), []byte("waiting on ziekenhuis 22s (Practitioner)")) {
+		t.Errorf("the ticking bar does not name the silent directory:\n%q", out.String())
+	}
+}

@@ -67,51 +67,6 @@ func TestSyncLease(t *testing.T) {
 	})
 }
 
-// A lease renewed while its holder works is not taken by another; a lease that could not be
-// renewed in time stops the work.
-func TestLeaseRenewal(t *testing.T) {
-	forEngines(t, func(t *testing.T, engine sqlstore.Engine) {
-		e := newEnv(t, engine)
-		ctx := context.Background()
-		l, err := e.db.AcquireLease(ctx, "job", "a", 300*time.Millisecond)
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = l.Hold(ctx, func(ctx context.Context) error {
-			time.Sleep(time.Second) // three ttls: only renewals keep it
-			if _, err := e.db.AcquireLease(ctx, "job", "b", time.Minute); err == nil {
-				t.Error("a renewed lease was taken")
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := e.db.AcquireLease(ctx, "job", "b", time.Minute); err != nil {
-			t.Fatalf("lease not released after Hold: %v", err)
-		}
-		// "a" loses it to "b": its work is cancelled with ErrLeaseLost.
-		l2, err := e.db.AcquireLease(ctx, "job2", "a", 200*time.Millisecond)
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = l2.Hold(ctx, func(hctx context.Context) error {
-			if _, err := e.db.ExecContext(ctx, `UPDATE leases SET holder = 'b' WHERE name = 'job2'`); err != nil {
-				t.Fatal(err)
-			}
-			select {
-			case <-hctx.Done():
-				return context.Cause(hctx)
-			case <-time.After(5 * time.Second):
-				return errors.New("not stopped")
-			}
-		})
-		if !errors.Is(err, sqlstore.ErrLeaseLost) {
-			t.Fatalf("work under a lost lease ended with %v", err)
-		}
-	})
-}
-
 func tps(medium, address string) []storage.ThreePID {
 	return []storage.ThreePID{{Medium: medium, Address: address}}
 }
