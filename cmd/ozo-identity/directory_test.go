@@ -539,3 +539,39 @@ func TestProgressBarConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// A provider that deletes all its practitioners at once is stopped by the mass-delete guard:
+// the command fails and says how to override, the index keeps them; --allow-mass-delete applies it.
+func TestDirectorySyncMassDelete(t *testing.T) {
+	srv := mcsdtest.Start(t, mcsdtest.Options{})
+	env := append(directoryEnv(t, srv, t.TempDir()), "OZO_DIRECTORY_MAX_DELETE_MIN=1", "OZO_DIRECTORY_MAX_DELETE_SHARE=0.4")
+	if res := runCLI(t, env, "directory", "sync"); res.err != nil {
+		t.Fatalf("first sync: %v\n%s", res.err, res.stdout)
+	}
+	gp := srv.URL("huisartsenpraktijk-de-linde")
+	d := srv.Directory("huisartsenpraktijk-de-linde")
+	for _, id := range []string{"p-hp-dekker", "p-hp-mulder"} {
+		d.Delete("Practitioner", id)
+	}
+	res := runCLI(t, env, "directory", "sync")
+	if res.err == nil || !strings.Contains(res.stdout, "\nfailed (1):\n  "+gp+" (provider): would delete 2 of 3 Practitioner resources in one sync (more than 40%); kept them all; if the directory really lost them: ozo-identity directory sync --allow-mass-delete\n") {
+		t.Fatalf("guarded sync: %v\n%s", res.err, res.stdout)
+	}
+	count := func() int {
+		for _, s := range statusJSONOf(t, env).Directories {
+			if s.Directory == gp {
+				return s.Counts["Practitioner"]
+			}
+		}
+		return -1
+	}
+	if n := count(); n != 3 {
+		t.Fatalf("practitioners after the refused sync: %d", n)
+	}
+	if res := runCLI(t, env, "directory", "sync", "--force", "--allow-mass-delete"); res.err != nil {
+		t.Fatalf("allowed sync: %v\n%s", res.err, res.stdout)
+	}
+	if n := count(); n != 1 {
+		t.Fatalf("practitioners after the allowed sync: %d", n)
+	}
+}
