@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -21,8 +22,11 @@ type Options struct {
 	// from it. Empty: only Directories are synced.
 	LRZA string
 	// Directories are provider directories configured by the operator, each authoritative for
-	// the URAs given (anti-spoofing still applies).
+	// the URAs given (anti-spoofing still applies). Like LRZA, they may be plain http URLs.
 	Directories []StaticDirectory
+	// AllowHTTP lists base URLs of directories the LRZA lists that may be fetched over plain
+	// http. Any other http directory the LRZA lists is refused and reported [none].
+	AllowHTTP []string
 	// Client makes the HTTP requests [a client with no overall timeout; RequestTimeout applies].
 	Client *http.Client
 	// Concurrency bounds how many directories sync at once [8].
@@ -81,6 +85,7 @@ type DirectoryReport struct {
 	Rejections []Rejection // the first MaxRejections of them, with the reason
 	Skipped    string      // why the directory was not attempted (backoff), "" when it was
 	Removed    bool        // no longer listed: its resources were removed from the index
+	Refused    string      // why a directory the LRZA lists is not synced, such as plain http
 	Err        error       // why the sync stopped; what it applied before stays indexed
 	Started    time.Time
 	Duration   time.Duration
@@ -199,7 +204,12 @@ func (s *Syncer) SyncAll(ctx context.Context) ([]DirectoryReport, error) {
 	// The provider directories: what the LRZA lists plus what the operator configured.
 	want := make(map[string][]string)
 	origin := make(map[string]string)
+	refused := make(map[string]string)
 	for base, uras := range discovered {
+		if why := s.refuse(base); why != "" {
+			refused[base] = why
+			continue
+		}
 		want[base] = append(want[base], uras...)
 		origin[base] = "lrza"
 	}
@@ -222,7 +232,7 @@ func (s *Syncer) SyncAll(ctx context.Context) ([]DirectoryReport, error) {
 		if _, ok := want[d.baseURL]; ok {
 			continue
 		}
-		if !discoveryOK {
+		if !discoveryOK && s.refuse(d.baseURL) == "" {
 			// The LRZA could not be read: keep what it listed before, with its URAs.
 			want[d.baseURL] = d.uras
 			origin[d.baseURL] = d.origin
@@ -231,8 +241,19 @@ func (s *Syncer) SyncAll(ctx context.Context) ([]DirectoryReport, error) {
 		if err := s.idx.deactivate(ctx, d.id); err != nil {
 			return reports, err
 		}
+		if refused[d.baseURL] != "" {
+			continue // reported as refused below
+		}
 		reports = append(reports, DirectoryReport{Directory: d.baseURL, Kind: "provider", URAs: d.uras, Removed: true})
 		s.log.InfoContext(ctx, "mCSD directory no longer listed; removed from the index", "directory", d.baseURL)
+	}
+	for _, base := range slices.Sorted(maps.Keys(refused)) {
+		uras := slices.Compact(slices.Sorted(slices.Values(discovered[base])))
+		if err := s.idx.refuseDirectory(ctx, base, refused[base]); err != nil {
+			return reports, err
+		}
+		reports = append(reports, DirectoryReport{Directory: base, Kind: "provider", URAs: uras, Refused: refused[base]})
+		s.log.WarnContext(ctx, "mCSD directory listed by the LRZA refused", "directory", base, "uras", uras, "reason", refused[base])
 	}
 	for base, uras := range want {
 		uras = slices.Compact(slices.Sorted(slices.Values(uras)))
@@ -287,10 +308,47 @@ func (s *Syncer) SyncAll(ctx context.Context) ([]DirectoryReport, error) {
 			s.opts.OnMove(ctx, m)
 		}
 	}
-	if _, err := s.idx.updatePlacements(ctx, onMove); err != nil {
+	hooks := placementHooks{onMove: onMove,
+		onConflict: func(c Conflict) {
+			s.log.WarnContext(ctx, "care providers publish different Matrix users for one UZI number; it resolves to none of them until they agree",
+				"uzi", c.Address, "claims", claimsAttr(c.Claims))
+		},
+		onResolved: func(c Conflict) {
+			s.log.InfoContext(ctx, "conflict over a UZI number resolved", "uzi", c.Address)
+		},
+	}
+	if _, err := s.idx.updatePlacements(ctx, hooks); err != nil {
 		return reports, err
 	}
 	return reports, ctx.Err()
+}
+
+// refuse says why a provider directory the LRZA lists must not be fetched, "" when it may. The
+// LRZA is a third party: plain http would let anyone on the path rewrite what a care provider
+// publishes, so only the operator can allow it (Options.AllowHTTP, or configuring the directory).
+func (s *Syncer) refuse(base string) string {
+	u, err := url.Parse(base)
+	if err != nil || u.Host == "" {
+		return "not an absolute URL"
+	}
+	switch strings.ToLower(u.Scheme) {
+	case "https":
+		return ""
+	case "http":
+		for _, a := range s.opts.AllowHTTP {
+			if normalizeBase(a) == base {
+				return ""
+			}
+		}
+		for _, d := range s.opts.Directories {
+			if normalizeBase(d.BaseURL) == base {
+				return ""
+			}
+		}
+		return "plain http: a directory the LRZA lists must use https unless it is in directory.allow_http_urls"
+	default:
+		return "not an https URL"
+	}
 }
 
 // syncDirectory fetches every resource type's history of one directory, then validates it.
@@ -365,6 +423,10 @@ type typeResult struct {
 	full  bool   // the whole history was read, so what it lacks is gone
 }
 
+// maxClockSkew is how far a directory's meta.lastUpdated may lie ahead of the time of fetching
+// before it counts as that time.
+const maxClockSkew = time.Minute
+
 // syncType pages through {base}/{typ}/_history since the watermark and applies every entry; the
 // caller stores the new watermark only when the whole history was read.
 func (s *Syncer) syncType(ctx context.Context, d directory, typ, since string, run int64, rep *DirectoryReport, progress func(Progress)) (typeResult, error) {
@@ -415,6 +477,12 @@ func (s *Syncer) syncType(ctx context.Context, d directory, typ, since string, r
 				return nil
 			}
 			r.Type = typ
+			// A version from the future counts as fetched now: an attacker's meta.lastUpdated
+			// of 2099 must not make it newer than what comes later. A clock a little ahead is
+			// tolerated, so that a version served again keeps its time and is not applied again.
+			if now := time.Now(); r.TS > now.Add(maxClockSkew).UnixMilli() {
+				r.TS = now.UnixMilli()
+			}
 			maxTS = max(maxTS, r.TS)
 			batch = append(batch, r)
 			if len(batch) >= batchSize {
