@@ -305,8 +305,9 @@ func (x *Index) candidates(ctx context.Context, q interface {
 	return out, nil
 }
 
-// Resolve answers uzi and ura 3PIDs from the index; other media are not in mCSD, and a 3PID
-// that care providers resolve to different users (a conflict) is not answered.
+// Resolve answers uzi and ura 3PIDs from the index; other media are not in mCSD. A 3PID that
+// care providers resolve to different users (a conflict) is answered with "": withheld, so that
+// no later link of the lookup chain answers it either.
 func (x *Index) Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error) {
 	var want []storage.ThreePID
 	for _, tp := range tps {
@@ -323,9 +324,11 @@ func (x *Index) Resolve(ctx context.Context, tps []storage.ThreePID) (map[storag
 		return nil, err
 	}
 	for tp, r := range res {
-		if !r.conflict {
-			out[tp] = r.best.mxid
+		if r.conflict {
+			out[tp] = ""
+			continue
 		}
+		out[tp] = r.best.mxid
 	}
 	return out, nil
 }
