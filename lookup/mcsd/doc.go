@@ -53,7 +53,8 @@
 //  1. a Matrix Endpoint referenced by the role itself (active, within its period) beats the
 //     role's matrix-messaging telecom, which beats the Practitioner's;
 //  2. then the most recently updated (the latest meta.lastUpdated of role, practitioner and
-//     endpoint; a lastUpdated more than a minute after the time of fetching counts as that time);
+//     endpoint; a lastUpdated more than a minute after the time of fetching counts as the time
+//     that version was first fetched);
 //  3. then the lowest PractitionerRole id, then the lowest directory id, then the lowest MXID.
 //
 // Between care providers nothing is chosen: the UZI number resolves only when every provider

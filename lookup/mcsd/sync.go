@@ -423,10 +423,6 @@ type typeResult struct {
 	full  bool   // the whole history was read, so what it lacks is gone
 }
 
-// maxClockSkew is how far a directory's meta.lastUpdated may lie ahead of the time of fetching
-// before it counts as that time.
-const maxClockSkew = time.Minute
-
 // syncType pages through {base}/{typ}/_history since the watermark and applies every entry; the
 // caller stores the new watermark only when the whole history was read.
 func (s *Syncer) syncType(ctx context.Context, d directory, typ, since string, run int64, rep *DirectoryReport, progress func(Progress)) (typeResult, error) {
@@ -477,11 +473,10 @@ func (s *Syncer) syncType(ctx context.Context, d directory, typ, since string, r
 				return nil
 			}
 			r.Type = typ
-			// A version from the future counts as fetched now: an attacker's meta.lastUpdated
-			// of 2099 must not make it newer than what comes later. A clock a little ahead is
-			// tolerated, so that a version served again keeps its time and is not applied again.
-			if now := time.Now(); r.TS > now.Add(maxClockSkew).UnixMilli() {
-				r.TS = now.UnixMilli()
+			if r.TS > time.Now().Add(maxClockSkew).UnixMilli() {
+				if r.TS, perr = s.idx.fetchedAt(ctx, d.id, r); perr != nil {
+					return perr
+				}
 			}
 			maxTS = max(maxTS, r.TS)
 			batch = append(batch, r)
