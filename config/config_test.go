@@ -50,6 +50,7 @@ func TestBadConfigFailsAtLoad(t *testing.T) {
 		"bad cidr":        "v1:\n  networks: [\"10.0.0.0/33\"]\n",
 		"bad security":    "email:\n  smtp:\n    security: ssl\n",
 		"relative url":    "public_base_url: /id\n",
+		"http exception":  "directory:\n  allow_http_urls: [\"mcsd.example.nl/fhir\"]\n",
 		"policy, no url":  "terms:\n  policies:\n    p:\n      version: \"1\"\n      languages:\n        nl: {name: x}\n",
 		"not yaml at all": "{{{",
 	}
