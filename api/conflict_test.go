@@ -150,7 +150,7 @@ func TestDirectoryConflict(t *testing.T) {
 		if !resp.Conflict || !slices.Equal(got, want) {
 			t.Fatalf("directory/homeserver during the conflict: %s\n got %v\nwant %v", r.Body, got, want)
 		}
-		if !strings.Contains(h.Logs(), "care providers publish different Matrix users") {
+		if !strings.Contains(h.Logs(), "conflict: care providers publish one UZI number with different Matrix users") {
 			t.Error("the conflict was not logged")
 		}
 		// Earlier data intact.

@@ -30,7 +30,7 @@ func conflictsJSON(conflicts []mcsd.Conflict) []conflictJSON {
 func writeConflictsTable(w io.Writer, conflicts []mcsd.Conflict) {
 	fmt.Fprintln(w)
 	if len(conflicts) == 0 {
-		fmt.Fprintln(w, "no conflicts: no two care providers publish different Matrix users for one UZI number")
+		fmt.Fprintln(w, "no conflicts: no two care providers publish one UZI number with different Matrix users or homeservers")
 		return
 	}
 	fmt.Fprintf(w, "%d CONFLICTS: these UZI numbers resolve to nobody until the care providers agree (a binding proven here still wins)\n", len(conflicts))

@@ -310,7 +310,7 @@ func (s *Syncer) SyncAll(ctx context.Context) ([]DirectoryReport, error) {
 	}
 	hooks := placementHooks{onMove: onMove,
 		onConflict: func(c Conflict) {
-			s.log.WarnContext(ctx, "care providers publish different Matrix users for one UZI number; it resolves to none of them until they agree",
+			s.log.WarnContext(ctx, "conflict: care providers publish one UZI number with different Matrix users (or, without users, homeservers); it resolves to none of them until they agree",
 				"uzi", c.Address, "claims", claimsAttr(c.Claims))
 		},
 		onResolved: func(c Conflict) {
