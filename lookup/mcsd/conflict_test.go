@@ -283,7 +283,13 @@ func TestPlainHTTPDirectoryRefused(t *testing.T) {
 		put(t, e.srv.Directory("lrza"), org)
 		put(t, e.srv.Directory("lrza"), ep)
 
-		reps := e.sync(e.syncer())
+		logs := &logBuffer{}
+		logged := e.syncer(func(o *mcsd.Options) { o.Logger = slog.New(slog.NewTextHandler(logs, nil)) })
+		e.sync(logged)
+		reps := e.sync(logged)
+		if n := logs.count("level=WARN", "refused", "directory="+base); n != 1 {
+			t.Errorf("want the refusal logged once over two syncs, got %d:\n%s", n, logs.buf.String())
+		}
 		var refused *mcsd.DirectoryReport
 		for _, r := range reps {
 			if r.Directory == base {

@@ -42,16 +42,18 @@ func (x *Index) ensureDirectory(ctx context.Context, baseURL, kind, origin strin
 
 // refuseDirectory records that a directory the LRZA lists is not synced, and why; it stays
 // inactive, so nothing of it counts. A directory synced before is removed first by the caller.
-func (x *Index) refuseDirectory(ctx context.Context, baseURL, reason string) error {
-	_, err := x.exec(ctx, `INSERT INTO mcsd_directories (id, base_url, kind, origin, active, created_at, refused)
+// It reports whether the refusal is new.
+func (x *Index) refuseDirectory(ctx context.Context, baseURL, reason string) (bool, error) {
+	res, err := x.exec(ctx, `INSERT INTO mcsd_directories (id, base_url, kind, origin, active, created_at, refused)
 		VALUES ($1, $2, 'provider', 'lrza', 0, $3, $4)
 		ON CONFLICT (id) DO UPDATE SET refused = excluded.refused
 		WHERE mcsd_directories.active = 0 AND mcsd_directories.refused <> excluded.refused`,
 		directoryID(baseURL), baseURL, x.now().UnixMilli(), reason)
 	if err != nil {
-		return fmt.Errorf("record refused directory %s: %w", baseURL, err)
+		return false, fmt.Errorf("record refused directory %s: %w", baseURL, err)
 	}
-	return nil
+	n, _ := res.RowsAffected()
+	return n > 0, nil
 }
 
 // setURAs replaces the URAs a directory is authoritative for; a change makes it revalidate.

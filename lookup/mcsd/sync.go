@@ -249,11 +249,14 @@ func (s *Syncer) SyncAll(ctx context.Context) ([]DirectoryReport, error) {
 	}
 	for _, base := range slices.Sorted(maps.Keys(refused)) {
 		uras := slices.Compact(slices.Sorted(slices.Values(discovered[base])))
-		if err := s.idx.refuseDirectory(ctx, base, refused[base]); err != nil {
+		isNew, err := s.idx.refuseDirectory(ctx, base, refused[base])
+		if err != nil {
 			return reports, err
 		}
 		reports = append(reports, DirectoryReport{Directory: base, Kind: "provider", URAs: uras, Refused: refused[base]})
-		s.log.WarnContext(ctx, "mCSD directory listed by the LRZA refused", "directory", base, "uras", uras, "reason", refused[base])
+		if isNew {
+			s.log.WarnContext(ctx, "mCSD directory listed by the LRZA refused", "directory", base, "uras", uras, "reason", refused[base])
+		}
 	}
 	for base, uras := range want {
 		uras = slices.Compact(slices.Sorted(slices.Values(uras)))
