@@ -10,9 +10,9 @@
 // for Organization, Location, HealthcareService, Endpoint, Practitioner and PractitionerRole,
 // paged through Bundle.link next. A provider directory the LRZA lists must be an https URL:
 // plain http is refused and reported unless Options.AllowHTTP lists it (the LRZA itself and the
-// directories the operator configures are taken as given). The watermark per directory and type is the first page's
-// Bundle.meta.lastUpdated, stored once the whole history was read, so a restart resumes where the
-// last complete read ended. Pages are decoded token by token and written in batches; memory does
+// directories the operator configures are taken as given). The watermark per directory and type
+// is the first page's Bundle.meta.lastUpdated, stored once the whole history was read, so a
+// restart resumes where the last complete read ended. Pages are decoded token by token and written in batches; memory does
 // not grow with the size of a directory.
 //
 // # Anti-spoofing (Dutch IG, Care Services, Update Client)
@@ -60,7 +60,8 @@
 // Between care providers nothing is chosen: the UZI number resolves only when every provider
 // that names a Matrix user names the same one (a practitioner working for two providers with one
 // account). When they name different users it is a conflict, and the index answers nothing for
-// that number — v2 and v1 lookups and store-invite find no one, /_ozo/v1/directory/homeserver
+// that number (Resolve answers "", withheld, so that the lookup chain asks no peer either) —
+// v2 and v1 lookups and store-invite find no one, /_ozo/v1/directory/homeserver
 // lists each provider's claim with its organisation so that a person can choose, the placement
 // stays where it was, `ozo-identity directory status` lists it and the sync logs a warning once.
 // It resolves again when the providers agree, for instance when one withdraws its claim.
@@ -70,7 +71,8 @@
 // Whatever ordering picks between providers — recency, preference, the claim seen first — some
 // directory can win it (by its timestamps, its form, or by publishing before the real one), and
 // would then receive that practitioner's invitations. Leaving the number unresolved costs a
-// lookup, never a hijack; the conflict is visible to the operator, who can remove the directory.
+// lookup, never a hijack; the conflict is visible to the operator, who can bind the practitioner
+// by hand (admin API) and ask the LRZA or the care provider to correct the directory.
 // A binding the practitioner proved at this identity server (admin binding today, SSO or Dezi
 // later) comes before the index in the resolution chain (package lookup) and always wins.
 //
