@@ -26,6 +26,7 @@ import (
 	"github.com/ozo-platform/ozo-identity/lookup"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
 	"github.com/ozo-platform/ozo-identity/ratelimit"
+	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
 
@@ -85,7 +86,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		Host: cfg.Email.SMTP.Host, Port: cfg.Email.SMTP.Port, Security: cfg.Email.SMTP.Security,
 		Username: cfg.Email.SMTP.Username, Password: cfg.Email.SMTP.Password, From: cfg.Email.From,
 		Templates: templates, WebClientLocation: cfg.Invites.WebClientLocation,
-		PublicBaseURL: v1BaseURL(cfg), TLSConfig: smtpTLS,
+		PublicBaseURL: cfg.PublicBaseURL, TLSConfig: smtpTLS,
 	}, log.With("component", "email"))
 	if err != nil {
 		return nil, fmt.Errorf("email: %w", err)
@@ -95,8 +96,14 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	if err != nil {
 		return nil, fmt.Errorf("homeservers.ca_file: %w", err)
 	}
+	pins := map[string][32]byte{}
+	for name, pin := range cfg.Homeservers.PinnedCerts {
+		if pins[name], err = config.ParsePin(pin); err != nil {
+			return nil, fmt.Errorf("homeservers.pinned_certs.%s: %w", name, err)
+		}
+	}
 	hs := homeserver.New(homeserver.Options{AllowedNetworks: allowed, TLSConfig: hsTLS, Timeout: cfg.Homeservers.Timeout,
-		ServerName: cfg.ServerName}, log.With("component", "homeserver"))
+		ServerName: cfg.ServerName, PinnedCerts: pins}, log.With("component", "homeserver"))
 	policies := map[string]identity.Policy{}
 	for name, p := range cfg.Terms.Policies {
 		docs := map[string]identity.PolicyDocument{}
@@ -113,8 +120,10 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	if err != nil {
 		return nil, err
 	}
+	metrics := api.NewMetrics()
 	svc := identity.New(store, signer, pepper, mailer, nil, identity.Options{
 		OnPepper:          index.Rehash,
+		OnBindGivenUp:     metrics.OnBindGivenUp,
 		PublicBaseURL:     cfg.PublicBaseURL,
 		SessionLifetime:   cfg.Validation.SessionLifetime,
 		TokenLifetime:     cfg.Validation.TokenLifetime,
@@ -123,6 +132,15 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		WebClientLocation: cfg.Invites.WebClientLocation,
 		OnBindRetryFor:    cfg.Invites.OnBindRetryFor,
 		Policies:          policies,
+
+		WebClientLocations: cfg.Invites.WebClientLocations,
+		NextLinkHosts:      cfg.Validation.NextLinkHosts,
+		InviteLimits: storage.InviteLimits{PerThreePID: cfg.Invites.MaxPendingPerThreePID,
+			PerSender: cfg.Invites.MaxPendingPerSender},
+		MaxMailsPerSession: cfg.Validation.MaxMailsPerSession,
+		MaxMailsPerAddress: cfg.Validation.MaxMailsPerAddress,
+		OnBindMaxInvites:   cfg.Invites.OnBindMaxInvites,
+		OnBindMaxBytes:     cfg.Invites.OnBindMaxBytes,
 	}, log.With("component", "identity"))
 	links := []lookup.Resolver{lookup.Bindings(store), index}
 	for _, p := range peers {
@@ -145,7 +163,6 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		}
 		limiter = ratelimit.NewRedis(redis.NewClient(opts), "ozo-identity:rl:")
 	}
-	metrics := api.NewMetrics()
 	srv := api.New(svc, hs, api.Config{
 		PublicBaseURL:     cfg.PublicBaseURL,
 		MaxBodyBytes:      cfg.HTTP.MaxBodyBytes,
@@ -238,14 +255,6 @@ func (a *App) syncSchedule(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// v1BaseURL gives the mail templates a base for Sydent's v1 sign-ed25519 link, only when v1 is served.
-func v1BaseURL(cfg config.Config) string {
-	if cfg.V1.Enabled {
-		return cfg.PublicBaseURL
-	}
-	return ""
-}
-
 func tlsWithCA(file string) (*tls.Config, error) {
 	if file == "" {
 		return nil, nil
@@ -264,7 +273,8 @@ func tlsWithCA(file string) (*tls.Config, error) {
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 
-// RunWorkers runs the background work (onbind delivery, session clean-up) until ctx ends.
+// RunWorkers runs the background work (onbind delivery, clean-up of expired sessions, invites
+// and ephemeral keys) until ctx ends.
 func (a *App) RunWorkers(ctx context.Context) {
 	if a.HasDirectories() && a.Config.Directory.SyncInterval > 0 {
 		a.workers.Go(func() { a.syncSchedule(ctx, a.Config.Directory.SyncInterval) })
@@ -280,6 +290,11 @@ func (a *App) RunWorkers(ctx context.Context) {
 				a.log.Warn("session clean-up", "err", err)
 			} else if n > 0 {
 				a.log.Info("removed expired validation sessions", "count", n)
+			}
+			if inv, keys, err := a.Store.PruneInvites(ctx, time.Now()); err != nil && ctx.Err() == nil {
+				a.log.Warn("invite clean-up", "err", err)
+			} else if inv > 0 || keys > 0 {
+				a.log.Info("removed expired invites", "invites", inv, "ephemeral_keys", keys)
 			}
 			select {
 			case <-ctx.Done():
