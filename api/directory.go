@@ -25,6 +25,8 @@ import (
 type Directory interface {
 	// Homeserver places a practitioner; an unknown UZI number gives storage.ErrNotFound.
 	Homeserver(ctx context.Context, uzi string) (current, previous string, since time.Time, err error)
+	// Claims lists what each care provider claims when they disagree about a UZI number; nil otherwise.
+	Claims(ctx context.Context, uzi string) ([]mcsd.Claim, error)
 	Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error)
 	SearchPractitioners(ctx context.Context, q mcsd.PractitionerQuery) (mcsd.PractitionerPage, error)
 	SearchOrganizations(ctx context.Context, q mcsd.OrganizationQuery) (mcsd.OrganizationPage, error)
@@ -71,13 +73,24 @@ func (s *Server) limitLookupServer(next http.Handler) http.Handler {
 type homeserverResponse struct {
 	Medium     string `json:"medium"`
 	Address    string `json:"address"`
-	Homeserver string `json:"homeserver"`
+	Homeserver string `json:"homeserver,omitempty"`
 	MXID       string `json:"mxid,omitempty"`
 	Previous   string `json:"previous_homeserver,omitempty"`
 	MovedAt    int64  `json:"moved_at,omitempty"`
+	// Conflict: care providers publish different Matrix users for this UZI number, so none is
+	// chosen; Candidates lists them with their organisation for the user to choose from.
+	Conflict   bool        `json:"conflict,omitempty"`
+	Candidates []candidate `json:"candidates,omitempty"`
 }
 
-// directoryHomeserver answers where mCSD places a practitioner and, after a move, where they came from.
+type candidate struct {
+	MXID         string          `json:"mxid,omitempty"`
+	Homeserver   string          `json:"homeserver"`
+	Organization organizationRef `json:"organization"`
+}
+
+// directoryHomeserver answers where mCSD places a practitioner and, after a move, where they came
+// from; when care providers disagree about the practitioner, it lists their claims instead.
 func (s *Server) directoryHomeserver(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	if err := required(map[string]string{"medium": q.Get("medium"), "address": q.Get("address")}, "medium", "address"); err != nil {
@@ -91,6 +104,20 @@ func (s *Server) directoryHomeserver(w http.ResponseWriter, r *http.Request) {
 	tp, err := threepid.Normalize(threepid.MediumUZI, q.Get("address"))
 	if err != nil {
 		s.writeError(w, r, badRequest(identity.CodeInvalidParam, "address must be a UZI number of 9 digits"))
+		return
+	}
+	claims, err := s.cfg.Directory.Claims(r.Context(), tp.Address)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if len(claims) > 0 {
+		resp := homeserverResponse{Medium: tp.Medium, Address: tp.Address, Conflict: true}
+		for _, c := range claims {
+			resp.Candidates = append(resp.Candidates, candidate{MXID: c.MXID, Homeserver: c.Homeserver,
+				Organization: organizationRef{Name: c.Organization, URA: c.URA}})
+		}
+		writeJSON(w, http.StatusOK, resp)
 		return
 	}
 	current, previous, since, err := s.cfg.Directory.Homeserver(r.Context(), tp.Address)

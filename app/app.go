@@ -211,7 +211,7 @@ func directory(cfg config.Config, index *mcsd.Index, log *slog.Logger) (*mcsd.Sy
 	for _, d := range cfg.Directory.Directories {
 		static = append(static, mcsd.StaticDirectory{BaseURL: d.URL, URAs: d.URAs})
 	}
-	opts := mcsd.Options{LRZA: cfg.Directory.LRZAURL, Directories: static, Client: client,
+	opts := mcsd.Options{LRZA: cfg.Directory.LRZAURL, Directories: static, AllowHTTP: cfg.Directory.AllowHTTPURLs, Client: client,
 		Concurrency: cfg.Directory.Concurrency, RequestTimeout: cfg.Directory.RequestTimeout,
 		MaxDeleteShare: cfg.Directory.MaxDeleteShare, MaxDeleteMin: cfg.Directory.MaxDeleteMin,
 		LeaseTTL: cfg.Directory.SyncLeaseTTL,

@@ -65,7 +65,11 @@ type Directory struct {
 	// AllowedNetworks are private networks directories may be fetched from; discovered directory
 	// URLs come from third parties, so loopback and private addresses are refused otherwise.
 	AllowedNetworks []string `yaml:"allowed_networks"`
-	CAFile          string   `yaml:"ca_file"`
+	// AllowHTTPURLs are base URLs of directories the LRZA lists that may be fetched over plain
+	// http; any other http directory the LRZA lists is refused. The LRZA URL and Directories
+	// are the operator's own choice and may be http without being listed here.
+	AllowHTTPURLs []string `yaml:"allow_http_urls"`
+	CAFile        string   `yaml:"ca_file"`
 	// MaxDeleteShare and MaxDeleteMin: a sync that would delete more than MaxDeleteMin and more
 	// than this share of one directory's resources of a type (or of the LRZA's organisations)
 	// stops for that directory and keeps them; `directory sync --allow-mass-delete` overrides.
@@ -525,7 +529,7 @@ func (c *Config) Validate() error {
 	if _, err := ParsePrefixes(c.Directory.AllowedNetworks); err != nil {
 		errs = append(errs, fmt.Errorf("directory.allowed_networks: %w", err))
 	}
-	for _, u := range append([]string{c.Directory.LRZAURL}, directoryURLs(c.Directory)...) {
+	for _, u := range append(append([]string{c.Directory.LRZAURL}, directoryURLs(c.Directory)...), c.Directory.AllowHTTPURLs...) {
 		if u == "" {
 			continue
 		}

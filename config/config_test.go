@@ -69,6 +69,7 @@ func TestBadConfigFailsAtLoad(t *testing.T) {
 		"no mail cap":     "validation:\n  max_mails_per_address: 0\n",
 		"tiny onbind":     "invites:\n  onbind_max_bytes: 100\n",
 		"relative url":    "public_base_url: /id\n",
+		"http exception":  "directory:\n  allow_http_urls: [\"mcsd.example.nl/fhir\"]\n",
 		"policy, no url":  "terms:\n  policies:\n    p:\n      version: \"1\"\n      languages:\n        nl: {name: x}\n",
 		"not yaml at all": "{{{",
 	}

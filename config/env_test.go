@@ -22,6 +22,7 @@ var envSamples = map[string]string{
 	"directory.lrza_url":           "https://lrza.env.example/fhir",
 	"directory.directories":        `[{"url": "https://provider.env.example/fhir", "uras": ["12345678", "87654321"]}]`,
 	"directory.peers":              `[{"url": "https://peer.env.example", "token": "peer-token"}]`,
+	"directory.allow_http_urls":    "http://plain.env.example/fhir,http://plain2.env.example/fhir",
 	"invites.web_client_location":  "https://chat.env.example",
 	"invites.web_client_locations": "https://chat.env.example,https://chat2.env.example",
 	"invites.onbind_max_bytes":     "8192",

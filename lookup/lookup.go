@@ -12,14 +12,17 @@ import (
 )
 
 // Resolver maps 3PIDs to MXIDs. 3PIDs are canonical (threepid.Normalize); hashes are v2 lookup
-// hashes made with the current pepper. What a resolver does not know is absent from its result.
+// hashes made with the current pepper. What a resolver does not know is absent from its result;
+// an empty MXID means it knows the 3PID but withholds it (care providers' directories disagree),
+// and the chain then asks no later link, which might have been misled the same way.
 type Resolver interface {
 	Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error)
 	ResolveHashes(ctx context.Context, hashes []string) (map[string]string, error)
 }
 
 // Chain asks each link in turn about what the earlier links did not resolve; the first answer
-// wins. An error of a link ends the lookup, unless the link is wrapped in Optional.
+// wins, and a withheld answer ends the lookup of that 3PID with none. An error of a link ends the
+// lookup, unless the link is wrapped in Optional.
 func Chain(links ...Resolver) Resolver { return chain(links) }
 
 type chain []Resolver
@@ -37,8 +40,8 @@ func (c chain) Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage
 		}
 		next := rest[:0:0]
 		for _, tp := range rest {
-			if mxid, ok := found[tp]; ok && mxid != "" {
-				if _, done := out[tp]; !done {
+			if mxid, ok := found[tp]; ok {
+				if _, done := out[tp]; !done && mxid != "" {
 					out[tp] = mxid
 				}
 				continue
@@ -65,8 +68,8 @@ func (c chain) ResolveHashes(ctx context.Context, hashes []string) (map[string]s
 		}
 		next := rest[:0:0]
 		for _, h := range rest {
-			if mxid, ok := found[h]; ok && mxid != "" {
-				if _, done := out[h]; !done {
+			if mxid, ok := found[h]; ok {
+				if _, done := out[h]; !done && mxid != "" {
 					out[h] = mxid
 				}
 				continue

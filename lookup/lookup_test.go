@@ -225,3 +225,84 @@ func TestChain(t *testing.T) {
 		})
 	}
 }
+
+// TestChainWithConflictingDirectory: a directory registered for its own URA publishes two UZI
+// numbers that another care provider publishes too. A binding proven here still wins; for the
+// other, the index withholds the answer and the chain asks no peer, which the same attacker
+// could have misled.
+func TestChainWithConflictingDirectory(t *testing.T) {
+	for _, engine := range dbtest.Engines {
+		t.Run(string(engine), func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			db := dbtest.Open(t, engine)
+			store := sqlstore.New(db)
+			const pepper = "local-pepper"
+			bound := storage.Binding{ThreePID: uzi("900012345"), MXID: "@marieke:ozo.example.nl", CreatedAt: time.Now(), Source: "admin"}
+			if err := store.Bind(ctx, storage.BindRequest{Binding: bound, Hashes: threepid.LookupHashes(bound.ThreePID, pepper)}); err != nil {
+				t.Fatal(err)
+			}
+			srv := mcsdtest.Start(t, mcsdtest.Options{})
+			lrza := srv.Directory("lrza")
+			for _, body := range []string{
+				`{"resourceType":"Organization","id":"lrza-org-mallory","active":true,"name":"Zorggroep Mallory",
+				"identifier":[{"system":"http://fhir.nl/fhir/NamingSystem/ura","value":"22222222"}],"endpoint":[{"reference":"Endpoint/lrza-ep-mallory"}]}`,
+				`{"resourceType":"Endpoint","id":"lrza-ep-mallory","status":"active","connectionType":{"code":"hl7-fhir-rest"},
+				"payloadType":[{"coding":[{"code":"` + mcsd.DirectoryPayloadTypes[0] + `"}]}],"address":"` + srv.URL("mallory") + `"}`,
+			} {
+				if _, err := lrza.Put([]byte(body)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			mal := srv.Directory("mallory")
+			for _, body := range []string{
+				`{"resourceType":"Organization","id":"mal-org","active":true,"name":"Mallory",
+				"identifier":[{"system":"http://fhir.nl/fhir/NamingSystem/ura","value":"22222222"}]}`,
+				`{"resourceType":"Endpoint","id":"ep-mal","status":"active","address":"matrix:u/mallory:evil.example"}`,
+				`{"resourceType":"PractitionerRole","id":"r-mal","active":true,"organization":{"reference":"Organization/mal-org"},
+				"identifier":[{"system":"http://fhir.nl/fhir/NamingSystem/uzi-nr-pers","value":"900012345"},
+				{"system":"http://fhir.nl/fhir/NamingSystem/uzi-nr-pers","value":"900023457"}],"endpoint":[{"reference":"Endpoint/ep-mal"}]}`,
+			} {
+				if _, err := mal.Put([]byte(body)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			idx := mcsd.NewIndex(db)
+			if err := idx.Rehash(ctx, pepper); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := mcsd.NewSyncer(idx, mcsd.Options{LRZA: srv.LRZAURL(), Client: srv.Client()}).SyncAll(ctx); err != nil {
+				t.Fatal(err)
+			}
+			peer := newPeerIS(t, map[storage.ThreePID]string{uzi("900023457"): "@mallory:evil.example"})
+			chain := lookup.Chain(lookup.Bindings(store), idx,
+				lookup.Optional("peer", lookup.NewPeer(lookup.PeerOptions{BaseURL: peer.URL, Token: peer.token, Client: peer.Client()}), slog.New(slog.DiscardHandler)))
+
+			got, err := chain.Resolve(ctx, []storage.ThreePID{uzi("900012345"), uzi("900023457"), uzi("900034567")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := map[storage.ThreePID]string{
+				uzi("900012345"): "@marieke:ozo.example.nl", // the binding, over both directories
+				uzi("900034567"): "@f.kok:" + srv.Homeserver("hs1"),
+			}
+			if len(got) != len(want) || got[uzi("900012345")] != want[uzi("900012345")] || got[uzi("900034567")] != want[uzi("900034567")] {
+				t.Errorf("chain: %v, want %v (900023457 withheld)", got, want)
+			}
+			peer.mu.Lock()
+			calls := peer.calls
+			peer.mu.Unlock()
+			if calls != 0 {
+				t.Errorf("the peer was asked %d times about a withheld UZI number", calls)
+			}
+			hashes := []string{threepid.LookupHashes(uzi("900012345"), pepper)[0], threepid.LookupHashes(uzi("900023457"), pepper)[0]}
+			gotH, err := chain.ResolveHashes(ctx, hashes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(gotH) != 1 || gotH[hashes[0]] != "@marieke:ozo.example.nl" {
+				t.Errorf("hashed chain: %v", gotH)
+			}
+		})
+	}
+}

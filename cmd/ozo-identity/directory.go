@@ -147,12 +147,14 @@ func writeSyncSummary(w io.Writer, reports []mcsd.DirectoryReport, now time.Time
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "DIRECTORY\tKIND\tFETCHED\tAPPLIED\tDELETED\tREJECTED\tTIME\tSTATUS")
-	var ok, failed, skipped, removed int
+	var ok, failed, skipped, removed, refused int
 	for _, r := range reports {
 		status := "ok"
 		switch {
 		case r.Removed:
 			status, removed = "removed: no longer listed by the LRZA", removed+1
+		case r.Refused != "":
+			status, refused = "REFUSED: "+clean(r.Refused, 300), refused+1
 		case r.Skipped != "":
 			status, skipped = "skipped: "+clean(r.Skipped, 200), skipped+1
 		case r.Err != nil:
@@ -164,8 +166,12 @@ func writeSyncSummary(w io.Writer, reports []mcsd.DirectoryReport, now time.Time
 			r.Deleted, r.Rejected, r.Duration.Round(time.Millisecond), status)
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "\n%d directories: %d synced, %d failed, %d skipped, %d removed\n",
+	fmt.Fprintf(w, "\n%d directories: %d synced, %d failed, %d skipped, %d removed",
 		len(reports), ok, failed, skipped, removed)
+	if refused > 0 {
+		fmt.Fprintf(w, ", %d refused", refused)
+	}
+	fmt.Fprintln(w)
 
 	for _, r := range reports {
 		if r.Rejected == 0 {
@@ -211,14 +217,20 @@ func directoryStatus(ctx context.Context, cfg config.Config, asJSON bool, stdout
 	if err := db.Migrate(ctx, log); err != nil {
 		return err
 	}
-	status, err := mcsd.NewIndex(db).Status(ctx)
+	idx := mcsd.NewIndex(db)
+	status, err := idx.Status(ctx)
+	if err != nil {
+		return err
+	}
+	conflicts, err := idx.Conflicts(ctx)
 	if err != nil {
 		return err
 	}
 	if asJSON {
-		return writeStatusJSON(stdout, status)
+		return writeStatusJSON(stdout, status, conflicts)
 	}
 	writeStatusTable(stdout, status, time.Now())
+	writeConflictsTable(stdout, conflicts)
 	return nil
 }
 
@@ -232,6 +244,7 @@ type statusJSON struct {
 	LastAttempt *time.Time        `json:"last_attempt,omitempty"`
 	LastSuccess *time.Time        `json:"last_success,omitempty"`
 	LastError   string            `json:"last_error,omitempty"`
+	Refused     string            `json:"refused,omitempty"`
 	Failures    int               `json:"failures"`
 	NextAttempt *time.Time        `json:"next_attempt,omitempty"`
 	Watermarks  map[string]string `json:"watermarks"`
@@ -240,16 +253,17 @@ type statusJSON struct {
 	Collapsed   string            `json:"collapsed,omitempty"`
 }
 
-func writeStatusJSON(w io.Writer, status []mcsd.DirectoryStatus) error {
+func writeStatusJSON(w io.Writer, status []mcsd.DirectoryStatus, conflicts []mcsd.Conflict) error {
 	out := struct {
-		Directories []statusJSON `json:"directories"`
-	}{Directories: []statusJSON{}}
+		Directories []statusJSON   `json:"directories"`
+		Conflicts   []conflictJSON `json:"conflicts"`
+	}{Directories: []statusJSON{}, Conflicts: conflictsJSON(conflicts)}
 	for _, s := range status {
 		out.Directories = append(out.Directories, statusJSON{
 			Directory: s.BaseURL, Kind: s.Kind, Origin: s.Origin, Active: s.Active,
 			URAs:        nonNil(s.URAs),
 			LastAttempt: timePtr(s.LastAttempt), LastSuccess: timePtr(s.LastSuccess),
-			LastError: s.LastError, Failures: s.Failures, NextAttempt: timePtr(s.NextAttempt),
+			LastError: s.LastError, Refused: s.Refused, Failures: s.Failures, NextAttempt: timePtr(s.NextAttempt),
 			Watermarks: nonNilMap(s.Watermarks), Counts: nonNilMap(s.Counts), Rejected: nonNilMap(s.Rejected),
 			Collapsed: s.Collapsed,
 		})
@@ -301,6 +315,9 @@ func writeStatusTable(w io.Writer, status []mcsd.DirectoryStatus, now time.Time)
 		lastErr := "-"
 		if s.LastError != "" {
 			lastErr = clean(s.LastError, 300)
+		}
+		if s.Refused != "" {
+			active, lastErr = "refused", clean(s.Refused, 300)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%d\t%s\t%s\n", clean(s.BaseURL, 200), s.Kind, s.Origin, active, uras,
 			sum(s.Counts), sum(s.Rejected), when(s.LastSuccess, now), s.Failures, when(s.NextAttempt, now), lastErr)

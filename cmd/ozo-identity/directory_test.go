@@ -143,12 +143,19 @@ type statusOut struct {
 		LastAttempt *time.Time `json:"last_attempt"`
 		LastSuccess *time.Time `json:"last_success"`
 		LastError   string     `json:"last_error"`
+		Refused     string
 		Failures    int
 		NextAttempt *time.Time `json:"next_attempt"`
 		Watermarks  map[string]string
 		Counts      map[string]int
 		Rejected    map[string]int
 		Collapsed   string
+	}
+	Conflicts []struct {
+		Medium    string
+		Address   string
+		FirstSeen time.Time `json:"first_seen"`
+		Claims    []mcsd.Claim
 	}
 }
 
@@ -451,7 +458,8 @@ func TestDirectoryCommandErrors(t *testing.T) {
 	}
 	res = runCLI(t, nil, "directory", "status", "--data-dir", dir, "--json")
 	if res.err != nil || strings.TrimSpace(res.stdout) != `{
-  "directories": []
+  "directories": [],
+  "conflicts": []
 }` {
 		t.Errorf("JSON status of an empty index: %v\n%s", res.err, res.stdout)
 	}

@@ -8,9 +8,11 @@
 // Organization with a URA whose payloadType is the Administration Directory code of the Nuts guide
 // or of its VWS successor, see DirectoryPayloadTypes), and fetches {base}/{Type}/_history?_since=…
 // for Organization, Location, HealthcareService, Endpoint, Practitioner and PractitionerRole,
-// paged through Bundle.link next. The watermark per directory and type is the first page's
-// Bundle.meta.lastUpdated, stored once the whole history was read, so a restart resumes where the
-// last complete read ended. Pages are decoded token by token and written in batches; memory does
+// paged through Bundle.link next. A provider directory the LRZA lists must be an https URL:
+// plain http is refused and reported unless Options.AllowHTTP lists it (the LRZA itself and the
+// directories the operator configures are taken as given). The watermark per directory and type
+// is the first page's Bundle.meta.lastUpdated, stored once the whole history was read, so a
+// restart resumes where the last complete read ended. Pages are decoded token by token and written in batches; memory does
 // not grow with the size of a directory.
 //
 // One sync of a database runs at a time, across processes and replicas: SyncAll holds the lease
@@ -54,20 +56,44 @@
 //
 // Candidates come only from an accepted PractitionerRole that is active, within its period, of an
 // active organisation, whose Practitioner (if any) is active, and that carries the UZI number or
-// whose Practitioner does. The rule, applied over all directories:
+// whose Practitioner does. Each care provider (the URA its directory is registered for) first
+// chooses among its own candidates, over all its directories:
 //
 //  1. a Matrix Endpoint referenced by the role itself (active, within its period) beats the
 //     role's matrix-messaging telecom, which beats the Practitioner's;
-//  2. then the most recently updated (the latest meta.lastUpdated of role, practitioner and endpoint);
+//  2. then the most recently updated (the latest meta.lastUpdated of role, practitioner and
+//     endpoint; a lastUpdated more than a minute after the time of fetching counts as the time
+//     that version was first fetched);
 //  3. then the lowest PractitionerRole id, then the lowest directory id, then the lowest MXID.
 //
+// Between care providers nothing is chosen: the UZI number resolves only when every provider
+// that names a Matrix user names the same one (a practitioner working for two providers with one
+// account). When they name different users it is a conflict, and the index answers nothing for
+// that number (Resolve answers "", withheld, so that the lookup chain asks no peer either) —
+// v2 and v1 lookups and store-invite find no one, /_ozo/v1/directory/homeserver
+// lists each provider's claim with its organisation so that a person can choose, the placement
+// stays where it was, `ozo-identity directory status` lists it and the sync logs a warning once.
+// It resolves again when the providers agree, for instance when one withdraws its claim.
+//
+// Why this rule: any care provider can register a directory at the LRZA, and its resources
+// count for its own URA, so a hostile or mistaken directory can publish anyone's UZI number.
+// Whatever ordering picks between providers — recency, preference, the claim seen first — some
+// directory can win it (by its timestamps, its form, or by publishing before the real one), and
+// would then receive that practitioner's invitations. Leaving the number unresolved costs a
+// lookup, never a hijack; the conflict is visible to the operator, who can bind the practitioner
+// by hand (admin API) and ask the LRZA or the care provider to correct the directory.
+// A binding the practitioner proved at this identity server (admin binding today, SSO or Dezi
+// later) comes before the index in the resolution chain (package lookup) and always wins.
+//
 // An inactive role, an Endpoint that is off or outside its period, and anything rejected never
-// resolve. A URA resolves to its Organization's Matrix Endpoint, else its matrix-messaging telecom.
+// resolve. A URA resolves to its Organization's Matrix Endpoint, else its matrix-messaging
+// telecom; only directories registered for that URA publish it, so it has one care provider.
 //
 // # Homeserver localisation
 //
 // After each sync the homeserver of every practitioner whose candidates changed is recomputed
-// with the same rule, falling back to a matrix-homeserver telecom of the role or practitioner, then
+// with the same rule (providers that only name a homeserver must agree on it, unless a provider
+// names a user), falling back to a matrix-homeserver telecom of the role or practitioner, then
 // to the homeserver of the role's organisation or care provider. A change is a move: the previous
 // homeserver and the time of the move are kept (Index.Homeserver) and Options.OnMove hears of it.
 package mcsd

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -172,11 +173,21 @@ type candidate struct {
 	pref             int
 	updated          int64
 	sourceID, dir    string
+	ura              string // the care provider whose directory says so
 }
 
-// better implements the deterministic choice between candidates for one 3PID (see the package
-// documentation): lower preference first, then the most recently updated, then the lowest
-// resource id, directory id and MXID.
+// provider is the key of the care provider behind a candidate: its URA, or its directory for
+// candidates derived before the URA was recorded.
+func (c candidate) provider() string {
+	if c.ura != "" {
+		return c.ura
+	}
+	return "dir:" + c.dir
+}
+
+// better implements the deterministic choice between the candidates of one care provider (see
+// the package documentation): lower preference first, then the most recently updated, then the
+// lowest resource id, directory id and MXID.
 func better(a, b candidate) bool {
 	if a.pref != b.pref {
 		return a.pref < b.pref
@@ -193,12 +204,52 @@ func better(a, b candidate) bool {
 	return a.mxid < b.mxid
 }
 
-// candidates returns the current candidates of the given 3PIDs; withHomeserverOnly includes
-// those that name a homeserver without a user.
+// resolution is what the index says about one 3PID: the candidate it resolves to, or a conflict
+// between care providers, which resolves to nothing.
+type resolution struct {
+	best     candidate
+	conflict bool
+	claims   []candidate // each care provider's own choice, by URA
+}
+
+// resolveClaims applies the rule between care providers to each provider's own choice: when
+// any of them names a user, they must all name the same user (or only a homeserver); otherwise
+// they must name the same homeserver. Neither recency nor preference decides between providers,
+// so no directory can take over a 3PID that another care provider publishes.
+func resolveClaims(byProvider map[string]candidate) resolution {
+	var res resolution
+	for _, c := range byProvider {
+		res.claims = append(res.claims, c)
+	}
+	slices.SortFunc(res.claims, func(a, b candidate) int {
+		return strings.Compare(a.provider()+"\x00"+a.mxid, b.provider()+"\x00"+b.mxid)
+	})
+	users, servers := map[string]bool{}, map[string]bool{}
+	for _, c := range res.claims {
+		if c.mxid != "" {
+			users[c.mxid] = true
+		}
+		servers[c.homeserver] = true
+	}
+	res.conflict = len(users) > 1 || len(users) == 0 && len(servers) > 1
+	if res.conflict {
+		return res
+	}
+	first := true
+	for _, c := range res.claims {
+		if (len(users) == 0 || c.mxid != "") && (first || better(c, res.best)) {
+			res.best, first = c, false
+		}
+	}
+	return res
+}
+
+// candidates returns what the index says about the given 3PIDs; withHomeserverOnly includes the
+// candidates that name a homeserver without a user.
 func (x *Index) candidates(ctx context.Context, q interface {
 	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
-}, tps []storage.ThreePID, withHomeserverOnly bool) (map[storage.ThreePID]candidate, error) {
-	out := make(map[storage.ThreePID]candidate)
+}, tps []storage.ThreePID, withHomeserverOnly bool) (map[storage.ThreePID]resolution, error) {
+	byTP := make(map[storage.ThreePID]map[string]candidate)
 	now := x.now().UnixMilli()
 	byMedium := map[string][]string{}
 	for _, tp := range tps {
@@ -216,7 +267,7 @@ func (x *Index) candidates(ctx context.Context, q interface {
 			for _, a := range chunk {
 				args = append(args, a)
 			}
-			rows, err := q.QueryContext(ctx, `SELECT address, mxid, homeserver, pref, updated, source_id, dir
+			rows, err := q.QueryContext(ctx, `SELECT address, mxid, homeserver, pref, updated, source_id, dir, ura
 				FROM mcsd_addresses WHERE `+filter+`(not_before = 0 OR not_before <= $1) AND (not_after = 0 OR not_after > $1)
 				AND medium = $2 AND address IN (`+placeholders(3, len(chunk))+`)`, args...)
 			if err != nil {
@@ -225,15 +276,20 @@ func (x *Index) candidates(ctx context.Context, q interface {
 			for rows.Next() {
 				tp := storage.ThreePID{Medium: medium}
 				var c candidate
-				if err := rows.Scan(&tp.Address, &c.mxid, &c.homeserver, &c.pref, &c.updated, &c.sourceID, &c.dir); err != nil {
+				if err := rows.Scan(&tp.Address, &c.mxid, &c.homeserver, &c.pref, &c.updated, &c.sourceID, &c.dir, &c.ura); err != nil {
 					rows.Close()
 					return nil, fmt.Errorf("query mcsd candidates: %w", err)
 				}
 				if c.mxid != "" {
 					c.homeserver = ServerOf(c.mxid)
 				}
-				if cur, ok := out[tp]; !ok || better(c, cur) {
-					out[tp] = c
+				m := byTP[tp]
+				if m == nil {
+					m = map[string]candidate{}
+					byTP[tp] = m
+				}
+				if cur, ok := m[c.provider()]; !ok || better(c, cur) {
+					m[c.provider()] = c
 				}
 			}
 			rows.Close()
@@ -242,10 +298,16 @@ func (x *Index) candidates(ctx context.Context, q interface {
 			}
 		}
 	}
+	out := make(map[storage.ThreePID]resolution, len(byTP))
+	for tp, m := range byTP {
+		out[tp] = resolveClaims(m)
+	}
 	return out, nil
 }
 
-// Resolve answers uzi and ura 3PIDs from the index; other media are not in mCSD.
+// Resolve answers uzi and ura 3PIDs from the index; other media are not in mCSD. A 3PID that
+// care providers resolve to different users (a conflict) is answered with "": withheld, so that
+// no later link of the lookup chain answers it either.
 func (x *Index) Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error) {
 	var want []storage.ThreePID
 	for _, tp := range tps {
@@ -257,12 +319,16 @@ func (x *Index) Resolve(ctx context.Context, tps []storage.ThreePID) (map[storag
 	if len(want) == 0 {
 		return out, nil
 	}
-	cands, err := x.candidates(ctx, x.db, want, false)
+	res, err := x.candidates(ctx, x.db, want, false)
 	if err != nil {
 		return nil, err
 	}
-	for tp, c := range cands {
-		out[tp] = c.mxid
+	for tp, r := range res {
+		if r.conflict {
+			out[tp] = ""
+			continue
+		}
+		out[tp] = r.best.mxid
 	}
 	return out, nil
 }
@@ -448,6 +514,7 @@ type DirectoryStatus struct {
 	LastAttempt time.Time
 	LastSuccess time.Time
 	LastError   string
+	Refused     string // why a directory the LRZA lists is not synced (plain http), "" when it is
 	Failures    int
 	NextAttempt time.Time      // while backing off
 	Counts      map[string]int // resource type → resources that count
@@ -473,7 +540,7 @@ func collapsed(now, recorded, previous int) string {
 // Status reports every directory the index knows, in base URL order.
 func (x *Index) Status(ctx context.Context) ([]DirectoryStatus, error) {
 	rows, err := x.db.QueryContext(ctx, `SELECT id, base_url, kind, origin, active, last_attempt_at, last_success_at,
-		last_error, failures, next_attempt_at, resource_count, prev_resource_count FROM mcsd_directories ORDER BY base_url`)
+		last_error, refused, failures, next_attempt_at, resource_count, prev_resource_count FROM mcsd_directories ORDER BY base_url`)
 	if err != nil {
 		return nil, fmt.Errorf("mcsd status: %w", err)
 	}
@@ -485,7 +552,7 @@ func (x *Index) Status(ctx context.Context) ([]DirectoryStatus, error) {
 		var id string
 		var active int
 		var attempt, success, next int64
-		if err := rows.Scan(&id, &s.BaseURL, &s.Kind, &s.Origin, &active, &attempt, &success, &s.LastError, &s.Failures, &next, &s.Recorded, &s.Previous); err != nil {
+		if err := rows.Scan(&id, &s.BaseURL, &s.Kind, &s.Origin, &active, &attempt, &success, &s.LastError, &s.Refused, &s.Failures, &next, &s.Recorded, &s.Previous); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("mcsd status: %w", err)
 		}

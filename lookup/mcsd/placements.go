@@ -24,10 +24,17 @@ type placement struct {
 	since                                      int64
 }
 
-// updatePlacements brings homeserver localisation up to date for the UZI numbers whose candidates
-// changed since the last pass, or whose periods began or ended since; onMove hears every move.
+// placementHooks hear what a placement pass found.
+type placementHooks struct {
+	onMove     func(Move)
+	onConflict func(Conflict) // a conflict that is new, not one that was already recorded
+	onResolved func(Conflict) // a recorded conflict that no longer exists
+}
+
+// updatePlacements brings homeserver localisation and the record of conflicts up to date for the
+// UZI numbers whose candidates changed since the last pass, or whose periods began or ended since.
 // It works a page of UZI numbers at a time.
-func (x *Index) updatePlacements(ctx context.Context, onMove func(Move)) (int, error) {
+func (x *Index) updatePlacements(ctx context.Context, hooks placementHooks) (int, error) {
 	now := x.now().UnixMilli()
 	var lastStr string
 	if err := x.db.QueryRowContext(ctx, `SELECT value FROM mcsd_state WHERE name = 'placements_at'`).Scan(&lastStr); err != nil {
@@ -78,13 +85,32 @@ func (x *Index) updatePlacements(ctx context.Context, onMove func(Move)) (int, e
 		}); err != nil {
 			return moves, err
 		}
+		names, err := x.orgNames(ctx, best)
+		if err != nil {
+			return moves, err
+		}
 		var pageMoves []Move
+		var newConflicts, resolved []Conflict
 		err = x.tx(ctx, func(tx *sql.Tx) error {
-			pageMoves = pageMoves[:0]
+			pageMoves, newConflicts, resolved = pageMoves[:0], newConflicts[:0], resolved[:0]
 			for _, u := range uzis {
-				c, ok := best[storage.ThreePID{Medium: "uzi", Address: u}]
+				res, ok := best[storage.ThreePID{Medium: "uzi", Address: u}]
+				isNew, wasResolved, err := recordConflict(ctx, tx, u, res, ok, names, now)
+				if err != nil {
+					return err
+				}
+				if isNew != nil {
+					newConflicts = append(newConflicts, *isNew)
+				}
+				if wasResolved != nil {
+					resolved = append(resolved, *wasResolved)
+				}
+				if ok && res.conflict {
+					// A conflict moves nobody: the placement stays as it was until it is resolved.
+					continue
+				}
 				p, exists := cur[u]
-				next, changed, mv := place(u, c, ok, p, exists, now)
+				next, changed, mv := place(u, res.best, ok, p, exists, now)
 				if mv != nil {
 					pageMoves = append(pageMoves, *mv)
 				}
@@ -109,8 +135,18 @@ func (x *Index) updatePlacements(ctx context.Context, onMove func(Move)) (int, e
 		}
 		for _, m := range pageMoves {
 			moves++
-			if onMove != nil {
-				onMove(m)
+			if hooks.onMove != nil {
+				hooks.onMove(m)
+			}
+		}
+		for _, c := range newConflicts {
+			if hooks.onConflict != nil {
+				hooks.onConflict(c)
+			}
+		}
+		for _, c := range resolved {
+			if hooks.onResolved != nil {
+				hooks.onResolved(c)
 			}
 		}
 	}

@@ -32,13 +32,29 @@ func (x *Index) ensureDirectory(ctx context.Context, baseURL, kind, origin strin
 	id := directoryID(baseURL)
 	_, err := x.exec(ctx, `INSERT INTO mcsd_directories (id, base_url, kind, origin, active, created_at)
 		VALUES ($1, $2, $3, $4, 1, $5)
-		ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, origin = excluded.origin, active = 1
+		ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, origin = excluded.origin, active = 1, refused = ''
 		WHERE mcsd_directories.kind <> excluded.kind OR mcsd_directories.origin <> excluded.origin OR mcsd_directories.active = 0`,
 		id, baseURL, kind, origin, x.now().UnixMilli())
 	if err != nil {
 		return "", fmt.Errorf("register directory %s: %w", baseURL, err)
 	}
 	return id, nil
+}
+
+// refuseDirectory records that a directory the LRZA lists is not synced, and why; it stays
+// inactive, so nothing of it counts. A directory synced before is removed first by the caller.
+// It reports whether the refusal is new.
+func (x *Index) refuseDirectory(ctx context.Context, baseURL, reason string) (bool, error) {
+	res, err := x.exec(ctx, `INSERT INTO mcsd_directories (id, base_url, kind, origin, active, created_at, refused)
+		VALUES ($1, $2, 'provider', 'lrza', 0, $3, $4)
+		ON CONFLICT (id) DO UPDATE SET refused = excluded.refused
+		WHERE mcsd_directories.active = 0 AND mcsd_directories.refused <> excluded.refused`,
+		directoryID(baseURL), baseURL, x.now().UnixMilli(), reason)
+	if err != nil {
+		return false, fmt.Errorf("record refused directory %s: %w", baseURL, err)
+	}
+	n, _ := res.RowsAffected()
+	return n > 0, nil
 }
 
 // setURAs replaces the URAs a directory is authoritative for; a change makes it revalidate.

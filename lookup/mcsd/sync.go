@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -23,8 +24,11 @@ type Options struct {
 	// from it. Empty: only Directories are synced.
 	LRZA string
 	// Directories are provider directories configured by the operator, each authoritative for
-	// the URAs given (anti-spoofing still applies).
+	// the URAs given (anti-spoofing still applies). Like LRZA, they may be plain http URLs.
 	Directories []StaticDirectory
+	// AllowHTTP lists base URLs of directories the LRZA lists that may be fetched over plain
+	// http. Any other http directory the LRZA lists is refused and reported [none].
+	AllowHTTP []string
 	// Client makes the HTTP requests [a client with no overall timeout; RequestTimeout applies].
 	Client *http.Client
 	// Concurrency bounds how many directories sync at once [8].
@@ -105,6 +109,7 @@ type DirectoryReport struct {
 	RetryAt    time.Time   // when a skipped directory is attempted again
 	LastError  string      // the failure a skipped directory is backing off from
 	Removed    bool        // no longer listed: its resources were removed from the index
+	Refused    string      // why a directory the LRZA lists is not synced, such as plain http
 	Err        error       // why the sync stopped; what it applied before stays indexed
 	Started    time.Time
 	Duration   time.Duration
@@ -282,7 +287,12 @@ func (s *Syncer) syncAll(ctx context.Context) ([]DirectoryReport, error) {
 	// The provider directories: what the LRZA lists plus what the operator configured.
 	want := make(map[string][]string)
 	origin := make(map[string]string)
+	refused := make(map[string]string)
 	for base, uras := range discovered {
+		if why := s.refuse(base); why != "" {
+			refused[base] = why
+			continue
+		}
 		want[base] = append(want[base], uras...)
 		origin[base] = "lrza"
 	}
@@ -305,7 +315,7 @@ func (s *Syncer) syncAll(ctx context.Context) ([]DirectoryReport, error) {
 		if _, ok := want[d.baseURL]; ok {
 			continue
 		}
-		if !discoveryOK {
+		if !discoveryOK && s.refuse(d.baseURL) == "" {
 			// The LRZA could not be read: keep what it listed before, with its URAs.
 			want[d.baseURL] = d.uras
 			origin[d.baseURL] = d.origin
@@ -314,8 +324,22 @@ func (s *Syncer) syncAll(ctx context.Context) ([]DirectoryReport, error) {
 		if err := s.idx.deactivate(ctx, d.id); err != nil {
 			return reports, err
 		}
+		if refused[d.baseURL] != "" {
+			continue // reported as refused below
+		}
 		reports = append(reports, DirectoryReport{Directory: d.baseURL, Kind: "provider", URAs: d.uras, Removed: true})
 		s.log.InfoContext(ctx, "mCSD directory no longer listed; removed from the index", "directory", d.baseURL)
+	}
+	for _, base := range slices.Sorted(maps.Keys(refused)) {
+		uras := slices.Compact(slices.Sorted(slices.Values(discovered[base])))
+		isNew, err := s.idx.refuseDirectory(ctx, base, refused[base])
+		if err != nil {
+			return reports, err
+		}
+		reports = append(reports, DirectoryReport{Directory: base, Kind: "provider", URAs: uras, Refused: refused[base]})
+		if isNew {
+			s.log.WarnContext(ctx, "mCSD directory listed by the LRZA refused", "directory", base, "uras", uras, "reason", refused[base])
+		}
 	}
 	for base, uras := range want {
 		uras = slices.Compact(slices.Sorted(slices.Values(uras)))
@@ -370,7 +394,16 @@ func (s *Syncer) syncAll(ctx context.Context) ([]DirectoryReport, error) {
 			s.opts.OnMove(ctx, m)
 		}
 	}
-	if _, err := s.idx.updatePlacements(ctx, onMove); err != nil {
+	hooks := placementHooks{onMove: onMove,
+		onConflict: func(c Conflict) {
+			s.log.WarnContext(ctx, "conflict: care providers publish one UZI number with different Matrix users (or, without users, homeservers); it resolves to none of them until they agree",
+				"uzi", c.Address, "claims", claimsAttr(c.Claims))
+		},
+		onResolved: func(c Conflict) {
+			s.log.InfoContext(ctx, "conflict over a UZI number resolved", "uzi", c.Address)
+		},
+	}
+	if _, err := s.idx.updatePlacements(ctx, hooks); err != nil {
 		return reports, err
 	}
 	return reports, ctx.Err()
@@ -390,6 +423,34 @@ func (s *Syncer) fullSelected(d directory) bool {
 		}
 	}
 	return false
+}
+
+// refuse says why a provider directory the LRZA lists must not be fetched, "" when it may. The
+// LRZA is a third party: plain http would let anyone on the path rewrite what a care provider
+// publishes, so only the operator can allow it (Options.AllowHTTP, or configuring the directory).
+func (s *Syncer) refuse(base string) string {
+	u, err := url.Parse(base)
+	if err != nil || u.Host == "" {
+		return "not an absolute URL"
+	}
+	switch strings.ToLower(u.Scheme) {
+	case "https":
+		return ""
+	case "http":
+		for _, a := range s.opts.AllowHTTP {
+			if normalizeBase(a) == base {
+				return ""
+			}
+		}
+		for _, d := range s.opts.Directories {
+			if normalizeBase(d.BaseURL) == base {
+				return ""
+			}
+		}
+		return "plain http: a directory the LRZA lists must use https unless it is in directory.allow_http_urls"
+	default:
+		return "not an https URL"
+	}
 }
 
 // syncDirectory fetches every resource type's history of one directory, then validates it.
@@ -569,6 +630,11 @@ func (s *Syncer) syncType(ctx context.Context, d directory, typ, since string, r
 				return nil
 			}
 			r.Type = typ
+			if r.TS > time.Now().Add(maxClockSkew).UnixMilli() {
+				if r.TS, perr = s.idx.fetchedAt(ctx, d.id, r); perr != nil {
+					return perr
+				}
+			}
 			maxTS = max(maxTS, r.TS)
 			if w, ok := decided[r.ID]; ok && r.TS <= w.ts {
 				return nil

@@ -552,12 +552,11 @@ func TestDeterministicRule(t *testing.T) {
 		e := newEnv(t, engine)
 		s := e.syncer()
 		e.sync(s)
-		// The cardiologist also works at the GP practice, with an Endpoint there: both roles have
-		// their own Endpoint, so the most recently updated one wins.
-		gpDir, hospDir := e.srv.Directory(gp), e.srv.Directory(hospital)
-		put(t, gpDir, endpointJSON("ep-hp-vandenberg", "active", "matrix:u/marieke:${hs2}"))
-		put(t, gpDir, practitionerJSON("p-hp-vandenberg", "Marieke van den Berg", "900012345"))
-		put(t, gpDir, roleJSON("r-hp-vandenberg", "p-hp-vandenberg", "hp-de-linde", true, "ep-hp-vandenberg"))
+		// Within one care provider the provider's own order decides: the cardiologist gets a
+		// second role at the hospital with its own Endpoint, so the most recently updated wins.
+		hospDir := e.srv.Directory(hospital)
+		put(t, hospDir, endpointJSON("ep-zh-vandenberg-2", "active", "matrix:u/marieke:${hs2}"))
+		put(t, hospDir, roleJSON("r-zh-vandenberg-2", "p-zh-vandenberg", "zh-cardiologie", true, "ep-zh-vandenberg-2"))
 		e.sync(s)
 		if got := e.resolve("uzi", "900012345"); got != "@marieke:"+e.hs("hs2") {
 			t.Errorf("most recently updated role: got %q", got)
@@ -565,10 +564,10 @@ func TestDeterministicRule(t *testing.T) {
 		setField(t, hospDir, "PractitionerRole", "r-zh-vandenberg", `"active":true`, `"active":true,"availabilityExceptions":"ma-vr"`)
 		e.sync(s)
 		if got := e.resolve("uzi", "900012345"); got != "@m.vandenberg:"+e.hs("hs1") {
-			t.Errorf("after the hospital role was updated: got %q", got)
+			t.Errorf("after the first role was updated: got %q", got)
 		}
 		// A role with only a telecom address loses to an older role with an Endpoint.
-		setField(t, gpDir, "PractitionerRole", "r-hp-vandenberg", `"endpoint":[{"reference":"Endpoint/ep-hp-vandenberg"}]`,
+		setField(t, hospDir, "PractitionerRole", "r-zh-vandenberg-2", `"endpoint":[{"reference":"Endpoint/ep-zh-vandenberg-2"}]`,
 			`"telecom":[{"system":"other","value":"matrix:u/marieke.telecom:${hs2}"}]`)
 		e.sync(s)
 		if got := e.resolve("uzi", "900012345"); got != "@m.vandenberg:"+e.hs("hs1") {

@@ -121,7 +121,7 @@ const roleWhere = ` WHERE r.dir = $1 AND r.type = 'PractitionerRole' AND r.delet
 const endpointJoin = ` JOIN mcsd_refs f ON f.dir = %[1]s.dir AND f.from_type = %[1]s.type AND f.from_id = %[1]s.id AND f.kind = 'endpoint'
 	JOIN mcsd_resources e ON e.dir = f.dir AND e.type = 'Endpoint' AND e.id = f.to_id AND e.deleted = 0 AND e.reason = '' AND e.active = 1 `
 
-const insertAddress = `INSERT INTO mcsd_addresses (dir, medium, address, mxid, homeserver, pref, updated, source_id, not_before, not_after) SELECT DISTINCT `
+const insertAddress = `INSERT INTO mcsd_addresses (dir, ura, medium, address, mxid, homeserver, pref, updated, source_id, not_before, not_after) SELECT DISTINCT `
 
 var roleUpdated = greatest("r.version_ts", "COALESCE(p.version_ts, 0)")
 
@@ -142,16 +142,16 @@ func buildDerivationSteps() []step {
 		WHERE r.dir = $1 AND r.type = 'PractitionerRole' AND r.deleted = 0 ON CONFLICT DO NOTHING`},
 		{"role uzis: role", `INSERT INTO mcsd_role_uzis (dir, role_id, uzi) SELECT DISTINCT i.dir, i.id, i.value FROM mcsd_identifiers i
 		WHERE i.dir = $1 AND i.type = 'PractitionerRole' AND i.kind = 'uzi' ON CONFLICT DO NOTHING`},
-		{"uzi: role endpoint", insertAddress + `r.dir, 'uzi', i.uzi, e.mxid, '', 1, ` + greatest(roleUpdated, "e.version_ts") + `, r.id, ` +
+		{"uzi: role endpoint", insertAddress + `r.dir, r.root_ura, 'uzi', i.uzi, e.mxid, '', 1, ` + greatest(roleUpdated, "e.version_ts") + `, r.id, ` +
 			greatest("r.period_start", "e.period_start") + `, ` + earliestEnd("r.period_end", "e.period_end") +
 			roleFrom + fmt.Sprintf(endpointJoin, "r") + roleWhere + ` AND e.kind = 'matrix-user'`},
-		{"uzi: role telecom", insertAddress + `r.dir, 'uzi', i.uzi, r.mxid, '', 2, ` + roleUpdated + `, r.id, r.period_start, r.period_end` +
+		{"uzi: role telecom", insertAddress + `r.dir, r.root_ura, 'uzi', i.uzi, r.mxid, '', 2, ` + roleUpdated + `, r.id, r.period_start, r.period_end` +
 			roleFrom + roleWhere + ` AND r.mxid <> ''`},
-		{"uzi: practitioner telecom", insertAddress + `r.dir, 'uzi', i.uzi, p.mxid, '', 3, ` + roleUpdated + `, r.id, r.period_start, r.period_end` +
+		{"uzi: practitioner telecom", insertAddress + `r.dir, r.root_ura, 'uzi', i.uzi, p.mxid, '', 3, ` + roleUpdated + `, r.id, r.period_start, r.period_end` +
 			roleFrom + roleWhere + ` AND p.mxid <> ''`},
-		{"uzi: role homeserver", insertAddress + `r.dir, 'uzi', i.uzi, '', r.homeserver, 4, ` + roleUpdated + `, r.id, r.period_start, r.period_end` +
+		{"uzi: role homeserver", insertAddress + `r.dir, r.root_ura, 'uzi', i.uzi, '', r.homeserver, 4, ` + roleUpdated + `, r.id, r.period_start, r.period_end` +
 			roleFrom + roleWhere + ` AND r.homeserver <> ''`},
-		{"uzi: practitioner homeserver", insertAddress + `r.dir, 'uzi', i.uzi, '', p.homeserver, 4, ` + roleUpdated + `, r.id, r.period_start, r.period_end` +
+		{"uzi: practitioner homeserver", insertAddress + `r.dir, r.root_ura, 'uzi', i.uzi, '', p.homeserver, 4, ` + roleUpdated + `, r.id, r.period_start, r.period_end` +
 			roleFrom + roleWhere + ` AND p.homeserver <> ''`},
 	}
 
@@ -162,20 +162,20 @@ func buildDerivationSteps() []step {
 			cond = " AND r.root_id <> r.org_ref"
 		}
 		steps = append(steps,
-			step{"uzi: organization homeserver (" + col + ")", insertAddress + `r.dir, 'uzi', i.uzi, '', o.homeserver, 5, ` +
+			step{"uzi: organization homeserver (" + col + ")", insertAddress + `r.dir, r.root_ura, 'uzi', i.uzi, '', o.homeserver, 5, ` +
 				greatest(roleUpdated, "o.version_ts") + `, r.id, r.period_start, r.period_end` + roleFrom + orgJoin(col) + roleWhere +
 				` AND o.homeserver <> ''` + cond},
-			step{"uzi: organization homeserver endpoint (" + col + ")", insertAddress + `r.dir, 'uzi', i.uzi, '', e.homeserver, 5, ` +
+			step{"uzi: organization homeserver endpoint (" + col + ")", insertAddress + `r.dir, r.root_ura, 'uzi', i.uzi, '', e.homeserver, 5, ` +
 				greatest(roleUpdated, "e.version_ts") + `, r.id, ` + greatest("r.period_start", "e.period_start") + `, ` +
 				earliestEnd("r.period_end", "e.period_end") + roleFrom + orgJoin(col) + fmt.Sprintf(endpointJoin, "o") + roleWhere +
 				` AND e.kind = 'matrix-server'` + cond},
 		)
 	}
 	steps = append(steps,
-		step{"ura: organization endpoint", insertAddress + `o.dir, 'ura', o.ura, e.mxid, '', 1, ` + greatest("o.version_ts", "e.version_ts") +
+		step{"ura: organization endpoint", insertAddress + `o.dir, o.ura, 'ura', o.ura, e.mxid, '', 1, ` + greatest("o.version_ts", "e.version_ts") +
 			`, o.id, e.period_start, e.period_end FROM mcsd_resources o` + fmt.Sprintf(endpointJoin, "o") +
 			` WHERE o.dir = $1 AND o.type = 'Organization' AND o.deleted = 0 AND o.reason = '' AND o.eff_active = 1 AND o.ura <> '' AND e.kind = 'matrix-user'`},
-		step{"ura: organization telecom", insertAddress + `o.dir, 'ura', o.ura, o.mxid, '', 2, o.version_ts, o.id, 0, 0 FROM mcsd_resources o
+		step{"ura: organization telecom", insertAddress + `o.dir, o.ura, 'ura', o.ura, o.mxid, '', 2, o.version_ts, o.id, 0, 0 FROM mcsd_resources o
 		WHERE o.dir = $1 AND o.type = 'Organization' AND o.deleted = 0 AND o.reason = '' AND o.eff_active = 1 AND o.ura <> '' AND o.mxid <> ''`},
 	)
 	return steps
