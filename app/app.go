@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ozo-platform/ozo-identity/api"
@@ -44,6 +45,7 @@ type App struct {
 	log     *slog.Logger
 
 	syncerOpts mcsd.Options // what Syncer was built with, for NewSyncer
+	degraded   func() error // why the service runs degraded (Redis down), for /readyz; may be nil
 }
 
 // New opens and migrates the database and builds every component. Nothing listens yet.
@@ -96,7 +98,9 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		return nil, fmt.Errorf("homeservers.ca_file: %w", err)
 	}
 	hs := homeserver.New(homeserver.Options{AllowedNetworks: allowed, TLSConfig: hsTLS, Timeout: cfg.Homeservers.Timeout,
-		ServerName: cfg.ServerName}, log.With("component", "homeserver"))
+		ServerName: cfg.ServerName, AllowOrigin: func(serverName string) bool {
+			return identity.HomeserverAllowed(cfg.Homeservers.Allowed, serverName)
+		}}, log.With("component", "homeserver"))
 	policies := map[string]identity.Policy{}
 	for name, p := range cfg.Terms.Policies {
 		docs := map[string]identity.PolicyDocument{}
@@ -137,15 +141,31 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	}
 	v1Nets, _ := config.ParsePrefixes(cfg.V1.Networks)
 	proxies, _ := config.ParsePrefixes(cfg.HTTP.TrustedProxies)
+	metrics := api.NewMetrics()
 	var limiter ratelimit.Limiter = ratelimit.NewMemory()
+	var degraded func() error
 	if cfg.Redis.URL != "" {
 		opts, err := redis.ParseURL(cfg.Redis.URL)
 		if err != nil {
 			return nil, fmt.Errorf("redis.url: %w", err)
 		}
-		limiter = ratelimit.NewRedis(redis.NewClient(opts), "ozo-identity:rl:")
+		// Without Redis the limits hold per replica rather than not at all.
+		fb := ratelimit.NewFallback(ratelimit.NewRedis(redis.NewClient(opts), "ozo-identity:rl:"), limiter, 0,
+			log.With("component", "ratelimit"))
+		limiter, degraded = fb, fb.Degraded
+		metrics.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ozo_identity_ratelimit_degraded",
+				Help: "1 while Redis is unreachable and rate limits are held in memory per replica."},
+				func() float64 {
+					if fb.Degraded() != nil {
+						return 1
+					}
+					return 0
+				}),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "ozo_identity_ratelimit_fallback_decisions_total",
+				Help: "Rate-limit decisions taken in memory because Redis was unreachable."},
+				func() float64 { return float64(fb.FallbackDecisions()) }))
 	}
-	metrics := api.NewMetrics()
 	srv := api.New(svc, hs, api.Config{
 		PublicBaseURL:     cfg.PublicBaseURL,
 		MaxBodyBytes:      cfg.HTTP.MaxBodyBytes,
@@ -158,12 +178,12 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		AdminToken:        cfg.Admin.Token,
 		RateLimits: api.RateLimits{Limiter: limiter, LookupPerAccount: cfg.RateLimits.LookupPerAccount,
 			LookupPerServer: cfg.RateLimits.LookupPerServer, DirectoryPerAccount: cfg.RateLimits.DirectoryPerAccount,
-			PerClient: cfg.RateLimits.PerClient},
+			PerClient: cfg.RateLimits.PerClient, AdminFailuresPerClient: cfg.RateLimits.AdminFailuresPerClient},
 		Directory:  index,
 		SubmitPage: page,
 	}, metrics, log.With("component", "api"))
 	return &App{Config: cfg, DB: db, Store: store, Service: svc, API: srv, Metrics: metrics, HS: hs,
-		Index: index, Syncer: syncer, syncerOpts: syncerOpts, log: log}, nil
+		Index: index, Syncer: syncer, syncerOpts: syncerOpts, log: log, degraded: degraded}, nil
 }
 
 type namedPeer struct {
@@ -290,17 +310,30 @@ func (a *App) RunWorkers(ctx context.Context) {
 	})
 }
 
+// newServer is an HTTP server with the public listener's limits: no connection, idle or
+// half-sent, is kept longer than these.
+func (a *App) newServer(h http.Handler) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 60 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 32 << 10,
+		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
+}
+
+// OpsServer is the server of metrics_listen (/metrics, /healthz, /readyz), with the same
+// timeouts as the public listener.
+func (a *App) OpsServer() *http.Server {
+	ops := a.newServer(api.OpsHandler(a.Metrics, func(ctx context.Context) error { return a.DB.PingContext(ctx) }, a.degraded))
+	ops.Addr = a.Config.MetricsListen
+	return ops
+}
+
 // Serve listens on the configured addresses until ctx ends, then shuts down gracefully.
 // tlsConfig, when set, serves the public listener over HTTPS.
 func (a *App) Serve(ctx context.Context, ln net.Listener, tlsConfig *tls.Config) error {
 	a.RunWorkers(ctx)
-	srv := &http.Server{Handler: a.API, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
-		WriteTimeout: 60 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 32 << 10,
-		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
+	srv := a.newServer(a.API)
 	var ops *http.Server
 	if a.Config.MetricsListen != "" {
-		ops = &http.Server{Addr: a.Config.MetricsListen, ReadHeaderTimeout: 5 * time.Second,
-			Handler: api.OpsHandler(a.Metrics, func(ctx context.Context) error { return a.DB.PingContext(ctx) })}
+		ops = a.OpsServer()
 		go func() {
 			if err := ops.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				a.log.Error("metrics listener", "err", err)

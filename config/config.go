@@ -85,12 +85,18 @@ type Redis struct {
 
 // RateLimits are per-minute budgets; 0 disables one.
 type RateLimits struct {
+	// LookupPerAccount and LookupPerServer count looked-up addresses, not requests: every
+	// address of a v2 lookup and every directory localisation. LookupPerServer also bounds v1
+	// lookup and bulk_lookup per client address.
 	LookupPerAccount int `yaml:"lookup_per_account"`
 	LookupPerServer  int `yaml:"lookup_per_server"`
 	// DirectoryPerAccount bounds homeserver localisation and directory search per account.
 	DirectoryPerAccount int `yaml:"directory_per_account"`
-	// PerClient bounds register, requestToken and store-invite per client address.
+	// PerClient bounds register, requestToken, store-invite and 3pid/unbind per client address.
 	PerClient int `yaml:"per_client"`
+	// AdminFailuresPerClient is how many wrong admin tokens a client address may send a minute;
+	// after that the admin API refuses it (429), right token or not, until the minute is over.
+	AdminFailuresPerClient int `yaml:"admin_failures_per_client"`
 }
 
 type Database struct {
@@ -203,8 +209,9 @@ func Defaults() Config {
 		},
 		Email:       Email{SMTP: SMTP{Host: "localhost", Port: 25, Security: "none"}, From: "ozo-identity <noreply@localhost>"},
 		Homeservers: Homeservers{Timeout: 10 * time.Second},
-		RateLimits:  RateLimits{LookupPerAccount: 120, LookupPerServer: 2400, DirectoryPerAccount: 60, PerClient: 60},
-		Directory:   Directory{SyncInterval: 15 * time.Minute, Concurrency: 8, RequestTimeout: 30 * time.Second},
+		RateLimits: RateLimits{LookupPerAccount: 300, LookupPerServer: 3000, DirectoryPerAccount: 60, PerClient: 60,
+			AdminFailuresPerClient: 10},
+		Directory: Directory{SyncInterval: 15 * time.Minute, Concurrency: 8, RequestTimeout: 30 * time.Second},
 	}
 }
 
@@ -358,6 +365,10 @@ func (c *Config) Validate() error {
 	case "none", "starttls", "tls":
 	default:
 		errs = append(errs, fmt.Errorf("email.smtp.security %q must be none, starttls or tls", c.Email.SMTP.Security))
+	}
+	rl := c.RateLimits
+	if rl.LookupPerAccount < 0 || rl.LookupPerServer < 0 || rl.DirectoryPerAccount < 0 || rl.PerClient < 0 || rl.AdminFailuresPerClient < 0 {
+		errs = append(errs, errors.New("rate_limits must not be negative"))
 	}
 	if c.Lookup.MaxBatch <= 0 {
 		errs = append(errs, errors.New("lookup.max_batch must be positive"))
