@@ -179,19 +179,32 @@ func (s *Server) adminListBindings(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) adminDeleteBinding(w http.ResponseWriter, r *http.Request) {
-	// chi matches the escaped path (so an address may hold "/"), and hands back the escaped segment.
-	medium, err1 := url.PathUnescape(chi.URLParam(r, "medium"))
-	address, err2 := url.PathUnescape(chi.URLParam(r, "address"))
-	if err1 != nil || err2 != nil {
+	medium, address, err := pathParams(r, "medium", "address")
+	if err != nil {
 		s.writeError(w, r, badRequest(identity.CodeInvalidParam, "medium and address must be valid percent-encoded path segments"))
 		return
 	}
 	setAuditTarget(r, medium+":"+address)
-	if err := s.svc.AdminUnbind(r.Context(), medium, address); err != nil {
+	if err = s.svc.AdminUnbind(r.Context(), medium, address); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{})
+}
+
+// pathParams returns chi URL parameters unescaped. chi routes on the escaped path when the
+// request has one (so "%2F" stays inside a segment) and then hands back escaped segments.
+func pathParams(r *http.Request, a, b string) (string, string, error) {
+	pa, pb := chi.URLParam(r, a), chi.URLParam(r, b)
+	if r.URL.RawPath == "" {
+		return pa, pb, nil
+	}
+	ua, err := url.PathUnescape(pa)
+	if err != nil {
+		return "", "", err
+	}
+	ub, err := url.PathUnescape(pb)
+	return ua, ub, err
 }
 
 func (s *Server) adminAudit(w http.ResponseWriter, r *http.Request) {

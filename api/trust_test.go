@@ -238,3 +238,76 @@ func TestXMatrixUnbindUniformAndLimited(t *testing.T) {
 		}
 	})
 }
+
+// Item 11: the admin token only in the Authorization header; bindings whose address holds
+// "/" or "@" can be deleted; wrong tokens are limited per client address, after which even
+// the right token is refused until the window is over, so guessing on learns nothing.
+func TestAdminHardening(t *testing.T) {
+	apitest.ForEachEngine(t, func(t *testing.T, e sqlstore.Engine) {
+		h := apitest.New(t, e, func(c *config.Config) {
+			c.HTTP.TrustedProxies = []string{"127.0.0.0/8"}
+			c.RateLimits.AdminFailuresPerClient = 3
+		})
+		bob := h.NewUser(t, "bob")
+		mxid := "@dr.jansen:" + h.HS.Name
+		call := func(method, path, token string, body any, client string) *apitest.Response {
+			t.Helper()
+			hdr := xff(client)
+			if token != "" {
+				hdr.Set("Authorization", "Bearer "+token)
+			}
+			return h.Do(t, apitest.Request{Method: method, Path: admin + path, Body: body, Header: hdr})
+		}
+		const operator = "192.0.2.10"
+		addresses := []struct{ medium, address string }{
+			{"email", "o/brien@example.org"},
+			{"idp", "ziekenhuis-a:https://idp.example/users/jan@zorg"},
+			{"idp", "ziekenhuis-a:a%2Fb"}, // a literal percent sign survives too
+			{"email", "keep@example.org"},
+		}
+		for _, a := range addresses {
+			call(http.MethodPost, "/bindings", apitest.AdminToken, map[string]any{"medium": a.medium, "address": a.address, "mxid": mxid}, operator).
+				Want(t, http.StatusOK, "")
+		}
+
+		// A token in the query is refused, right or wrong, alone or next to the header.
+		call(http.MethodGet, "/bindings?access_token="+apitest.AdminToken, "", nil, operator).Want(t, http.StatusUnauthorized, "M_UNAUTHORIZED")
+		call(http.MethodGet, "/bindings?access_token="+apitest.AdminToken, apitest.AdminToken, nil, operator).Want(t, http.StatusUnauthorized, "M_UNAUTHORIZED")
+		call(http.MethodDelete, "/bindings/email/keep@example.org?access_token="+apitest.AdminToken, "", nil, operator).
+			Want(t, http.StatusUnauthorized, "M_UNAUTHORIZED")
+
+		// Deleting by escaped path segments, as clients must send "/" (and may send "@").
+		for _, a := range addresses[:3] {
+			call(http.MethodDelete, "/bindings/"+a.medium+"/"+url.PathEscape(a.address), apitest.AdminToken, nil, operator).
+				Want(t, http.StatusOK, "")
+			if got := h.LookupOne(t, bob, a.medium, a.address); got != "" {
+				t.Fatalf("%s:%s still resolves to %q after delete", a.medium, a.address, got)
+			}
+		}
+		call(http.MethodDelete, "/bindings/email/"+url.PathEscape("o/brien@example.org"), apitest.AdminToken, nil, operator).
+			Want(t, http.StatusNotFound, "M_NOT_FOUND")
+
+		// Guessing: 3 wrong tokens, then 429 for wrong and right tokens alike from that address.
+		const guesser = "203.0.113.66"
+		for range 3 {
+			call(http.MethodGet, "/bindings", "guess", nil, guesser).Want(t, http.StatusForbidden, "M_FORBIDDEN")
+		}
+		r := call(http.MethodGet, "/bindings", "guess", nil, guesser).Want(t, http.StatusTooManyRequests, "M_LIMIT_EXCEEDED")
+		if r.JSON(t)["retry_after_ms"] == nil {
+			t.Fatalf("429 without retry_after_ms: %s", r.Body)
+		}
+		call(http.MethodDelete, "/bindings/email/keep@example.org", apitest.AdminToken, nil, guesser).
+			Want(t, http.StatusTooManyRequests, "M_LIMIT_EXCEEDED")
+		// The operator elsewhere is not locked out, and nothing was lost.
+		if got := h.LookupOne(t, bob, "email", "keep@example.org"); got != mxid {
+			t.Fatalf("keep@example.org resolves to %q", got)
+		}
+		var out struct {
+			Bindings []map[string]any `json:"bindings"`
+		}
+		json.Unmarshal(call(http.MethodGet, "/bindings", apitest.AdminToken, nil, operator).Want(t, http.StatusOK, "").Body, &out)
+		if len(out.Bindings) != 1 || out.Bindings[0]["address"] != "keep@example.org" {
+			t.Fatalf("bindings: %v", out.Bindings)
+		}
+	})
+}

@@ -149,8 +149,25 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		if err != nil {
 			return nil, fmt.Errorf("redis.url: %w", err)
 		}
+		// Every request asks the limiter, and memory takes over when Redis fails: fail fast
+		// rather than retry (unless the URL says otherwise).
+		if opts.MaxRetries == 0 {
+			opts.MaxRetries = -1
+		}
+		if opts.DialerRetries == 0 {
+			opts.DialerRetries = 1
+		}
+		if opts.DialTimeout == 0 {
+			opts.DialTimeout = time.Second
+		}
+		if opts.ReadTimeout == 0 {
+			opts.ReadTimeout = 500 * time.Millisecond
+		}
+		if opts.WriteTimeout == 0 {
+			opts.WriteTimeout = 500 * time.Millisecond
+		}
 		// Without Redis the limits hold per replica rather than not at all.
-		fb := ratelimit.NewFallback(ratelimit.NewRedis(redis.NewClient(opts), "ozo-identity:rl:"), limiter, 0,
+		fb := ratelimit.NewFallback(ratelimit.NewRedis(redis.NewClient(opts), cfg.Redis.KeyPrefix+"rl:"), limiter, 0,
 			log.With("component", "ratelimit"))
 		limiter, degraded = fb, fb.Degraded
 		metrics.MustRegister(

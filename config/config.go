@@ -81,6 +81,8 @@ type Peer struct {
 // Redis holds shared ephemeral state (rate limits) so replicas agree; empty keeps it in memory.
 type Redis struct {
 	URL string `yaml:"url"`
+	// KeyPrefix starts every key this service writes, so that services (and tests) can share one Redis.
+	KeyPrefix string `yaml:"key_prefix"`
 }
 
 // RateLimits are per-minute budgets; 0 disables one.
@@ -209,6 +211,7 @@ func Defaults() Config {
 		},
 		Email:       Email{SMTP: SMTP{Host: "localhost", Port: 25, Security: "none"}, From: "ozo-identity <noreply@localhost>"},
 		Homeservers: Homeservers{Timeout: 10 * time.Second},
+		Redis:       Redis{KeyPrefix: "ozo-identity:"},
 		RateLimits: RateLimits{LookupPerAccount: 300, LookupPerServer: 3000, DirectoryPerAccount: 60, PerClient: 60,
 			AdminFailuresPerClient: 10},
 		Directory: Directory{SyncInterval: 15 * time.Minute, Concurrency: 8, RequestTimeout: 30 * time.Second},

@@ -51,6 +51,11 @@ func (f *Fallback) AllowN(ctx context.Context, key string, n, limit int, window 
 		ok, retry, err := f.primary.AllowN(ctx, key, n, limit, window)
 		if err == nil {
 			f.recovered()
+			if ok && n > 0 {
+				// Mirror what this replica let through, so that a failover mid-window starts
+				// from this replica's count rather than from zero.
+				f.secondary.AllowN(ctx, key, n, limit, window)
+			}
 			return ok, retry, nil
 		}
 		if ctx.Err() != nil {

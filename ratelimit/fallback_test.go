@@ -138,16 +138,17 @@ func TestFallbackRedisGoesAway(t *testing.T) {
 	prefix := uniqueKey("ozo-identity-test:fb:") + ":"
 	f := NewFallback(NewRedis(client, prefix), NewMemory(), 50*time.Millisecond, nil)
 
+	// The attack: 80 registrations against a limit of 60, Redis lost after the first 30.
 	key := "client:register:192.0.2.7"
-	if refused := overLimit(t, f, key, 60, 0); refused != 0 {
+	if refused := overLimit(t, f, key, 60, -30); refused != 0 {
 		t.Fatalf("%d refused within the limit", refused)
 	}
 	if f.Degraded() != nil || f.FallbackDecisions() != 0 {
 		t.Fatalf("degraded while Redis answers: %v", f.Degraded())
 	}
 	proxy.Close()
-	if refused := overLimit(t, f, "client:register:192.0.2.8", 60, 20); refused != 20 {
-		t.Fatalf("with Redis gone, %d of 80 refused, want 20", refused)
+	if refused := overLimit(t, f, key, 60, -10); refused != 20 {
+		t.Fatalf("with Redis gone after 30, %d of the next 50 refused, want 20", refused)
 	}
 	if f.Degraded() == nil {
 		t.Fatal("not reported degraded with Redis gone")
@@ -158,8 +159,9 @@ func TestFallbackRedisGoesAway(t *testing.T) {
 	defer back.Close()
 	f.primary = NewRedis(back, prefix)
 	time.Sleep(100 * time.Millisecond)
-	if ok, _, err := f.Allow(context.Background(), key, 60, time.Minute); err != nil || ok {
-		t.Fatalf("after recovery, key's 61st request: ok=%v err=%v (the shared count was lost)", ok, err)
+	// Redis counted 30 of key: 30 more fit, the 31st does not.
+	if refused := overLimit(t, f, key, 60, -29); refused != 1 {
+		t.Fatalf("after recovery, %d of 31 refused, want 1 (the shared count was lost)", refused)
 	}
 	if err := f.Degraded(); err != nil {
 		t.Fatalf("still degraded after Redis answered: %v", err)
