@@ -311,3 +311,22 @@ func TestAdminHardening(t *testing.T) {
 		}
 	})
 }
+
+// store-invite tells whether a 3PID is bound (M_THREEPID_IN_USE), so it uses the lookup budget
+// as a lookup of one address would: it cannot be the cheaper enumeration oracle.
+func TestStoreInviteChargedAsLookup(t *testing.T) {
+	apitest.ForEachEngine(t, func(t *testing.T, e sqlstore.Engine) {
+		h := apitest.New(t, e, func(c *config.Config) { c.RateLimits.LookupPerAccount = 3 })
+		alice := h.NewUser(t, "alice")
+		bob := h.NewUser(t, "bob")
+		h.Bind(t, alice, "alice@example.org")
+		h.Post(t, v2+"/store-invite", bob.Token, emailInvite(bob, "alice@example.org")).Want(t, http.StatusBadRequest, "M_THREEPID_IN_USE")
+		storeInvite(t, h, bob, emailInvite(bob, "carol@example.org"))
+		h.Post(t, v2+"/lookup", bob.Token, map[string]any{"addresses": []string{"dave@example.org email"}, "algorithm": "none",
+			"pepper": h.Pepper(t, bob)}).Want(t, http.StatusOK, "")
+		h.Post(t, v2+"/store-invite", bob.Token, emailInvite(bob, "erin@example.org")).Want(t, http.StatusTooManyRequests, "M_LIMIT_EXCEEDED")
+		if got := h.LookupOne(t, alice, "email", "alice@example.org"); got != alice.MXID {
+			t.Fatalf("binding: %q", got)
+		}
+	})
+}

@@ -132,6 +132,9 @@ func (s *Server) v1StoreInvite(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if !s.chargeClientLookup(w, r, 1) { // it tells whether the 3PID is bound, as a lookup does
+		return
+	}
 	s.doStoreInvite(w, r, fields, "v1")
 }
 

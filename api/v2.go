@@ -38,7 +38,8 @@ func (s *Server) routesV2(r chi.Router) {
 		r.Get("/validate/msisdn/submitToken", s.msisdnUnsupported)
 		r.Get("/3pid/getValidated3pid", s.getValidated)
 		r.Post("/3pid/bind", s.bind)
-		r.With(s.limitClient("store-invite")).Post("/store-invite", s.storeInvite)
+		// store-invite answers M_THREEPID_IN_USE for a bound 3PID: it is a lookup of one address.
+		r.With(s.limitClient("store-invite"), s.limitLookupServer).Post("/store-invite", s.storeInvite)
 		r.Post("/sign-ed25519", s.signEd25519)
 	})
 	// The link in the validation mail opens in a browser, which has no token: the mailed token
