@@ -15,8 +15,8 @@ import (
 type RateLimits struct {
 	Limiter ratelimit.Limiter
 	// LookupPerAccount and LookupPerServer bound the addresses looked up (uzi and ura are
-	// enumerable): every address of a v2 lookup and every directory localisation counts.
-	// LookupPerServer also bounds v1 lookups per client address (the homeserver's).
+	// enumerable): every address of a v2 lookup, every directory localisation and store-invite.
+	// LookupPerServer also bounds v1 lookups and store-invites per client address (the homeserver's).
 	LookupPerAccount int
 	LookupPerServer  int
 	// DirectoryPerAccount bounds /_ozo/v1/directory calls per account.

@@ -88,8 +88,8 @@ type Redis struct {
 // RateLimits are per-minute budgets; 0 disables one.
 type RateLimits struct {
 	// LookupPerAccount and LookupPerServer count looked-up addresses, not requests: every
-	// address of a v2 lookup and every directory localisation. LookupPerServer also bounds v1
-	// lookup and bulk_lookup per client address.
+	// address of a v2 lookup, every directory localisation and store-invite. LookupPerServer
+	// also bounds v1 lookup, bulk_lookup and store-invite per client address.
 	LookupPerAccount int `yaml:"lookup_per_account"`
 	LookupPerServer  int `yaml:"lookup_per_server"`
 	// DirectoryPerAccount bounds homeserver localisation and directory search per account.
