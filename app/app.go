@@ -27,6 +27,7 @@ import (
 	"github.com/ozo-platform/ozo-identity/lookup"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
 	"github.com/ozo-platform/ozo-identity/ratelimit"
+	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
 
@@ -45,7 +46,6 @@ type App struct {
 	log     *slog.Logger
 
 	syncerOpts mcsd.Options // what Syncer was built with, for NewSyncer
-	degraded   func() error // why the service runs degraded (Redis down), for /readyz; may be nil
 }
 
 // New opens and migrates the database and builds every component. Nothing listens yet.
@@ -87,7 +87,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		Host: cfg.Email.SMTP.Host, Port: cfg.Email.SMTP.Port, Security: cfg.Email.SMTP.Security,
 		Username: cfg.Email.SMTP.Username, Password: cfg.Email.SMTP.Password, From: cfg.Email.From,
 		Templates: templates, WebClientLocation: cfg.Invites.WebClientLocation,
-		PublicBaseURL: v1BaseURL(cfg), TLSConfig: smtpTLS,
+		PublicBaseURL: cfg.PublicBaseURL, TLSConfig: smtpTLS,
 	}, log.With("component", "email"))
 	if err != nil {
 		return nil, fmt.Errorf("email: %w", err)
@@ -97,8 +97,14 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	if err != nil {
 		return nil, fmt.Errorf("homeservers.ca_file: %w", err)
 	}
+	pins := map[string][32]byte{}
+	for name, pin := range cfg.Homeservers.PinnedCerts {
+		if pins[name], err = config.ParsePin(pin); err != nil {
+			return nil, fmt.Errorf("homeservers.pinned_certs.%s: %w", name, err)
+		}
+	}
 	hs := homeserver.New(homeserver.Options{AllowedNetworks: allowed, TLSConfig: hsTLS, Timeout: cfg.Homeservers.Timeout,
-		ServerName: cfg.ServerName, AllowOrigin: func(serverName string) bool {
+		ServerName: cfg.ServerName, PinnedCerts: pins, AllowOrigin: func(serverName string) bool {
 			return identity.HomeserverAllowed(cfg.Homeservers.Allowed, serverName)
 		}}, log.With("component", "homeserver"))
 	policies := map[string]identity.Policy{}
@@ -117,8 +123,10 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	if err != nil {
 		return nil, err
 	}
+	metrics := api.NewMetrics()
 	svc := identity.New(store, signer, pepper, mailer, nil, identity.Options{
 		OnPepper:          index.Rehash,
+		OnBindGivenUp:     metrics.OnBindGivenUp,
 		PublicBaseURL:     cfg.PublicBaseURL,
 		SessionLifetime:   cfg.Validation.SessionLifetime,
 		TokenLifetime:     cfg.Validation.TokenLifetime,
@@ -127,6 +135,15 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		WebClientLocation: cfg.Invites.WebClientLocation,
 		OnBindRetryFor:    cfg.Invites.OnBindRetryFor,
 		Policies:          policies,
+
+		WebClientLocations: cfg.Invites.WebClientLocations,
+		NextLinkHosts:      cfg.Validation.NextLinkHosts,
+		InviteLimits: storage.InviteLimits{PerThreePID: cfg.Invites.MaxPendingPerThreePID,
+			PerSender: cfg.Invites.MaxPendingPerSender},
+		MaxMailsPerSession: cfg.Validation.MaxMailsPerSession,
+		MaxMailsPerAddress: cfg.Validation.MaxMailsPerAddress,
+		OnBindMaxInvites:   cfg.Invites.OnBindMaxInvites,
+		OnBindMaxBytes:     cfg.Invites.OnBindMaxBytes,
 	}, log.With("component", "identity"))
 	links := []lookup.Resolver{lookup.Bindings(store), index}
 	for _, p := range peers {
@@ -141,9 +158,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	}
 	v1Nets, _ := config.ParsePrefixes(cfg.V1.Networks)
 	proxies, _ := config.ParsePrefixes(cfg.HTTP.TrustedProxies)
-	metrics := api.NewMetrics()
 	var limiter ratelimit.Limiter = ratelimit.NewMemory()
-	var degraded func() error
 	if cfg.Redis.URL != "" {
 		opts, err := redis.ParseURL(cfg.Redis.URL)
 		if err != nil {
@@ -169,7 +184,8 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		// Without Redis the limits hold per replica rather than not at all.
 		fb := ratelimit.NewFallback(ratelimit.NewRedis(redis.NewClient(opts), cfg.Redis.KeyPrefix+"rl:"), limiter, 0,
 			log.With("component", "ratelimit"))
-		limiter, degraded = fb, fb.Degraded
+		limiter = fb
+		metrics.AddDegradedCheck(fb.Degraded)
 		metrics.MustRegister(
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ozo_identity_ratelimit_degraded",
 				Help: "1 while Redis is unreachable and rate limits are held in memory per replica."},
@@ -200,7 +216,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		SubmitPage: page,
 	}, metrics, log.With("component", "api"))
 	return &App{Config: cfg, DB: db, Store: store, Service: svc, API: srv, Metrics: metrics, HS: hs,
-		Index: index, Syncer: syncer, syncerOpts: syncerOpts, log: log, degraded: degraded}, nil
+		Index: index, Syncer: syncer, syncerOpts: syncerOpts, log: log}, nil
 }
 
 type namedPeer struct {
@@ -275,14 +291,6 @@ func (a *App) syncSchedule(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// v1BaseURL gives the mail templates a base for Sydent's v1 sign-ed25519 link, only when v1 is served.
-func v1BaseURL(cfg config.Config) string {
-	if cfg.V1.Enabled {
-		return cfg.PublicBaseURL
-	}
-	return ""
-}
-
 func tlsWithCA(file string) (*tls.Config, error) {
 	if file == "" {
 		return nil, nil
@@ -301,7 +309,8 @@ func tlsWithCA(file string) (*tls.Config, error) {
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 
-// RunWorkers runs the background work (onbind delivery, session clean-up) until ctx ends.
+// RunWorkers runs the background work (onbind delivery, clean-up of expired sessions, invites
+// and ephemeral keys) until ctx ends.
 func (a *App) RunWorkers(ctx context.Context) {
 	if a.HasDirectories() && a.Config.Directory.SyncInterval > 0 {
 		a.workers.Go(func() { a.syncSchedule(ctx, a.Config.Directory.SyncInterval) })
@@ -317,6 +326,11 @@ func (a *App) RunWorkers(ctx context.Context) {
 				a.log.Warn("session clean-up", "err", err)
 			} else if n > 0 {
 				a.log.Info("removed expired validation sessions", "count", n)
+			}
+			if inv, keys, err := a.Store.PruneInvites(ctx, time.Now()); err != nil && ctx.Err() == nil {
+				a.log.Warn("invite clean-up", "err", err)
+			} else if inv > 0 || keys > 0 {
+				a.log.Info("removed expired invites", "invites", inv, "ephemeral_keys", keys)
 			}
 			select {
 			case <-ctx.Done():
@@ -338,7 +352,7 @@ func (a *App) newServer(h http.Handler) *http.Server {
 // OpsServer is the server of metrics_listen (/metrics, /healthz, /readyz), with the same
 // timeouts as the public listener.
 func (a *App) OpsServer() *http.Server {
-	ops := a.newServer(api.OpsHandler(a.Metrics, func(ctx context.Context) error { return a.DB.PingContext(ctx) }, a.degraded))
+	ops := a.newServer(api.OpsHandler(a.Metrics, func(ctx context.Context) error { return a.DB.PingContext(ctx) }))
 	ops.Addr = a.Config.MetricsListen
 	return ops
 }
