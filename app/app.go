@@ -46,6 +46,7 @@ type App struct {
 	log     *slog.Logger
 
 	syncerOpts mcsd.Options // what Syncer was built with, for NewSyncer
+	adminSync  *adminSync
 }
 
 // New opens and migrates the database and builds every component. Nothing listens yet.
@@ -199,6 +200,11 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 				Help: "Rate-limit decisions taken in memory because Redis was unreachable."},
 				func() float64 { return float64(fb.FallbackDecisions()) }))
 	}
+	admSync := &adminSync{}
+	var dirSync api.DirectorySyncer
+	if cfg.Directory.LRZAURL != "" || len(cfg.Directory.Directories) > 0 {
+		dirSync = admSync
+	}
 	srv := api.New(svc, hs, api.Config{
 		PublicBaseURL:     cfg.PublicBaseURL,
 		MaxBodyBytes:      cfg.HTTP.MaxBodyBytes,
@@ -212,11 +218,14 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		RateLimits: api.RateLimits{Limiter: limiter, LookupPerAccount: cfg.RateLimits.LookupPerAccount,
 			LookupPerServer: cfg.RateLimits.LookupPerServer, DirectoryPerAccount: cfg.RateLimits.DirectoryPerAccount,
 			PerClient: cfg.RateLimits.PerClient, AdminFailuresPerClient: cfg.RateLimits.AdminFailuresPerClient},
-		Directory:  index,
-		SubmitPage: page,
+		Directory:     index,
+		DirectorySync: dirSync,
+		SubmitPage:    page,
 	}, metrics, log.With("component", "api"))
-	return &App{Config: cfg, DB: db, Store: store, Service: svc, API: srv, Metrics: metrics, HS: hs,
-		Index: index, Syncer: syncer, syncerOpts: syncerOpts, log: log}, nil
+	a := &App{Config: cfg, DB: db, Store: store, Service: svc, API: srv, Metrics: metrics, HS: hs,
+		Index: index, Syncer: syncer, syncerOpts: syncerOpts, adminSync: admSync, log: log}
+	admSync.app = a
+	return a, nil
 }
 
 type namedPeer struct {
@@ -240,7 +249,9 @@ func directory(cfg config.Config, index *mcsd.Index, log *slog.Logger) (*mcsd.Sy
 	}
 	opts := mcsd.Options{LRZA: cfg.Directory.LRZAURL, Directories: static, Client: client,
 		Concurrency: cfg.Directory.Concurrency, RequestTimeout: cfg.Directory.RequestTimeout,
-		Logger: log.With("component", "mcsd")}
+		MaxDeleteShare: cfg.Directory.MaxDeleteShare, MaxDeleteMin: cfg.Directory.MaxDeleteMin,
+		LeaseTTL: cfg.Directory.SyncLeaseTTL,
+		Logger:   log.With("component", "mcsd")}
 	syncer := mcsd.NewSyncer(index, opts)
 	var peers []namedPeer
 	for _, p := range cfg.Directory.Peers {
@@ -265,12 +276,28 @@ func (a *App) HasDirectories() bool {
 	return a.Config.Directory.LRZAURL != "" || len(a.Config.Directory.Directories) > 0
 }
 
-// SyncDirectories runs one sync of every directory and logs what it did.
+// SyncDirectories runs one sync of every directory and logs what it did. While another
+// process or replica syncs the database, it leaves this round to that one.
 func (a *App) SyncDirectories(ctx context.Context) ([]mcsd.DirectoryReport, error) {
 	reports, err := a.Syncer.SyncAll(ctx)
+	if errors.Is(err, mcsd.ErrSyncRunning) {
+		a.log.Info("directory sync left to the sync already running", "reason", err)
+		return nil, nil
+	}
+	return a.logReports(reports, err)
+}
+
+func (a *App) logReports(reports []mcsd.DirectoryReport, err error) ([]mcsd.DirectoryReport, error) {
 	for _, r := range reports {
-		a.log.Info("directory synced", "directory", r.Directory, "fetched", r.Fetched, "applied", r.Applied,
-			"rejected", r.Rejected, "err", r.Err)
+		switch {
+		case r.Skipped != "":
+			a.log.Info("directory skipped", "directory", r.Directory, "reason", r.Skipped, "retry_at", r.RetryAt)
+		case r.Err != nil:
+			a.log.Warn("directory sync failed", "directory", r.Directory, "fetched", r.Fetched, "applied", r.Applied, "err", r.Err)
+		default:
+			a.log.Info("directory synced", "directory", r.Directory, "fetched", r.Fetched, "applied", r.Applied,
+				"deleted", r.Deleted, "rejected", r.Rejected)
+		}
 	}
 	return reports, err
 }
@@ -312,6 +339,7 @@ func tlsWithCA(file string) (*tls.Config, error) {
 // RunWorkers runs the background work (onbind delivery, clean-up of expired sessions, invites
 // and ephemeral keys) until ctx ends.
 func (a *App) RunWorkers(ctx context.Context) {
+	a.adminSync.setContext(ctx)
 	if a.HasDirectories() && a.Config.Directory.SyncInterval > 0 {
 		a.workers.Go(func() { a.syncSchedule(ctx, a.Config.Directory.SyncInterval) })
 	}

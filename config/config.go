@@ -66,6 +66,14 @@ type Directory struct {
 	// URLs come from third parties, so loopback and private addresses are refused otherwise.
 	AllowedNetworks []string `yaml:"allowed_networks"`
 	CAFile          string   `yaml:"ca_file"`
+	// MaxDeleteShare and MaxDeleteMin: a sync that would delete more than MaxDeleteMin and more
+	// than this share of one directory's resources of a type (or of the LRZA's organisations)
+	// stops for that directory and keeps them; `directory sync --allow-mass-delete` overrides.
+	MaxDeleteShare float64 `yaml:"max_delete_share"`
+	MaxDeleteMin   int     `yaml:"max_delete_min"`
+	// SyncLeaseTTL is how long the sync lease outlives a holder that stopped renewing it (died):
+	// one sync of the database at a time, across replicas and the CLI.
+	SyncLeaseTTL time.Duration `yaml:"sync_lease_ttl"`
 	// Peers are other identity servers asked, last, about 3PIDs nobody here knows.
 	Peers []Peer `yaml:"peers"`
 }
@@ -246,7 +254,8 @@ func Defaults() Config {
 		Redis:       Redis{KeyPrefix: "ozo-identity:"},
 		RateLimits: RateLimits{LookupPerAccount: 300, LookupPerServer: 3000, DirectoryPerAccount: 60, PerClient: 60,
 			AdminFailuresPerClient: 10},
-		Directory: Directory{SyncInterval: 15 * time.Minute, Concurrency: 8, RequestTimeout: 30 * time.Second},
+		Directory: Directory{SyncInterval: 15 * time.Minute, Concurrency: 8, RequestTimeout: 30 * time.Second,
+			MaxDeleteShare: 0.5, MaxDeleteMin: 10, SyncLeaseTTL: time.Minute},
 	}
 }
 
@@ -491,6 +500,12 @@ func setScalar(f reflect.Value, raw string) error {
 			return err
 		}
 		f.SetInt(n)
+	case f.Kind() == reflect.Float64:
+		n, err := strconv.ParseFloat(raw, 64)
+		if err != nil {
+			return err
+		}
+		f.SetFloat(n)
 	default:
 		return fmt.Errorf("cannot be set from the environment")
 	}
@@ -527,6 +542,15 @@ func (c *Config) Validate() error {
 		if pu, err := url.Parse(u); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" {
 			errs = append(errs, fmt.Errorf("directory URL %q must be an absolute http(s) URL", u))
 		}
+	}
+	if !(c.Directory.MaxDeleteShare > 0 && c.Directory.MaxDeleteShare <= 1) {
+		errs = append(errs, fmt.Errorf("directory.max_delete_share %v must be above 0 and at most 1", c.Directory.MaxDeleteShare))
+	}
+	if c.Directory.MaxDeleteMin < 1 {
+		errs = append(errs, errors.New("directory.max_delete_min must be at least 1"))
+	}
+	if c.Directory.SyncLeaseTTL < 5*time.Second {
+		errs = append(errs, errors.New("directory.sync_lease_ttl must be at least 5s"))
 	}
 	if _, err := ParsePrefixes(c.V1.Networks); err != nil {
 		errs = append(errs, fmt.Errorf("v1.networks: %w", err))

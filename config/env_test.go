@@ -171,7 +171,7 @@ func sampleFor(t *testing.T, path string, typ reflect.Type) (string, reflect.Val
 	}
 	v := sampleValue(path, typ)
 	switch {
-	case typ == durationType, typ.Kind() == reflect.String, typ.Kind() == reflect.Bool, typ.Kind() == reflect.Int, typ.Kind() == reflect.Int64:
+	case typ == durationType, typ.Kind() == reflect.String, typ.Kind() == reflect.Bool, typ.Kind() == reflect.Int, typ.Kind() == reflect.Int64, typ.Kind() == reflect.Float64:
 		return fmt.Sprint(v.Interface()), v
 	case typ.Kind() == reflect.Slice && typ.Elem().Kind() == reflect.String:
 		return strings.Join(v.Interface().([]string), ","), v
@@ -195,6 +195,8 @@ func sampleValue(path string, typ reflect.Type) reflect.Value {
 		v.SetBool(true)
 	case typ.Kind() == reflect.Int, typ.Kind() == reflect.Int64:
 		v.SetInt(7)
+	case typ.Kind() == reflect.Float64:
+		v.SetFloat(0.7)
 	case typ.Kind() == reflect.Slice:
 		v.Set(reflect.MakeSlice(typ, 0, 2))
 		for i := range 2 {
