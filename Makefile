@@ -4,7 +4,12 @@
 GO ?= go
 RACE_PKGS = ./storage/... ./identity/... ./homeserver/... ./email/... ./api/... ./lookup/...
 
-.PHONY: test vet dendrite jsdeps build bench
+.PHONY: test vet dendrite jsdeps build bench fuzz
+
+# Every Fuzz* function of every package runs for FUZZTIME (their seed corpora, f.Add and
+# testdata/fuzz, already run in plain `go test`). New fuzz tests are found without listing them.
+FUZZTIME ?= 10s
+FUZZPKGS ?= ./...
 
 test: vet dendrite jsdeps
 	$(GO) test -count=1 -timeout 25m ./...
@@ -29,3 +34,11 @@ build:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 200x ./identity/ ./lookup/...
+
+fuzz:
+	@set -e; for pkg in $$($(GO) list $(FUZZPKGS)); do \
+		for fn in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+			echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done

@@ -5,7 +5,10 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -46,27 +49,63 @@ func (s *Server) adminAuth(next http.Handler) http.Handler {
 		}
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 		actor := "admin"
-		token := bearerToken(r)
+		client := s.clientAddr(r)
 		defer func() {
 			_, err := s.svc.Store().AppendAudit(r.Context(), storage.AuditRecord{
 				Actor: actor, Action: r.Method + " " + r.URL.Path, Target: rec.target,
-				Detail: fmt.Sprintf("status=%d client=%s", rec.status, s.clientAddr(r))})
+				Detail: fmt.Sprintf("status=%d client=%s", rec.status, client)})
 			if err != nil {
 				s.log.Error("audit record not written", "err", err)
 			}
 		}()
+		// A token in the URL ends up in proxy and access logs: refuse it even when it is right.
+		if r.URL.Query().Has("access_token") {
+			actor = "anonymous"
+			matrixError(rec, http.StatusUnauthorized, identity.CodeUnauthorized, "the admin token goes in the Authorization header, not the URL")
+			return
+		}
+		// Once a client address has sent too many wrong tokens it is refused without comparing
+		// the token at all, so guessing on cannot tell a right token from a wrong one.
+		failures := "admin:failures:" + clientKey(client)
+		if ok, retry := s.adminFailuresLeft(r, failures, 0); !ok {
+			actor = "locked-out"
+			tooMany(rec, retry)
+			return
+		}
+		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		switch {
-		case token == "":
+		case !ok || strings.TrimSpace(token) == "":
 			actor = "anonymous"
 			matrixError(rec, http.StatusUnauthorized, identity.CodeUnauthorized, "the admin API needs a bearer token")
 			return
-		case subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.AdminToken)) != 1:
+		case subtle.ConstantTimeCompare([]byte(strings.TrimSpace(token)), []byte(s.cfg.AdminToken)) != 1:
 			actor = "wrong-token"
+			s.adminFailuresLeft(r, failures, 1)
 			matrixError(rec, http.StatusForbidden, identity.CodeForbidden, "wrong admin token")
 			return
 		}
 		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), recorderKey, rec)))
 	})
+}
+
+// adminFailuresLeft charges n wrong tokens to key and reports whether the client may still try.
+// A limiter error refuses: the admin API fails closed.
+func (s *Server) adminFailuresLeft(r *http.Request, key string, n int) (bool, time.Duration) {
+	max := s.cfg.RateLimits.AdminFailuresPerClient
+	if s.cfg.RateLimits.Limiter == nil || max <= 0 {
+		return true, 0
+	}
+	// Asking (n = 0) whether another failure would still fit: max failures lock the client out.
+	limit := max
+	if n == 0 {
+		limit = max - 1
+	}
+	ok, retry, err := s.cfg.RateLimits.Limiter.AllowN(r.Context(), key, n, limit, time.Minute)
+	if err != nil {
+		s.log.WarnContext(r.Context(), "rate limiter failed", "err", err)
+		return false, time.Second
+	}
+	return ok, retry
 }
 
 func setAuditTarget(r *http.Request, target string) {
@@ -141,13 +180,32 @@ func (s *Server) adminListBindings(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) adminDeleteBinding(w http.ResponseWriter, r *http.Request) {
-	medium, address := chi.URLParam(r, "medium"), chi.URLParam(r, "address")
+	medium, address, err := pathParams(r, "medium", "address")
+	if err != nil {
+		s.writeError(w, r, badRequest(identity.CodeInvalidParam, "medium and address must be valid percent-encoded path segments"))
+		return
+	}
 	setAuditTarget(r, medium+":"+address)
-	if err := s.svc.AdminUnbind(r.Context(), medium, address); err != nil {
+	if err = s.svc.AdminUnbind(r.Context(), medium, address); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{})
+}
+
+// pathParams returns chi URL parameters unescaped. chi routes on the escaped path when the
+// request has one (so "%2F" stays inside a segment) and then hands back escaped segments.
+func pathParams(r *http.Request, a, b string) (string, string, error) {
+	pa, pb := chi.URLParam(r, a), chi.URLParam(r, b)
+	if r.URL.RawPath == "" {
+		return pa, pb, nil
+	}
+	ua, err := url.PathUnescape(pa)
+	if err != nil {
+		return "", "", err
+	}
+	ub, err := url.PathUnescape(pb)
+	return ua, ub, err
 }
 
 func (s *Server) adminAudit(w http.ResponseWriter, r *http.Request) {

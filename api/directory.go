@@ -60,11 +60,11 @@ func (s *Server) limitDirectory(next http.Handler) http.Handler {
 	})
 }
 
-// limitLookupServer counts a localisation against the homeserver's lookup budget: it answers
-// for one UZI number, as a lookup does.
+// limitLookupServer counts a call against the account's and the homeserver's lookup budgets
+// as one address: localisation and store-invite answer for one 3PID, as a lookup does.
 func (s *Server) limitLookupServer(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if s.limit(w, r, "lookup:server:"+identity.ServerOf(account(r).UserID), s.cfg.RateLimits.LookupPerServer) {
+		if s.chargeLookup(w, r, 1) {
 			next.ServeHTTP(w, r)
 		}
 	})

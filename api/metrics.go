@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -19,6 +20,9 @@ type Metrics struct {
 	duration        *prometheus.HistogramVec
 	lookupAddresses prometheus.Counter
 	onBindGivenUp   *prometheus.CounterVec
+
+	mu       sync.Mutex
+	degraded []func() error // see AddDegradedCheck
 }
 
 // knownErrcodes bounds the errcode label to the spec's codes: homeservers choose the string.
@@ -73,17 +77,64 @@ func (s *Server) instrument(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
-		next.ServeHTTP(rec, r)
+		unmatched := new(bool)
+		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), unmatchedKey, unmatched)))
+		// Labels come only from the route table and a fixed method list: anything a client
+		// invents (methods, paths) lands in one series, so it cannot grow /metrics.
 		route := "unmatched"
-		if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
+		if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" && !*unmatched {
 			route = rc.RoutePattern()
 		}
-		s.metrics.requests.WithLabelValues(route, r.Method, strconv.Itoa(rec.status)).Inc()
+		s.metrics.requests.WithLabelValues(route, methodLabel(r.Method), strconv.Itoa(rec.status)).Inc()
 		s.metrics.duration.WithLabelValues(route).Observe(since(start))
 	})
 }
 
-// OpsHandler serves /metrics, /healthz (the process runs) and /readyz (the database answers).
+const unmatchedKey ctxKey = 2
+
+// markUnmatched tells instrument that no route served r (chi's pattern would name the mount point).
+func markUnmatched(r *http.Request) {
+	if p, ok := r.Context().Value(unmatchedKey).(*bool); ok {
+		*p = true
+	}
+}
+
+// methodLabel keeps the methods the API serves and maps every other to "other".
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions:
+		return m
+	}
+	return "other"
+}
+
+// MustRegister adds collectors of other components (the rate limiter's state) to /metrics.
+func (m *Metrics) MustRegister(cs ...prometheus.Collector) { m.registry.MustRegister(cs...) }
+
+// AddDegradedCheck makes /readyz report "degraded" with check's error while it returns one.
+func (m *Metrics) AddDegradedCheck(check func() error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.degraded = append(m.degraded, check)
+}
+
+func (m *Metrics) degradedErr() error {
+	m.mu.Lock()
+	checks := m.degraded
+	m.mu.Unlock()
+	for _, c := range checks {
+		if err := c(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// OpsHandler serves /metrics, /healthz (the process runs) and /readyz: 503 "unavailable" when
+// ready fails (the database does not answer), 200 "degraded" with the reason when a degraded
+// check reports one (limits held per replica while Redis is down: serving beats refusing
+// everyone), else 200 "ok".
 func OpsHandler(m *Metrics, ready func(ctx context.Context) error) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
@@ -95,6 +146,10 @@ func OpsHandler(m *Metrics, ready func(ctx context.Context) error) http.Handler 
 		defer cancel()
 		if err := ready(ctx); err != nil {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "error": err.Error()})
+			return
+		}
+		if err := m.degradedErr(); err != nil {
+			writeJSON(w, http.StatusOK, map[string]string{"status": "degraded", "degraded": err.Error()})
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})

@@ -5,7 +5,6 @@ package api
 import (
 	"context"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -65,9 +64,11 @@ func New(svc *identity.Service, hs Homeservers, cfg Config, metrics *Metrics, lo
 	r := chi.NewRouter()
 	r.Use(s.recoverer, s.instrument, s.cors)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		markUnmatched(r)
 		matrixError(w, http.StatusNotFound, "M_UNRECOGNIZED", "unrecognised request")
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		markUnmatched(r)
 		matrixError(w, http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "method not allowed")
 	})
 	r.Get("/_matrix/identity/versions", s.versions)
@@ -125,34 +126,49 @@ func (s *Server) cors(next http.Handler) http.Handler {
 	})
 }
 
-// clientAddr is the caller's address: the connection's peer, or X-Forwarded-For's last untrusted
-// hop when the peer is a trusted proxy.
+// clientAddr is the caller's address: the connection's peer or, when that is a trusted proxy,
+// the nearest X-Forwarded-For hop that is not. Every X-Forwarded-For line counts (a client may
+// send its own line before the proxy appends one), walked from the right; a hop that is not
+// an address makes the client unknown (the zero Addr), which no network gate admits.
 func (s *Server) clientAddr(r *http.Request) netip.Addr {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
-	addr, err := netip.ParseAddr(host)
-	if err != nil {
+	addr, ok := parseHop(r.RemoteAddr)
+	if !ok {
 		return netip.Addr{}
 	}
-	addr = addr.Unmap()
 	if !inAny(addr, s.cfg.TrustedProxies) {
 		return addr
 	}
-	hops := strings.Split(r.Header.Get("X-Forwarded-For"), ",")
-	for i := len(hops) - 1; i >= 0; i-- {
-		a, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
-		if err != nil {
-			return addr
+	lines := r.Header.Values("X-Forwarded-For")
+	for i := len(lines) - 1; i >= 0; i-- {
+		hops := strings.Split(lines[i], ",")
+		for j := len(hops) - 1; j >= 0; j-- {
+			hop := strings.TrimSpace(hops[j])
+			if hop == "" && len(hops) == 1 {
+				continue // an empty line adds no hop
+			}
+			a, ok := parseHop(hop)
+			if !ok {
+				return netip.Addr{}
+			}
+			if !inAny(a, s.cfg.TrustedProxies) {
+				return a
+			}
+			addr = a
 		}
-		a = a.Unmap()
-		if !inAny(a, s.cfg.TrustedProxies) {
-			return a
-		}
-		addr = a
 	}
 	return addr
+}
+
+// parseHop reads an address as proxies write it: bare, with a port, or IPv6 in brackets.
+func parseHop(s string) (netip.Addr, bool) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap.Addr().Unmap(), true
+	}
+	a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(s, "["), "]"))
+	if err != nil || a.Zone() != "" {
+		return netip.Addr{}, false
+	}
+	return a.Unmap(), true
 }
 
 func inAny(a netip.Addr, nets []netip.Prefix) bool {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"maps"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -41,7 +42,7 @@ func (s *Server) routesV1Gated(r chi.Router) {
 	r.Get("/validate/email/submitToken", s.submitEmailTokenPage)
 	r.Get("/3pid/getValidated3pid", s.getValidated)
 	r.Post("/3pid/bind", s.v1Bind)
-	r.Post("/3pid/unbind", s.unbind)
+	r.With(s.limitClient("unbind")).Post("/3pid/unbind", s.unbind)
 }
 
 func (s *Server) v1Gate(next http.Handler) http.Handler {
@@ -77,6 +78,9 @@ func (s *Server) v1Lookup(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if !s.chargeClientLookup(w, r, 1) {
+		return
+	}
 	tp, mxid, err := s.svc.LookupOne(r.Context(), q.Get("medium"), q.Get("address"))
 	if err != nil {
 		s.writeError(w, r, err)
@@ -102,8 +106,12 @@ func (s *Server) v1BulkLookup(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	if len(req.ThreePIDs) > s.cfg.MaxLookupBatch {
-		s.writeError(w, r, &requestError{status: http.StatusRequestEntityTooLarge, code: "M_TOO_LARGE", msg: "too many threepids"})
+	if max := s.maxLookup(s.cfg.RateLimits.LookupPerServer); len(req.ThreePIDs) > max {
+		s.writeError(w, r, &requestError{status: http.StatusRequestEntityTooLarge, code: "M_TOO_LARGE",
+			msg: "at most " + strconv.Itoa(max) + " threepids per bulk_lookup"})
+		return
+	}
+	if !s.chargeClientLookup(w, r, len(req.ThreePIDs)) {
 		return
 	}
 	out := [][]string{}
@@ -132,6 +140,9 @@ func (s *Server) v1StoreInvite(w http.ResponseWriter, r *http.Request) {
 	fields, err := s.decodeForm(w, r)
 	if err != nil {
 		s.writeError(w, r, err)
+		return
+	}
+	if !s.chargeClientLookup(w, r, 1) { // it tells whether the 3PID is bound, as a lookup does
 		return
 	}
 	s.doStoreInvite(w, r, fields, "v1", "")

@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/ozo-platform/ozo-identity/homeserver"
 	"github.com/ozo-platform/ozo-identity/identity"
 )
 
@@ -28,7 +30,7 @@ func (s *Server) routesV2(r chi.Router) {
 	r.Group(func(r chi.Router) {
 		r.Use(s.authenticated(true))
 		r.Get("/hash_details", s.hashDetails)
-		r.With(s.limitLookup).Post("/lookup", s.lookup)
+		r.Post("/lookup", s.lookup)
 		r.With(s.limitClient("requestToken")).Post("/validate/email/requestToken", s.requestEmailToken)
 		r.Post("/validate/email/submitToken", s.submitEmailToken)
 		r.Post("/validate/msisdn/requestToken", s.msisdnUnsupported)
@@ -36,14 +38,15 @@ func (s *Server) routesV2(r chi.Router) {
 		r.Get("/validate/msisdn/submitToken", s.msisdnUnsupported)
 		r.Get("/3pid/getValidated3pid", s.getValidated)
 		r.Post("/3pid/bind", s.bind)
-		r.With(s.limitClient("store-invite")).Post("/store-invite", s.storeInvite)
+		// store-invite answers M_THREEPID_IN_USE for a bound 3PID: it is a lookup of one address.
+		r.With(s.limitClient("store-invite"), s.limitLookupServer).Post("/store-invite", s.storeInvite)
 		r.Post("/sign-ed25519", s.signEd25519)
 	})
 	// The link in the validation mail opens in a browser, which has no token: the mailed token
 	// is the proof (as in Sydent, where only POST submitToken needs authentication).
 	r.Get("/validate/email/submitToken", s.submitEmailTokenPage)
 	// Unbind is authenticated by a validated session or by the homeserver's signature, not a token.
-	r.Post("/3pid/unbind", s.unbind)
+	r.With(s.limitClient("unbind")).Post("/3pid/unbind", s.unbind)
 }
 
 func (s *Server) statusCheck(w http.ResponseWriter, r *http.Request) {
@@ -140,9 +143,14 @@ func (s *Server) lookup(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, badRequest("M_MISSING_PARAMS", "addresses, algorithm and pepper are required"))
 		return
 	}
-	if len(req.Addresses) > s.cfg.MaxLookupBatch {
+	rl := s.cfg.RateLimits
+	if max := s.maxLookup(rl.LookupPerAccount, rl.LookupPerServer); len(req.Addresses) > max {
 		s.writeError(w, r, &requestError{status: http.StatusRequestEntityTooLarge, code: "M_TOO_LARGE",
-			msg: fmt.Sprintf("at most %d addresses per lookup", s.cfg.MaxLookupBatch)})
+			msg: fmt.Sprintf("at most %d addresses per lookup", max)})
+		return
+	}
+	// Every address counts against the budgets, so a batch is no cheaper than single lookups.
+	if !s.chargeLookup(w, r, len(req.Addresses)) {
 		return
 	}
 	mappings, err := s.svc.Lookup(r.Context(), req.Algorithm, *req.Pepper, req.Addresses)
@@ -295,12 +303,22 @@ func (s *Server) bind(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, assoc)
 }
 
+const xMatrixRefused = "the request's X-Matrix signature could not be verified"
+
 func (s *Server) unbind(w http.ResponseWriter, r *http.Request) {
 	var body []byte
 	var origin string
 	var err error
 	if strings.HasPrefix(r.Header.Get("Authorization"), "X-Matrix") {
 		origin, body, err = s.hs.Authenticate(r)
+		if err != nil && !errors.Is(err, homeserver.ErrRequestTooLarge) && !errors.Is(err, homeserver.ErrInvalidBody) {
+			// One answer for every origin we cannot verify, whatever the reason (not allowed,
+			// unreachable, timed out, bad keys, bad signature): the status must not tell an
+			// unauthenticated caller what listens at the address it named.
+			s.log.DebugContext(r.Context(), "X-Matrix unbind refused", "err", err)
+			matrixError(w, http.StatusUnauthorized, identity.CodeUnauthorized, xMatrixRefused)
+			return
+		}
 	} else {
 		body, err = s.readBody(w, r)
 	}

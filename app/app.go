@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ozo-platform/ozo-identity/api"
@@ -104,7 +105,9 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		}
 	}
 	hs := homeserver.New(homeserver.Options{AllowedNetworks: allowed, TLSConfig: hsTLS, Timeout: cfg.Homeservers.Timeout,
-		ServerName: cfg.ServerName, PinnedCerts: pins}, log.With("component", "homeserver"))
+		ServerName: cfg.ServerName, PinnedCerts: pins, AllowOrigin: func(serverName string) bool {
+			return identity.HomeserverAllowed(cfg.Homeservers.Allowed, serverName)
+		}}, log.With("component", "homeserver"))
 	policies := map[string]identity.Policy{}
 	for name, p := range cfg.Terms.Policies {
 		docs := map[string]identity.PolicyDocument{}
@@ -162,7 +165,40 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		if err != nil {
 			return nil, fmt.Errorf("redis.url: %w", err)
 		}
-		limiter = ratelimit.NewRedis(redis.NewClient(opts), "ozo-identity:rl:")
+		// Every request asks the limiter, and memory takes over when Redis fails: fail fast
+		// rather than retry (unless the URL says otherwise).
+		if opts.MaxRetries == 0 {
+			opts.MaxRetries = -1
+		}
+		if opts.DialerRetries == 0 {
+			opts.DialerRetries = 1
+		}
+		if opts.DialTimeout == 0 {
+			opts.DialTimeout = time.Second
+		}
+		if opts.ReadTimeout == 0 {
+			opts.ReadTimeout = 500 * time.Millisecond
+		}
+		if opts.WriteTimeout == 0 {
+			opts.WriteTimeout = 500 * time.Millisecond
+		}
+		// Without Redis the limits hold per replica rather than not at all.
+		fb := ratelimit.NewFallback(ratelimit.NewRedis(redis.NewClient(opts), cfg.Redis.KeyPrefix+"rl:"), limiter, 0,
+			log.With("component", "ratelimit"))
+		limiter = fb
+		metrics.AddDegradedCheck(fb.Degraded)
+		metrics.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ozo_identity_ratelimit_degraded",
+				Help: "1 while Redis is unreachable and rate limits are held in memory per replica."},
+				func() float64 {
+					if fb.Degraded() != nil {
+						return 1
+					}
+					return 0
+				}),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "ozo_identity_ratelimit_fallback_decisions_total",
+				Help: "Rate-limit decisions taken in memory because Redis was unreachable."},
+				func() float64 { return float64(fb.FallbackDecisions()) }))
 	}
 	admSync := &adminSync{}
 	var dirSync api.DirectorySyncer
@@ -181,7 +217,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		AdminToken:        cfg.Admin.Token,
 		RateLimits: api.RateLimits{Limiter: limiter, LookupPerAccount: cfg.RateLimits.LookupPerAccount,
 			LookupPerServer: cfg.RateLimits.LookupPerServer, DirectoryPerAccount: cfg.RateLimits.DirectoryPerAccount,
-			PerClient: cfg.RateLimits.PerClient},
+			PerClient: cfg.RateLimits.PerClient, AdminFailuresPerClient: cfg.RateLimits.AdminFailuresPerClient},
 		Directory:     index,
 		DirectorySync: dirSync,
 		SubmitPage:    page,
@@ -333,17 +369,30 @@ func (a *App) RunWorkers(ctx context.Context) {
 	})
 }
 
+// newServer is an HTTP server with the public listener's limits: no connection, idle or
+// half-sent, is kept longer than these.
+func (a *App) newServer(h http.Handler) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 60 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 32 << 10,
+		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
+}
+
+// OpsServer is the server of metrics_listen (/metrics, /healthz, /readyz), with the same
+// timeouts as the public listener.
+func (a *App) OpsServer() *http.Server {
+	ops := a.newServer(api.OpsHandler(a.Metrics, func(ctx context.Context) error { return a.DB.PingContext(ctx) }))
+	ops.Addr = a.Config.MetricsListen
+	return ops
+}
+
 // Serve listens on the configured addresses until ctx ends, then shuts down gracefully.
 // tlsConfig, when set, serves the public listener over HTTPS.
 func (a *App) Serve(ctx context.Context, ln net.Listener, tlsConfig *tls.Config) error {
 	a.RunWorkers(ctx)
-	srv := &http.Server{Handler: a.API, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
-		WriteTimeout: 60 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 32 << 10,
-		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
+	srv := a.newServer(a.API)
 	var ops *http.Server
 	if a.Config.MetricsListen != "" {
-		ops = &http.Server{Addr: a.Config.MetricsListen, ReadHeaderTimeout: 5 * time.Second,
-			Handler: api.OpsHandler(a.Metrics, func(ctx context.Context) error { return a.DB.PingContext(ctx) })}
+		ops = a.OpsServer()
 		go func() {
 			if err := ops.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				a.log.Error("metrics listener", "err", err)

@@ -97,16 +97,24 @@ type Peer struct {
 // Redis holds shared ephemeral state (rate limits) so replicas agree; empty keeps it in memory.
 type Redis struct {
 	URL string `yaml:"url"`
+	// KeyPrefix starts every key this service writes, so that services (and tests) can share one Redis.
+	KeyPrefix string `yaml:"key_prefix"`
 }
 
 // RateLimits are per-minute budgets; 0 disables one.
 type RateLimits struct {
+	// LookupPerAccount and LookupPerServer count looked-up addresses, not requests: every
+	// address of a v2 lookup, every directory localisation and store-invite. LookupPerServer
+	// also bounds v1 lookup, bulk_lookup and store-invite per client address.
 	LookupPerAccount int `yaml:"lookup_per_account"`
 	LookupPerServer  int `yaml:"lookup_per_server"`
 	// DirectoryPerAccount bounds homeserver localisation and directory search per account.
 	DirectoryPerAccount int `yaml:"directory_per_account"`
-	// PerClient bounds register, requestToken and store-invite per client address.
+	// PerClient bounds register, requestToken, store-invite, sign-ed25519 and 3pid/unbind per client address.
 	PerClient int `yaml:"per_client"`
+	// AdminFailuresPerClient is how many wrong admin tokens a client address may send a minute;
+	// after that the admin API refuses it (429), right token or not, until the minute is over.
+	AdminFailuresPerClient int `yaml:"admin_failures_per_client"`
 }
 
 type Database struct {
@@ -247,7 +255,9 @@ func Defaults() Config {
 		// No security set: STARTTLS is required unless the host is loopback (see email.Config).
 		Email:       Email{SMTP: SMTP{Host: "localhost"}, From: "ozo-identity <noreply@localhost>"},
 		Homeservers: Homeservers{Timeout: 10 * time.Second},
-		RateLimits:  RateLimits{LookupPerAccount: 120, LookupPerServer: 2400, DirectoryPerAccount: 60, PerClient: 60},
+		Redis:       Redis{KeyPrefix: "ozo-identity:"},
+		RateLimits: RateLimits{LookupPerAccount: 300, LookupPerServer: 3000, DirectoryPerAccount: 60, PerClient: 60,
+			AdminFailuresPerClient: 10},
 		Directory: Directory{SyncInterval: 15 * time.Minute, Concurrency: 8, RequestTimeout: 30 * time.Second,
 			MaxDeleteShare: 0.5, MaxDeleteMin: 10, SyncLeaseTTL: time.Minute},
 	}
@@ -575,6 +585,10 @@ func (c *Config) Validate() error {
 	}
 	if c.Invites.OnBindMaxInvites <= 0 || c.Invites.OnBindMaxBytes < 4096 {
 		errs = append(errs, errors.New("invites.onbind_max_invites must be positive and invites.onbind_max_bytes at least 4096"))
+	}
+	rl := c.RateLimits
+	if rl.LookupPerAccount < 0 || rl.LookupPerServer < 0 || rl.DirectoryPerAccount < 0 || rl.PerClient < 0 || rl.AdminFailuresPerClient < 0 {
+		errs = append(errs, errors.New("rate_limits must not be negative"))
 	}
 	if c.Lookup.MaxBatch <= 0 {
 		errs = append(errs, errors.New("lookup.max_batch must be positive"))

@@ -87,3 +87,23 @@ func TestBadConfigFailsAtLoad(t *testing.T) {
 		t.Error("a non-number was accepted")
 	}
 }
+
+// The trust defaults: lookups budgeted per address, wrong admin tokens limited, one Redis key prefix.
+func TestTrustDefaultsAndOverrides(t *testing.T) {
+	cfg, err := Load("", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rl := cfg.RateLimits
+	if rl.LookupPerAccount != 300 || rl.LookupPerServer != 3000 || rl.PerClient != 60 || rl.AdminFailuresPerClient != 10 ||
+		cfg.Redis.KeyPrefix != "ozo-identity:" {
+		t.Fatalf("defaults: %+v %+v", rl, cfg.Redis)
+	}
+	cfg, err = Load("", []string{"OZO_RATE_LIMITS_ADMIN_FAILURES_PER_CLIENT=3", "OZO_REDIS_KEY_PREFIX=svc-a:"})
+	if err != nil || cfg.RateLimits.AdminFailuresPerClient != 3 || cfg.Redis.KeyPrefix != "svc-a:" {
+		t.Fatalf("overrides: %v %+v", err, cfg)
+	}
+	if _, err := Load("", []string{"OZO_RATE_LIMITS_LOOKUP_PER_ACCOUNT=-1"}); err == nil {
+		t.Fatal("a negative budget was accepted")
+	}
+}

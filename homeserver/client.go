@@ -69,6 +69,9 @@ type Options struct {
 	MaxResponseBytes int64
 	// ServerName is our own name: the X-Matrix destination we accept.
 	ServerName string
+	// AllowOrigin says whether an X-Matrix origin may be verified (its keys fetched); nil
+	// allows every origin. The service passes its homeservers.allowed list.
+	AllowOrigin func(serverName string) bool
 	// Resolver resolves host names and SRV records; nil means net.DefaultResolver.
 	Resolver *net.Resolver
 	// UserAgent is sent on outbound requests; empty means "ozo-identity".
@@ -85,6 +88,8 @@ type Client struct {
 	fed  *federation.Client
 	dial *net.Dialer
 	keys *keyCache
+	// resolver resolves and dials server names; its state is bounded (see resolvingTransport).
+	resolver *resolvingTransport
 
 	// rewriteAddr, when set (tests only), changes a dial address before it is resolved
 	// and checked, so a .well-known fetch on port 443 can reach a test server.
@@ -105,15 +110,16 @@ func New(opts Options, log *slog.Logger) *Client {
 		IdleConnTimeout:       90 * time.Second,
 		TLSConfig:             opts.TLSConfig.Clone(),
 	}
-	srt := federation.NewServerResolvingTransport(newResolutionCache(maxCacheEntries), c.dialContext, settings)
-	srt.Transport.MaxResponseHeaderBytes = maxHeaderBytes
+	c.resolver = newResolvingTransport(newResolutionCache(maxCacheEntries), c.dialContext, settings)
+	srt := c.resolver
+	srt.transport.MaxResponseHeaderBytes = maxHeaderBytes
 	if len(opts.PinnedCerts) > 0 {
-		srt.Transport.DialTLSContext = dialTLSFunc(opts.TLSConfig, opts.PinnedCerts, srt.DialContext)
+		srt.transport.DialTLSContext = dialTLSFunc(opts.TLSConfig, opts.PinnedCerts, srt.dialResolved)
 	}
 	// mautrix fetches .well-known with http.DefaultClient unless told otherwise: give it
 	// the guarded client, with half the budget so a black-holed port 443 leaves time for
 	// the SRV / port 8448 fallback.
-	srt.ResolveOpts = &federation.ResolveServerNameOpts{
+	srt.opts = &federation.ResolveServerNameOpts{
 		HTTPClient: newHTTPClient(opts, c.dialContext, opts.Timeout/2),
 		DNSClient:  opts.Resolver,
 	}
@@ -361,6 +367,12 @@ func (rc *resolutionCache) StoreResolution(res *federation.ResolvedServerName) {
 		}
 	}
 	rc.entries[res.ServerName] = res
+}
+
+func (rc *resolutionCache) len() int {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return len(rc.entries)
 }
 
 func (rc *resolutionCache) LoadResolution(serverName string) (*federation.ResolvedServerName, error) {

@@ -28,6 +28,7 @@ var (
 	ErrUnknownKey       = errors.New("signing key not published by origin")
 	ErrBadSignature     = errors.New("invalid request signature")
 	ErrRequestTooLarge  = errors.New("request body too large")
+	ErrOriginNotAllowed = errors.New("origin may not use this identity server")
 )
 
 const (
@@ -73,6 +74,11 @@ func (c *Client) Authenticate(r *http.Request) (string, []byte, error) {
 	}
 	if err := checkServerName(origin); err != nil {
 		return "", nil, unauthorized(ErrMalformedAuth, err.Error())
+	}
+	// Keys are fetched only from homeservers that may use us at all, so that the header's
+	// origin cannot point our requests at arbitrary hosts and ports.
+	if c.opts.AllowOrigin != nil && !c.opts.AllowOrigin(origin) {
+		return "", nil, unauthorized(ErrOriginNotAllowed, truncate(origin))
 	}
 
 	body, err := readBody(r)
@@ -190,6 +196,12 @@ type keyEntry struct {
 
 func newKeyCache(c *Client) *keyCache {
 	return &keyCache{c: c, entries: make(map[string]*keyEntry)}
+}
+
+func (kc *keyCache) len() int {
+	kc.mu.Lock()
+	defer kc.mu.Unlock()
+	return len(kc.entries)
 }
 
 func (kc *keyCache) get(ctx context.Context, origin string, keyID id.KeyID) (id.SigningKey, error) {

@@ -45,6 +45,31 @@ func conformance(t *testing.T, l Limiter) {
 			t.Fatal("new window still limited")
 		}
 	})
+	t.Run("charge n", func(t *testing.T) {
+		k := key + "-n"
+		if ok, _, err := l.AllowN(ctx, k, 0, 10, time.Minute); err != nil || !ok {
+			t.Fatalf("asking an unused window: ok=%v err=%v", ok, err)
+		}
+		if ok, _, err := l.AllowN(ctx, k, 7, 10, time.Minute); err != nil || !ok {
+			t.Fatalf("7 of 10 refused: %v", err)
+		}
+		// 4 more do not fit; the refusal costs nothing, so 3 still do.
+		if ok, retry, err := l.AllowN(ctx, k, 4, 10, time.Minute); err != nil || ok || retry <= 0 || retry > time.Minute {
+			t.Fatalf("11 of 10: ok=%v retry=%v err=%v", ok, retry, err)
+		}
+		if ok, _, err := l.AllowN(ctx, k, 3, 10, time.Minute); err != nil || !ok {
+			t.Fatalf("10 of 10 refused: %v", err)
+		}
+		if ok, _, _ := l.AllowN(ctx, k, 0, 10, time.Minute); !ok {
+			t.Fatal("a full window reads as over the limit")
+		}
+		if ok, _, _ := l.AllowN(ctx, k, 1, 10, time.Minute); ok {
+			t.Fatal("a full window allowed one more")
+		}
+		if ok, _, _ := l.AllowN(ctx, k+"-big", 11, 10, time.Minute); ok {
+			t.Fatal("a charge larger than the limit allowed")
+		}
+	})
 	t.Run("concurrent", func(t *testing.T) {
 		k := key + "-conc"
 		var allowed atomic.Int32
