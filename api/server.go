@@ -41,6 +41,8 @@ type Config struct {
 	// DirectorySync serves POST /_ozo/admin/v1/directory/sync; nil answers 404.
 	DirectorySync DirectorySyncer
 	// SubmitPage renders GET submitToken results; nil uses the built-in page.
+	// SSO validates 3PIDs by logins at care providers' IdPs and Dezi; nil disables it.
+	SSO        *identity.SSO
 	SubmitPage *SubmitPage
 }
 
@@ -77,6 +79,10 @@ func New(svc *identity.Service, hs Homeservers, cfg Config, metrics *Metrics, lo
 	r.Route("/_ozo/admin/v1", s.routesAdmin)
 	if cfg.Directory != nil {
 		r.Route("/_ozo/v1/directory", s.routesDirectory)
+	}
+	if cfg.SSO != nil {
+		r.Route("/_ozo/v1/validate/sso", s.routesSSOStart)
+		r.Route("/_ozo/v1/sso", s.routesSSO)
 	}
 	s.router = r
 	return s

@@ -205,6 +205,10 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	if cfg.Directory.LRZAURL != "" || len(cfg.Directory.Directories) > 0 {
 		dirSync = admSync
 	}
+	ssoSvc, err := newSSO(ctx, cfg, svc, store, log)
+	if err != nil {
+		return nil, err
+	}
 	srv := api.New(svc, hs, api.Config{
 		PublicBaseURL:     cfg.PublicBaseURL,
 		MaxBodyBytes:      cfg.HTTP.MaxBodyBytes,
@@ -221,6 +225,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		Directory:     index,
 		DirectorySync: dirSync,
 		SubmitPage:    page,
+		SSO:           ssoSvc,
 	}, metrics, log.With("component", "api"))
 	a := &App{Config: cfg, DB: db, Store: store, Service: svc, API: srv, Metrics: metrics, HS: hs,
 		Index: index, Syncer: syncer, syncerOpts: syncerOpts, adminSync: admSync, log: log}

@@ -43,7 +43,7 @@ type Claims struct {
 // Errors a login can end with; each wraps the detail.
 var (
 	ErrInvalid  = errors.New("oidc: login refused")
-	ErrIdP      = errors.New("oidc: the identity provider reported an error")
+	ErrIdP      = fmt.Errorf("oidc: %w", sso.ErrIdPReported)
 	ErrReplayed = errors.New("oidc: token used before")
 )
 

@@ -158,6 +158,15 @@ func (c Config) keyPair(id string) (crypto.Signer, *x509.Certificate, error) {
 // Metadata is this service provider's metadata, for the IdP's operator.
 func (c *Connector) Metadata() *crewsaml.EntityDescriptor { return c.sp.Metadata() }
 
+// MetadataXML is Metadata as served at BaseURL+"/metadata".
+func (c *Connector) MetadataXML() ([]byte, error) {
+	b, err := xml.MarshalIndent(c.sp.Metadata(), "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("saml %s: metadata: %w", c.id, err)
+	}
+	return append([]byte(xml.Header), b...), nil
+}
+
 // AuthnRequest implements sso.SAMLConnector with the HTTP-Redirect binding.
 func (c *Connector) AuthnRequest(_ context.Context, relayState string) (string, string, error) {
 	req, err := c.sp.MakeAuthenticationRequest(c.sp.GetSSOBindingLocation(crewsaml.HTTPRedirectBinding),

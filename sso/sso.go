@@ -83,6 +83,9 @@ var (
 	ErrNotFound = errors.New("sso: no such login state")
 	// ErrExists: a flow with this state exists already.
 	ErrExists = errors.New("sso: login state exists")
+	// ErrIdPReported is wrapped by connectors' errors for an error the IdP itself reported
+	// (the person cancelled, access denied), as opposed to an answer that did not verify.
+	ErrIdPReported = errors.New("sso: the identity provider reported an error")
 )
 
 // StateStore keeps logins' state, replay caches and throttles: in memory for one replica, in
