@@ -6,7 +6,9 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"encoding/xml"
+	"io"
 	"net/http"
+	"net/http/cookiejar"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -88,37 +90,88 @@ func newSSOWorld(t *testing.T, engine sqlstore.Engine) *ssoWorld {
 	return w
 }
 
-// start begins a login for u at idp and returns the session and the IdP URL for the browser.
-func (w *ssoWorld) start(t *testing.T, u apitest.User, idp string) (apitest.Session, string) {
+// newBrowser is the practitioner's browser at ozo-identity: it trusts the test CA, keeps
+// cookies and does not follow redirects.
+func (w *ssoWorld) newBrowser() *http.Client {
+	jar, _ := cookiejar.New(nil)
+	return &http.Client{Transport: w.h.Client.Transport, Jar: jar, Timeout: 30 * time.Second,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+}
+
+func do(t *testing.T, b *http.Client, method, rawURL string, form url.Values) *apitest.Response {
+	t.Helper()
+	var body io.Reader
+	if form != nil {
+		body = strings.NewReader(form.Encode())
+	}
+	req, err := http.NewRequest(method, rawURL, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if form != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	resp, err := b.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	return &apitest.Response{Status: resp.StatusCode, Header: resp.Header, Body: data}
+}
+
+// start begins a login for u at idp through the API, opens the login page in a new browser,
+// checks it names u's account and chooses idp; it returns the session, the browser and the IdP URL.
+func (w *ssoWorld) start(t *testing.T, u apitest.User, idp string) (apitest.Session, *http.Client, string) {
 	t.Helper()
 	s := apitest.Session{ClientSecret: apitest.Secret()}
 	r := w.h.Post(t, "/_ozo/v1/validate/sso/start", u.Token, map[string]any{"client_secret": s.ClientSecret, "idp": idp}).
 		Want(t, http.StatusOK, "")
 	s.SID = r.Str(t, "sid")
-	return s, r.Str(t, "redirect_url")
+	b := w.newBrowser()
+	return s, b, w.choose(t, b, r.Str(t, "redirect_url"), u, idp)
 }
 
-// samlLogin logs in at idp and posts its answer to ozo-identity as the browser would; it returns
-// the page and the form posted.
-func (w *ssoWorld) samlLogin(t *testing.T, idp *samltest.IdP, redirect, user string) (*apitest.Response, url.Values) {
+// choose opens the login page in b, checks it names u's account, and picks idp.
+func (w *ssoWorld) choose(t *testing.T, b *http.Client, loginURL string, u apitest.User, idp string) string {
+	t.Helper()
+	page := do(t, b, http.MethodGet, loginURL, nil)
+	wantPage(t, page, http.StatusOK, u.MXID)
+	lu, _ := url.Parse(loginURL)
+	r := do(t, b, http.MethodPost, w.h.URL+"/_ozo/v1/sso/login", url.Values{"login": {lu.Query().Get("login")}, "idp": {idp}})
+	loc := r.Header.Get("Location")
+	if r.Status != http.StatusSeeOther || loc == "" {
+		t.Fatalf("choosing %s: %d %s", idp, r.Status, r.Body)
+	}
+	return loc
+}
+
+// samlLogin logs in at idp and posts its answer to ozo-identity as browser b would, following
+// the redirect to the page that completes the login; it returns that page and the form posted.
+func (w *ssoWorld) samlLogin(t *testing.T, b *http.Client, idp *samltest.IdP, redirect, user string) (*apitest.Response, url.Values) {
 	t.Helper()
 	acs, form := idp.Login(t, idp.Client(), redirect, user, "wachtwoord")
 	if !strings.HasPrefix(acs, w.h.URL+"/_ozo/v1/sso/") {
 		t.Fatalf("the IdP posts to %s", acs)
 	}
-	return w.postACS(t, acs, form), form
+	return w.postACS(t, b, acs, form), form
 }
 
-func (w *ssoWorld) postACS(t *testing.T, acs string, form url.Values) *apitest.Response {
-	return w.h.Do(t, apitest.Request{Method: http.MethodPost, Path: strings.TrimPrefix(acs, w.h.URL), Body: form})
+func (w *ssoWorld) postACS(t *testing.T, b *http.Client, acs string, form url.Values) *apitest.Response {
+	t.Helper()
+	r := do(t, b, http.MethodPost, acs, form)
+	if r.Status != http.StatusSeeOther {
+		return r
+	}
+	return do(t, b, http.MethodGet, r.Header.Get("Location"), nil)
 }
 
-func (w *ssoWorld) callback(t *testing.T, cb *url.URL) *apitest.Response {
+func (w *ssoWorld) callback(t *testing.T, b *http.Client, cb *url.URL) *apitest.Response {
 	t.Helper()
 	if cb.Host != strings.TrimPrefix(w.h.URL, "https://") {
 		t.Fatalf("the IdP redirects to %s", cb)
 	}
-	return w.h.Get(t, cb.RequestURI(), "")
+	return do(t, b, http.MethodGet, cb.String(), nil)
 }
 
 func (w *ssoWorld) validated(t *testing.T, u apitest.User, s apitest.Session) map[string]any {
@@ -148,8 +201,8 @@ func TestSSOValidation(t *testing.T) {
 
 		t.Run("SAMLTrustedForUZI", func(t *testing.T) {
 			alice := h.NewUser(t, "alice")
-			s, redirect := w.start(t, alice, "umcx")
-			page, _ := w.samlLogin(t, w.umcx, redirect, "alice")
+			s, b, redirect := w.start(t, alice, "umcx")
+			page, _ := w.samlLogin(t, b, w.umcx, redirect, "alice")
 			wantPage(t, page, http.StatusOK, "Identiteit bevestigd")
 			v := w.validated(t, alice, s)
 			if v["medium"] != "idp" || v["address"] != "umcx:alice" {
@@ -169,8 +222,8 @@ func TestSSOValidation(t *testing.T) {
 		t.Run("SAMLUntrustedUZI", func(t *testing.T) {
 			// kliniek asserts a UZI number it is not trusted for: idp and email are validated, uzi is not.
 			mallory := h.NewUser(t, "mallory")
-			s, redirect := w.start(t, mallory, "kliniek")
-			page, _ := w.samlLogin(t, w.kliniek, redirect, "mallory")
+			s, b, redirect := w.start(t, mallory, "kliniek")
+			page, _ := w.samlLogin(t, b, w.kliniek, redirect, "mallory")
 			wantPage(t, page, http.StatusOK, "Identiteit bevestigd")
 			w.bind(t, mallory, s).Want(t, http.StatusOK, "")
 			if got := h.LookupOne(t, mallory, "uzi", "900000033"); got != "" {
@@ -183,9 +236,9 @@ func TestSSOValidation(t *testing.T) {
 
 		t.Run("OIDC", func(t *testing.T) {
 			jan := h.NewUser(t, "jan")
-			s, redirect := w.start(t, jan, "zkh")
+			s, b, redirect := w.start(t, jan, "zkh")
 			cb := w.op.Login(t, redirect, "jan", "welkom01")
-			wantPage(t, w.callback(t, cb), http.StatusOK, "Identiteit bevestigd")
+			wantPage(t, w.callback(t, b, cb), http.StatusOK, "Identiteit bevestigd")
 			if v := w.validated(t, jan, s); v["address"] != "zkh:u-7" {
 				t.Fatalf("getValidated3pid: %v", v)
 			}
@@ -194,7 +247,7 @@ func TestSSOValidation(t *testing.T) {
 				t.Fatalf("email from a verified claim: %q", got)
 			}
 			// The same callback again: its state was used.
-			wantPage(t, w.callback(t, cb), http.StatusBadRequest, "verlopen of al gebruikt")
+			wantPage(t, w.callback(t, b, cb), http.StatusBadRequest, "verlopen of al gebruikt")
 		})
 
 		t.Run("DeziWithPendingInvite", func(t *testing.T) {
@@ -202,8 +255,8 @@ func TestSSOValidation(t *testing.T) {
 			h.Post(t, apitest.V2+"/store-invite", bob.Token, map[string]any{"medium": "uzi", "address": deziArts.DeziNummer,
 				"room_id": "!zorgteam:hs.test", "sender": bob.MXID}).Want(t, http.StatusOK, "")
 			arts := h.NewUser(t, "arts")
-			s, redirect := w.start(t, arts, "dezi")
-			wantPage(t, w.callback(t, w.dezi.Login(t, redirect, deziArts.DeziNummer)), http.StatusOK, "Identiteit bevestigd")
+			s, b, redirect := w.start(t, arts, "dezi")
+			wantPage(t, w.callback(t, b, w.dezi.Login(t, redirect, deziArts.DeziNummer)), http.StatusOK, "Identiteit bevestigd")
 			w.bind(t, arts, s).Want(t, http.StatusOK, "")
 			if got := h.LookupOne(t, bob, "uzi", deziArts.DeziNummer); got != arts.MXID {
 				t.Fatalf("v2 lookup by uzi: %q, want %s", got, arts.MXID)
@@ -258,19 +311,19 @@ func TestSSOHostile(t *testing.T) {
 		}
 
 		t.Run("SAMLWrongAudienceThenReplay", func(t *testing.T) {
-			s, redirect := w.start(t, alice, "umcx")
+			s, b, redirect := w.start(t, alice, "umcx")
 			w.umcx.Misbehave(func(req *crewsaml.IdpAuthnRequest) {
 				req.Assertion.Conditions.AudienceRestrictions[0].Audience.Value = "https://other-sp.example/metadata"
 			})
-			page, _ := w.samlLogin(t, w.umcx, redirect, "alice")
+			page, _ := w.samlLogin(t, b, w.umcx, redirect, "alice")
 			w.umcx.Misbehave(nil)
 			wantPage(t, page, http.StatusBadRequest, "niets gekoppeld")
 			notValidated(t, s)
 			// A genuine response replayed after its login completed.
-			_, redirect = w.start(t, alice, "umcx")
-			page, form := w.samlLogin(t, w.umcx, redirect, "alice")
+			_, b, redirect = w.start(t, alice, "umcx")
+			page, form := w.samlLogin(t, b, w.umcx, redirect, "alice")
 			wantPage(t, page, http.StatusOK, "Identiteit bevestigd")
-			wantPage(t, w.postACS(t, h.URL+"/_ozo/v1/sso/umcx/acs", form), http.StatusBadRequest, "verlopen of al gebruikt")
+			wantPage(t, w.postACS(t, b, h.URL+"/_ozo/v1/sso/umcx/acs", form), http.StatusBadRequest, "verlopen of al gebruikt")
 			intact(t)
 		})
 
@@ -280,16 +333,16 @@ func TestSSOHostile(t *testing.T) {
 				"verklaring for another":     {DeziNummer: deziLaag.DeziNummer},
 			} {
 				w.dezi.Misbehave(tamper)
-				s, redirect := w.start(t, alice, "dezi")
-				wantPage(t, w.callback(t, w.dezi.Login(t, redirect, deziArts.DeziNummer)), http.StatusBadRequest, "niets gekoppeld")
+				s, b, redirect := w.start(t, alice, "dezi")
+				wantPage(t, w.callback(t, b, w.dezi.Login(t, redirect, deziArts.DeziNummer)), http.StatusBadRequest, "niets gekoppeld")
 				notValidated(t, s)
 				if t.Failed() {
 					t.Fatalf("%s", name)
 				}
 			}
 			w.dezi.Misbehave(dezitest.Tamper{})
-			s, redirect := w.start(t, alice, "dezi")
-			wantPage(t, w.callback(t, w.dezi.Login(t, redirect, deziLaag.DeziNummer)), http.StatusBadRequest, "niets gekoppeld")
+			s, b, redirect := w.start(t, alice, "dezi")
+			wantPage(t, w.callback(t, b, w.dezi.Login(t, redirect, deziLaag.DeziNummer)), http.StatusBadRequest, "niets gekoppeld")
 			notValidated(t, s)
 			intact(t)
 		})
@@ -300,16 +353,16 @@ func TestSSOHostile(t *testing.T) {
 				return "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0." + parts[1] + "."
 			})
 			defer w.op.TamperIDToken(nil)
-			s, redirect := w.start(t, alice, "zkh")
-			wantPage(t, w.callback(t, w.op.Login(t, redirect, "jan", "welkom01")), http.StatusBadRequest, "niets gekoppeld")
+			s, b, redirect := w.start(t, alice, "zkh")
+			wantPage(t, w.callback(t, b, w.op.Login(t, redirect, "jan", "welkom01")), http.StatusBadRequest, "niets gekoppeld")
 			notValidated(t, s)
 			intact(t)
 		})
 
 		t.Run("BindByAnotherUser", func(t *testing.T) {
 			// Alice's login link, completed and then bound by Bob: refused.
-			s, redirect := w.start(t, alice, "umcx")
-			page, _ := w.samlLogin(t, w.umcx, redirect, "alice")
+			s, b, redirect := w.start(t, alice, "umcx")
+			page, _ := w.samlLogin(t, b, w.umcx, redirect, "alice")
 			wantPage(t, page, http.StatusOK, "Identiteit bevestigd")
 			bob := h.NewUser(t, "bob")
 			w.bind(t, bob, s).Want(t, http.StatusForbidden, "M_FORBIDDEN")
@@ -324,6 +377,44 @@ func TestSSOHostile(t *testing.T) {
 			h.Post(t, "/_ozo/v1/validate/sso/start", alice.Token, map[string]any{"client_secret": apitest.Secret(), "idp": "umcx",
 				"next_link": "https://evil.example/"}).Want(t, http.StatusBadRequest, "M_INVALID_PARAM")
 			wantPage(t, h.Get(t, "/_ozo/v1/sso/zkh/callback?state=forged&code=x", ""), http.StatusBadRequest, "verlopen of al gebruikt")
+		})
+
+		t.Run("LoginLinkForwarded", func(t *testing.T) {
+			// Mallory starts a login with her token and sends the page to Alice: Alice sees
+			// Mallory's account named; and a login Mallory's browser chose, finished in Alice's
+			// browser, validates nothing.
+			mallory := h.NewUser(t, "mallory")
+			s := apitest.Session{ClientSecret: apitest.Secret()}
+			r := h.Post(t, "/_ozo/v1/validate/sso/start", mallory.Token, map[string]any{"client_secret": s.ClientSecret, "idp": "dezi"}).
+				Want(t, http.StatusOK, "")
+			s.SID = r.Str(t, "sid")
+			malloryBrowser, aliceBrowser := w.newBrowser(), w.newBrowser()
+			wantPage(t, do(t, malloryBrowser, http.MethodGet, r.Str(t, "redirect_url"), nil), http.StatusOK, mallory.MXID)
+			// The login page a second time, in Alice's browser: refused.
+			wantPage(t, do(t, aliceBrowser, http.MethodGet, r.Str(t, "redirect_url"), nil), http.StatusBadRequest, "andere browser")
+			redirect := w.choose(t, malloryBrowser, r.Str(t, "redirect_url"), mallory, "dezi")
+			// Once chosen, the login page is used up.
+			wantPage(t, do(t, aliceBrowser, http.MethodGet, r.Str(t, "redirect_url"), nil), http.StatusBadRequest, "verlopen of al gebruikt")
+			cb := w.dezi.Login(t, redirect, deziArts.DeziNummer)
+			wantPage(t, w.callback(t, aliceBrowser, cb), http.StatusBadRequest, "andere browser")
+			h.Get(t, apitest.V2+"/3pid/getValidated3pid?"+url.Values{"sid": {s.SID}, "client_secret": {s.ClientSecret}}.Encode(), mallory.Token).
+				Want(t, http.StatusNotFound, "M_NO_VALID_SESSION")
+			if got := h.LookupOne(t, mallory, "uzi", deziArts.DeziNummer); got != "" {
+				t.Fatalf("a forwarded login bound the UZI number to %s", got)
+			}
+			intact(t)
+		})
+
+		t.Run("ChooserByURA", func(t *testing.T) {
+			// Without idp the practitioner picks their organisation, found by URA.
+			r := h.Post(t, "/_ozo/v1/validate/sso/start", alice.Token, map[string]any{"client_secret": apitest.Secret()}).
+				Want(t, http.StatusOK, "")
+			b := w.newBrowser()
+			page := do(t, b, http.MethodGet, r.Str(t, "redirect_url")+"&q=1234", nil)
+			wantPage(t, page, http.StatusOK, "Ziekenhuis")
+			if strings.Contains(string(page.Body), "UMCX") {
+				t.Fatalf("the search for URA 1234… lists UMCX:\n%s", page.Body)
+			}
 		})
 	})
 }

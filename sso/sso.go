@@ -54,6 +54,13 @@ type Flow struct {
 	// what it proves.
 	UserID   string
 	NextLink string
+	// Browser is a hash of a secret the practitioner's browser holds (in its session cookie): a
+	// login completes only in the browser that chose the IdP, so a login link sent to someone
+	// else proves nothing for the sender.
+	Browser string
+	// Proven is set once the IdP's answer verified but the browser has still to be checked
+	// (a SAML POST arrives without the browser's cookies).
+	Proven *Identity `json:",omitempty"`
 
 	ExpiresAt time.Time
 }

@@ -18,7 +18,8 @@ func RunStateStore(t *testing.T, newStore func(t *testing.T) sso.StateStore) {
 	t.Run("TakeOnce", func(t *testing.T) {
 		s := newStore(t)
 		f := sso.Flow{State: "st1", IdP: "ziekenhuis", Nonce: "n", PKCEVerifier: "v", RequestID: "id-1",
-			SID: "sid", ClientSecret: "cs", UserID: "@a:hs.test", NextLink: "https://app.test/x",
+			SID: "sid", ClientSecret: "cs", UserID: "@a:hs.test", NextLink: "https://app.test/x", Browser: "b",
+			Proven:    &sso.Identity{IdP: "ziekenhuis", Subject: "s", UZI: "900000009", AuthenticatedAt: time.Now().Truncate(time.Second).UTC()},
 			ExpiresAt: time.Now().Add(time.Minute).Truncate(time.Millisecond)}
 		if err := s.PutFlow(ctx, f); err != nil {
 			t.Fatal(err)
@@ -30,7 +31,14 @@ func RunStateStore(t *testing.T, newStore func(t *testing.T) sso.StateStore) {
 		if !got.ExpiresAt.Equal(f.ExpiresAt) {
 			t.Fatalf("expiry %v, want %v", got.ExpiresAt, f.ExpiresAt)
 		}
-		got.ExpiresAt = f.ExpiresAt
+		if got.Proven == nil || !got.Proven.AuthenticatedAt.Equal(f.Proven.AuthenticatedAt) {
+			t.Fatalf("proven identity %+v, want %+v", got.Proven, f.Proven)
+		}
+		got.Proven.AuthenticatedAt = f.Proven.AuthenticatedAt
+		if *got.Proven != *f.Proven {
+			t.Fatalf("proven identity %+v, want %+v", got.Proven, f.Proven)
+		}
+		got.ExpiresAt, got.Proven = f.ExpiresAt, f.Proven
 		if got != f {
 			t.Fatalf("got %+v, want %+v", got, f)
 		}
