@@ -23,6 +23,7 @@ import (
 	"github.com/ozo-platform/ozo-identity/dezi"
 	"github.com/ozo-platform/ozo-identity/dezi/dezitest"
 	"github.com/ozo-platform/ozo-identity/dezi/oidctest"
+	"github.com/ozo-platform/ozo-identity/lookup/mcsd/mcsdtest"
 	"github.com/ozo-platform/ozo-identity/saml/samltest"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
@@ -43,7 +44,7 @@ var (
 		AbonneeNummer: "17004512", AbonneeNaam: "Thuiszorg Oost", RolCode: "30.000", LoA: dezi.LoASubstantial}
 )
 
-func newSSOWorld(t *testing.T, engine sqlstore.Engine) *ssoWorld {
+func newSSOWorld(t *testing.T, engine sqlstore.Engine, configure ...func(*config.Config)) *ssoWorld {
 	t.Helper()
 	w := &ssoWorld{umcx: samltest.New(t), kliniek: samltest.New(t)}
 	w.umcx.AddUser(t, "alice", "wachtwoord", "alice@umcx.nl", map[string]string{"uziNummer": "900000025"})
@@ -78,6 +79,9 @@ func newSSOWorld(t *testing.T, engine sqlstore.Engine) *ssoWorld {
 		dz.Dezi = config.DeziIdP{Issuer: w.dezi.Issuer, ClientID: "ozo-identity", ClientSecret: "geheim",
 			DecryptionKeyFile: keyFile, JKUAllowList: []string{w.dezi.Server.URL + "/verklaring/"}}
 		c.SSO.IdPs = []config.IdP{samlIdP("umcx", w.umcx, true), samlIdP("kliniek", w.kliniek, false), zkh, dz}
+		for _, f := range configure {
+			f(c)
+		}
 	})
 	for id, idp := range map[string]*samltest.IdP{"umcx": w.umcx, "kliniek": w.kliniek} {
 		r := w.h.Get(t, "/_ozo/v1/sso/"+id+"/metadata", "").Want(t, http.StatusOK, "")
@@ -416,5 +420,33 @@ func TestSSOHostile(t *testing.T) {
 				t.Fatalf("the search for URA 1234… lists UMCX:\n%s", page.Body)
 			}
 		})
+	})
+}
+
+// TestSSOBeatsDirectory: a UZI number proven through Dezi and bound wins over the care
+// provider's directory entry for it (design.md §7: proven bindings beat any directory).
+func TestSSOBeatsDirectory(t *testing.T) {
+	apitest.ForEachEngine(t, func(t *testing.T, engine sqlstore.Engine) {
+		srv := mcsdtest.Start(t, mcsdtest.Options{Homeservers: map[string]string{"hs1": "hs1.ozo.test", "hs2": "hs2.ozo.test"}})
+		ca := directoryCA(t, srv)
+		w := newSSOWorld(t, engine, func(c *config.Config) {
+			c.Directory.LRZAURL = srv.LRZAURL()
+			c.Directory.AllowedNetworks = []string{"127.0.0.0/8"}
+			c.Directory.CAFile = ca
+			c.Directory.SyncInterval = 0
+		})
+		h := w.h
+		publishPractitioner(t, srv.Directory(gpDir), "arts", "hp-de-linde", deziArts.DeziNummer, "matrix:u/arts.directory:hs-a.example")
+		syncAll(t, h)
+		arts := h.NewUser(t, "arts")
+		if got := h.LookupOne(t, arts, "uzi", deziArts.DeziNummer); got != "@arts.directory:hs-a.example" {
+			t.Fatalf("before the login the directory answers: %q", got)
+		}
+		s, b, redirect := w.start(t, arts, "dezi")
+		wantPage(t, w.callback(t, b, w.dezi.Login(t, redirect, deziArts.DeziNummer)), http.StatusOK, "Identiteit bevestigd")
+		w.bind(t, arts, s).Want(t, http.StatusOK, "")
+		if got := h.LookupOne(t, arts, "uzi", deziArts.DeziNummer); got != arts.MXID {
+			t.Fatalf("after the login: %q, want the proven binding %s", got, arts.MXID)
+		}
 	})
 }
