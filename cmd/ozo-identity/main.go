@@ -113,7 +113,7 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 	case "serve":
 		return serve(ctx, cfg, log)
 	case "migrate":
-		db, err := sqlstore.Open(ctx, cfg.Database.URL, cfg.DataDir)
+		db, err := sqlstore.OpenPool(ctx, cfg.Database.URL, cfg.DataDir, app.DBPool(cfg.Database))
 		if err != nil {
 			return err
 		}

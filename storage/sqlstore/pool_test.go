@@ -1,0 +1,112 @@
+package sqlstore_test
+
+import (
+	"runtime"
+	"sync"
+	"testing"
+
+	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
+	"github.com/ozo-platform/ozo-identity/storage/sqlstore/dbtest"
+)
+
+// Under concurrency the pool must keep its connections: with database/sql's default of two idle
+// connections, PostgreSQL started and tore down a session for nearly every request.
+func TestPoolKeepsConnectionsUnderConcurrency(t *testing.T) {
+	for _, engine := range dbtest.Engines {
+		t.Run(string(engine), func(t *testing.T) {
+			db := dbtest.Open(t, engine)
+			want := 20
+			if engine == sqlstore.SQLite {
+				want = 2*runtime.GOMAXPROCS(0) + 2
+			}
+			if got := db.Stats().MaxOpenConnections; got != want {
+				t.Fatalf("max open connections %d, want %d", got, want)
+			}
+			// Hold n connections at once, twice: the second round must reuse the first's.
+			n := min(want, 8)
+			round := func() {
+				var wg sync.WaitGroup
+				start := make(chan struct{})
+				for range n {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						tx, err := db.BeginTx(t.Context(), nil)
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						<-start
+						var one int
+						if err := tx.QueryRowContext(t.Context(), `SELECT 1`).Scan(&one); err != nil {
+							t.Error(err)
+						}
+						tx.Rollback()
+					}()
+				}
+				close(start)
+				wg.Wait()
+			}
+			if engine == sqlstore.SQLite {
+				// Immediate transactions serialise on SQLite; hold plain connections instead.
+				round = func() {
+					var conns []interface{ Close() error }
+					for range n {
+						c, err := db.Conn(t.Context())
+						if err != nil {
+							t.Fatal(err)
+						}
+						conns = append(conns, c)
+					}
+					for _, c := range conns {
+						c.Close()
+					}
+				}
+			}
+			round()
+			opened := db.Stats().OpenConnections
+			if idle := db.Stats().Idle; idle < n {
+				t.Fatalf("%d connections idle after %d concurrent transactions, want all kept", idle, n)
+			}
+			round()
+			if got := db.Stats().OpenConnections; got != opened {
+				t.Fatalf("second round opened new connections: %d → %d", opened, got)
+			}
+			if closed := db.Stats().MaxIdleClosed; closed != 0 {
+				t.Fatalf("%d connections closed for exceeding the idle limit", closed)
+			}
+		})
+	}
+}
+
+// SQLite's memory must not follow the number of connections: a small private cache each and a
+// memory map of the file shared through the OS page cache.
+func TestSQLiteCacheIsSharedNotPerConnection(t *testing.T) {
+	db := dbtest.Open(t, sqlstore.SQLite)
+	var conns []interface{ Close() error }
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range 3 {
+		c, err := db.Conn(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		var cache, mmap int64
+		if err := c.QueryRowContext(t.Context(), `PRAGMA cache_size`).Scan(&cache); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.QueryRowContext(t.Context(), `PRAGMA mmap_size`).Scan(&mmap); err != nil {
+			t.Fatal(err)
+		}
+		if cache != -2048 {
+			t.Fatalf("cache_size %d, want -2048 (2 MiB)", cache)
+		}
+		if mmap != 256<<20 {
+			t.Fatalf("mmap_size %d, want %d", mmap, 256<<20)
+		}
+	}
+}
