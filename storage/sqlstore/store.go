@@ -319,31 +319,37 @@ func (s *Store) Bind(ctx context.Context, req storage.BindRequest) error {
 		if req.Deliver == nil {
 			return nil
 		}
-		invites, err := pendingInvites(ctx, tx, b.ThreePID, b.CreatedAt)
-		if err != nil {
-			return err
-		}
-		if len(invites) == 0 {
-			return nil
-		}
-		deliveries, err := req.Deliver(invites)
-		if err != nil {
-			return fmt.Errorf("build onbind: %w", err)
-		}
-		for _, inv := range invites {
-			if _, err := tx.ExecContext(ctx, `UPDATE invites SET delivered_at = $1 WHERE token = $2`, ms(b.CreatedAt), inv.Token); err != nil {
-				return fmt.Errorf("mark invite delivered: %w", err)
-			}
-		}
-		for _, d := range deliveries {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO onbind_queue (id, server_name, body, attempts, next_attempt_at, expires_at, created_at, last_error)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
-				d.ID, d.ServerName, string(d.Body), d.Attempts, ms(d.NextAttemptAt), ms(d.ExpiresAt), ms(d.CreatedAt), d.LastError); err != nil {
-				return fmt.Errorf("queue onbind: %w", err)
-			}
-		}
-		return nil
+		return queueInvites(ctx, tx, b, req.Deliver)
 	})
+}
+
+// queueInvites marks the invites pending for b's 3PID delivered and queues the onbind
+// deliveries deliver builds for them, inside the binding's transaction.
+func queueInvites(ctx context.Context, tx *sql.Tx, b storage.Binding, deliver func([]storage.Invite) ([]storage.OnBindDelivery, error)) error {
+	invites, err := pendingInvites(ctx, tx, b.ThreePID, b.CreatedAt)
+	if err != nil {
+		return err
+	}
+	if len(invites) == 0 {
+		return nil
+	}
+	deliveries, err := deliver(invites)
+	if err != nil {
+		return fmt.Errorf("build onbind: %w", err)
+	}
+	for _, inv := range invites {
+		if _, err := tx.ExecContext(ctx, `UPDATE invites SET delivered_at = $1 WHERE token = $2`, ms(b.CreatedAt), inv.Token); err != nil {
+			return fmt.Errorf("mark invite delivered: %w", err)
+		}
+	}
+	for _, d := range deliveries {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO onbind_queue (id, server_name, body, attempts, next_attempt_at, expires_at, created_at, last_error)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+			d.ID, d.ServerName, string(d.Body), d.Attempts, ms(d.NextAttemptAt), ms(d.ExpiresAt), ms(d.CreatedAt), d.LastError); err != nil {
+			return fmt.Errorf("queue onbind: %w", err)
+		}
+	}
+	return nil
 }
 
 const bindingColumns = `medium, address, mxid, created_at, not_before, not_after, source`

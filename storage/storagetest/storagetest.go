@@ -25,6 +25,7 @@ func Run(t *testing.T, newStore func(t *testing.T) storage.Storage) {
 		{"BindAndLookup", testBindAndLookup},
 		{"BindQueuesInvites", testBindQueuesInvites},
 		{"BindRollsBack", testBindRollsBack},
+		{"ImportBindings", testImportBindings},
 		{"Deliveries", testDeliveries},
 		{"EphemeralKeys", testEphemeralKeys},
 		{"Audit", testAudit},
