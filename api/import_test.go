@@ -53,8 +53,8 @@ func TestAdminImportBindings(t *testing.T) {
 		}
 		hostile := []map[string]string{
 			{"medium": "uzi", "address": "12345", "mxid": "@p:" + hs},              // 3000: not 9 digits
-			{"medium": "email", "address": "a@b@c.org", "mxid": "@p:" + hs},       // 3001: M_INVALID_EMAIL
-			{"medium": "msisdn", "address": "31612345678", "mxid": "@p:" + hs},    // 3002: unsupported medium
+			{"medium": "email", "address": "a@b@c.org", "mxid": "@p:" + hs},        // 3001: M_INVALID_EMAIL
+			{"medium": "msisdn", "address": "31612345678", "mxid": "@p:" + hs},     // 3002: unsupported medium
 			{"medium": "email", "address": "x@example.org", "mxid": "not-an-mxid"}, // 3003
 			{"address": "y@example.org", "mxid": "@p:" + hs},                       // 3004: no medium
 			// The same 3PID twice with different MXIDs: the later wins, as a second bind would.
@@ -138,7 +138,7 @@ func TestAdminImportBindings(t *testing.T) {
 		// One audit record per batch, refused ones included, with what it did.
 		var audit struct {
 			Records []struct{ Actor, Action, Target string } `json:"records"`
-			Intact  bool                                    `json:"chain_intact"`
+			Intact  bool                                     `json:"chain_intact"`
 		}
 		json.Unmarshal(h.Do(t, apitest.Request{Path: admin + "/audit", Header: http.Header{"Authorization": {"Bearer " + apitest.AdminToken}}}).
 			Want(t, http.StatusOK, "").Body, &audit)
