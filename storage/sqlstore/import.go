@@ -9,22 +9,24 @@ import (
 	"github.com/ozo-platform/ozo-identity/storage"
 )
 
-// Rows per multi-row statement: well under SQLite's 32,766 and PostgreSQL's 65,535 parameters,
-// and large enough that per-statement costs vanish.
+// Rows per statement on SQLite: well under its 32,766 parameters, and large enough that the
+// per-statement cost vanishes. PostgreSQL takes whole columns as arrays in one statement.
 const (
 	importSelectRows  = 500
 	importBindingRows = 400
 	importHashRows    = 1000
 )
 
-// ImportBindings is Bind for many bindings at once: a few multi-row statements per thousand
-// bindings instead of four statements and a transaction each.
+// ImportBindings is Bind for many bindings at once: a few statements per thousand bindings
+// instead of four statements and a transaction each.
 func (s *Store) ImportBindings(ctx context.Context, items []storage.ImportBinding, deliver func(storage.Binding, []storage.Invite) ([]storage.OnBindDelivery, error)) (storage.ImportResult, error) {
 	items = lastPerThreePID(items)
+	im := importer{pg: s.db.Engine == Postgres}
 	var res storage.ImportResult
 	err := s.tx(ctx, func(tx *sql.Tx) error {
+		im.tx = tx
 		res = storage.ImportResult{}
-		existing, err := boundMXIDs(ctx, tx, items)
+		existing, err := im.boundMXIDs(ctx, items)
 		if err != nil {
 			return err
 		}
@@ -42,16 +44,16 @@ func (s *Store) ImportBindings(ctx context.Context, items []storage.ImportBindin
 			}
 			changed = append(changed, it)
 		}
-		if err := upsertBindings(ctx, tx, changed); err != nil {
+		if err := im.upsertBindings(ctx, changed); err != nil {
 			return err
 		}
-		if err := upsertHashes(ctx, tx, changed); err != nil {
+		if err := im.upsertHashes(ctx, changed); err != nil {
 			return err
 		}
 		if deliver == nil {
 			return nil
 		}
-		waiting, err := withPendingInvites(ctx, tx, changed)
+		waiting, err := im.withPendingInvites(ctx, changed)
 		if err != nil {
 			return err
 		}
@@ -88,7 +90,42 @@ func lastPerThreePID(items []storage.ImportBinding) []storage.ImportBinding {
 	return out
 }
 
-// byMedium groups the items' addresses by medium, for "medium = $1 AND address IN (...)" on the
+// importer writes one import transaction. PostgreSQL gets arrays (= ANY, unnest): one
+// statement and one plan whatever the batch size. SQLite gets multi-row statements with ?
+// parameters: it finds a $N parameter by a linear search, so thousands of them cost
+// quadratic time.
+type importer struct {
+	tx *sql.Tx
+	pg bool
+}
+
+// p is the i-th of the statement's parameters.
+func (im importer) p(i int) string {
+	if im.pg {
+		return fmt.Sprintf("$%d", i)
+	}
+	return "?"
+}
+
+// in completes query, ending in the column to match, with "= ANY($k)" or "IN (?, …)".
+func (im importer) in(query string, fixed []any, values []string) (string, []any) {
+	if im.pg {
+		return query + fmt.Sprintf("= ANY($%d)", len(fixed)+1), append(fixed, values)
+	}
+	args := fixed
+	for _, v := range values {
+		args = append(args, v)
+	}
+	return query + "IN (" + strings.TrimSuffix(strings.Repeat("?,", len(values)), ",") + ")", args
+}
+
+// valueRows returns "(?, ?, ?), (?, ?, ?), …" for rows of width columns.
+func valueRows(rows, width int) string {
+	row := "(" + strings.TrimSuffix(strings.Repeat("?, ", width), ", ") + ")"
+	return strings.TrimSuffix(strings.Repeat(row+", ", rows), ", ")
+}
+
+// byMedium groups the items' addresses by medium, for "medium = ? AND address IN (…)" on the
 // primary key.
 func byMedium(items []storage.ImportBinding) map[string][]string {
 	out := map[string][]string{}
@@ -98,11 +135,14 @@ func byMedium(items []storage.ImportBinding) map[string][]string {
 	return out
 }
 
-// eachChunk calls fn with consecutive chunks of at most n addresses.
-func eachChunk(addresses []string, n int, fn func([]string) error) error {
-	for len(addresses) > 0 {
-		c := addresses[:min(n, len(addresses))]
-		addresses = addresses[len(c):]
+// chunks calls fn with consecutive chunks of at most n values; PostgreSQL takes them whole.
+func (im importer) chunks(values []string, n int, fn func([]string) error) error {
+	if im.pg {
+		n = len(values)
+	}
+	for len(values) > 0 {
+		c := values[:min(n, len(values))]
+		values = values[len(c):]
 		if err := fn(c); err != nil {
 			return err
 		}
@@ -110,17 +150,12 @@ func eachChunk(addresses []string, n int, fn func([]string) error) error {
 	return nil
 }
 
-func boundMXIDs(ctx context.Context, tx *sql.Tx, items []storage.ImportBinding) (map[storage.ThreePID]string, error) {
+func (im importer) boundMXIDs(ctx context.Context, items []storage.ImportBinding) (map[storage.ThreePID]string, error) {
 	out := make(map[storage.ThreePID]string, len(items))
 	for medium, addresses := range byMedium(items) {
-		err := eachChunk(addresses, importSelectRows, func(chunk []string) error {
-			args := make([]any, 0, len(chunk)+1)
-			args = append(args, medium)
-			for _, a := range chunk {
-				args = append(args, a)
-			}
-			rows, err := tx.QueryContext(ctx, `SELECT address, mxid FROM bindings WHERE medium = $1 AND address IN (`+
-				placeholders(2, len(chunk))+`)`, args...)
+		err := im.chunks(addresses, importSelectRows, func(chunk []string) error {
+			q, args := im.in(`SELECT address, mxid FROM bindings WHERE medium = `+im.p(1)+` AND address `, []any{medium}, chunk)
+			rows, err := im.tx.QueryContext(ctx, q, args...)
 			if err != nil {
 				return fmt.Errorf("read bindings: %w", err)
 			}
@@ -141,21 +176,28 @@ func boundMXIDs(ctx context.Context, tx *sql.Tx, items []storage.ImportBinding) 
 	return out, nil
 }
 
-// valueRows returns "($1, $2, $3), ($4, $5, $6), …" for rows of width columns.
-func valueRows(rows, width int) string {
-	var b strings.Builder
-	for r := range rows {
-		if r > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteByte('(')
-		b.WriteString(placeholders(r*width+1, width))
-		b.WriteByte(')')
-	}
-	return b.String()
-}
+const upsertBindingTail = ` ON CONFLICT (medium, address) DO UPDATE SET mxid = excluded.mxid, created_at = excluded.created_at,
+	not_before = excluded.not_before, not_after = excluded.not_after, source = excluded.source`
 
-func upsertBindings(ctx context.Context, tx *sql.Tx, items []storage.ImportBinding) error {
+func (im importer) upsertBindings(ctx context.Context, items []storage.ImportBinding) error {
+	if len(items) == 0 {
+		return nil
+	}
+	const head = `INSERT INTO bindings (medium, address, mxid, created_at, not_before, not_after, source) `
+	if im.pg {
+		var medium, address, mxid, source []string
+		var created, notBefore, notAfter []int64
+		for _, it := range items {
+			b := it.Binding
+			medium, address, mxid, source = append(medium, b.Medium), append(address, b.Address), append(mxid, b.MXID), append(source, b.Source)
+			created, notBefore, notAfter = append(created, ms(b.CreatedAt)), append(notBefore, ms(b.NotBefore)), append(notAfter, ms(b.NotAfter))
+		}
+		if _, err := im.tx.ExecContext(ctx, head+`SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[])`+
+			upsertBindingTail, medium, address, mxid, created, notBefore, notAfter, source); err != nil {
+			return fmt.Errorf("store bindings: %w", err)
+		}
+		return nil
+	}
 	for len(items) > 0 {
 		chunk := items[:min(importBindingRows, len(items))]
 		items = items[len(chunk):]
@@ -164,61 +206,65 @@ func upsertBindings(ctx context.Context, tx *sql.Tx, items []storage.ImportBindi
 			b := it.Binding
 			args = append(args, b.Medium, b.Address, b.MXID, ms(b.CreatedAt), ms(b.NotBefore), ms(b.NotAfter), b.Source)
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO bindings (medium, address, mxid, created_at, not_before, not_after, source)
-			VALUES `+valueRows(len(chunk), 7)+`
-			ON CONFLICT (medium, address) DO UPDATE SET mxid = excluded.mxid, created_at = excluded.created_at,
-				not_before = excluded.not_before, not_after = excluded.not_after, source = excluded.source`, args...); err != nil {
+		if _, err := im.tx.ExecContext(ctx, head+`VALUES `+valueRows(len(chunk), 7)+upsertBindingTail, args...); err != nil {
 			return fmt.Errorf("store bindings: %w", err)
 		}
 	}
 	return nil
 }
 
-func upsertHashes(ctx context.Context, tx *sql.Tx, items []storage.ImportBinding) error {
-	type row struct{ hash, medium, address string }
-	var rows []row
+func (im importer) upsertHashes(ctx context.Context, items []storage.ImportBinding) error {
+	var hashes, medium, address []string
 	seen := map[string]bool{}
 	for _, it := range items {
 		for _, h := range it.Hashes {
 			if !seen[h] {
 				seen[h] = true
-				rows = append(rows, row{h, it.Binding.Medium, it.Binding.Address})
+				hashes, medium, address = append(hashes, h), append(medium, it.Binding.Medium), append(address, it.Binding.Address)
 			}
 		}
 	}
-	for len(rows) > 0 {
-		chunk := rows[:min(importHashRows, len(rows))]
-		rows = rows[len(chunk):]
-		args := make([]any, 0, 3*len(chunk))
-		for _, r := range chunk {
-			args = append(args, r.hash, r.medium, r.address)
+	if len(hashes) == 0 {
+		return nil
+	}
+	const head = `INSERT INTO binding_hashes (hash, medium, address) `
+	const tail = ` ON CONFLICT (hash) DO UPDATE SET medium = excluded.medium, address = excluded.address`
+	if im.pg {
+		if _, err := im.tx.ExecContext(ctx, head+`SELECT * FROM unnest($1::text[], $2::text[], $3::text[])`+tail, hashes, medium, address); err != nil {
+			return fmt.Errorf("store lookup hashes: %w", err)
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO binding_hashes (hash, medium, address) VALUES `+valueRows(len(chunk), 3)+`
-			ON CONFLICT (hash) DO UPDATE SET medium = excluded.medium, address = excluded.address`, args...); err != nil {
+		return nil
+	}
+	for start := 0; start < len(hashes); start += importHashRows {
+		end := min(start+importHashRows, len(hashes))
+		args := make([]any, 0, 3*(end-start))
+		for i := start; i < end; i++ {
+			args = append(args, hashes[i], medium[i], address[i])
+		}
+		if _, err := im.tx.ExecContext(ctx, head+`VALUES `+valueRows(end-start, 3)+tail, args...); err != nil {
 			return fmt.Errorf("store lookup hashes: %w", err)
 		}
 	}
 	return nil
 }
 
-// withPendingInvites reports which of the items' 3PIDs have invites waiting, in a query per
-// chunk: invites are rare, so most imports find none and queue nothing.
-func withPendingInvites(ctx context.Context, tx *sql.Tx, items []storage.ImportBinding) (map[storage.ThreePID]bool, error) {
+// withPendingInvites reports which of the items' 3PIDs have invites waiting: invites are rare,
+// so most imports find none and queue nothing.
+func (im importer) withPendingInvites(ctx context.Context, items []storage.ImportBinding) (map[storage.ThreePID]bool, error) {
 	out := map[storage.ThreePID]bool{}
+	if len(items) == 0 {
+		return out, nil
+	}
+	// The earliest binding time finds every candidate; queueInvites checks each exactly.
+	at := ms(items[0].Binding.CreatedAt)
+	for _, it := range items {
+		at = min(at, ms(it.Binding.CreatedAt))
+	}
 	for medium, addresses := range byMedium(items) {
-		// The earliest binding time finds every candidate; queueInvites checks each exactly.
-		at := ms(items[0].Binding.CreatedAt)
-		for _, it := range items {
-			at = min(at, ms(it.Binding.CreatedAt))
-		}
-		err := eachChunk(addresses, importSelectRows, func(chunk []string) error {
-			args := make([]any, 0, len(chunk)+2)
-			args = append(args, at, medium)
-			for _, a := range chunk {
-				args = append(args, a)
-			}
-			rows, err := tx.QueryContext(ctx, `SELECT DISTINCT address FROM invites
-				WHERE delivered_at = 0 AND expires_at > $1 AND medium = $2 AND address IN (`+placeholders(3, len(chunk))+`)`, args...)
+		err := im.chunks(addresses, importSelectRows, func(chunk []string) error {
+			q, args := im.in(`SELECT DISTINCT address FROM invites WHERE delivered_at = 0 AND expires_at > `+im.p(1)+
+				` AND medium = `+im.p(2)+` AND address `, []any{at, medium}, chunk)
+			rows, err := im.tx.QueryContext(ctx, q, args...)
 			if err != nil {
 				return fmt.Errorf("pending invites: %w", err)
 			}
