@@ -1,10 +1,13 @@
 package sqlstore_test
 
 import (
+	"fmt"
 	"runtime"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore/dbtest"
 )
@@ -108,5 +111,56 @@ func TestSQLiteCacheIsSharedNotPerConnection(t *testing.T) {
 		if mmap != 256<<20 {
 			t.Fatalf("mmap_size %d, want %d", mmap, 256<<20)
 		}
+	}
+}
+
+// Lookups run on statements prepared for a few IN-list sizes, padded by repeating a hash: every
+// batch size must still answer exactly the bound hashes, on a store used concurrently.
+func TestLookupHashesEverySize(t *testing.T) {
+	for _, engine := range dbtest.Engines {
+		t.Run(string(engine), func(t *testing.T) {
+			s := sqlstore.New(dbtest.Open(t, engine))
+			var items []storage.ImportBinding
+			for i := range 150 {
+				items = append(items, storage.ImportBinding{Binding: storage.Binding{
+					ThreePID: storage.ThreePID{Medium: "email", Address: fmt.Sprintf("u%d@example.org", i)},
+					MXID:     fmt.Sprintf("@u%d:hs", i), CreatedAt: time.Now(), Source: "import"},
+					Hashes: []string{fmt.Sprintf("h%d", i)}})
+			}
+			if _, err := s.ImportBindings(t.Context(), items, nil); err != nil {
+				t.Fatal(err)
+			}
+			var wg sync.WaitGroup
+			for n := 1; n <= 230; n++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					var q []string
+					for i := range n {
+						q = append(q, fmt.Sprintf("h%d", (i*7)%300)) // half of 0..299 is bound
+					}
+					got, err := s.LookupHashes(t.Context(), q)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					want := 0
+					for _, h := range q {
+						var i int
+						fmt.Sscanf(h, "h%d", &i)
+						if i < 150 {
+							want++
+							if got[h] != fmt.Sprintf("@u%d:hs", i) {
+								t.Errorf("batch %d: %s → %q", n, h, got[h])
+							}
+						}
+					}
+					if len(got) > want {
+						t.Errorf("batch %d: %d answers for %d bound hashes", n, len(got), want)
+					}
+				}()
+			}
+			wg.Wait()
+		})
 	}
 }
