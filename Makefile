@@ -4,7 +4,7 @@
 GO ?= go
 RACE_PKGS = ./storage/... ./identity/... ./homeserver/... ./email/... ./api/... ./lookup/...
 
-.PHONY: test vet dendrite build bench
+.PHONY: test vet dendrite build bench bench-go bench-load
 
 test: vet dendrite
 	$(GO) test -count=1 -timeout 25m ./...
@@ -20,5 +20,23 @@ dendrite:
 build:
 	$(GO) build -o ozo-identity ./cmd/ozo-identity
 
-bench:
+bench: bench-go bench-load
+
+bench-go:
 	$(GO) test -run '^$$' -bench . -benchtime 200x ./identity/ ./lookup/...
+
+# The load tool against the real binary on loopback, both engines, every size in BENCH_SIZES
+# (make bench-load BENCH_SIZES=10000 for a quick run: 1M bindings take minutes to seed).
+BENCH_SIZES ?= 10000 1000000
+BENCH_DURATION ?= 20s
+BENCH_PG_URL ?= postgres://postgres@127.0.0.1:5432/test?sslmode=disable
+BENCH_BIN = .bench
+
+bench-load:
+	mkdir -p $(BENCH_BIN)
+	$(GO) build -o $(BENCH_BIN)/ozo-identity ./cmd/ozo-identity
+	$(GO) build -o $(BENCH_BIN)/ozo-loadgen ./cmd/ozo-loadgen
+	@header=true; for n in $(BENCH_SIZES); do \
+	  $(BENCH_BIN)/ozo-loadgen --server-bin $(BENCH_BIN)/ozo-identity --bindings $$n --duration $(BENCH_DURATION) --header=$$header || exit 1; header=false; \
+	  $(BENCH_BIN)/ozo-loadgen --server-bin $(BENCH_BIN)/ozo-identity --database-url '$(BENCH_PG_URL)' --bindings $$n --duration $(BENCH_DURATION) --header=false || exit 1; \
+	done
