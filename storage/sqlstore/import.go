@@ -15,6 +15,7 @@ const (
 	importSelectRows  = 500
 	importBindingRows = 400
 	importHashRows    = 1000
+	importCacheKiB    = 32 << 10
 )
 
 // ImportBindings is Bind for many bindings at once: a few statements per thousand bindings
@@ -26,6 +27,15 @@ func (s *Store) ImportBindings(ctx context.Context, items []storage.ImportBindin
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		im.tx = tx
 		res = storage.ImportResult{}
+		if !im.pg {
+			// Thousands of random-keyed hash rows overflow a connection's small page cache,
+			// which then spills to the WAL many times per transaction. SQLite has one writer at
+			// a time, so one larger cache on the writing connection is a bounded cost.
+			if _, err := tx.ExecContext(ctx, fmt.Sprintf(`PRAGMA cache_size = -%d`, importCacheKiB)); err != nil {
+				return fmt.Errorf("import cache: %w", err)
+			}
+			defer tx.ExecContext(context.WithoutCancel(ctx), fmt.Sprintf(`PRAGMA cache_size = -%d`, sqliteCacheKiB))
+		}
 		existing, err := im.boundMXIDs(ctx, items)
 		if err != nil {
 			return err
