@@ -86,6 +86,11 @@ func TestPoolKeepsConnectionsUnderConcurrency(t *testing.T) {
 // memory map of the file shared through the OS page cache.
 func TestSQLiteCacheIsSharedNotPerConnection(t *testing.T) {
 	db := dbtest.Open(t, sqlstore.SQLite)
+	// An import enlarges its connection's cache for the transaction only.
+	if _, err := sqlstore.New(db).ImportBindings(t.Context(), []storage.ImportBinding{{Binding: storage.Binding{
+		ThreePID: storage.ThreePID{Medium: "email", Address: "a@example.org"}, MXID: "@a:hs", Source: "import"}}}, nil); err != nil {
+		t.Fatal(err)
+	}
 	var conns []interface{ Close() error }
 	defer func() {
 		for _, c := range conns {
