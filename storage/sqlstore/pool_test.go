@@ -66,17 +66,24 @@ func TestPoolKeepsConnectionsUnderConcurrency(t *testing.T) {
 					}
 				}
 			}
+			// The connections were closed by the idle limit (database/sql's default keeps 2), not
+			// by chance: that is the regression this guards against.
 			round()
-			opened := db.Stats().OpenConnections
-			if idle := db.Stats().Idle; idle < n {
-				t.Fatalf("%d connections idle after %d concurrent transactions, want all kept", idle, n)
-			}
-			round()
-			if got := db.Stats().OpenConnections; got != opened {
-				t.Fatalf("second round opened new connections: %d → %d", opened, got)
-			}
 			if closed := db.Stats().MaxIdleClosed; closed != 0 {
 				t.Fatalf("%d connections closed for exceeding the idle limit", closed)
+			}
+			// Returning a connection can trail the transaction's end by a moment under load.
+			deadline := time.Now().Add(2 * time.Second)
+			for db.Stats().Idle < n && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if st := db.Stats(); st.Idle < n {
+				t.Fatalf("%d connections idle after %d concurrent transactions, want all kept: %+v", st.Idle, n, st)
+			}
+			opened := db.Stats().OpenConnections
+			round()
+			if st := db.Stats(); st.OpenConnections > opened || st.MaxIdleClosed != 0 {
+				t.Fatalf("second round opened or closed connections: %d → %+v", opened, st)
 			}
 		})
 	}
