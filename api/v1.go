@@ -5,7 +5,6 @@ import (
 	"errors"
 	"maps"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -17,7 +16,18 @@ import (
 // routesV1 serves what older homeservers still call (Dendrite v0.15 uses only v1, without tokens).
 // It has no authentication of its own, so it is off by default and limited to the homeservers' networks.
 func (s *Server) routesV1(r chi.Router) {
-	r.Use(s.v1Gate)
+	// The sign URL in the invitation mail opens from the invitee's browser, which has no account
+	// here and is on no homeserver network: it is served even with v1 off, bound to the invite's
+	// token and the key mailed with it, and limited per client.
+	r.With(s.limitClient("sign-ed25519")).Post("/sign-ed25519", s.v1SignEd25519)
+	r.With(s.limitClient("sign-ed25519")).Get("/sign-ed25519", s.v1SignEd25519)
+	r.Group(func(r chi.Router) {
+		r.Use(s.v1Gate)
+		s.routesV1Gated(r)
+	})
+}
+
+func (s *Server) routesV1Gated(r chi.Router) {
 	r.Get("/", s.statusCheck)
 	r.Get("/lookup", s.v1Lookup)
 	r.With(bodyLimit(lookupBodyBytes(s.cfg.MaxLookupBatch, s.cfg.MaxBodyBytes))).Post("/bulk_lookup", s.v1BulkLookup)
@@ -32,7 +42,6 @@ func (s *Server) routesV1(r chi.Router) {
 	r.Get("/3pid/getValidated3pid", s.getValidated)
 	r.Post("/3pid/bind", s.v1Bind)
 	r.Post("/3pid/unbind", s.unbind)
-	r.Post("/sign-ed25519", s.v1SignEd25519)
 }
 
 func (s *Server) v1Gate(next http.Handler) http.Handler {
@@ -125,7 +134,7 @@ func (s *Server) v1StoreInvite(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	s.doStoreInvite(w, r, fields, "v1")
+	s.doStoreInvite(w, r, fields, "v1", "")
 }
 
 func (s *Server) v1RequestEmailToken(w http.ResponseWriter, r *http.Request) {
@@ -136,12 +145,13 @@ func (s *Server) v1RequestEmailToken(w http.ResponseWriter, r *http.Request) {
 	}
 	req := requestTokenReq{ClientSecret: fields["client_secret"], Email: fields["email"], NextLink: fields["next_link"]}
 	if v, ok := fields["send_attempt"]; ok {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
+		n, ok := parseSendAttempt(v)
+		if !ok {
 			s.writeError(w, r, badRequest(identity.CodeInvalidParam, "send_attempt must be an integer"))
 			return
 		}
-		req.SendAttempt = &n
+		a := sendAttempt(n)
+		req.SendAttempt = &a
 	}
 	s.doRequestEmailToken(w, r, req)
 }

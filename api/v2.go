@@ -4,7 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/go-chi/chi/v5"
@@ -157,10 +157,44 @@ func (s *Server) lookup(w http.ResponseWriter, r *http.Request) {
 }
 
 type requestTokenReq struct {
-	ClientSecret string `json:"client_secret"`
-	Email        string `json:"email"`
-	SendAttempt  *int64 `json:"send_attempt"`
-	NextLink     string `json:"next_link"`
+	ClientSecret string       `json:"client_secret"`
+	Email        string       `json:"email"`
+	SendAttempt  *sendAttempt `json:"send_attempt"`
+	NextLink     string       `json:"next_link"`
+}
+
+// sendAttempt is a JSON integer or, as matrix-js-sdk sends it, a string of digits spelling one
+// (Sydent accepts both). Nothing else: no sign, spaces, fraction or exponent.
+type sendAttempt int64
+
+func (a *sendAttempt) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		var str string
+		if err := json.Unmarshal(b, &str); err != nil {
+			return badRequest("M_BAD_JSON", "send_attempt must be an integer")
+		}
+		n, ok := parseSendAttempt(str)
+		if !ok {
+			return badRequest("M_BAD_JSON", "send_attempt must be an integer or a string of digits")
+		}
+		*a = sendAttempt(n)
+		return nil
+	}
+	var n int64
+	if err := json.Unmarshal(b, &n); err != nil {
+		return badRequest("M_BAD_JSON", "send_attempt must be of type number")
+	}
+	*a = sendAttempt(n)
+	return nil
+}
+
+// parseSendAttempt reads a non-empty string of ASCII digits that fits in an int64.
+func parseSendAttempt(s string) (int64, bool) {
+	if s == "" || strings.Trim(s, "0123456789") != "" {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	return n, err == nil
 }
 
 func (s *Server) requestEmailToken(w http.ResponseWriter, r *http.Request) {
@@ -177,7 +211,7 @@ func (s *Server) doRequestEmailToken(w http.ResponseWriter, r *http.Request, req
 		s.writeError(w, r, badRequest("M_MISSING_PARAMS", "client_secret, email and send_attempt are required"))
 		return
 	}
-	sid, err := s.svc.RequestEmailToken(r.Context(), req.ClientSecret, req.Email, *req.SendAttempt, req.NextLink, s.clientAddr(r).String())
+	sid, err := s.svc.RequestEmailToken(r.Context(), req.ClientSecret, req.Email, int64(*req.SendAttempt), req.NextLink, s.clientAddr(r).String())
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -211,11 +245,10 @@ func (s *Server) submitEmailToken(w http.ResponseWriter, r *http.Request) {
 func (s *Server) submitEmailTokenPage(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	nextLink, err := s.svc.SubmitToken(r.Context(), q.Get("sid"), q.Get("client_secret"), q.Get("token"))
-	if err == nil && nextLink != "" {
-		if u, perr := url.Parse(nextLink); perr == nil && (u.Scheme == "https" || u.Scheme == "http") {
-			http.Redirect(w, r, nextLink, http.StatusFound)
-			return
-		}
+	// Checked again here: a session stored before the allow-list was narrowed keeps its next_link.
+	if err == nil && nextLink != "" && s.svc.AllowedNextLink(nextLink) {
+		http.Redirect(w, r, nextLink, http.StatusFound)
+		return
 	}
 	s.page.render(w, err)
 }
@@ -321,10 +354,12 @@ func (s *Server) storeInvite(w http.ResponseWriter, r *http.Request) {
 		}
 		fields[k] = str
 	}
-	s.doStoreInvite(w, r, fields, "v2")
+	s.doStoreInvite(w, r, fields, "v2", account(r).UserID)
 }
 
-func (s *Server) doStoreInvite(w http.ResponseWriter, r *http.Request, fields map[string]string, version string) {
+// doStoreInvite stores an invite; caller is the authenticated user who must be its sender, or
+// "" for v1, whose callers are the configured homeservers.
+func (s *Server) doStoreInvite(w http.ResponseWriter, r *http.Request, fields map[string]string, version, caller string) {
 	if err := required(fields, "medium", "address", "room_id", "sender"); err != nil {
 		s.writeError(w, r, err)
 		return
@@ -334,7 +369,7 @@ func (s *Server) doStoreInvite(w http.ResponseWriter, r *http.Request, fields ma
 		extra[k] = fields[k]
 	}
 	inv, err := s.svc.StoreInvite(r.Context(), identity.InviteRequest{Medium: fields["medium"], Address: fields["address"],
-		RoomID: fields["room_id"], Sender: fields["sender"], Extra: extra})
+		RoomID: fields["room_id"], Sender: fields["sender"], Caller: caller, Extra: extra})
 	if err != nil {
 		s.writeError(w, r, err)
 		return

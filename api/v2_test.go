@@ -279,9 +279,10 @@ func TestEmailValidation(t *testing.T) {
 		h.Get(t, getValidated, u.Token).Want(t, http.StatusBadRequest, "M_SESSION_NOT_VALIDATED")
 		h.Get(t, v2+"/3pid/getValidated3pid"+q("sid", sid, "client_secret", "wrong"), u.Token).Want(t, http.StatusNotFound, "M_NO_VALID_SESSION")
 
-		// Both tokens work: the first by POST, the second through the mailed link (GET).
+		// Only the newest mail's token works: the first is void, the second works through the mailed link (GET).
 		h.Post(t, v2+"/validate/email/submitToken", u.Token, map[string]any{"sid": sid, "client_secret": secret, "token": token1}).
-			Want(t, http.StatusOK, "")
+			Want(t, http.StatusBadRequest, "M_TOKEN_INCORRECT")
+		h.Get(t, getValidated, u.Token).Want(t, http.StatusBadRequest, "M_SESSION_NOT_VALIDATED")
 		page := h.Get(t, v2+"/validate/email/submitToken"+q("sid", sid, "client_secret", secret, "token", token2), "")
 		if page.Status != http.StatusOK || !strings.HasPrefix(page.Header.Get("Content-Type"), "text/html") || !strings.Contains(string(page.Body), "bevestigd") {
 			t.Fatalf("GET submitToken: HTTP %d %s\n%s", page.Status, page.Header.Get("Content-Type"), page.Body)
@@ -303,7 +304,7 @@ func TestEmailValidation(t *testing.T) {
 
 		// With a next_link the mailed link redirects there once validated.
 		secret = apitest.Secret()
-		next := "https://app.ozo.test/validated?step=2"
+		next := h.URL + "/validated?step=2" // the public base URL's host is allowed by default
 		sid = request(1, next)
 		link := apitest.ValidationLink(t, h.Mail.Wait(t, addr, 3, apitest.MailWait))
 		wrong := h.Get(t, v2+"/validate/email/submitToken"+q("sid", sid, "client_secret", secret, "token", "nope"), "")
@@ -550,8 +551,13 @@ func TestStoreInvite(t *testing.T) {
 			t.Fatalf("uzi display_name %q", uzi.DisplayName)
 		}
 
-		// sign-ed25519 signs {mxid, sender, token} with the caller's ephemeral private key.
-		priv, pubKey := ephemeralKey(t)
+		// sign-ed25519 signs {mxid, sender, token} with the ephemeral private key mailed with the
+		// invite, and with no other.
+		priv := inviteSignURL(t, m).Query().Get("private_key")
+		pubKey, _ := base64.RawStdEncoding.DecodeString(eph.PublicKey)
+		other, _ := ephemeralKey(t)
+		h.Post(t, v2+"/sign-ed25519", alice.Token, map[string]any{"mxid": "@carol:hs.ozo.test", "token": inv.Token, "private_key": other}).
+			Want(t, http.StatusForbidden, "M_FORBIDDEN")
 		signed := h.Post(t, v2+"/sign-ed25519", alice.Token, map[string]any{"mxid": "@carol:hs.ozo.test", "token": inv.Token, "private_key": priv}).
 			Want(t, http.StatusOK, "")
 		wantKeys(t, signed.Body, "mxid", "sender", "token", "signatures")
@@ -674,5 +680,38 @@ func TestInviteMailHeaderInjection(t *testing.T) {
 		if n := len(h.Mail.Messages()); n != 1 {
 			t.Fatalf("%d messages, want 1", n)
 		}
+	})
+}
+
+// TestSendAttemptDigitString: matrix-js-sdk's requestEmailToken sends send_attempt as "1". A
+// string of digits counts as the number it spells, in the same session as numbers; any other
+// string is refused and leaves the session as it was.
+func TestSendAttemptDigitString(t *testing.T) {
+	apitest.ForEachEngine(t, func(t *testing.T, e sqlstore.Engine) {
+		h := apitest.New(t, e)
+		u := h.NewUser(t, "alice")
+		addr := "alice@example.org"
+		secret := apitest.Secret()
+		request := func(attempt any) *apitest.Response {
+			return h.Post(t, v2+"/validate/email/requestToken", u.Token,
+				map[string]any{"client_secret": secret, "email": addr, "send_attempt": attempt})
+		}
+		sid := request("1").Want(t, http.StatusOK, "").Str(t, "sid")
+		h.Mail.Wait(t, addr, 1, apitest.MailWait)
+		if again := request(1).Want(t, http.StatusOK, "").Str(t, "sid"); again != sid {
+			t.Fatalf("number 1 after string \"1\": sid %q, want %q", again, sid)
+		}
+		for _, bad := range []any{"1.5", "-1", " 1", "1 ", "+1", "1e3", "", "0x1", "١"} {
+			request(bad).Want(t, http.StatusBadRequest, "M_BAD_JSON")
+		}
+		if n := len(h.Mail.To(addr)); n != 1 {
+			t.Fatalf("%d mails, want 1: a repeated or refused send_attempt sent mail", n)
+		}
+		if again := request("0002").Want(t, http.StatusOK, "").Str(t, "sid"); again != sid {
+			t.Fatalf("send_attempt \"0002\": sid %q, want %q", again, sid)
+		}
+		token := apitest.ValidationLink(t, h.Mail.Wait(t, addr, 2, apitest.MailWait)).Get("token")
+		h.Post(t, v2+"/validate/email/submitToken", u.Token, map[string]any{"sid": sid, "client_secret": secret, "token": token}).
+			Want(t, http.StatusOK, "")
 	})
 }

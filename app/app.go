@@ -26,6 +26,7 @@ import (
 	"github.com/ozo-platform/ozo-identity/lookup"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
 	"github.com/ozo-platform/ozo-identity/ratelimit"
+	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
 
@@ -44,6 +45,7 @@ type App struct {
 	log     *slog.Logger
 
 	syncerOpts mcsd.Options // what Syncer was built with, for NewSyncer
+	adminSync  *adminSync
 }
 
 // New opens and migrates the database and builds every component. Nothing listens yet.
@@ -91,7 +93,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		Host: cfg.Email.SMTP.Host, Port: cfg.Email.SMTP.Port, Security: cfg.Email.SMTP.Security,
 		Username: cfg.Email.SMTP.Username, Password: cfg.Email.SMTP.Password, From: cfg.Email.From,
 		Templates: templates, WebClientLocation: cfg.Invites.WebClientLocation,
-		PublicBaseURL: v1BaseURL(cfg), TLSConfig: smtpTLS,
+		PublicBaseURL: cfg.PublicBaseURL, TLSConfig: smtpTLS,
 	}, log.With("component", "email"))
 	if err != nil {
 		return nil, fmt.Errorf("email: %w", err)
@@ -101,8 +103,14 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	if err != nil {
 		return nil, fmt.Errorf("homeservers.ca_file: %w", err)
 	}
+	pins := map[string][32]byte{}
+	for name, pin := range cfg.Homeservers.PinnedCerts {
+		if pins[name], err = config.ParsePin(pin); err != nil {
+			return nil, fmt.Errorf("homeservers.pinned_certs.%s: %w", name, err)
+		}
+	}
 	hs := homeserver.New(homeserver.Options{AllowedNetworks: allowed, TLSConfig: hsTLS, Timeout: cfg.Homeservers.Timeout,
-		ServerName: cfg.ServerName}, log.With("component", "homeserver"))
+		ServerName: cfg.ServerName, PinnedCerts: pins}, log.With("component", "homeserver"))
 	policies := map[string]identity.Policy{}
 	for name, p := range cfg.Terms.Policies {
 		docs := map[string]identity.PolicyDocument{}
@@ -119,8 +127,10 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	if err != nil {
 		return nil, err
 	}
+	metrics := api.NewMetrics()
 	svc := identity.New(store, signer, pepper, mailer, nil, identity.Options{
 		OnPepper:          index.Rehash,
+		OnBindGivenUp:     metrics.OnBindGivenUp,
 		PublicBaseURL:     cfg.PublicBaseURL,
 		SessionLifetime:   cfg.Validation.SessionLifetime,
 		TokenLifetime:     cfg.Validation.TokenLifetime,
@@ -129,6 +139,15 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		WebClientLocation: cfg.Invites.WebClientLocation,
 		OnBindRetryFor:    cfg.Invites.OnBindRetryFor,
 		Policies:          policies,
+
+		WebClientLocations: cfg.Invites.WebClientLocations,
+		NextLinkHosts:      cfg.Validation.NextLinkHosts,
+		InviteLimits: storage.InviteLimits{PerThreePID: cfg.Invites.MaxPendingPerThreePID,
+			PerSender: cfg.Invites.MaxPendingPerSender},
+		MaxMailsPerSession: cfg.Validation.MaxMailsPerSession,
+		MaxMailsPerAddress: cfg.Validation.MaxMailsPerAddress,
+		OnBindMaxInvites:   cfg.Invites.OnBindMaxInvites,
+		OnBindMaxBytes:     cfg.Invites.OnBindMaxBytes,
 	}, log.With("component", "identity"))
 	links := []lookup.Resolver{lookup.Bindings(store), index}
 	for _, p := range peers {
@@ -151,7 +170,11 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		}
 		limiter = ratelimit.NewRedis(redis.NewClient(opts), "ozo-identity:rl:")
 	}
-	metrics := api.NewMetrics()
+	admSync := &adminSync{}
+	var dirSync api.DirectorySyncer
+	if cfg.Directory.LRZAURL != "" || len(cfg.Directory.Directories) > 0 {
+		dirSync = admSync
+	}
 	srv := api.New(svc, hs, api.Config{
 		PublicBaseURL:     cfg.PublicBaseURL,
 		MaxBodyBytes:      cfg.HTTP.MaxBodyBytes,
@@ -165,11 +188,14 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		RateLimits: api.RateLimits{Limiter: limiter, LookupPerAccount: cfg.RateLimits.LookupPerAccount,
 			LookupPerServer: cfg.RateLimits.LookupPerServer, DirectoryPerAccount: cfg.RateLimits.DirectoryPerAccount,
 			PerClient: cfg.RateLimits.PerClient},
-		Directory:  index,
-		SubmitPage: page,
+		Directory:     index,
+		DirectorySync: dirSync,
+		SubmitPage:    page,
 	}, metrics, log.With("component", "api"))
-	return &App{Config: cfg, DB: db, Store: store, Service: svc, API: srv, Metrics: metrics, HS: hs,
-		Index: index, Syncer: syncer, syncerOpts: syncerOpts, log: log}, nil
+	a := &App{Config: cfg, DB: db, Store: store, Service: svc, API: srv, Metrics: metrics, HS: hs,
+		Index: index, Syncer: syncer, syncerOpts: syncerOpts, adminSync: admSync, log: log}
+	admSync.app = a
+	return a, nil
 }
 
 type namedPeer struct {
@@ -193,7 +219,9 @@ func directory(cfg config.Config, index *mcsd.Index, log *slog.Logger) (*mcsd.Sy
 	}
 	opts := mcsd.Options{LRZA: cfg.Directory.LRZAURL, Directories: static, Client: client,
 		Concurrency: cfg.Directory.Concurrency, RequestTimeout: cfg.Directory.RequestTimeout,
-		Logger: log.With("component", "mcsd")}
+		MaxDeleteShare: cfg.Directory.MaxDeleteShare, MaxDeleteMin: cfg.Directory.MaxDeleteMin,
+		LeaseTTL: cfg.Directory.SyncLeaseTTL,
+		Logger:   log.With("component", "mcsd")}
 	syncer := mcsd.NewSyncer(index, opts)
 	var peers []namedPeer
 	for _, p := range cfg.Directory.Peers {
@@ -218,12 +246,28 @@ func (a *App) HasDirectories() bool {
 	return a.Config.Directory.LRZAURL != "" || len(a.Config.Directory.Directories) > 0
 }
 
-// SyncDirectories runs one sync of every directory and logs what it did.
+// SyncDirectories runs one sync of every directory and logs what it did. While another
+// process or replica syncs the database, it leaves this round to that one.
 func (a *App) SyncDirectories(ctx context.Context) ([]mcsd.DirectoryReport, error) {
 	reports, err := a.Syncer.SyncAll(ctx)
+	if errors.Is(err, mcsd.ErrSyncRunning) {
+		a.log.Info("directory sync left to the sync already running", "reason", err)
+		return nil, nil
+	}
+	return a.logReports(reports, err)
+}
+
+func (a *App) logReports(reports []mcsd.DirectoryReport, err error) ([]mcsd.DirectoryReport, error) {
 	for _, r := range reports {
-		a.log.Info("directory synced", "directory", r.Directory, "fetched", r.Fetched, "applied", r.Applied,
-			"rejected", r.Rejected, "err", r.Err)
+		switch {
+		case r.Skipped != "":
+			a.log.Info("directory skipped", "directory", r.Directory, "reason", r.Skipped, "retry_at", r.RetryAt)
+		case r.Err != nil:
+			a.log.Warn("directory sync failed", "directory", r.Directory, "fetched", r.Fetched, "applied", r.Applied, "err", r.Err)
+		default:
+			a.log.Info("directory synced", "directory", r.Directory, "fetched", r.Fetched, "applied", r.Applied,
+				"deleted", r.Deleted, "rejected", r.Rejected)
+		}
 	}
 	return reports, err
 }
@@ -244,14 +288,6 @@ func (a *App) syncSchedule(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// v1BaseURL gives the mail templates a base for Sydent's v1 sign-ed25519 link, only when v1 is served.
-func v1BaseURL(cfg config.Config) string {
-	if cfg.V1.Enabled {
-		return cfg.PublicBaseURL
-	}
-	return ""
-}
-
 func tlsWithCA(file string) (*tls.Config, error) {
 	if file == "" {
 		return nil, nil
@@ -270,8 +306,10 @@ func tlsWithCA(file string) (*tls.Config, error) {
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 
-// RunWorkers runs the background work (onbind delivery, session clean-up) until ctx ends.
+// RunWorkers runs the background work (onbind delivery, clean-up of expired sessions, invites
+// and ephemeral keys) until ctx ends.
 func (a *App) RunWorkers(ctx context.Context) {
+	a.adminSync.setContext(ctx)
 	if a.HasDirectories() && a.Config.Directory.SyncInterval > 0 {
 		a.workers.Go(func() { a.syncSchedule(ctx, a.Config.Directory.SyncInterval) })
 	}
@@ -286,6 +324,11 @@ func (a *App) RunWorkers(ctx context.Context) {
 				a.log.Warn("session clean-up", "err", err)
 			} else if n > 0 {
 				a.log.Info("removed expired validation sessions", "count", n)
+			}
+			if inv, keys, err := a.Store.PruneInvites(ctx, time.Now()); err != nil && ctx.Err() == nil {
+				a.log.Warn("invite clean-up", "err", err)
+			} else if inv > 0 || keys > 0 {
+				a.log.Info("removed expired invites", "invites", inv, "ephemeral_keys", keys)
 			}
 			select {
 			case <-ctx.Done():

@@ -84,8 +84,9 @@ func TestRestartKeepsState(t *testing.T) {
 		if !valid.Valid {
 			t.Fatal("ephemeral key of the pending invite forgotten")
 		}
+		priv := apitest.InviteSignURL(t, h.Mail.Wait(t, "carol@example.org", 1, apitest.MailWait)).Query().Get("private_key")
 		h.Post(t, v2+"/sign-ed25519", bob.Token, map[string]any{"mxid": "@carol:hs.ozo.test", "token": pending.Token,
-			"private_key": "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"}).Want(t, http.StatusOK, "")
+			"private_key": priv}).Want(t, http.StatusOK, "")
 		if got := h.LookupOne(t, bob, "email", "carol@example.org"); got != "" {
 			t.Fatalf("carol resolves to %q", got)
 		}

@@ -1,8 +1,11 @@
-// Package config loads ozo-identity's configuration: a YAML file whose every scalar key can be
-// overridden by an OZO_* environment variable (nested keys joined by "_", upper-cased).
+// Package config loads ozo-identity's configuration: a YAML file whose every key can be
+// overridden by an OZO_* environment variable (nested keys joined by "_", upper-cased; structured
+// values as JSON), found by reflection over the yaml tags.
 package config
 
 import (
+	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -62,6 +66,14 @@ type Directory struct {
 	// URLs come from third parties, so loopback and private addresses are refused otherwise.
 	AllowedNetworks []string `yaml:"allowed_networks"`
 	CAFile          string   `yaml:"ca_file"`
+	// MaxDeleteShare and MaxDeleteMin: a sync that would delete more than MaxDeleteMin and more
+	// than this share of one directory's resources of a type (or of the LRZA's organisations)
+	// stops for that directory and keeps them; `directory sync --allow-mass-delete` overrides.
+	MaxDeleteShare float64 `yaml:"max_delete_share"`
+	MaxDeleteMin   int     `yaml:"max_delete_min"`
+	// SyncLeaseTTL is how long the sync lease outlives a holder that stopped renewing it (died):
+	// one sync of the database at a time, across replicas and the CLI.
+	SyncLeaseTTL time.Duration `yaml:"sync_lease_ttl"`
 	// Peers are other identity servers asked, last, about 3PIDs nobody here knows.
 	Peers []Peer `yaml:"peers"`
 }
@@ -127,12 +139,28 @@ type Validation struct {
 	MaxFailedAttempts int           `yaml:"max_failed_attempts"`
 	// SubmitPage is an HTML template shown by GET submitToken when there is no next_link.
 	SubmitPage string `yaml:"submit_page"`
+	// NextLinkHosts are the hosts (host or host:port) a next_link may redirect to, https only;
+	// empty means the hosts of public_base_url and of the invite web client locations.
+	NextLinkHosts []string `yaml:"next_link_hosts"`
+	// MaxMailsPerSession bounds the mails one session sends (send_attempt 1, 2, ...).
+	MaxMailsPerSession int `yaml:"max_mails_per_session"`
+	// MaxMailsPerAddress bounds the validation mails to one address per session_lifetime.
+	MaxMailsPerAddress int `yaml:"max_mails_per_address"`
 }
 
 type Invites struct {
 	Lifetime time.Duration `yaml:"lifetime"`
 	// WebClientLocation is the chat client the invite mail links to.
 	WebClientLocation string `yaml:"web_client_location"`
+	// WebClientLocations are the clients an invite's org.matrix.web_client_location may choose;
+	// others are ignored in favour of WebClientLocation. Empty means WebClientLocation only.
+	WebClientLocations []string `yaml:"web_client_locations"`
+	// MaxPendingPerThreePID and MaxPendingPerSender cap undelivered invites.
+	MaxPendingPerThreePID int `yaml:"max_pending_per_threepid"`
+	MaxPendingPerSender   int `yaml:"max_pending_per_sender"`
+	// OnBindMaxInvites and OnBindMaxBytes bound one onbind request to a homeserver.
+	OnBindMaxInvites int `yaml:"onbind_max_invites"`
+	OnBindMaxBytes   int `yaml:"onbind_max_bytes"`
 	// OnBindRetryFor bounds how long an onbind delivery is retried.
 	OnBindRetryFor time.Duration `yaml:"onbind_retry_for"`
 }
@@ -146,7 +174,8 @@ type Email struct {
 type SMTP struct {
 	Host string `yaml:"host"`
 	Port int    `yaml:"port"`
-	// Security is "none", "starttls" or "tls" (implicit TLS).
+	// Security is "starttls" (required), "tls" (implicit TLS) or "none"; empty (the default)
+	// means starttls for any host but a loopback one. Certificates are always verified.
 	Security string `yaml:"security"`
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
@@ -177,6 +206,10 @@ type Homeservers struct {
 	// CAFile adds a CA to trust when calling homeservers (test setups, private PKI).
 	CAFile  string        `yaml:"ca_file"`
 	Timeout time.Duration `yaml:"timeout"`
+	// PinnedCerts maps a server name (host or host:port) to "sha256/<base64 or hex>" of the one
+	// certificate, or of its public key (SPKI), trusted for it instead of CA verification: for
+	// test homeservers with self-signed certificates that Go cannot verify (no subjectAltName).
+	PinnedCerts map[string]string `yaml:"pinned_certs"`
 }
 
 type V1 struct {
@@ -202,19 +235,27 @@ func Defaults() Config {
 		Lookup:        Lookup{MaxBatch: 10000},
 		Database:      Database{ConnMaxIdleTime: 5 * time.Minute, SQLiteMmapBytes: 256 << 20},
 		Validation: Validation{
-			SessionLifetime:   24 * time.Hour,
-			TokenLifetime:     24 * time.Hour,
-			MaxFailedAttempts: 10,
+			SessionLifetime:    24 * time.Hour,
+			TokenLifetime:      24 * time.Hour,
+			MaxFailedAttempts:  10,
+			MaxMailsPerSession: 3,
+			MaxMailsPerAddress: 10,
 		},
 		Invites: Invites{
-			Lifetime:          30 * 24 * time.Hour,
-			WebClientLocation: "https://app.element.io",
-			OnBindRetryFor:    7 * 24 * time.Hour,
+			Lifetime:              30 * 24 * time.Hour,
+			WebClientLocation:     "https://app.element.io",
+			MaxPendingPerThreePID: 50,
+			MaxPendingPerSender:   200,
+			OnBindMaxInvites:      50,
+			OnBindMaxBytes:        64 << 10,
+			OnBindRetryFor:        7 * 24 * time.Hour,
 		},
-		Email:       Email{SMTP: SMTP{Host: "localhost", Port: 25, Security: "none"}, From: "ozo-identity <noreply@localhost>"},
+		// No security set: STARTTLS is required unless the host is loopback (see email.Config).
+		Email:       Email{SMTP: SMTP{Host: "localhost"}, From: "ozo-identity <noreply@localhost>"},
 		Homeservers: Homeservers{Timeout: 10 * time.Second},
 		RateLimits:  RateLimits{LookupPerAccount: 120, LookupPerServer: 2400, DirectoryPerAccount: 60, PerClient: 60},
-		Directory:   Directory{SyncInterval: 15 * time.Minute, Concurrency: 8, RequestTimeout: 30 * time.Second},
+		Directory: Directory{SyncInterval: 15 * time.Minute, Concurrency: 8, RequestTimeout: 30 * time.Second,
+			MaxDeleteShare: 0.5, MaxDeleteMin: 10, SyncLeaseTTL: time.Minute},
 	}
 }
 
@@ -233,70 +274,208 @@ func Load(path string, env []string) (Config, error) {
 			return cfg, fmt.Errorf("parse config %s: %w", path, err)
 		}
 	}
-	vars := map[string]string{}
-	for _, kv := range env {
-		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, "OZO_") {
-			vars[k] = v
-		}
-	}
-	if err := applyEnv(reflect.ValueOf(&cfg).Elem(), "OZO", vars); err != nil {
+	if err := applyEnv(&cfg, env); err != nil {
 		return cfg, err
-	}
-	for k := range vars {
-		if !knownEnv(k) {
-			return cfg, fmt.Errorf("unknown configuration variable %s", k)
-		}
 	}
 	return cfg, cfg.Validate()
 }
 
-var nonEnvVars = map[string]bool{"OZO_TEST_POSTGRES_URL": true, "OZO_DENDRITE_BIN": true}
-
-func knownEnv(k string) bool {
-	if nonEnvVars[k] || strings.HasPrefix(k, "OZO_TEST_") {
-		return true
-	}
-	var cfg Config
-	found := false
-	walk(reflect.ValueOf(&cfg).Elem(), "OZO", func(name string, _ reflect.Value) {
-		if name == k {
-			found = true
-		}
-	})
-	return found
+// envKey is one configuration key as an environment variable: OZO_ + its upper-cased path.
+type envKey struct {
+	name  string // OZO_EMAIL_SMTP_HOST
+	path  string // email.smtp.host
+	depth int
+	field reflect.Value
 }
 
-func walk(v reflect.Value, prefix string, fn func(name string, field reflect.Value)) {
-	t := v.Type()
-	for i := range t.NumField() {
-		tag := strings.Split(t.Field(i).Tag.Get("yaml"), ",")[0]
-		if tag == "" || tag == "-" {
-			continue
+// envKeys lists every key of cfg, sections (structs) included, by walking the yaml tags, so
+// keys added to Config are settable from the environment without further work.
+func envKeys(cfg *Config) []envKey {
+	var keys []envKey
+	var walk func(v reflect.Value, name, path string, depth int)
+	walk = func(v reflect.Value, name, path string, depth int) {
+		t := v.Type()
+		for i := range t.NumField() {
+			tag := strings.Split(t.Field(i).Tag.Get("yaml"), ",")[0]
+			if tag == "" || tag == "-" {
+				continue
+			}
+			k := envKey{name: name + "_" + strings.ToUpper(tag), path: strings.TrimPrefix(path+"."+tag, "."), depth: depth, field: v.Field(i)}
+			keys = append(keys, k)
+			if k.field.Kind() == reflect.Struct && k.field.Type() != durationType {
+				walk(k.field, k.name, k.path, depth+1)
+			}
 		}
-		name := prefix + "_" + strings.ToUpper(tag)
-		f := v.Field(i)
-		if f.Kind() == reflect.Struct {
-			walk(f, name, fn)
-			continue
-		}
-		fn(name, f)
 	}
+	walk(reflect.ValueOf(cfg).Elem(), "OZO", "", 0)
+	return keys
+}
+
+// EnvName is the environment variable of a key path (email.smtp.host → OZO_EMAIL_SMTP_HOST).
+func EnvName(path string) string {
+	return "OZO_" + strings.ToUpper(strings.ReplaceAll(path, ".", "_"))
+}
+
+// applyEnv sets cfg from the OZO_* variables in env. A variable belongs to ozo-identity when its
+// name is a key, a key's section followed by "_" (OZO_EMAIL_…), or within a typo of a key; one
+// of those that names no key is an error. Other OZO_* variables belong to the deployment and are
+// ignored. Sections apply before the keys inside them, so the more specific variable wins.
+func applyEnv(cfg *Config, env []string) error {
+	keys := envKeys(cfg)
+	byName := map[string]envKey{}
+	for _, k := range keys {
+		byName[k.name] = k
+	}
+	type setting struct {
+		key      envKey
+		mapEntry string // for OZO_<MAP>_<ENTRY>: the entry's key, lower-cased
+		raw      string
+	}
+	var settings []setting
+	var errs []error
+	for _, kv := range env {
+		name, raw, ok := strings.Cut(kv, "=")
+		if !ok || !strings.HasPrefix(name, "OZO_") {
+			continue
+		}
+		if k, ok := byName[name]; ok {
+			settings = append(settings, setting{key: k, raw: raw})
+			continue
+		}
+		if k, entry, ok := mapEntryKey(keys, name); ok {
+			k.depth++ // after the whole map, if both are set
+			settings = append(settings, setting{key: k, mapEntry: entry, raw: raw})
+			continue
+		}
+		if ours, hint := looksLikeKey(keys, name); ours {
+			errs = append(errs, fmt.Errorf("unknown configuration variable %s%s", name, hint))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	slices.SortStableFunc(settings, func(a, b setting) int { return a.key.depth - b.key.depth })
+	for _, s := range settings {
+		var err error
+		if s.mapEntry != "" {
+			err = setMapEntry(s.key.field, s.mapEntry, s.raw)
+		} else {
+			err = setValue(s.key.field, s.raw)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s (%s): %w", s.key.name, s.key.path, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// mapEntryKey matches OZO_<MAP>_<ENTRY> for a map keyed by strings: OZO_EMAIL_TEMPLATES_INVITE.
+func mapEntryKey(keys []envKey, name string) (envKey, string, bool) {
+	for _, k := range keys {
+		if k.field.Kind() != reflect.Map || k.field.Type().Key().Kind() != reflect.String {
+			continue
+		}
+		if entry, ok := strings.CutPrefix(name, k.name+"_"); ok && entry != "" {
+			return k, strings.ToLower(entry), true
+		}
+	}
+	return envKey{}, "", false
+}
+
+// looksLikeKey reports whether an unknown OZO_ variable was meant for ozo-identity: it lies in a
+// section (OZO_EMAIL_SMPT_HOST), or is a typo of a key (OZO_LISTN).
+func looksLikeKey(keys []envKey, name string) (bool, string) {
+	best, bestDist := "", 3
+	for _, k := range keys {
+		if d := editDistance(name, k.name, bestDist); d < bestDist {
+			best, bestDist = k.name, d
+		}
+	}
+	if bestDist <= 2 && len(name) >= 8 || bestDist <= 1 {
+		return true, "; did you mean " + best + "?"
+	}
+	for _, k := range keys {
+		if k.depth == 0 && k.field.Kind() == reflect.Struct && strings.HasPrefix(name, k.name+"_") {
+			return true, " (not a key of " + k.path + ")"
+		}
+		if k.depth == 0 && k.field.Kind() != reflect.Struct && strings.HasPrefix(name, k.name+"_") {
+			return true, " (" + k.path + " has no sub-keys)"
+		}
+	}
+	return false, ""
+}
+
+// editDistance is the Levenshtein distance of a and b, or limit when it is at least limit.
+func editDistance(a, b string, limit int) int {
+	if d := len(a) - len(b); d >= limit || -d >= limit {
+		return limit
+	}
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return min(prev[len(b)], limit)
 }
 
 var durationType = reflect.TypeOf(time.Duration(0))
 
-func applyEnv(v reflect.Value, prefix string, vars map[string]string) error {
-	var firstErr error
-	walk(v, prefix, func(name string, f reflect.Value) {
-		raw, ok := vars[name]
-		if !ok || firstErr != nil {
-			return
+// setValue sets a key from its variable: scalars as text, lists of strings comma-separated or
+// as a JSON array, anything structured (maps, lists of objects, sections) as JSON (or YAML).
+func setValue(f reflect.Value, raw string) error {
+	switch {
+	case f.Type() == durationType, f.Kind() == reflect.String, f.Kind() == reflect.Bool,
+		f.Kind() == reflect.Int, f.Kind() == reflect.Int64:
+		return setScalar(f, raw)
+	case f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.String && !strings.HasPrefix(strings.TrimSpace(raw), "["):
+		var parts []string
+		for _, p := range strings.Split(raw, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				parts = append(parts, p)
+			}
 		}
-		if err := setScalar(f, raw); err != nil {
-			firstErr = fmt.Errorf("%s: %w", name, err)
+		f.Set(reflect.ValueOf(parts))
+		return nil
+	}
+	if f.Kind() != reflect.Struct {
+		f.Set(reflect.Zero(f.Type())) // a list or map from the environment replaces the file's
+	}
+	return decodeStructured(f, raw)
+}
+
+func decodeStructured(f reflect.Value, raw string) error {
+	dec := yaml.NewDecoder(strings.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(f.Addr().Interface()); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil
 		}
-	})
-	return firstErr
+		return fmt.Errorf("not valid JSON for this key: %w", err)
+	}
+	return nil
+}
+
+func setMapEntry(m reflect.Value, entry, raw string) error {
+	if m.IsNil() {
+		m.Set(reflect.MakeMap(m.Type()))
+	}
+	v := reflect.New(m.Type().Elem()).Elem()
+	if err := setValue(v.Addr().Elem(), raw); err != nil {
+		return err
+	}
+	m.SetMapIndex(reflect.ValueOf(entry).Convert(m.Type().Key()), v)
+	return nil
 }
 
 func setScalar(f reflect.Value, raw string) error {
@@ -321,16 +500,14 @@ func setScalar(f reflect.Value, raw string) error {
 			return err
 		}
 		f.SetInt(n)
-	case f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.String:
-		var parts []string
-		for _, p := range strings.Split(raw, ",") {
-			if p = strings.TrimSpace(p); p != "" {
-				parts = append(parts, p)
-			}
+	case f.Kind() == reflect.Float64:
+		n, err := strconv.ParseFloat(raw, 64)
+		if err != nil {
+			return err
 		}
-		f.Set(reflect.ValueOf(parts))
+		f.SetFloat(n)
 	default:
-		return fmt.Errorf("cannot be set from the environment; use the config file")
+		return fmt.Errorf("cannot be set from the environment")
 	}
 	return nil
 }
@@ -347,6 +524,14 @@ func (c *Config) Validate() error {
 	if _, err := ParsePrefixes(c.Homeservers.AllowedNetworks); err != nil {
 		errs = append(errs, fmt.Errorf("homeservers.allowed_networks: %w", err))
 	}
+	for name, pin := range c.Homeservers.PinnedCerts {
+		if _, err := ParsePin(pin); err != nil {
+			errs = append(errs, fmt.Errorf("homeservers.pinned_certs.%s: %w", name, err))
+		}
+		if name == "" || strings.ContainsAny(name, "/ ") {
+			errs = append(errs, fmt.Errorf("homeservers.pinned_certs: %q is not a server name", name))
+		}
+	}
 	if _, err := ParsePrefixes(c.Directory.AllowedNetworks); err != nil {
 		errs = append(errs, fmt.Errorf("directory.allowed_networks: %w", err))
 	}
@@ -358,6 +543,15 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("directory URL %q must be an absolute http(s) URL", u))
 		}
 	}
+	if !(c.Directory.MaxDeleteShare > 0 && c.Directory.MaxDeleteShare <= 1) {
+		errs = append(errs, fmt.Errorf("directory.max_delete_share %v must be above 0 and at most 1", c.Directory.MaxDeleteShare))
+	}
+	if c.Directory.MaxDeleteMin < 1 {
+		errs = append(errs, errors.New("directory.max_delete_min must be at least 1"))
+	}
+	if c.Directory.SyncLeaseTTL < 5*time.Second {
+		errs = append(errs, errors.New("directory.sync_lease_ttl must be at least 5s"))
+	}
 	if _, err := ParsePrefixes(c.V1.Networks); err != nil {
 		errs = append(errs, fmt.Errorf("v1.networks: %w", err))
 	}
@@ -365,9 +559,28 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("http.trusted_proxies: %w", err))
 	}
 	switch c.Email.SMTP.Security {
-	case "none", "starttls", "tls":
+	case "", "none", "starttls", "tls":
 	default:
-		errs = append(errs, fmt.Errorf("email.smtp.security %q must be none, starttls or tls", c.Email.SMTP.Security))
+		errs = append(errs, fmt.Errorf("email.smtp.security %q must be starttls, tls or none (empty: starttls unless the host is loopback)", c.Email.SMTP.Security))
+	}
+	for _, loc := range append([]string{c.Invites.WebClientLocation}, c.Invites.WebClientLocations...) {
+		if pu, err := url.Parse(loc); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" {
+			errs = append(errs, fmt.Errorf("invites web client location %q must be an absolute http(s) URL", loc))
+		}
+	}
+	for _, h := range c.Validation.NextLinkHosts {
+		if pu, err := url.Parse("https://" + h); err != nil || pu.Host != h || h == "" {
+			errs = append(errs, fmt.Errorf("validation.next_link_hosts: %q must be a host or host:port", h))
+		}
+	}
+	if c.Validation.MaxMailsPerSession <= 0 || c.Validation.MaxMailsPerAddress <= 0 {
+		errs = append(errs, errors.New("validation.max_mails_per_session and max_mails_per_address must be positive"))
+	}
+	if c.Invites.MaxPendingPerThreePID <= 0 || c.Invites.MaxPendingPerSender <= 0 {
+		errs = append(errs, errors.New("invites.max_pending_per_threepid and max_pending_per_sender must be positive"))
+	}
+	if c.Invites.OnBindMaxInvites <= 0 || c.Invites.OnBindMaxBytes < 4096 {
+		errs = append(errs, errors.New("invites.onbind_max_invites must be positive and invites.onbind_max_bytes at least 4096"))
 	}
 	if c.Lookup.MaxBatch <= 0 {
 		errs = append(errs, errors.New("lookup.max_batch must be positive"))
@@ -427,4 +640,32 @@ func ParsePrefixes(list []string) ([]netip.Prefix, error) {
 		out = append(out, p.Masked())
 	}
 	return out, nil
+}
+
+// ParsePin reads a certificate pin "sha256/<digest>", the digest in base64 (standard or URL-safe,
+// padded or not) or hex: SHA-256 of a DER certificate or of its SubjectPublicKeyInfo.
+func ParsePin(s string) ([32]byte, error) {
+	var pin [32]byte
+	digest, ok := strings.CutPrefix(s, "sha256/")
+	if !ok {
+		return pin, fmt.Errorf("pin %q must start with sha256/", s)
+	}
+	var raw []byte
+	var err error
+	clean := strings.ReplaceAll(digest, ":", "")
+	if len(clean) == 64 {
+		raw, err = hex.DecodeString(clean)
+	} else {
+		trimmed := strings.TrimRight(digest, "=")
+		if strings.ContainsAny(trimmed, "-_") {
+			raw, err = base64.RawURLEncoding.DecodeString(trimmed)
+		} else {
+			raw, err = base64.RawStdEncoding.DecodeString(trimmed)
+		}
+	}
+	if err != nil || len(raw) != len(pin) {
+		return pin, fmt.Errorf("pin %q is not a SHA-256 digest in base64 or hex", s)
+	}
+	copy(pin[:], raw)
+	return pin, nil
 }

@@ -29,6 +29,20 @@ func TestDefaultsWithoutFile(t *testing.T) {
 	}
 }
 
+// Naming only a remote SMTP host must not mean mail in clear: security stays empty, which the
+// mailer turns into STARTTLS required for any host but loopback (email.TestRemoteHostRequiresVerifiedTLS).
+func TestSMTPSecurityNotPlainByDefault(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(path, []byte("email:\n  smtp:\n    host: mail.zorg.example.nl\n"), 0o600)
+	cfg, err := Load(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Email.SMTP.Security != "" || cfg.Email.SMTP.Port != 0 {
+		t.Fatalf("smtp security %q port %d, want empty (starttls for remote hosts) and 0", cfg.Email.SMTP.Security, cfg.Email.SMTP.Port)
+	}
+}
+
 func TestEnvironmentOverridesFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "c.yaml")
 	os.WriteFile(path, []byte("listen: \":1\"\ndatabase:\n  url: postgres://file\nv1:\n  enabled: false\n"), 0o600)
@@ -49,6 +63,11 @@ func TestBadConfigFailsAtLoad(t *testing.T) {
 		"unknown key":     "lisen: \":1\"\n",
 		"bad cidr":        "v1:\n  networks: [\"10.0.0.0/33\"]\n",
 		"bad security":    "email:\n  smtp:\n    security: ssl\n",
+		"next_link url":   "validation:\n  next_link_hosts: [\"https://app.example\"]\n",
+		"web client":      "invites:\n  web_client_locations: [\"app.example\"]\n",
+		"no invite cap":   "invites:\n  max_pending_per_threepid: 0\n",
+		"no mail cap":     "validation:\n  max_mails_per_address: 0\n",
+		"tiny onbind":     "invites:\n  onbind_max_bytes: 100\n",
 		"relative url":    "public_base_url: /id\n",
 		"policy, no url":  "terms:\n  policies:\n    p:\n      version: \"1\"\n      languages:\n        nl: {name: x}\n",
 		"not yaml at all": "{{{",

@@ -370,9 +370,12 @@ func dendriteConfig(serverName, dir, keyFile string, idServers []string) map[str
 			"rate_limiting":         map[string]any{"enabled": false},
 		},
 		"federation_api": map[string]any{
-			"database":               db("federationapi"),
-			"send_max_retries":       16,
-			"disable_tls_validation": true,
+			"database":         db("federationapi"),
+			"send_max_retries": 16,
+			// Validation on: Dendrite checks other homeservers' and (for requestToken and bind,
+			// which go through its federation client) ozo-identity's certificates against the
+			// test CA it is given through SSL_CERT_FILE.
+			"disable_tls_validation": false,
 			"key_perspectives":       []any{},
 			"prefer_direct_fetch":    true,
 			// Dendrite denies loopback by default; allow only loopback, so a

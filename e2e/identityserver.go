@@ -52,6 +52,8 @@ type ISOptions struct {
 	// (LRZA, allowed networks, CA, sync interval); start from
 	// config.Defaults().Directory. Nil means no directories.
 	Directory *config.Directory
+	// Terms are the policies users must accept; nil means none.
+	Terms map[string]config.Policy
 }
 
 // StartIdentityServer builds ozo-identity from its configuration, as the
@@ -95,6 +97,7 @@ func StartIdentityServer(t testing.TB, ca *pkitest.CA, opts ISOptions) *Identity
 	cfg.Email.SMTP = config.SMTP{Host: is.Mail.Host, Port: is.Mail.Port, Security: "none"}
 	cfg.Email.From = "OZO e2e <noreply@ozo.example.org>"
 	cfg.Invites.WebClientLocation = "https://chat.ozo.example.org"
+	cfg.Terms.Policies = opts.Terms
 	if opts.Directory != nil {
 		cfg.Directory = *opts.Directory
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ozo-platform/ozo-identity/email/smtptest"
+	"github.com/ozo-platform/ozo-identity/internal/pkitest"
 )
 
 func newMailer(t *testing.T, cfg Config) *Mailer {
@@ -310,5 +311,72 @@ func TestConcurrentSends(t *testing.T) {
 	}
 	if len(ids) != n {
 		t.Errorf("%d distinct Message-IDs for %d messages", len(ids), n)
+	}
+}
+
+// nonLoopbackIP returns an address of this machine that is not loopback, for a mail server the
+// mailer must treat as remote.
+func nonLoopbackIP(t *testing.T) string {
+	t.Helper()
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLoopback() && ipn.IP.To4() != nil && !ipn.IP.IsLinkLocalUnicast() {
+			return ipn.IP.String()
+		}
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("no non-loopback IPv4 address to run a remote SMTP server on")
+	}
+	t.Skip("no non-loopback IPv4 address")
+	return ""
+}
+
+// With only a remote host configured, mail never goes out in clear (the mistake of Sydent's
+// CVE-2023-38686): STARTTLS is required and the certificate is verified; plain SMTP to a remote
+// host needs security "none" spelt out.
+func TestRemoteHostRequiresVerifiedTLS(t *testing.T) {
+	ip := nonLoopbackIP(t)
+	ca := pkitest.NewCA(t)
+
+	plain := smtptest.StartWith(t, smtptest.Options{Host: ip})
+	m := newMailer(t, Config{Host: ip, Port: plain.Port, From: "noreply@id.example.nl", HeloName: "id.example.nl", TLSConfig: ca.ClientTLSConfig()})
+	err := m.Send(context.Background(), KindValidation, "bob@example.org", validationVars())
+	if err == nil || !strings.Contains(err.Error(), "STARTTLS") {
+		t.Fatalf("send to a remote server without STARTTLS: %v, want a refusal naming STARTTLS", err)
+	}
+	if n := len(plain.Messages()); n != 0 {
+		t.Fatalf("the server got %d messages in clear", n)
+	}
+
+	// A certificate from a CA the mailer does not trust is refused too.
+	other := pkitest.NewCA(t)
+	untrusted := smtptest.StartWith(t, smtptest.Options{Host: ip, Security: "starttls", TLS: other.ServerTLSConfig(t, ip)})
+	m = newMailer(t, Config{Host: ip, Port: untrusted.Port, From: "noreply@id.example.nl", HeloName: "id.example.nl", TLSConfig: ca.ClientTLSConfig()})
+	if err := m.Send(context.Background(), KindValidation, "bob@example.org", validationVars()); err == nil {
+		t.Fatal("sent over STARTTLS with an untrusted certificate")
+	}
+	if n := len(untrusted.Messages()); n != 0 {
+		t.Fatalf("the untrusted server got %d messages", n)
+	}
+
+	good := smtptest.StartWith(t, smtptest.Options{Host: ip, Security: "starttls", TLS: ca.ServerTLSConfig(t, ip)})
+	m = newMailer(t, Config{Host: ip, Port: good.Port, From: "noreply@id.example.nl", HeloName: "id.example.nl", TLSConfig: ca.ClientTLSConfig()})
+	if err := m.Send(context.Background(), KindValidation, "bob@example.org", validationVars()); err != nil {
+		t.Fatalf("send over verified STARTTLS: %v", err)
+	}
+	if msgs := good.Messages(); len(msgs) != 1 || !msgs[0].TLS {
+		t.Fatalf("want one message over TLS, got %+v", msgs)
+	}
+
+	// Plain SMTP to a remote host only when configured so explicitly.
+	m = newMailer(t, Config{Host: ip, Port: plain.Port, Security: SecurityNone, From: "noreply@id.example.nl", HeloName: "id.example.nl"})
+	if err := m.Send(context.Background(), KindValidation, "bob@example.org", validationVars()); err != nil {
+		t.Fatalf("explicit security none: %v", err)
+	}
+	if msgs := plain.Messages(); len(msgs) != 1 || msgs[0].TLS {
+		t.Fatalf("explicit none: %+v", msgs)
 	}
 }

@@ -73,6 +73,9 @@ type Options struct {
 	Resolver *net.Resolver
 	// UserAgent is sent on outbound requests; empty means "ozo-identity".
 	UserAgent string
+	// PinnedCerts maps "host:port" or "host" to the SHA-256 of the one certificate (or of its
+	// SubjectPublicKeyInfo) accepted there instead of the usual verification.
+	PinnedCerts map[string][32]byte
 }
 
 // Client talks to homeservers. It is safe for concurrent use.
@@ -104,6 +107,9 @@ func New(opts Options, log *slog.Logger) *Client {
 	}
 	srt := federation.NewServerResolvingTransport(newResolutionCache(maxCacheEntries), c.dialContext, settings)
 	srt.Transport.MaxResponseHeaderBytes = maxHeaderBytes
+	if len(opts.PinnedCerts) > 0 {
+		srt.Transport.DialTLSContext = dialTLSFunc(opts.TLSConfig, opts.PinnedCerts, srt.DialContext)
+	}
 	// mautrix fetches .well-known with http.DefaultClient unless told otherwise: give it
 	// the guarded client, with half the budget so a black-holed port 443 leaves time for
 	// the SRV / port 8448 fallback.
@@ -194,11 +200,16 @@ func (c *Client) OnBind(ctx context.Context, serverName string, body []byte) err
 	req.Header.Set("User-Agent", c.opts.UserAgent)
 	resp, err := c.fed.HTTP.Do(req)
 	if err == nil {
-		// Drain (bounded by limitTransport) so the connection can be reused.
+		// Drain (bounded by limitTransport) so the connection can be reused; keep the start of
+		// an error body for its errcode and error.
+		var head []byte
+		if resp.StatusCode >= 300 {
+			head, _ = io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		}
 		_, _ = io.Copy(io.Discard, resp.Body)
 		_ = resp.Body.Close()
 		if resp.StatusCode >= 300 {
-			err = fmt.Errorf("%w: HTTP %d", statusKind(resp.StatusCode), resp.StatusCode)
+			err = newHTTPError(resp.StatusCode, head)
 		}
 	} else {
 		err = classify(err, nil)
@@ -262,6 +273,39 @@ func classify(err error, byStatus func(int) error) error {
 		return fmt.Errorf("%w: %w", ErrUnreachable, cause)
 	}
 }
+
+// HTTPError is a homeserver's error answer: its status and, when the body is a Matrix error,
+// its errcode and error (both shortened, as the homeserver chooses them).
+type HTTPError struct {
+	Status  int
+	Errcode string
+	Message string
+}
+
+func newHTTPError(status int, body []byte) *HTTPError {
+	e := &HTTPError{Status: status}
+	var m struct {
+		Errcode string `json:"errcode"`
+		Error   string `json:"error"`
+	}
+	if json.Unmarshal(body, &m) == nil {
+		e.Errcode, e.Message = truncate(m.Errcode), truncate(m.Error)
+	}
+	return e
+}
+
+func (e *HTTPError) Error() string {
+	if e.Errcode == "" {
+		return fmt.Sprintf("HTTP %d", e.Status)
+	}
+	return fmt.Sprintf("HTTP %d %s: %s", e.Status, e.Errcode, e.Message)
+}
+
+// Unwrap classifies the status (ErrRejected, ErrRateLimited, ...).
+func (e *HTTPError) Unwrap() error { return statusKind(e.Status) }
+
+// MatrixError returns the errcode and error the homeserver answered.
+func (e *HTTPError) MatrixError() (errcode, message string) { return e.Errcode, e.Message }
 
 func statusKind(status int) error {
 	switch {

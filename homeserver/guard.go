@@ -120,6 +120,9 @@ func newHTTPClient(o Options, dial func(context.Context, string, string) (net.Co
 		MaxResponseHeaderBytes: maxHeaderBytes,
 		ForceAttemptHTTP2:      true,
 	}
+	if len(o.PinnedCerts) > 0 {
+		tr.DialTLSContext = dialTLSFunc(o.TLSConfig, o.PinnedCerts, dial)
+	}
 	return &http.Client{
 		Transport: &limitTransport{next: tr, max: o.MaxResponseBytes},
 		Timeout:   timeout,

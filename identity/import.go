@@ -66,7 +66,8 @@ func (s *Service) ImportBindings(ctx context.Context, entries []ImportEntry, sou
 		items = append(items, storage.ImportBinding{
 			Binding: storage.Binding{ThreePID: tp, MXID: e.MXID, CreatedAt: now, NotBefore: now,
 				NotAfter: now.Add(bindingLifetime), Source: source},
-			Hashes: threepid.LookupHashes(tp, pepper),
+			Hashes:       threepid.LookupHashes(tp, pepper),
+			FoldedHashes: threepid.FoldedLookupHashes(tp, pepper),
 		})
 	}
 	if len(items) == 0 || strict && len(rep.Invalid) > 0 {
@@ -78,12 +79,12 @@ func (s *Service) ImportBindings(ctx context.Context, entries []ImportEntry, sou
 		if err != nil {
 			return nil, err
 		}
-		d, err := s.onBindDelivery(b, assoc, invites)
+		ds, err := s.onBindDeliveries(b, assoc, invites)
 		if err != nil {
 			return nil, err
 		}
-		queued = true
-		return []storage.OnBindDelivery{d}, nil
+		queued = queued || len(ds) > 0
+		return ds, nil
 	})
 	if err != nil {
 		return rep, err

@@ -15,6 +15,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/ozo-platform/ozo-identity/storage"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // KeyID is the identifier Sydent and homeservers expect for an identity server's key.
@@ -23,6 +24,8 @@ const KeyID = "ed25519:0"
 const (
 	settingSigningKey = "signing_key"
 	settingPepper     = "lookup_pepper"
+	// settingFoldedHashes is set once every binding has its folded lookup hashes.
+	settingFoldedHashes = "folded_lookup_hashes"
 )
 
 // Signer signs JSON objects with the server's long-term Ed25519 key.
@@ -94,20 +97,38 @@ func signWith(obj map[string]any, serverName string, key *federation.SigningKey)
 	return nil
 }
 
-// signWithPrivateKey signs obj with a caller-provided ephemeral key (sign-ed25519).
-func signWithPrivateKey(obj map[string]any, serverName, privateKey string) error {
+// parsePrivateKey reads a caller-provided Ed25519 private key: a 32-byte seed or a 64-byte key.
+func parsePrivateKey(privateKey string) (ed25519.PrivateKey, error) {
 	raw, err := decodeBase64(privateKey)
 	if err != nil {
-		return errorf(CodeInvalidParam, "private_key is not base64")
+		return nil, errorf(CodeInvalidParam, "private_key is not base64")
 	}
-	var priv ed25519.PrivateKey
 	switch len(raw) {
 	case ed25519.SeedSize:
-		priv = ed25519.NewKeyFromSeed(raw)
+		return ed25519.NewKeyFromSeed(raw), nil
 	case ed25519.PrivateKeySize:
-		priv = ed25519.PrivateKey(raw)
+		// A 64-byte key carries its public half; derive it from the seed so it cannot lie.
+		return ed25519.NewKeyFromSeed(raw[:ed25519.SeedSize]), nil
 	default:
-		return errorf(CodeInvalidParam, "private_key is not an Ed25519 key")
+		return nil, errorf(CodeInvalidParam, "private_key is not an Ed25519 key")
+	}
+}
+
+// ephemeralPublicKey is the unpadded base64 public key of a caller-provided private key, the form
+// store-invite hands out.
+func ephemeralPublicKey(privateKey string) (string, error) {
+	priv, err := parsePrivateKey(privateKey)
+	if err != nil {
+		return "", err
+	}
+	return base64.RawStdEncoding.EncodeToString(priv.Public().(ed25519.PublicKey)), nil
+}
+
+// signWithPrivateKey signs obj with a caller-provided ephemeral key (sign-ed25519).
+func signWithPrivateKey(obj map[string]any, serverName, privateKey string) error {
+	priv, err := parsePrivateKey(privateKey)
+	if err != nil {
+		return err
 	}
 	pub := priv.Public().(ed25519.PublicKey)
 	key := &federation.SigningKey{ID: id.KeyID(KeyID), Pub: id.SigningKey(base64.RawStdEncoding.EncodeToString(pub)), Priv: priv}
@@ -146,5 +167,23 @@ func LoadPepper(ctx context.Context, store storage.Storage) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("store pepper: %w", err)
 	}
+	// Bindings made before folded lookup hashes existed get them once.
+	if _, err := store.GetSetting(ctx, settingFoldedHashes); errors.Is(err, storage.ErrNotFound) {
+		if err := store.RehashBindings(ctx, hashesWith(pepper)); err != nil {
+			return "", fmt.Errorf("add folded lookup hashes: %w", err)
+		}
+		if err := store.SetSetting(ctx, settingFoldedHashes, "1"); err != nil {
+			return "", fmt.Errorf("add folded lookup hashes: %w", err)
+		}
+	} else if err != nil {
+		return "", fmt.Errorf("read settings: %w", err)
+	}
 	return pepper, nil
+}
+
+// hashesWith computes a 3PID's exact and folded lookup hashes under pepper.
+func hashesWith(pepper string) func(storage.ThreePID) ([]string, []string) {
+	return func(tp storage.ThreePID) ([]string, []string) {
+		return threepid.LookupHashes(tp, pepper), threepid.FoldedLookupHashes(tp, pepper)
+	}
 }

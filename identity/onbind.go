@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,25 +15,71 @@ type OnBinder interface {
 	OnBind(ctx context.Context, serverName string, body []byte) error
 }
 
-// onBindDelivery builds the onbind call for the invites pending on a new binding. Each invite's
-// "signed" holds exactly mxid and token: homeservers re-serialise just those two to verify it.
-func (s *Service) onBindDelivery(b storage.Binding, assoc Association, invites []storage.Invite) (storage.OnBindDelivery, error) {
-	var list []map[string]any
+// Default bounds of one onbind request: Synapse and Dendrite refuse large bodies (413), and one
+// refused request must not take many invites with it.
+const (
+	defaultOnBindMaxInvites = 50
+	defaultOnBindMaxBytes   = 64 << 10
+)
+
+// onBindDeliveries builds the onbind calls for the invites pending on a new binding, in batches
+// bounded by count and bytes. Each invite's "signed" holds exactly mxid and token: homeservers
+// re-serialise just those two to verify it.
+func (s *Service) onBindDeliveries(b storage.Binding, assoc Association, invites []storage.Invite) ([]storage.OnBindDelivery, error) {
+	maxInvites := cmp.Or(s.opts.OnBindMaxInvites, defaultOnBindMaxInvites)
+	maxBytes := cmp.Or(s.opts.OnBindMaxBytes, defaultOnBindMaxBytes)
+	base, err := json.Marshal(assoc)
+	if err != nil {
+		return nil, err
+	}
+	var out []storage.OnBindDelivery
+	var batch []json.RawMessage
+	size := len(base) + len(`,"invites":[]`)
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		d, err := s.onBindDelivery(b, assoc, batch)
+		if err != nil {
+			return err
+		}
+		out = append(out, d)
+		batch, size = nil, len(base)+len(`,"invites":[]`)
+		return nil
+	}
 	for _, inv := range invites {
 		signed := map[string]any{"mxid": b.MXID, "token": inv.Token}
 		if err := s.signer.Sign(signed); err != nil {
-			return storage.OnBindDelivery{}, err
+			return nil, err
 		}
-		list = append(list, map[string]any{
+		entry, err := json.Marshal(map[string]any{
 			"address": b.Address, "medium": b.Medium, "mxid": b.MXID,
 			"room_id": inv.RoomID, "sender": inv.Sender, "token": inv.Token, "signed": signed,
 		})
+		if err != nil {
+			return nil, err
+		}
+		if len(batch) > 0 && (len(batch) >= maxInvites || size+1+len(entry) > maxBytes) {
+			if err := flush(); err != nil {
+				return nil, err
+			}
+		}
+		batch = append(batch, entry)
+		size += 1 + len(entry)
 	}
+	if err := flush(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// onBindDelivery builds one onbind call: the signed association and a batch of invites.
+func (s *Service) onBindDelivery(b storage.Binding, assoc Association, invites []json.RawMessage) (storage.OnBindDelivery, error) {
 	body := map[string]any{}
 	for k, v := range assoc {
 		body[k] = v
 	}
-	body["invites"] = list
+	body["invites"] = invites
 	data, err := json.Marshal(body)
 	if err != nil {
 		return storage.OnBindDelivery{}, err
@@ -40,6 +87,30 @@ func (s *Service) onBindDelivery(b storage.Binding, assoc Association, invites [
 	now := s.now()
 	return storage.OnBindDelivery{ID: randomToken(12), ServerName: ServerOf(b.MXID), Body: data,
 		NextAttemptAt: now, ExpiresAt: now.Add(s.opts.OnBindRetryFor), CreatedAt: now}, nil
+}
+
+// splitDelivery cuts a batch into one delivery per invite, so that an invite the homeserver
+// refuses fails on its own; ok is false for a delivery of one invite.
+func (s *Service) splitDelivery(d storage.OnBindDelivery) (parts []storage.OnBindDelivery, ok bool) {
+	var body map[string]json.RawMessage
+	if err := json.Unmarshal(d.Body, &body); err != nil {
+		return nil, false
+	}
+	var invites []json.RawMessage
+	if err := json.Unmarshal(body["invites"], &invites); err != nil || len(invites) < 2 {
+		return nil, false
+	}
+	now := s.now()
+	for _, inv := range invites {
+		body["invites"] = json.RawMessage("[" + string(inv) + "]")
+		data, err := json.Marshal(body)
+		if err != nil {
+			return nil, false
+		}
+		parts = append(parts, storage.OnBindDelivery{ID: randomToken(12), ServerName: d.ServerName, Body: data,
+			NextAttemptAt: now, ExpiresAt: d.ExpiresAt, CreatedAt: d.CreatedAt})
+	}
+	return parts, true
 }
 
 // Wake makes the onbind worker look at the queue now.
@@ -105,7 +176,26 @@ func (s *Service) attempt(ctx context.Context, hs OnBinder, permanent func(error
 		}
 		return
 	case permanent(err) || now.After(d.ExpiresAt):
-		s.log.Warn("onbind given up", "server", d.ServerName, "attempts", d.Attempts+1, "err", err)
+		// A refused batch is re-sent one invite per request, so one bad invite drops only itself.
+		if permanent(err) && !now.After(d.ExpiresAt) {
+			if parts, ok := s.splitDelivery(d); ok {
+				s.log.Warn("onbind batch refused, sending its invites one by one", "server", d.ServerName, "invites", len(parts), "err", err)
+				if err := s.store.ReplaceDelivery(ctx, d.ID, parts); err != nil {
+					s.log.Error("onbind split", "err", err)
+				}
+				return
+			}
+		}
+		errcode, message := "", ""
+		var me interface{ MatrixError() (string, string) }
+		if errors.As(err, &me) {
+			errcode, message = me.MatrixError()
+		}
+		s.log.Warn("onbind given up", "server", d.ServerName, "attempts", d.Attempts+1,
+			"errcode", errcode, "error", message, "expired", !permanent(err), "err", err)
+		if s.opts.OnBindGivenUp != nil {
+			s.opts.OnBindGivenUp(errcode, !permanent(err))
+		}
 		if err := s.store.DeliveryDone(ctx, d.ID); err != nil {
 			s.log.Error("onbind give up", "err", err)
 		}

@@ -14,6 +14,10 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"maunium.net/go/mautrix/federation"
 
 	"github.com/ozo-platform/ozo-identity/email"
 	"github.com/ozo-platform/ozo-identity/lookup"
@@ -37,9 +41,26 @@ type Options struct {
 	MaxFailedAttempts int
 	InviteLifetime    time.Duration
 	WebClientLocation string
-	OnBindRetryFor    time.Duration
+	// WebClientLocations are the clients an invite's org.matrix.web_client_location may name;
+	// empty means WebClientLocation only.
+	WebClientLocations []string
+	// NextLinkHosts are the hosts a validation next_link may point at (https only); empty means
+	// the host of PublicBaseURL and of the web client locations.
+	NextLinkHosts []string
+	// InviteLimits caps pending invites per 3PID and per sender.
+	InviteLimits storage.InviteLimits
+	// MaxMailsPerSession and MaxMailsPerAddress (per SessionLifetime) cap validation mails; 0 is no cap.
+	MaxMailsPerSession int
+	MaxMailsPerAddress int
+	// OnBindMaxInvites and OnBindMaxBytes bound one onbind request; 0 means the defaults.
+	OnBindMaxInvites int
+	OnBindMaxBytes   int
+	OnBindRetryFor   time.Duration
 	// OnPepper is told every new pepper so that other hash indexes (the mCSD index) follow it.
 	OnPepper func(ctx context.Context, pepper string) error
+	// OnBindGivenUp is told of each onbind delivery given up: the homeserver's errcode ("" when
+	// it sent none) and whether it ran out of time rather than being refused.
+	OnBindGivenUp func(errcode string, expired bool)
 	// Policies maps policy name → version → language → URL; users must accept every current URL.
 	Policies map[string]Policy
 }
@@ -71,6 +92,16 @@ type Service struct {
 
 // New builds the service; resolver may be nil to resolve from local bindings only.
 func New(store storage.Storage, signer *Signer, pepper string, mailer Mailer, resolver Resolver, opts Options, log *slog.Logger) *Service {
+	if len(opts.WebClientLocations) == 0 && opts.WebClientLocation != "" {
+		opts.WebClientLocations = []string{opts.WebClientLocation}
+	}
+	if len(opts.NextLinkHosts) == 0 {
+		for _, u := range append([]string{opts.PublicBaseURL}, opts.WebClientLocations...) {
+			if pu, err := url.Parse(u); err == nil && pu.Host != "" {
+				opts.NextLinkHosts = append(opts.NextLinkHosts, pu.Host)
+			}
+		}
+	}
 	s := &Service{store: store, signer: signer, mailer: mailer, opts: opts, log: log, now: time.Now,
 		pepper: pepper, wake: make(chan struct{}, 1)}
 	if resolver == nil {
@@ -98,7 +129,7 @@ func (s *Service) RotatePepper(ctx context.Context) (string, error) {
 	b := make([]byte, 24)
 	rand.Read(b)
 	pepper := base64.RawURLEncoding.EncodeToString(b)
-	if err := s.store.RehashBindings(ctx, func(tp storage.ThreePID) []string { return threepid.LookupHashes(tp, pepper) }); err != nil {
+	if err := s.store.RehashBindings(ctx, hashesWith(pepper)); err != nil {
 		return "", err
 	}
 	if s.opts.OnPepper != nil {
@@ -156,6 +187,45 @@ func ValidMXID(mxid string) bool {
 	return true
 }
 
+// ValidRoomID checks the shape of a room ID: "!opaque:server" with a valid server name, or room
+// version 12's "!" and 43 characters of unpadded URL-safe base64 (the create event's hash, no
+// server name), which current homeservers send. The opaque part holds no control characters or
+// spaces: PostgreSQL refuses NUL, and the ID ends up in mail links.
+func ValidRoomID(id string) bool {
+	if len(id) > 255 || !strings.HasPrefix(id, "!") || !utf8.ValidString(id) {
+		return false
+	}
+	opaque, server, ok := strings.Cut(id[1:], ":")
+	if !ok {
+		if len(opaque) != 43 {
+			return false
+		}
+		for _, c := range opaque {
+			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '-' || c == '_') {
+				return false
+			}
+		}
+		return true
+	}
+	if opaque == "" || strings.ContainsFunc(opaque, func(r rune) bool { return unicode.IsControl(r) || unicode.IsSpace(r) }) {
+		return false
+	}
+	_, _, ok = federation.ParseServerName(server)
+	return ok
+}
+
+// checkText refuses what cannot be stored or passed on: invalid UTF-8 and NUL anywhere, and
+// other control characters unless free text (names; the mailer drops them) may hold them.
+func checkText(field, v string, freeText bool) error {
+	if !utf8.ValidString(v) || strings.ContainsRune(v, 0) {
+		return errorf(CodeInvalidParam, "%s holds invalid UTF-8 or a NUL character", field)
+	}
+	if !freeText && strings.ContainsFunc(v, unicode.IsControl) {
+		return errorf(CodeInvalidParam, "%s holds control characters", field)
+	}
+	return nil
+}
+
 // ServerOf returns the server name part of a Matrix ID.
 func ServerOf(mxid string) string {
 	_, server, _ := strings.Cut(mxid, ":")
@@ -178,10 +248,8 @@ func (s *Service) RequestEmailToken(ctx context.Context, clientSecret, address s
 	if !validSecret(clientSecret) {
 		return "", errorf(CodeInvalidParam, "client_secret must be 1-255 characters of [0-9a-zA-Z.=_-]")
 	}
-	if nextLink != "" {
-		if u, err := url.Parse(nextLink); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			return "", errorf(CodeInvalidParam, "next_link must be an absolute http(s) URL")
-		}
+	if nextLink != "" && !s.AllowedNextLink(nextLink) {
+		return "", errorf(CodeInvalidParam, "next_link must be an https URL on an allowed host (validation.next_link_hosts)")
 	}
 	tp, err := threepid.Normalize(threepid.MediumEmail, address)
 	if err != nil {
@@ -195,19 +263,40 @@ func (s *Service) RequestEmailToken(ctx context.Context, clientSecret, address s
 	case err == nil && sendAttempt <= sess.SendAttempt:
 		return sess.SID, nil
 	case err == nil:
+		// Checked before mailing so that a refused attempt sends nothing; AddSessionToken checks
+		// again atomically.
+		if q := s.opts.MaxMailsPerSession; q > 0 && sess.MailsSent >= q {
+			return "", mailLimitErr(storage.ErrSessionMailLimit)
+		}
+		if q := s.opts.MaxMailsPerAddress; q > 0 {
+			n, err := s.store.MailsSent(ctx, tp, s.mailQuota(now).Since)
+			if err != nil {
+				return "", err
+			}
+			if n >= q {
+				return "", mailLimitErr(storage.ErrAddressMailLimit)
+			}
+		}
 		// Mail first: a failed send records nothing, so the client's retry with the same send_attempt sends again.
 		token := randomToken(24)
 		if err := s.sendValidation(ctx, sess.SID, clientSecret, tp.Address, token, nextLink, clientIP); err != nil {
 			return "", err
 		}
-		return sess.SID, s.store.AddSessionToken(ctx, sess.SID, sendAttempt, hashToken(token), now.Add(s.opts.TokenLifetime))
+		err := s.store.AddSessionToken(ctx, sess.SID, sendAttempt, hashToken(token), now.Add(s.opts.TokenLifetime), s.mailQuota(now))
+		if errors.Is(err, storage.ErrLimitExceeded) {
+			return "", mailLimitErr(err)
+		}
+		return sess.SID, err
 	case !errors.Is(err, storage.ErrNotFound):
 		return "", err
 	}
 	sess = storage.Session{SID: randomToken(12), ClientSecret: clientSecret, ThreePID: tp, SendAttempt: sendAttempt,
-		NextLink: nextLink, CreatedAt: now}
+		NextLink: nextLink, CreatedAt: now, MailsSent: 1}
 	token := randomToken(24)
-	if err := s.store.CreateSession(ctx, sess, hashToken(token), now.Add(s.opts.TokenLifetime)); err != nil {
+	if err := s.store.CreateSession(ctx, sess, hashToken(token), now.Add(s.opts.TokenLifetime), s.mailQuota(now)); err != nil {
+		if errors.Is(err, storage.ErrLimitExceeded) {
+			return "", mailLimitErr(err)
+		}
 		if errors.Is(err, storage.ErrAlreadyExists) {
 			// A concurrent request with the same secret won; answer with its session.
 			if again, err := s.store.FindSession(ctx, clientSecret, tp); err == nil {
@@ -224,6 +313,46 @@ func (s *Service) RequestEmailToken(ctx context.Context, clientSecret, address s
 		return "", err
 	}
 	return sess.SID, nil
+}
+
+// mailQuota counts the mails of the sessions still alive, so the address budget renews as they expire.
+func (s *Service) mailQuota(now time.Time) storage.MailQuota {
+	return storage.MailQuota{PerSession: s.opts.MaxMailsPerSession, PerAddress: s.opts.MaxMailsPerAddress,
+		Since: now.Add(-s.opts.SessionLifetime)}
+}
+
+func mailLimitErr(err error) error {
+	if errors.Is(err, storage.ErrSessionMailLimit) {
+		return errorf(CodeLimitExceeded, "this validation session has sent its maximum number of mails; use the newest mail or start a new session later")
+	}
+	return errorf(CodeLimitExceeded, "too many validation mails to this address; try again later")
+}
+
+// AllowedNextLink reports whether a validation may redirect to link: https on an allowed host,
+// so that the mailed link cannot send a person to a look-alike login page.
+func (s *Service) AllowedNextLink(link string) bool {
+	u, err := url.Parse(link)
+	if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil || u.Opaque != "" {
+		return false
+	}
+	for _, h := range s.opts.NextLinkHosts {
+		// An entry without a port allows any port of that host.
+		if strings.EqualFold(h, u.Host) || !strings.Contains(h, ":") && strings.EqualFold(h, u.Hostname()) {
+			return true
+		}
+	}
+	return false
+}
+
+// allowedWebClient reports whether loc is one of the configured web clients.
+func (s *Service) allowedWebClient(loc string) bool {
+	want := strings.TrimRight(loc, "/")
+	for _, l := range s.opts.WebClientLocations {
+		if strings.EqualFold(strings.TrimRight(l, "/"), want) {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Service) sendValidation(ctx context.Context, sid, clientSecret, to, token, nextLink, clientIP string) error {
@@ -356,15 +485,16 @@ func (s *Service) bind(ctx context.Context, tp storage.ThreePID, mxid, source st
 	}
 	queued := false
 	err = s.store.Bind(ctx, storage.BindRequest{
-		Binding: b,
-		Hashes:  threepid.LookupHashes(tp, s.Pepper()),
+		Binding:      b,
+		Hashes:       threepid.LookupHashes(tp, s.Pepper()),
+		FoldedHashes: threepid.FoldedLookupHashes(tp, s.Pepper()),
 		Deliver: func(invites []storage.Invite) ([]storage.OnBindDelivery, error) {
-			d, err := s.onBindDelivery(b, assoc, invites)
+			ds, err := s.onBindDeliveries(b, assoc, invites)
 			if err != nil {
 				return nil, err
 			}
-			queued = true
-			return []storage.OnBindDelivery{d}, nil
+			queued = len(ds) > 0
+			return ds, nil
 		},
 	})
 	if err != nil {
@@ -492,6 +622,9 @@ func (s *Service) LookupOne(ctx context.Context, medium, address string) (storag
 // InviteRequest is the body of store-invite.
 type InviteRequest struct {
 	Medium, Address, RoomID, Sender string
+	// Caller is the authenticated user (v2: the token's user), who must be the sender; empty for
+	// v1, where the network gate vouches for the homeserver.
+	Caller string
 	// Extra holds the optional fields: room_name, room_alias, room_avatar_url, room_join_rules,
 	// room_type, sender_display_name, sender_avatar_url.
 	Extra map[string]string
@@ -514,11 +647,41 @@ func (s *Service) StoreInvite(ctx context.Context, req InviteRequest) (StoredInv
 	if req.Medium == "" || req.Address == "" || req.RoomID == "" || req.Sender == "" {
 		return StoredInvite{}, errorf(CodeMissingParams, "medium, address, room_id and sender are required")
 	}
+	for _, f := range []struct{ name, v string }{{"medium", req.Medium}, {"address", req.Address}, {"room_id", req.RoomID}, {"sender", req.Sender}} {
+		if err := checkText(f.name, f.v, false); err != nil {
+			return StoredInvite{}, err
+		}
+	}
 	if !ValidMXID(req.Sender) {
 		return StoredInvite{}, errorf(CodeInvalidParam, "sender is not a Matrix user ID")
 	}
-	if !strings.HasPrefix(req.RoomID, "!") || len(req.RoomID) > 255 || !strings.Contains(req.RoomID, ":") && len(req.RoomID) < 2 {
+	// The mail names the sender; over v2 only the token's own user may be named.
+	if req.Caller != "" && req.Caller != req.Sender {
+		return StoredInvite{}, errorf(CodeForbidden, "sender must be your own Matrix ID")
+	}
+	if !ValidRoomID(req.RoomID) {
 		return StoredInvite{}, errorf(CodeInvalidParam, "room_id is not a Matrix room ID")
+	}
+	extra := map[string]string{}
+	for _, k := range InviteFields {
+		v := req.Extra[k]
+		if v == "" {
+			continue
+		}
+		if len(v) > 1024 {
+			return StoredInvite{}, errorf(CodeInvalidParam, "%s is too long", k)
+		}
+		if err := checkText(k, v, k == "room_name" || k == "sender_display_name"); err != nil {
+			return StoredInvite{}, err
+		}
+		extra[k] = v
+	}
+	// Element sends its own address with every invite. Refusing unknown ones would fail the
+	// homeserver's invite for users of any other deployment, so an unlisted location is dropped
+	// and the mail links to the configured client: the link carries the invite's private key.
+	if loc, ok := extra["org.matrix.web_client_location"]; ok && !s.allowedWebClient(loc) {
+		s.log.Info("ignoring a web client location that is not configured", "location", truncate(loc, 100))
+		delete(extra, "org.matrix.web_client_location")
 	}
 	tp, mxid, err := s.LookupOne(ctx, req.Medium, req.Address)
 	if err != nil {
@@ -533,17 +696,17 @@ func (s *Service) StoreInvite(ctx context.Context, req InviteRequest) (StoredInv
 	}
 	ephemeral := base64.RawStdEncoding.EncodeToString(pub)
 	now := s.now()
-	extra := map[string]string{}
-	for _, k := range InviteFields {
-		if v := req.Extra[k]; v != "" {
-			if len(v) > 1024 {
-				return StoredInvite{}, errorf(CodeInvalidParam, "%s is too long", k)
-			}
-			extra[k] = v
-		}
-	}
 	inv := storage.Invite{Token: randomToken(24), ThreePID: tp, RoomID: req.RoomID, Sender: req.Sender,
-		CreatedAt: now, ExpiresAt: now.Add(s.opts.InviteLifetime), Extra: extra}
+		CreatedAt: now, ExpiresAt: now.Add(s.opts.InviteLifetime), Extra: extra, EphemeralKey: ephemeral}
+	// Stored (with its key, under the caps) before the mail, so a refused invite mails nobody.
+	switch err := s.store.CreateInvite(ctx, inv, s.opts.InviteLimits); {
+	case errors.Is(err, storage.ErrThreePIDInviteLimit):
+		return StoredInvite{}, errorf(CodeLimitExceeded, "this 3PID has too many pending invites; they are delivered when it is bound")
+	case errors.Is(err, storage.ErrSenderInviteLimit):
+		return StoredInvite{}, errorf(CodeLimitExceeded, "you have too many pending invites; wait until some are accepted or expire")
+	case err != nil:
+		return StoredInvite{}, err
+	}
 	if tp.Medium == threepid.MediumEmail {
 		vars := map[string]string{"token": inv.Token, "room_id": inv.RoomID, "sender": inv.Sender,
 			"medium": tp.Medium, "address": tp.Address,
@@ -553,18 +716,19 @@ func (s *Service) StoreInvite(ctx context.Context, req InviteRequest) (StoredInv
 		for k, v := range extra {
 			vars[k] = v
 		}
-		// Mail before storing: an invite whose mail failed is not kept, and the homeserver's
-		// invite fails with M_EMAIL_SEND_ERROR instead of leaving a room event nobody was told of.
+		// The account that asked, not the request, fills the verified sender.
+		if req.Caller != "" {
+			vars["verified_sender"] = req.Caller
+		}
+		// An invite whose mail failed is not kept: the homeserver's invite fails with
+		// M_EMAIL_SEND_ERROR instead of leaving a room event nobody was told of.
 		if err := s.mailer.Send(ctx, email.KindInvite, tp.Address, vars); err != nil {
 			s.log.Warn("invite mail failed", "room_id", inv.RoomID, "err", err)
+			if derr := s.store.DeleteInvite(ctx, inv.Token, inv.EphemeralKey); derr != nil {
+				s.log.Warn("remove invite after failed mail", "err", derr)
+			}
 			return StoredInvite{}, errorf(CodeEmailSendError, "the invite email could not be sent")
 		}
-	}
-	if err := s.store.AddEphemeralKey(ctx, ephemeral, now); err != nil {
-		return StoredInvite{}, err
-	}
-	if err := s.store.CreateInvite(ctx, inv); err != nil {
-		return StoredInvite{}, err
 	}
 	return StoredInvite{Token: inv.Token, DisplayName: RedactedDisplayName(tp), PublicKey: s.signer.PublicKey(), Ephemeral: ephemeral}, nil
 }
@@ -598,11 +762,31 @@ func (s *Service) SignEd25519(ctx context.Context, mxid, token, privateKey strin
 	if !ValidMXID(mxid) {
 		return nil, errorf(CodeInvalidParam, "mxid is not a Matrix user ID")
 	}
+	if err := checkText("token", token, false); err != nil {
+		return nil, err
+	}
 	inv, err := s.store.GetInvite(ctx, token)
-	if errors.Is(err, storage.ErrNotFound) {
+	if errors.Is(err, storage.ErrNotFound) || err == nil && !inv.ExpiresAt.After(s.now()) {
 		return nil, errorf(CodeNotFound, "no invite with this token")
 	} else if err != nil {
 		return nil, err
+	}
+	// Only the key mailed with this invite signs for it (as in Sydent): the sign URL is reachable
+	// without an account, so token and key together are the proof.
+	pub, err := ephemeralPublicKey(privateKey)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case inv.EphemeralKey != "" && pub != inv.EphemeralKey:
+		return nil, errorf(CodeForbidden, "private_key is not the key of this invite")
+	case inv.EphemeralKey == "":
+		// Invites stored before their key was kept: the key must at least be one store-invite made.
+		if ok, err := s.store.EphemeralKeyExists(ctx, pub); err != nil {
+			return nil, err
+		} else if !ok {
+			return nil, errorf(CodeForbidden, "private_key is not the key of this invite")
+		}
 	}
 	obj := map[string]any{"mxid": mxid, "sender": inv.Sender, "token": token}
 	if err := signWithPrivateKey(obj, s.signer.ServerName, privateKey); err != nil {
@@ -618,5 +802,8 @@ func (s *Service) IsValidPublicKey(key string) bool {
 
 // IsValidEphemeralKey reports whether key was handed out by store-invite.
 func (s *Service) IsValidEphemeralKey(ctx context.Context, key string) (bool, error) {
+	if checkText("public_key", key, false) != nil {
+		return false, nil // never handed out; PostgreSQL would refuse to compare it
+	}
 	return s.store.EphemeralKeyExists(ctx, strings.TrimRight(key, "="))
 }

@@ -5,6 +5,7 @@ package storage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -14,6 +15,16 @@ var (
 	ErrAlreadyExists = errors.New("storage: already exists")
 	// ErrTooManyAttempts: the session already had its allowed number of wrong tokens.
 	ErrTooManyAttempts = errors.New("storage: too many failed attempts")
+	// ErrLimitExceeded is wrapped by the quota errors below.
+	ErrLimitExceeded = errors.New("storage: limit exceeded")
+	// ErrThreePIDInviteLimit: the 3PID already has its allowed number of pending invites.
+	ErrThreePIDInviteLimit = fmt.Errorf("%w: pending invites for this 3PID", ErrLimitExceeded)
+	// ErrSenderInviteLimit: the sender already has its allowed number of pending invites.
+	ErrSenderInviteLimit = fmt.Errorf("%w: pending invites from this sender", ErrLimitExceeded)
+	// ErrSessionMailLimit: the session already sent its allowed number of mails.
+	ErrSessionMailLimit = fmt.Errorf("%w: mails for this session", ErrLimitExceeded)
+	// ErrAddressMailLimit: the address already got its allowed number of validation mails.
+	ErrAddressMailLimit = fmt.Errorf("%w: validation mails to this address", ErrLimitExceeded)
 )
 
 // ThreePID is a third-party identifier in canonical form (see threepid.Normalize).
@@ -43,6 +54,22 @@ type Session struct {
 	CreatedAt      time.Time
 	ValidatedAt    time.Time // zero until validated
 	FailedAttempts int
+	// MailsSent counts the validation mails sent for the session.
+	MailsSent int
+}
+
+// MailQuota bounds validation mails; a zero limit is no limit.
+type MailQuota struct {
+	PerSession int
+	// PerAddress bounds the mails of all sessions for one address created at or after Since.
+	PerAddress int
+	Since      time.Time
+}
+
+// InviteLimits bound pending (undelivered, unexpired) invites; a zero limit is no limit.
+type InviteLimits struct {
+	PerThreePID int
+	PerSender   int
 }
 
 // Invite is a pending room invite for a 3PID that has no binding yet (store-invite).
@@ -55,6 +82,9 @@ type Invite struct {
 	ExpiresAt time.Time
 	// Extra carries the remaining store-invite fields verbatim (room name, sender display name, ...).
 	Extra map[string]string
+	// EphemeralKey is the public half of the key mailed with the invite; sign-ed25519 signs only
+	// with its private half. It expires with the invite; empty for invites stored before it was kept.
+	EphemeralKey string
 }
 
 // OnBindDelivery is a queued /3pid/onbind call to a homeserver.
@@ -93,14 +123,19 @@ type BindRequest struct {
 	Binding Binding
 	// Hashes are the lookup hashes of the binding's 3PID (one per medium alias) for the current pepper.
 	Hashes []string
+	// FoldedHashes are lookup hashes of the lower-cased 3PID, answered only when one binding has
+	// them; empty when lower-casing changes nothing.
+	FoldedHashes []string
 	// Deliver builds the onbind deliveries for the invites found for the 3PID; called inside the transaction.
 	Deliver func(invites []Invite) ([]OnBindDelivery, error)
 }
 
-// ImportBinding is one binding of a bulk import with its lookup hashes for the current pepper.
+// ImportBinding is one binding of a bulk import with its lookup hashes for the current pepper,
+// exact and folded as in BindRequest.
 type ImportBinding struct {
-	Binding Binding
-	Hashes  []string
+	Binding      Binding
+	Hashes       []string
+	FoldedHashes []string
 }
 
 // ImportResult counts what a bulk import did: new bindings, 3PIDs rebound to another MXID, and
@@ -124,11 +159,17 @@ type Storage interface {
 	AcceptTerms(ctx context.Context, userID string, urls []string) error
 	AcceptedTerms(ctx context.Context, userID string) ([]string, error)
 
-	CreateSession(ctx context.Context, s Session, tokenHash string, tokenExpires time.Time) error
+	// CreateSession stores a new session with its first token, unless the address has had
+	// quota.PerAddress mails already (ErrAddressMailLimit), atomically across replicas.
+	CreateSession(ctx context.Context, s Session, tokenHash string, tokenExpires time.Time, quota MailQuota) error
 	GetSession(ctx context.Context, sid string) (Session, error)
 	FindSession(ctx context.Context, clientSecret string, tp ThreePID) (Session, error)
-	// AddSessionToken records another valid token for a session and the send attempt it answered.
-	AddSessionToken(ctx context.Context, sid string, sendAttempt int64, tokenHash string, expires time.Time) error
+	// MailsSent sums the validation mails sent to tp by sessions created at or after since.
+	MailsSent(ctx context.Context, tp ThreePID, since time.Time) (int, error)
+	// AddSessionToken replaces the session's tokens with a new one (only the newest mail works),
+	// records the send attempt it answered and counts the mail, within quota
+	// (ErrSessionMailLimit, ErrAddressMailLimit).
+	AddSessionToken(ctx context.Context, sid string, sendAttempt int64, tokenHash string, expires time.Time, quota MailQuota) error
 	// CheckSessionToken marks the session validated when tokenHash is one of its unexpired tokens,
 	// and otherwise counts a failed attempt; it reports whether the token matched. A session that
 	// already failed maxFailed times is refused with ErrTooManyAttempts, atomically across replicas.
@@ -143,7 +184,9 @@ type Storage interface {
 	// DeleteBinding removes the binding of tp if it is bound to mxid (any mxid when empty).
 	DeleteBinding(ctx context.Context, tp ThreePID, mxid string) error
 	ListBindings(ctx context.Context, medium, after string, limit int) ([]Binding, error)
-	// LookupHashes maps lookup hashes to MXIDs; unknown hashes are absent from the result.
+	// LookupHashes maps lookup hashes to MXIDs; unknown hashes are absent from the result. A hash
+	// that is no binding's exact hash is answered from the folded hashes when exactly one binding
+	// has it.
 	LookupHashes(ctx context.Context, hashes []string) (map[string]string, error)
 	LookupThreePIDs(ctx context.Context, tps []ThreePID) (map[ThreePID]string, error)
 	// ImportBindings stores many bindings in one transaction, each as Bind would: a 3PID bound to
@@ -151,14 +194,20 @@ type Storage interface {
 	// Pending invites of created or rebound 3PIDs are delivered through deliver, as Bind does.
 	// When a 3PID occurs twice, the later entry wins.
 	ImportBindings(ctx context.Context, items []ImportBinding, deliver func(b Binding, invites []Invite) ([]OnBindDelivery, error)) (ImportResult, error)
-	// RehashBindings recomputes every binding's lookup hashes with hashFn, for a new pepper.
-	RehashBindings(ctx context.Context, hashFn func(ThreePID) []string) error
+	// RehashBindings recomputes every binding's lookup hashes (exact and folded, as in
+	// BindRequest) with hashFn, for a new pepper.
+	RehashBindings(ctx context.Context, hashFn func(ThreePID) (hashes, folded []string)) error
 
-	CreateInvite(ctx context.Context, inv Invite) error
+	// CreateInvite stores the invite and its ephemeral key together, unless the 3PID or the sender
+	// already has its limit of pending invites (ErrThreePIDInviteLimit, ErrSenderInviteLimit).
+	CreateInvite(ctx context.Context, inv Invite, limits InviteLimits) error
 	GetInvite(ctx context.Context, token string) (Invite, error)
+	// DeleteInvite removes an invite and its ephemeral key (its mail could not be sent).
+	DeleteInvite(ctx context.Context, token, ephemeralKey string) error
 	PendingInvites(ctx context.Context, tp ThreePID) ([]Invite, error)
-	AddEphemeralKey(ctx context.Context, publicKey string, created time.Time) error
 	EphemeralKeyExists(ctx context.Context, publicKey string) (bool, error)
+	// PruneInvites deletes invites and ephemeral keys that expired before now.
+	PruneInvites(ctx context.Context, now time.Time) (invites, keys int64, err error)
 
 	// DueDeliveries returns up to limit queued onbinds whose next attempt is due, oldest first.
 	DueDeliveries(ctx context.Context, now time.Time, limit int) ([]OnBindDelivery, error)
@@ -166,6 +215,8 @@ type Storage interface {
 	// whether this caller won it.
 	ClaimDelivery(ctx context.Context, id string, due, until time.Time) (bool, error)
 	DeliveryDone(ctx context.Context, id string) error
+	// ReplaceDelivery swaps a delivery for smaller ones (a batch split after a refusal), all or nothing.
+	ReplaceDelivery(ctx context.Context, id string, parts []OnBindDelivery) error
 	DeliveryFailed(ctx context.Context, id string, next time.Time, lastError string) error
 	ListDeliveries(ctx context.Context) ([]OnBindDelivery, error)
 

@@ -10,6 +10,7 @@ import (
 	"net/mail"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/ozo-platform/ozo-identity/storage"
 )
@@ -67,6 +68,13 @@ func Normalize(medium, address string) (storage.ThreePID, error) {
 		return storage.ThreePID{}, fmt.Errorf("%w: %q", ErrUnsupportedMedium, medium)
 	}
 	address = strings.TrimSpace(address)
+	// Invalid UTF-8 cannot be stored (PostgreSQL refuses it) and has no canonical form.
+	if !utf8.ValidString(address) {
+		if canon == MediumEmail {
+			return storage.ThreePID{}, fmt.Errorf("%w: not valid UTF-8", ErrInvalidEmail)
+		}
+		return storage.ThreePID{}, fmt.Errorf("%w: not valid UTF-8", ErrInvalidAddress)
+	}
 	var err error
 	switch canon {
 	case MediumEmail:
@@ -85,6 +93,8 @@ func Normalize(medium, address string) (storage.ThreePID, error) {
 }
 
 func normalizeEmail(address string) (string, error) {
+	// Lower-cased first: some letters grow in bytes, and the canonical form must pass these checks again.
+	address = strings.ToLower(address)
 	if len(address) > 254 || strings.Count(address, "@") != 1 {
 		return "", fmt.Errorf("%w: must contain exactly one @", ErrInvalidEmail)
 	}
@@ -101,7 +111,7 @@ func normalizeEmail(address string) (string, error) {
 	if local == "" || domain == "" || !strings.Contains(domain, ".") && domain != "localhost" {
 		return "", fmt.Errorf("%w: missing local part or domain", ErrInvalidEmail)
 	}
-	return strings.ToLower(address), nil
+	return address, nil
 }
 
 func digits(s string, n int, what string) error {
@@ -138,6 +148,18 @@ func idpAddress(s string) error {
 func LookupHash(address, medium, pepper string) string {
 	sum := sha256.Sum256([]byte(address + " " + medium + " " + pepper))
 	return base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
+// FoldedLookupHashes returns the hashes of the lower-cased 3PID, as matrix-js-sdk computes them
+// (it lower-cases every address before hashing), or nil when lower-casing changes nothing. They
+// may be shared by several 3PIDs (idp subjects are case-sensitive), so they are answered only
+// when unambiguous.
+func FoldedLookupHashes(tp storage.ThreePID, pepper string) []string {
+	lower := strings.ToLower(tp.Address)
+	if lower == tp.Address {
+		return nil
+	}
+	return LookupHashes(storage.ThreePID{Medium: tp.Medium, Address: lower}, pepper)
 }
 
 // LookupHashes returns the hashes of a canonical 3PID under every accepted name of its medium.

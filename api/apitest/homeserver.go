@@ -2,6 +2,7 @@ package apitest
 
 import (
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -30,10 +31,13 @@ type Homeserver struct {
 	hits         atomic.Int64
 	onbindStatus atomic.Int32
 
-	mu      sync.Mutex
-	tokens  map[string]string // OpenID token → user ID
-	onbinds []OnBind
-	notify  chan struct{}
+	mu         sync.Mutex
+	tokens     map[string]string // OpenID token → user ID
+	onbinds    []OnBind
+	onbindRule func(body []byte) int
+	// onbindError is the error body answered with a non-200 onbind status; nil means M_UNKNOWN.
+	onbindError map[string]string
+	notify      chan struct{}
 }
 
 // OnBind is one /3pid/onbind call the stand-in received.
@@ -45,6 +49,13 @@ type OnBind struct {
 
 // NewHomeserver starts a stand-in; it stops when the test ends.
 func NewHomeserver(t testing.TB, ca *pkitest.CA) *Homeserver {
+	t.Helper()
+	return NewHomeserverTLS(t, ca.ServerTLSConfig(t))
+}
+
+// NewHomeserverTLS starts a stand-in serving with the given TLS configuration (a self-signed
+// certificate, say); it stops when the test ends.
+func NewHomeserverTLS(t testing.TB, tlsConfig *tls.Config) *Homeserver {
 	t.Helper()
 	hs := &Homeserver{Key: federation.GenerateSigningKey(), tokens: map[string]string{}, notify: make(chan struct{}, 1)}
 	hs.onbindStatus.Store(http.StatusOK)
@@ -58,7 +69,7 @@ func NewHomeserver(t testing.TB, ca *pkitest.CA) *Homeserver {
 		hs.hits.Add(1)
 		mux.ServeHTTP(w, r)
 	}))
-	srv.TLS = ca.ServerTLSConfig(t)
+	srv.TLS = tlsConfig
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	hs.Name = srv.Listener.Addr().String()
@@ -83,6 +94,23 @@ func (hs *Homeserver) IssueOpenIDToken(localpart string) (token, userID string) 
 
 // SetOnBindStatus sets the status the onbind endpoint answers with (200 at first).
 func (hs *Homeserver) SetOnBindStatus(status int) { hs.onbindStatus.Store(int32(status)) }
+
+// SetOnBindRule makes the onbind endpoint answer rule(body) when that is not 0 (otherwise the
+// status of SetOnBindStatus), to refuse some requests as a real homeserver would: too large (413)
+// or holding an invite it rejects.
+func (hs *Homeserver) SetOnBindRule(rule func(body []byte) int) {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	hs.onbindRule = rule
+}
+
+// SetOnBindError makes the onbind endpoint answer status with a Matrix error {errcode, error}.
+func (hs *Homeserver) SetOnBindError(status int, errcode, message string) {
+	hs.mu.Lock()
+	hs.onbindError = map[string]string{"errcode": errcode, "error": message}
+	hs.mu.Unlock()
+	hs.onbindStatus.Store(int32(status))
+}
 
 // OnBinds returns every onbind call received so far.
 func (hs *Homeserver) OnBinds() []OnBind {
@@ -117,13 +145,18 @@ func (hs *Homeserver) userinfo(w http.ResponseWriter, r *http.Request) {
 }
 
 func (hs *Homeserver) onbind(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	body, err := io.ReadAll(io.LimitReader(r.Body, 4<<20))
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	status := int(hs.onbindStatus.Load())
 	hs.mu.Lock()
+	if hs.onbindRule != nil {
+		if st := hs.onbindRule(body); st != 0 {
+			status = st
+		}
+	}
 	hs.onbinds = append(hs.onbinds, OnBind{Body: body, Status: status})
 	hs.mu.Unlock()
 	select {
@@ -131,7 +164,13 @@ func (hs *Homeserver) onbind(w http.ResponseWriter, r *http.Request) {
 	default:
 	}
 	if status != http.StatusOK {
-		writeJSON(w, status, map[string]string{"errcode": "M_UNKNOWN", "error": "try again later"})
+		hs.mu.Lock()
+		answer := hs.onbindError
+		hs.mu.Unlock()
+		if answer == nil {
+			answer = map[string]string{"errcode": "M_UNKNOWN", "error": "try again later"}
+		}
+		writeJSON(w, status, answer)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{})

@@ -23,9 +23,19 @@ import (
 // command and the database keep the counts.
 const maxRejectionsShown = 5
 
+// syncFlags are the choices of one `directory sync`.
+type syncFlags struct {
+	force           bool     // attempt directories that are backing off
+	wait            bool     // wait for a sync that holds the lease
+	full            bool     // re-read from scratch …
+	only            []string // … only these directories (URAs, base URLs, "lrza"); all when empty
+	allowMassDelete bool
+}
+
 // directorySync runs one sync of every configured directory, drawing progress on stderr, then
-// prints a summary on stdout. A failing directory fails the command; the others' work is kept.
-func directorySync(ctx context.Context, cfg config.Config, force bool, stdout, stderr io.Writer) error {
+// prints a summary on stdout. A failing directory or an LRZA that was not synced fails the
+// command; the others' work is kept.
+func directorySync(ctx context.Context, cfg config.Config, f syncFlags, stdout, stderr io.Writer) error {
 	if cfg.Directory.LRZAURL == "" && len(cfg.Directory.Directories) == 0 {
 		return errors.New("no directory configured: set directory.lrza_url (OZO_DIRECTORY_LRZA_URL) " +
 			"or directory.directories in the configuration file")
@@ -40,19 +50,34 @@ func directorySync(ctx context.Context, cfg config.Config, force bool, stdout, s
 	}
 	defer a.Close()
 	syncer := a.NewSyncer(func(o *mcsd.Options) {
-		o.IgnoreBackoff = force
+		o.IgnoreBackoff = f.force
+		o.Wait = f.wait
+		o.OnWait = func(held *sqlstore.LeaseHeldError) {
+			fmt.Fprintf(stderr, "waiting: %s is running another directory sync of this database (since %s) …\n",
+				clean(held.Holder, 200), held.Acquired.UTC().Format(time.RFC3339))
+		}
+		o.Full, o.FullOnly = f.full, f.only
+		o.AllowMassDelete = f.allowMassDelete
 		o.Progress = progress.Event
 		// Failures are in the progress lines and the summary; the log would repeat each one.
 		o.Logger = quieter(cfg, log)
 	})
 	reports, err := syncer.SyncAll(ctx)
 	progress.Close()
-	writeSyncSummary(stdout, reports)
+	if errors.Is(err, mcsd.ErrSyncRunning) {
+		return fmt.Errorf("%w; nothing was synced — run again with --wait to wait for it", err)
+	}
+	writeSyncSummary(stdout, reports, time.Now())
 	if err != nil {
 		if ctx.Err() != nil {
 			return fmt.Errorf("directory sync interrupted: %w", err)
 		}
 		return fmt.Errorf("directory sync: %w", err)
+	}
+	for _, r := range reports {
+		if r.Kind == "lrza" && (r.Err != nil || r.Skipped != "") {
+			return errors.New("the LRZA was not synced, so no provider directory was discovered anew; see above")
+		}
 	}
 	if failed := failedCount(reports); failed > 0 {
 		return fmt.Errorf("%d of %d directories failed; what they and the others applied is kept", failed, len(reports))
@@ -88,8 +113,34 @@ func failedCount(reports []mcsd.DirectoryReport) int {
 	return n
 }
 
-// writeSyncSummary prints a table of what the sync did per directory and the first rejections.
-func writeSyncSummary(w io.Writer, reports []mcsd.DirectoryReport) {
+// reason is a failure in one line, without the page URL (the directory is named beside it).
+func reason(err error) string {
+	var fe *mcsd.FetchError
+	var md *mcsd.MassDeleteError
+	switch {
+	case errors.As(err, &fe):
+		return clean(fe.Type+" history: "+fe.Reason, 300)
+	case errors.As(err, &md):
+		return clean(md.Error(), 300) + "; if the directory really lost them: ozo-identity directory sync --allow-mass-delete"
+	}
+	return clean(err.Error(), 300)
+}
+
+// skipReason says why a directory was skipped, when it is retried and how to force it.
+func skipReason(r mcsd.DirectoryReport, now time.Time) string {
+	msg := clean(r.Skipped, 200)
+	if r.LastError != "" {
+		msg += " (last: " + clean(r.LastError, 200) + ")"
+	}
+	if !r.RetryAt.IsZero() {
+		msg += "; next attempt " + r.RetryAt.UTC().Format("2006-01-02 15:04:05 UTC") + " (" + relative(r.RetryAt, now) + ")"
+	}
+	return msg + "; run 'ozo-identity directory sync --force' to try now"
+}
+
+// writeSyncSummary prints a table of what the sync did per directory, the first rejections,
+// then the directories that were skipped and those that failed, one line each.
+func writeSyncSummary(w io.Writer, reports []mcsd.DirectoryReport, now time.Time) {
 	if len(reports) == 0 {
 		fmt.Fprintln(w, "no directory was synced")
 		return
@@ -105,7 +156,7 @@ func writeSyncSummary(w io.Writer, reports []mcsd.DirectoryReport) {
 		case r.Skipped != "":
 			status, skipped = "skipped: "+clean(r.Skipped, 200), skipped+1
 		case r.Err != nil:
-			status, failed = "FAILED: "+clean(r.Err.Error(), 300), failed+1
+			status, failed = "FAILED: "+reason(r.Err), failed+1
 		default:
 			ok++
 		}
@@ -130,6 +181,22 @@ func writeSyncSummary(w io.Writer, reports []mcsd.DirectoryReport) {
 		}
 		if more := r.Rejected - min(len(r.Rejections), maxRejectionsShown); more > 0 {
 			fmt.Fprintf(w, "  … and %d more\n", more)
+		}
+	}
+	if skipped > 0 {
+		fmt.Fprintf(w, "\nskipped (%d):\n", skipped)
+		for _, r := range reports {
+			if r.Skipped != "" && !r.Removed {
+				fmt.Fprintf(w, "  %s (%s): %s\n", clean(r.Directory, 200), r.Kind, skipReason(r, now))
+			}
+		}
+	}
+	if failed > 0 {
+		fmt.Fprintf(w, "\nfailed (%d):\n", failed)
+		for _, r := range reports {
+			if r.Err != nil && r.Skipped == "" && !r.Removed {
+				fmt.Fprintf(w, "  %s (%s): %s\n", clean(r.Directory, 200), r.Kind, reason(r.Err))
+			}
 		}
 	}
 }
@@ -170,6 +237,7 @@ type statusJSON struct {
 	Watermarks  map[string]string `json:"watermarks"`
 	Counts      map[string]int    `json:"counts"`
 	Rejected    map[string]int    `json:"rejected"`
+	Collapsed   string            `json:"collapsed,omitempty"`
 }
 
 func writeStatusJSON(w io.Writer, status []mcsd.DirectoryStatus) error {
@@ -183,6 +251,7 @@ func writeStatusJSON(w io.Writer, status []mcsd.DirectoryStatus) error {
 			LastAttempt: timePtr(s.LastAttempt), LastSuccess: timePtr(s.LastSuccess),
 			LastError: s.LastError, Failures: s.Failures, NextAttempt: timePtr(s.NextAttempt),
 			Watermarks: nonNilMap(s.Watermarks), Counts: nonNilMap(s.Counts), Rejected: nonNilMap(s.Rejected),
+			Collapsed: s.Collapsed,
 		})
 	}
 	enc := json.NewEncoder(w)
@@ -258,6 +327,27 @@ func writeStatusTable(w io.Writer, status []mcsd.DirectoryStatus, now time.Time)
 		}
 	}
 	tw.Flush()
+
+	var flagged []mcsd.DirectoryStatus
+	for _, s := range status {
+		if s.Collapsed != "" {
+			flagged = append(flagged, s)
+		}
+	}
+	if len(flagged) > 0 {
+		fmt.Fprintf(w, "\nCOLLAPSED (%d): resources that stopped counting\n", len(flagged))
+		for _, s := range flagged {
+			sel := "lrza"
+			if s.Kind != "lrza" {
+				sel = strings.Join(s.URAs, " ")
+				if sel == "" {
+					sel = s.BaseURL
+				}
+			}
+			fmt.Fprintf(w, "  %s: %s; if that is wrong, re-read it: ozo-identity directory sync --full %s\n",
+				clean(s.BaseURL, 200), clean(s.Collapsed, 300), clean(sel, 200))
+		}
+	}
 }
 
 func sum(m map[string]int) int {
@@ -273,10 +363,14 @@ func when(t, now time.Time) string {
 	if t.IsZero() {
 		return "-"
 	}
+	return t.Local().Format("2006-01-02 15:04:05") + " (" + relative(t, now) + ")"
+}
+
+// relative says how long ago or ahead t is.
+func relative(t, now time.Time) string {
 	d := now.Sub(t).Round(time.Second)
-	rel := d.String() + " ago"
 	if d < 0 {
-		rel = "in " + (-d).String()
+		return "in " + (-d).String()
 	}
-	return t.Local().Format("2006-01-02 15:04:05") + " (" + rel + ")"
+	return d.String() + " ago"
 }

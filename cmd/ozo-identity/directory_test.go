@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -21,6 +23,7 @@ import (
 
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd/mcsdtest"
+	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
 
 // providers are the directories the test LRZA lists with a usable directory Endpoint.
@@ -145,6 +148,7 @@ type statusOut struct {
 		Watermarks  map[string]string
 		Counts      map[string]int
 		Rejected    map[string]int
+		Collapsed   string
 	}
 }
 
@@ -281,7 +285,7 @@ func TestDirectorySync(t *testing.T) {
 	if res.err != nil {
 		t.Fatalf("sync during backoff: %v\n%s", res.err, res.stdout)
 	}
-	if r := parseSummary(t, res.stdout)[hospital]; !strings.HasPrefix(r.status, "skipped: backing off after 1 failures") {
+	if r := parseSummary(t, res.stdout)[hospital]; !strings.HasPrefix(r.status, "skipped: backing off after 1 failed attempt(s) in a row") {
 		t.Errorf("hospital during backoff: %+v", r)
 	}
 	res = runCLI(t, env, "directory", "sync", "--force")
@@ -335,6 +339,70 @@ func TestDirectorySyncLRZAFails(t *testing.T) {
 	rows := parseSummary(t, res.stdout)
 	if len(rows) != 1 || !strings.HasPrefix(rows[srv.LRZAURL()].status, "FAILED: ") {
 		t.Errorf("summary:\n%s", res.stdout)
+	}
+	if !strings.Contains(res.stdout, "\nfailed (1):\n  "+srv.LRZAURL()+" (lrza): Organization history: malformed page") {
+		t.Errorf("no failure list:\n%s", res.stdout)
+	}
+	// Backing off, the LRZA is skipped: still a failure of the command, and the line says
+	// when it is retried and how to force it.
+	srv.Directory("lrza").SetFailure(mcsdtest.Failure{})
+	res = runCLI(t, env, "directory", "sync")
+	if res.err == nil || !strings.Contains(res.err.Error(), "the LRZA was not synced") {
+		t.Fatalf("sync with the LRZA backing off: %v\n%s", res.err, res.stdout)
+	}
+	if !regexp.MustCompile(`skipped \(1\):\n  ` + regexp.QuoteMeta(srv.LRZAURL()) + ` \(lrza\): backing off after 1 failed attempt\(s\) in a row \(last: .*\); next attempt \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(in [0-9ms.]+\); run 'ozo-identity directory sync --force' to try now\n`).MatchString(res.stdout) {
+		t.Errorf("skip line:\n%s", res.stdout)
+	}
+	if res = runCLI(t, env, "directory", "sync", "--force"); res.err != nil {
+		t.Fatalf("forced sync after the LRZA recovered: %v\n%s", res.err, res.stdout)
+	}
+}
+
+// `directory sync --full URA` re-reads that provider's directory: rows lost from the index
+// while its watermarks stayed come back; status flags the loss before.
+func TestDirectorySyncFull(t *testing.T) {
+	srv := mcsdtest.Start(t, mcsdtest.Options{})
+	env := directoryEnv(t, srv, t.TempDir())
+	if res := runCLI(t, env, "directory", "sync"); res.err != nil {
+		t.Fatalf("first sync: %v\n%s", res.err, res.stdout)
+	}
+	gp := srv.URL("huisartsenpraktijk-de-linde")
+	db, err := sqlstore.Open(context.Background(), "", mustEnv(env, "OZO_DATA_DIR"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	sum := sha256.Sum256([]byte(gp))
+	for _, tbl := range []string{"mcsd_resources", "mcsd_refs", "mcsd_identifiers", "mcsd_addresses", "mcsd_hashes"} {
+		if _, err := db.Exec(`DELETE FROM `+tbl+` WHERE dir = $1`, hex.EncodeToString(sum[:8])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res := runCLI(t, env, "directory", "status")
+	if !strings.Contains(res.stdout, "COLLAPSED (1)") || !strings.Contains(res.stdout, gp+": 0 resources count now") ||
+		!strings.Contains(res.stdout, "ozo-identity directory sync --full 17004512") {
+		t.Errorf("status does not flag the lost rows:\n%s", res.stdout)
+	}
+	for _, bad := range [][]string{{"--full", "1700"}, {"17004512"}, {"--full", "17004512", "--wait"}} {
+		if res := runCLI(t, env, append([]string{"directory", "sync"}, bad...)...); res.err == nil {
+			t.Errorf("directory sync %v accepted", bad)
+		}
+	}
+	res = runCLI(t, env, "directory", "sync", "--full", "17004512")
+	if res.err != nil {
+		t.Fatalf("full sync: %v\n%s", res.err, res.stdout)
+	}
+	rows := parseSummary(t, res.stdout)
+	if r := rows[gp]; r.fetched != entries(t, "huisartsenpraktijk-de-linde") || r.status != "ok" {
+		t.Errorf("GP row of the full sync %+v", r)
+	}
+	if r := rows[srv.URL("thuiszorg-zonnehof")]; r.fetched != 0 {
+		t.Errorf("a directory not asked for was re-read: %+v", r)
+	}
+	for _, d := range statusJSONOf(t, env).Directories {
+		if d.Directory == gp && (d.Counts["Practitioner"] != 3 || d.Collapsed != "") {
+			t.Errorf("GP after --full: counts %v, collapsed %q", d.Counts, d.Collapsed)
+		}
 	}
 }
 
@@ -402,7 +470,7 @@ func TestSummaryCleansDirectoryText(t *testing.T) {
 			{Type: "Endpoint", ID: "d", Reason: "r4"}, {Type: "Endpoint", ID: "e", Reason: "r5"},
 			{Type: "Endpoint", ID: "f", Reason: "r6"},
 		},
-	}})
+	}}, time.Now())
 	s := out.String()
 	for _, bad := range []string{"\x1b", "\x07", "\r", "\u202e", "\nFAKE"} {
 		if strings.Contains(s, bad) {
@@ -469,5 +537,41 @@ func TestProgressBarConcurrent(t *testing.T) {
 		if strings.Contains(line, "): fetched") && !strings.HasPrefix(line, "✓ ") && !strings.HasPrefix(line, "✗ ") {
 			t.Errorf("garbled line %q", line)
 		}
+	}
+}
+
+// A provider that deletes all its practitioners at once is stopped by the mass-delete guard:
+// the command fails and says how to override, the index keeps them; --allow-mass-delete applies it.
+func TestDirectorySyncMassDelete(t *testing.T) {
+	srv := mcsdtest.Start(t, mcsdtest.Options{})
+	env := append(directoryEnv(t, srv, t.TempDir()), "OZO_DIRECTORY_MAX_DELETE_MIN=1", "OZO_DIRECTORY_MAX_DELETE_SHARE=0.4")
+	if res := runCLI(t, env, "directory", "sync"); res.err != nil {
+		t.Fatalf("first sync: %v\n%s", res.err, res.stdout)
+	}
+	gp := srv.URL("huisartsenpraktijk-de-linde")
+	d := srv.Directory("huisartsenpraktijk-de-linde")
+	for _, id := range []string{"p-hp-dekker", "p-hp-mulder"} {
+		d.Delete("Practitioner", id)
+	}
+	res := runCLI(t, env, "directory", "sync")
+	if res.err == nil || !strings.Contains(res.stdout, "\nfailed (1):\n  "+gp+" (provider): would delete 2 of 3 Practitioner resources in one sync (more than 40%); kept them all; if the directory really lost them: ozo-identity directory sync --allow-mass-delete\n") {
+		t.Fatalf("guarded sync: %v\n%s", res.err, res.stdout)
+	}
+	count := func() int {
+		for _, s := range statusJSONOf(t, env).Directories {
+			if s.Directory == gp {
+				return s.Counts["Practitioner"]
+			}
+		}
+		return -1
+	}
+	if n := count(); n != 3 {
+		t.Fatalf("practitioners after the refused sync: %d", n)
+	}
+	if res := runCLI(t, env, "directory", "sync", "--force", "--allow-mass-delete"); res.err != nil {
+		t.Fatalf("allowed sync: %v\n%s", res.err, res.stdout)
+	}
+	if n := count(); n != 1 {
+		t.Fatalf("practitioners after the allowed sync: %d", n)
 	}
 }

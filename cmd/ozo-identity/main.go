@@ -2,7 +2,7 @@
 //
 //	ozo-identity serve            [--config FILE] [--listen ADDR] [--data-dir DIR]
 //	ozo-identity migrate          [--config FILE] [--data-dir DIR]
-//	ozo-identity directory sync   [--config FILE] [--data-dir DIR] [--force]
+//	ozo-identity directory sync   [--config FILE] [--data-dir DIR] [--force] [--wait] [--allow-mass-delete] [--full [URA|URL|lrza …]]
 //	ozo-identity directory status [--config FILE] [--data-dir DIR] [--json]
 //	ozo-identity admin bindings import FILE [--config FILE] [--data-dir DIR] [--format ndjson|csv] [--strict] [--batch N] [--restart]
 package main
@@ -41,7 +41,9 @@ commands:
   migrate            apply database migrations and exit
   directory sync     sync every mCSD directory once (the LRZA and the providers' directories),
                      with progress on stderr and a summary on stdout; exits non-zero when a
-                     directory failed (what every directory applied is kept)
+                     directory failed or the LRZA was not synced (what every directory applied
+                     is kept). One sync of a database at a time: while another runs (serve's
+                     schedule, a replica, another CLI) it exits non-zero, or waits with --wait
   directory status   show every known directory: last success, errors, backoff, watermarks, counts
   admin bindings import FILE
                      bind the 3PIDs of FILE: NDJSON ({"medium","address","mxid"} per line) or CSV
@@ -55,6 +57,12 @@ flags:
   --listen ADDR    listen address (OZO_LISTEN, default :8090; serve only)
   --data-dir DIR   data directory for the SQLite database (OZO_DATA_DIR, default ./data)
   --force          directory sync: also sync directories that are backing off after failures
+  --wait           directory sync: wait for a sync that is running instead of exiting
+  --full [URA …]   directory sync: re-read the whole history of the directories of these URAs
+                   (or base URLs, or "lrza"; every directory when none), replacing what the
+                   index holds of them once the new snapshot is complete
+  --allow-mass-delete  directory sync: apply deletions even when they remove more than
+                   directory.max_delete_share of a directory's resources at once
   --json           directory status: print JSON instead of tables
   --format F       admin bindings import: ndjson or csv (default: by extension, then content)
   --strict         admin bindings import: stop at the first invalid line (lines before it are kept)
@@ -100,13 +108,16 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 	configFile := fs.String("config", "", "YAML configuration file")
 	dataDir := fs.String("data-dir", "", "data directory")
 	var listen *string
-	var force, asJSON *bool
+	var force, wait, full, allowMassDelete, asJSON *bool
 	var imp importOptions
 	switch cmd {
 	case "serve", "migrate":
 		listen = fs.String("listen", "", "listen address")
 	case "directory sync":
 		force = fs.Bool("force", false, "also sync directories that are backing off")
+		wait = fs.Bool("wait", false, "wait for a running sync instead of exiting")
+		full = fs.Bool("full", false, "re-read the given directories (URAs, base URLs, lrza; all when none) from scratch")
+		allowMassDelete = fs.Bool("allow-mass-delete", false, "apply deletions the mass-delete guard would stop")
 	case "directory status":
 		asJSON = fs.Bool("json", false, "print JSON")
 	case "admin bindings import":
@@ -128,8 +139,20 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 			return err
 		}
 	}
+	var only []string
 	if fs.NArg() > 0 {
-		return fmt.Errorf("%s: unexpected argument %q", cmd, fs.Arg(0))
+		if full == nil || !*full {
+			return fmt.Errorf("%s: unexpected argument %q", cmd, fs.Arg(0))
+		}
+		for _, sel := range fs.Args() {
+			if strings.HasPrefix(sel, "-") {
+				return fmt.Errorf("%s: flag %s after the directories: put flags first", cmd, sel)
+			}
+			if !validSelector(sel) {
+				return fmt.Errorf("%s: %q is neither a URA (8 digits), a directory base URL nor \"lrza\"", cmd, sel)
+			}
+			only = append(only, sel)
+		}
 	}
 	if cmd == "admin bindings import" {
 		if imp.file == "" {
@@ -165,7 +188,8 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 		log.Info("database is up to date", "engine", string(db.Engine))
 		return nil
 	case "directory sync":
-		return directorySync(ctx, cfg, *force, stdout, stderr)
+		return directorySync(ctx, cfg, syncFlags{force: *force, wait: *wait, full: *full, only: only,
+			allowMassDelete: *allowMassDelete}, stdout, stderr)
 	case "admin bindings import":
 		return importBindings(ctx, cfg, imp, stdout, stderr)
 	default: // "directory status"
@@ -196,4 +220,20 @@ func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// validSelector accepts what --full selects directories by.
+func validSelector(s string) bool {
+	if s == "lrza" || strings.HasPrefix(s, "https://") || strings.HasPrefix(s, "http://") {
+		return true
+	}
+	if len(s) != 8 {
+		return false
+	}
+	for _, r := range s {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return true
 }

@@ -31,9 +31,12 @@ type Options struct {
 	Username, Password string
 	// RejectRecipients answers every RCPT TO with 550 5.1.1, as for an unknown user.
 	RejectRecipients bool
+	// Host is the IP address to listen on; empty means 127.0.0.1. Tests of what the mailer does
+	// with a remote (non-loopback) host listen on one of the machine's other addresses.
+	Host string
 }
 
-// Server is a running test SMTP server on 127.0.0.1.
+// Server is a running test SMTP server on 127.0.0.1 (or Options.Host).
 type Server struct {
 	Host string
 	Port int
@@ -62,7 +65,11 @@ func StartWith(t testing.TB, opts Options) *Server {
 	default:
 		t.Fatalf("smtptest: unknown security %q", opts.Security)
 	}
-	s := &Server{Host: "127.0.0.1", opts: opts, changed: make(chan struct{})}
+	host := opts.Host
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	s := &Server{Host: host, opts: opts, changed: make(chan struct{})}
 	srv := smtp.NewServer(backend{s})
 	srv.Domain = "localhost"
 	srv.ReadTimeout = 10 * time.Second
@@ -70,7 +77,7 @@ func StartWith(t testing.TB, opts Options) *Server {
 	srv.MaxMessageBytes = 1 << 20
 	srv.MaxRecipients = 10
 	srv.ErrorLog = log.New(io.Discard, "", 0) // tests refuse handshakes and drop connections on purpose
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		t.Fatalf("smtptest: %v", err)
 	}

@@ -53,7 +53,18 @@ func (x *Index) applyBatch(ctx context.Context, dir, typ string, run int64, full
 		return 0, 0, nil
 	}
 	err = x.tx(ctx, func(tx *sql.Tx) error {
-		applied, deleted = 0, 0
+		applied, deleted, err = x.applyTx(ctx, tx, dir, typ, run, full, batch)
+		return err
+	})
+	if err == nil {
+		x.written.Add(int64(applied))
+	}
+	return applied, deleted, err
+}
+
+// applyTx writes versions of resources of type typ, one per id, in tx.
+func (x *Index) applyTx(ctx context.Context, tx *sql.Tx, dir, typ string, run int64, full bool, batch []row) (applied, deleted int, err error) {
+	err = func() error {
 		appliedIDs := make(map[string]bool)
 		// Small statements: SQLite looks up $N parameters by name, in time quadratic in their number.
 		const perStmt = 20
@@ -147,10 +158,7 @@ func (x *Index) applyBatch(ctx context.Context, dir, typ string, run int64, full
 			return fmt.Errorf("mark directory: %w", err)
 		}
 		return nil
-	})
-	if err == nil {
-		x.written.Add(int64(applied))
-	}
+	}()
 	return applied, deleted, err
 }
 
@@ -175,30 +183,58 @@ func insertTuples(ctx context.Context, tx *sql.Tx, prefix string, width int, val
 	return nil
 }
 
-// sweepTx turns into tombstones the resources of type typ that a full fetch did not return, as after
-// a backup restore of the directory. It reports how many it removed.
-func sweepTx(ctx context.Context, tx *sql.Tx, dir, typ string, run int64) (int, error) {
-	res, err := tx.ExecContext(ctx, `UPDATE mcsd_resources SET deleted = 1, active = 0, seen_run = $3
-		WHERE dir = $1 AND type = $2 AND deleted = 0 AND seen_run <> $3`, dir, typ, run)
+// sweepTx turns into tombstones the resources of type typ that a full read of its history (tr)
+// proves gone, as after a backup restore of the directory: those it did not list, unless they
+// are newer than its snapshot, which another run may have just written. It reports how many
+// it removed.
+func sweepTx(ctx context.Context, tx *sql.Tx, dir string, tr typeResult, run int64) (int, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT id, version_ts FROM mcsd_resources WHERE dir = $1 AND type = $2 AND deleted = 0`, dir, tr.typ)
 	if err != nil {
-		return 0, fmt.Errorf("sweep %s: %w", typ, err)
+		return 0, fmt.Errorf("sweep %s: %w", tr.typ, err)
 	}
-	n, _ := res.RowsAffected()
+	var gone []any
+	for rows.Next() {
+		var id string
+		var ts int64
+		if err := rows.Scan(&id, &ts); err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("sweep %s: %w", tr.typ, err)
+		}
+		if !tr.seen[id] && ts <= tr.snapshot {
+			gone = append(gone, id)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("sweep %s: %w", tr.typ, err)
+	}
+	n := 0
+	for start := 0; start < len(gone); start += inChunk {
+		part := gone[start:min(len(gone), start+inChunk)]
+		args := append([]any{dir, tr.typ, run}, part...)
+		in := placeholders(4, len(part))
+		res, err := tx.ExecContext(ctx, `UPDATE mcsd_resources SET deleted = 1, active = 0, seen_run = $3
+			WHERE dir = $1 AND type = $2 AND deleted = 0 AND id IN (`+in+`)`, args...)
+		if err != nil {
+			return 0, fmt.Errorf("sweep %s: %w", tr.typ, err)
+		}
+		k, _ := res.RowsAffected()
+		n += int(k)
+		in = placeholders(3, len(part))
+		for _, q := range []string{
+			`DELETE FROM mcsd_refs WHERE dir = $1 AND from_type = $2 AND from_id IN (` + in + `)`,
+			`DELETE FROM mcsd_identifiers WHERE dir = $1 AND type = $2 AND id IN (` + in + `)`,
+		} {
+			if _, err := tx.ExecContext(ctx, q, append([]any{dir, tr.typ}, part...)...); err != nil {
+				return 0, fmt.Errorf("sweep %s: %w", tr.typ, err)
+			}
+		}
+	}
 	if n == 0 {
 		return 0, nil
 	}
-	for _, q := range []string{
-		`DELETE FROM mcsd_refs WHERE dir = $1 AND from_type = $2 AND from_id IN
-			(SELECT id FROM mcsd_resources WHERE dir = $1 AND type = $2 AND deleted = 1)`,
-		`DELETE FROM mcsd_identifiers WHERE dir = $1 AND type = $2 AND id IN
-			(SELECT id FROM mcsd_resources WHERE dir = $1 AND type = $2 AND deleted = 1)`,
-	} {
-		if _, err := tx.ExecContext(ctx, q, dir, typ); err != nil {
-			return 0, fmt.Errorf("sweep %s: %w", typ, err)
-		}
-	}
 	if _, err := tx.ExecContext(ctx, `UPDATE mcsd_directories SET dirty = 1 WHERE id = $1`, dir); err != nil {
-		return 0, fmt.Errorf("sweep %s: %w", typ, err)
+		return 0, fmt.Errorf("sweep %s: %w", tr.typ, err)
 	}
-	return int(n), nil
+	return n, nil
 }

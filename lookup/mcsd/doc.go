@@ -13,6 +13,15 @@
 // last complete read ended. Pages are decoded token by token and written in batches; memory does
 // not grow with the size of a directory.
 //
+// One sync of a database runs at a time, across processes and replicas: SyncAll holds the lease
+// LeaseName (sqlstore.Lease) and renews it while it works. Even so, a run only deletes what its
+// own reading proves gone: the tombstones its history listed, and, after a full read, the
+// resources it did not list that are not newer than its snapshot. Those deletions, the
+// watermarks and the derived candidates of a directory are stored in one transaction, which a
+// mass-delete guard (Options.MaxDeleteShare, MaxDeleteMin) rolls back when it would remove most
+// of a type at once. Options.Full re-reads directories whole; until that transaction commits the
+// old candidates keep resolving.
+//
 // # Anti-spoofing (Dutch IG, Care Services, Update Client)
 //
 // A provider directory counts only for the URAs that registered it at the LRZA. Its Organization

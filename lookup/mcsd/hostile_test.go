@@ -66,7 +66,7 @@ func TestHostileDirectory(t *testing.T) {
 				case <-r.Context().Done():
 				}
 			}
-		}, "not read within"},
+		}, "no complete answer within"},
 	}
 	for _, engine := range dbtest.Engines {
 		t.Run(string(engine), func(t *testing.T) {

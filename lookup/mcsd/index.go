@@ -452,12 +452,28 @@ type DirectoryStatus struct {
 	NextAttempt time.Time      // while backing off
 	Counts      map[string]int // resource type → resources that count
 	Rejected    map[string]int // resource type → resources rejected
+	// Recorded is what counted after the last sync that changed the directory and Previous what
+	// counted before it (-1: not known yet). Collapsed says, when non-empty, that the count fell
+	// by more than half in that sync or since (rows lost from the index).
+	Recorded, Previous int
+	Collapsed          string
+}
+
+// collapsed explains a resource count that fell by more than half, "" when it did not.
+func collapsed(now, recorded, previous int) string {
+	switch {
+	case recorded > 0 && now*2 < recorded:
+		return fmt.Sprintf("%d resources count now, %d did after the last sync: rows were lost from the index", now, recorded)
+	case previous > 0 && recorded >= 0 && recorded*2 < previous:
+		return fmt.Sprintf("the last sync that changed it went from %d resources to %d", previous, recorded)
+	}
+	return ""
 }
 
 // Status reports every directory the index knows, in base URL order.
 func (x *Index) Status(ctx context.Context) ([]DirectoryStatus, error) {
 	rows, err := x.db.QueryContext(ctx, `SELECT id, base_url, kind, origin, active, last_attempt_at, last_success_at,
-		last_error, failures, next_attempt_at FROM mcsd_directories ORDER BY base_url`)
+		last_error, failures, next_attempt_at, resource_count, prev_resource_count FROM mcsd_directories ORDER BY base_url`)
 	if err != nil {
 		return nil, fmt.Errorf("mcsd status: %w", err)
 	}
@@ -469,7 +485,7 @@ func (x *Index) Status(ctx context.Context) ([]DirectoryStatus, error) {
 		var id string
 		var active int
 		var attempt, success, next int64
-		if err := rows.Scan(&id, &s.BaseURL, &s.Kind, &s.Origin, &active, &attempt, &success, &s.LastError, &s.Failures, &next); err != nil {
+		if err := rows.Scan(&id, &s.BaseURL, &s.Kind, &s.Origin, &active, &attempt, &success, &s.LastError, &s.Failures, &next, &s.Recorded, &s.Previous); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("mcsd status: %w", err)
 		}
@@ -523,6 +539,15 @@ func (x *Index) Status(ctx context.Context) ([]DirectoryStatus, error) {
 		return nil
 	}); err != nil {
 		return nil, err
+	}
+	for i := range out {
+		n := 0
+		for _, c := range out[i].Counts {
+			n += c
+		}
+		if out[i].Active {
+			out[i].Collapsed = collapsed(n, out[i].Recorded, out[i].Previous)
+		}
 	}
 	return out, nil
 }

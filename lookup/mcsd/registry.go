@@ -16,6 +16,7 @@ type directory struct {
 	uras              []string
 	failures          int
 	nextAttempt       int64
+	lastError         string
 	dirty             bool
 }
 
@@ -81,7 +82,7 @@ func (x *Index) setURAs(ctx context.Context, id string, uras []string) error {
 
 // directories lists the active directories of a kind with their URAs.
 func (x *Index) directories(ctx context.Context, kind string) ([]directory, error) {
-	rows, err := x.db.QueryContext(ctx, `SELECT d.id, d.base_url, d.kind, d.origin, d.failures, d.next_attempt_at, d.dirty, COALESCE(u.ura, '')
+	rows, err := x.db.QueryContext(ctx, `SELECT d.id, d.base_url, d.kind, d.origin, d.failures, d.next_attempt_at, d.last_error, d.dirty, COALESCE(u.ura, '')
 		FROM mcsd_directories d LEFT JOIN mcsd_directory_uras u ON u.dir = d.id
 		WHERE d.active = 1 AND d.kind = $1 ORDER BY d.base_url, u.ura`, kind)
 	if err != nil {
@@ -93,7 +94,7 @@ func (x *Index) directories(ctx context.Context, kind string) ([]directory, erro
 		var d directory
 		var dirty int
 		var ura string
-		if err := rows.Scan(&d.id, &d.baseURL, &d.kind, &d.origin, &d.failures, &d.nextAttempt, &dirty, &ura); err != nil {
+		if err := rows.Scan(&d.id, &d.baseURL, &d.kind, &d.origin, &d.failures, &d.nextAttempt, &d.lastError, &dirty, &ura); err != nil {
 			return nil, fmt.Errorf("list directories: %w", err)
 		}
 		if n := len(out); n > 0 && out[n-1].id == d.id {

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
 
 // Options configure a Syncer. Zero values take the defaults in brackets.
@@ -36,6 +38,26 @@ type Options struct {
 	BackoffBase, BackoffMax time.Duration
 	// IgnoreBackoff attempts every directory now, as an operator's manual sync does.
 	IgnoreBackoff bool
+	// Full re-reads the whole history of the selected directories, ignoring their watermarks
+	// and backoff: FullOnly lists URAs, base URLs or "lrza"; empty selects every directory.
+	// The old rows keep resolving until the new snapshot is complete; then one transaction
+	// per directory removes what it lacks and derives the candidates again.
+	Full     bool
+	FullOnly []string
+	// MaxDeleteShare and MaxDeleteMin guard against a directory that lost its data (or a
+	// broken sync): deleting more than MaxDeleteMin and more than MaxDeleteShare of a
+	// directory's live resources of one type in one sync stops that directory with nothing
+	// deleted and reports it [0.5, 10]. AllowMassDelete lets such a sync through.
+	MaxDeleteShare  float64
+	MaxDeleteMin    int
+	AllowMassDelete bool
+	// Wait for a sync that holds the lease (another process, replica or run) instead of
+	// returning ErrSyncRunning; OnWait, if set, hears who holds it before the wait starts.
+	Wait   bool
+	OnWait func(*sqlstore.LeaseHeldError)
+	// LeaseTTL is how long the sync lease outlives its holder's last renewal [1m]; a holder
+	// that dies keeps others out that long.
+	LeaseTTL time.Duration
 	// PageSize is the _count asked for [100].
 	PageSize int
 	// MaxPageBytes bounds one history page [32 MiB]; MaxPages bounds the pages of one resource
@@ -80,6 +102,8 @@ type DirectoryReport struct {
 	Rejected   int         // entries unusable plus resources that do not count, among those this run touched
 	Rejections []Rejection // the first MaxRejections of them, with the reason
 	Skipped    string      // why the directory was not attempted (backoff), "" when it was
+	RetryAt    time.Time   // when a skipped directory is attempted again
+	LastError  string      // the failure a skipped directory is backing off from
 	Removed    bool        // no longer listed: its resources were removed from the index
 	Err        error       // why the sync stopped; what it applied before stays indexed
 	Started    time.Time
@@ -93,6 +117,12 @@ type Syncer struct {
 	log  *slog.Logger
 	mu   sync.Mutex // one run at a time per Syncer
 }
+
+// LeaseName is the lease every directory sync of one database holds.
+const LeaseName = "mcsd-sync"
+
+// ErrSyncRunning says another sync holds the lease; the error wrapping it names the holder.
+var ErrSyncRunning = errors.New("another directory sync is running")
 
 // NewSyncer returns a syncer writing to idx.
 func NewSyncer(idx *Index, opts Options) *Syncer {
@@ -126,6 +156,15 @@ func NewSyncer(idx *Index, opts Options) *Syncer {
 	if opts.MaxRejections <= 0 {
 		opts.MaxRejections = 100
 	}
+	if opts.MaxDeleteShare <= 0 {
+		opts.MaxDeleteShare = 0.5
+	}
+	if opts.MaxDeleteMin <= 0 {
+		opts.MaxDeleteMin = 10
+	}
+	if opts.LeaseTTL <= 0 {
+		opts.LeaseTTL = time.Minute
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -141,10 +180,54 @@ func (s *Syncer) backoff(failures int) time.Duration {
 	return min(d, s.opts.BackoffMax)
 }
 
-// SyncAll runs one sync: the LRZA first, then the directories it lists and the configured ones,
+// SyncAll takes the sync lease (waiting for it with Options.Wait, else failing with
+// ErrSyncRunning), runs one sync under it and releases it.
+func (s *Syncer) SyncAll(ctx context.Context) ([]DirectoryReport, error) {
+	l, err := s.Lease(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return s.SyncHeld(ctx, l)
+}
+
+// Lease takes the lease of the directory sync of this database without syncing, so that a caller
+// can answer before the sync runs; SyncHeld then runs it. Without Options.Wait, a lease held
+// elsewhere is an error wrapping ErrSyncRunning and a *sqlstore.LeaseHeldError.
+func (s *Syncer) Lease(ctx context.Context) (*sqlstore.Lease, error) {
+	holder := sqlstore.NewHolder()
+	l, err := s.idx.db.AcquireLease(ctx, LeaseName, holder, s.opts.LeaseTTL)
+	var held *sqlstore.LeaseHeldError
+	if errors.As(err, &held) && s.opts.Wait {
+		if s.opts.OnWait != nil {
+			s.opts.OnWait(held)
+		}
+		l, err = s.idx.db.WaitLease(ctx, LeaseName, holder, s.opts.LeaseTTL, min(time.Second, s.opts.LeaseTTL/4))
+	}
+	if errors.As(err, &held) {
+		return nil, fmt.Errorf("%w: %w", ErrSyncRunning, err)
+	}
+	return l, err
+}
+
+// SyncHeld runs one sync under l, a lease from Lease, renewing it, and releases it after. A
+// lease lost midway (its holder stalled past the ttl) stops the sync like a cancellation.
+func (s *Syncer) SyncHeld(ctx context.Context, l *sqlstore.Lease) ([]DirectoryReport, error) {
+	var reports []DirectoryReport
+	err := l.Hold(ctx, func(ctx context.Context) error {
+		var err error
+		reports, err = s.syncAll(ctx)
+		if err != nil && context.Cause(ctx) != nil && ctx.Err() != nil {
+			err = fmt.Errorf("%w (%w)", err, context.Cause(ctx))
+		}
+		return err
+	})
+	return reports, err
+}
+
+// syncAll runs one sync: the LRZA first, then the directories it lists and the configured ones,
 // at most Concurrency at a time, then homeserver localisation. A failing directory is reported,
 // backs off and keeps what was indexed; the error is for failures of the index itself.
-func (s *Syncer) SyncAll(ctx context.Context) ([]DirectoryReport, error) {
+func (s *Syncer) syncAll(ctx context.Context) ([]DirectoryReport, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	run := time.Now().UnixNano()
@@ -293,6 +376,22 @@ func (s *Syncer) SyncAll(ctx context.Context) ([]DirectoryReport, error) {
 	return reports, ctx.Err()
 }
 
+// fullSelected says whether Options.Full re-reads d.
+func (s *Syncer) fullSelected(d directory) bool {
+	if !s.opts.Full {
+		return false
+	}
+	if len(s.opts.FullOnly) == 0 {
+		return true
+	}
+	for _, sel := range s.opts.FullOnly {
+		if sel == "lrza" && d.kind == "lrza" || normalizeBase(sel) == d.baseURL || slices.Contains(d.uras, sel) {
+			return true
+		}
+	}
+	return false
+}
+
 // syncDirectory fetches every resource type's history of one directory, then validates it.
 func (s *Syncer) syncDirectory(ctx context.Context, d directory, run int64, total int) DirectoryReport {
 	rep := DirectoryReport{Directory: d.baseURL, Kind: d.kind, URAs: d.uras, Started: time.Now()}
@@ -302,9 +401,11 @@ func (s *Syncer) syncDirectory(ctx context.Context, d directory, run int64, tota
 			s.opts.Progress(p)
 		}
 	}
-	if !s.opts.IgnoreBackoff && d.nextAttempt > s.idx.now().UnixMilli() {
-		rep.Skipped = fmt.Sprintf("backing off after %d failures until %s", d.failures,
-			time.UnixMilli(d.nextAttempt).UTC().Format(time.RFC3339))
+	full := s.fullSelected(d)
+	if !s.opts.IgnoreBackoff && !full && d.nextAttempt > s.idx.now().UnixMilli() {
+		rep.Skipped = fmt.Sprintf("backing off after %d failed attempt(s) in a row", d.failures)
+		rep.RetryAt = time.UnixMilli(d.nextAttempt).UTC()
+		rep.LastError = d.lastError
 		progress(Progress{Done: true, Report: &rep})
 		return rep
 	}
@@ -313,6 +414,10 @@ func (s *Syncer) syncDirectory(ctx context.Context, d directory, run int64, tota
 	defer cancel()
 
 	marks, err := s.idx.watermarks(dctx, d.id)
+	if full {
+		// The stored watermarks are replaced when the new snapshot is stored.
+		marks = map[string]string{}
+	}
 	var done []typeResult
 	if err == nil {
 		for _, typ := range d.types() {
@@ -323,16 +428,17 @@ func (s *Syncer) syncDirectory(ctx context.Context, d directory, run int64, tota
 			done = append(done, tr)
 		}
 	}
-	// One transaction stores what the completed types leave (watermarks, sweeps) and, after a
-	// complete fetch, judges the directory: a half-read directory is judged on its last complete
-	// state; what was applied stays and is judged next time. Nothing changed, nothing judged.
+	// One transaction stores what the completed types leave (deletes, watermarks, sweeps) and,
+	// after a complete fetch, judges the directory: a half-read directory is judged on its last
+	// complete state; what was applied stays and is judged next time. Nothing changed, nothing judged.
 	fctx := dctx
 	if err != nil {
 		fctx = context.WithoutCancel(ctx) // keep the types that completed before a time-out
 	}
-	res, ferr := s.idx.finish(fctx, d, run, done, err == nil, d.dirty || rep.Applied > 0, s.opts.MaxRejections)
-	rep.Applied += res.swept
-	rep.Deleted += res.swept
+	g := deleteGuard{share: s.opts.MaxDeleteShare, min: s.opts.MaxDeleteMin, off: s.opts.AllowMassDelete}
+	res, ferr := s.idx.finish(fctx, d, run, done, err == nil, d.dirty || rep.Applied > 0, g, s.opts.MaxRejections)
+	rep.Applied += res.applied + res.swept
+	rep.Deleted += res.deleted + res.swept
 	rep.Rejected += res.rejected
 	for _, r := range res.rejections {
 		if len(rep.Rejections) < s.opts.MaxRejections {
@@ -343,7 +449,7 @@ func (s *Syncer) syncDirectory(ctx context.Context, d directory, run int64, tota
 		err = ferr
 	}
 	if err != nil && ctx.Err() == nil && dctx.Err() != nil {
-		err = fmt.Errorf("directory took longer than %s: %w", s.opts.DirectoryTimeout, err)
+		err = fmt.Errorf("the whole directory took longer than %s; the types read completely are kept", s.opts.DirectoryTimeout)
 	}
 	rep.Err = err
 	rep.Duration = time.Since(rep.Started)
@@ -363,10 +469,54 @@ type typeResult struct {
 	typ   string
 	since string // the _since of the next request; "" keeps the stored one
 	full  bool   // the whole history was read, so what it lacks is gone
+	// seen holds every id the history listed and snapshot the server's time of the first page:
+	// a full read proves gone only what it lacks and what is not newer than its snapshot, so
+	// that rows another run wrote meanwhile survive.
+	seen     map[string]bool
+	snapshot int64
+	// deletes are the tombstones the history listed, applied when the type is stored, after
+	// the mass-delete guard.
+	deletes []row
 }
 
-// syncType pages through {base}/{typ}/_history since the watermark and applies every entry; the
-// caller stores the new watermark only when the whole history was read.
+// FetchError is why reading a directory's history stopped: one wording per cause, with the URL
+// of the page without its query (no cursor, no _since).
+type FetchError struct {
+	Type   string // resource type whose history was read
+	URL    string // the page asked for, without its query
+	Reason string
+}
+
+func (e *FetchError) Error() string {
+	if e.URL == "" {
+		return e.Type + " history: " + e.Reason
+	}
+	return e.Type + " history: " + e.Reason + " (GET " + e.URL + ")"
+}
+
+// withoutQuery drops the query and fragment of u: they carry cursors and instants that make
+// every error line unique and long.
+func withoutQuery(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		if i := strings.IndexAny(u, "?#"); i >= 0 {
+			u = u[:i]
+		}
+		return clean(u, 300)
+	}
+	p.RawQuery, p.Fragment, p.User = "", "", nil
+	return clean(p.String(), 300)
+}
+
+// winner is the version of an id a history read decided on so far.
+type winner struct {
+	ts      int64
+	deleted bool
+}
+
+// syncType pages through {base}/{typ}/_history since the watermark and applies every live
+// version; tombstones wait for the caller, which stores the new watermark only when the whole
+// history was read.
 func (s *Syncer) syncType(ctx context.Context, d directory, typ, since string, run int64, rep *DirectoryReport, progress func(Progress)) (typeResult, error) {
 	full := since == ""
 	q := url.Values{"_count": {fmt.Sprint(s.opts.PageSize)}}
@@ -376,30 +526,34 @@ func (s *Syncer) syncType(ctx context.Context, d directory, typ, since string, r
 	next := d.baseURL + "/" + typ + "/_history?" + q.Encode()
 	origin, err := url.Parse(d.baseURL)
 	if err != nil || origin.Host == "" || origin.Scheme != "https" && origin.Scheme != "http" {
-		return typeResult{}, fmt.Errorf("directory base URL %q is not an http(s) URL", d.baseURL)
+		return typeResult{}, &FetchError{Type: typ, Reason: fmt.Sprintf("directory base URL %q is not an http(s) URL", clean(d.baseURL, 200))}
 	}
 
 	var batch []row
+	// The history lists the newest version first; like upsertGuard, a later entry only
+	// replaces the one decided on when it is strictly newer.
+	decided := map[string]winner{}
+	deletes := map[string]row{}
 	const batchSize = 200
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
 		}
-		applied, deleted, err := s.idx.applyBatch(ctx, d.id, typ, run, full, batch)
+		applied, _, err := s.idx.applyBatch(ctx, d.id, typ, run, full, batch)
 		batch = batch[:0]
 		rep.Applied += applied
-		rep.Deleted += deleted
 		return err
 	}
 	var newMark string
 	var maxTS int64
+	snapshot := s.idx.now().UnixMilli()
 	var recent []string // the last pages' URLs, against a server that loops; MaxPages bounds the rest
 	for page := 0; next != ""; page++ {
 		if page >= s.opts.MaxPages {
-			return typeResult{}, fmt.Errorf("%s history: more than %d pages", typ, s.opts.MaxPages)
+			return typeResult{}, &FetchError{Type: typ, Reason: fmt.Sprintf("more than %d pages", s.opts.MaxPages)}
 		}
 		if slices.Contains(recent, next) {
-			return typeResult{}, fmt.Errorf("%s history: next link repeats %s", typ, next)
+			return typeResult{}, &FetchError{Type: typ, URL: withoutQuery(next), Reason: "the next link repeats an earlier page"}
 		}
 		if recent = append(recent, next); len(recent) > 16 {
 			recent = recent[1:]
@@ -416,27 +570,44 @@ func (s *Syncer) syncType(ctx context.Context, d directory, typ, since string, r
 			}
 			r.Type = typ
 			maxTS = max(maxTS, r.TS)
+			if w, ok := decided[r.ID]; ok && r.TS <= w.ts {
+				return nil
+			}
+			decided[r.ID] = winner{ts: r.TS, deleted: r.Deleted}
+			if r.Deleted {
+				deletes[r.ID] = r
+				return nil
+			}
+			delete(deletes, r.ID)
 			batch = append(batch, r)
 			if len(batch) >= batchSize {
 				return flush()
 			}
 			return nil
 		})
-		if ferr := flush(); err == nil {
+		if ferr := flush(); err == nil && ferr != nil {
 			err = ferr
 		}
 		if err != nil {
-			return typeResult{}, fmt.Errorf("%s history: %w", typ, err)
+			var fe *FetchError
+			if !errors.As(err, &fe) {
+				return typeResult{}, fmt.Errorf("%s history: %w", typ, err)
+			}
+			fe.Type = typ
+			return typeResult{}, err
 		}
 		if page == 0 {
 			newMark = info.LastUpdated
+			if ts, err := parseInstant(info.LastUpdated, false); err == nil && ts > 0 {
+				snapshot = ts
+			}
 		}
 		progress(Progress{Type: typ, Fetched: rep.Fetched})
 		next = ""
 		if info.Next != "" {
 			u, err := url.Parse(info.Next)
 			if err != nil || u.Scheme != origin.Scheme || u.Host != origin.Host {
-				return typeResult{}, fmt.Errorf("%s history: next link %q leaves the directory's origin", typ, clean(info.Next, 200))
+				return typeResult{}, &FetchError{Type: typ, URL: withoutQuery(info.Next), Reason: "the next link leaves the directory's origin"}
 			}
 			next = u.String()
 		}
@@ -449,24 +620,43 @@ func (s *Syncer) syncType(ctx context.Context, d directory, typ, since string, r
 			newMark = formatInstant(maxTS)
 		}
 	}
-	return typeResult{typ: typ, since: newMark, full: full}, nil
+	tr := typeResult{typ: typ, since: newMark, full: full, snapshot: snapshot}
+	for _, r := range deletes {
+		tr.deletes = append(tr.deletes, r)
+	}
+	if full {
+		tr.seen = make(map[string]bool, len(decided))
+		for id := range decided {
+			tr.seen[id] = true
+		}
+	}
+	return tr, nil
 }
 
-// fetchPage GETs one history page and streams its entries to fn.
+// fetchPage GETs one history page and streams its entries to fn. Its errors are *FetchError.
 func (s *Syncer) fetchPage(ctx context.Context, u string, fn func(json.RawMessage) error) (pageInfo, error) {
+	fail := func(reason string) error { return &FetchError{URL: withoutQuery(u), Reason: reason} }
+	hang := fmt.Sprintf("no complete answer within %s", s.opts.RequestTimeout)
 	rctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(rctx, http.MethodGet, u, nil)
 	if err != nil {
-		return pageInfo{}, err
+		return pageInfo{}, fail("bad URL")
 	}
 	req.Header.Set("Accept", "application/fhir+json")
 	resp, err := s.opts.Client.Do(req)
 	if err != nil {
-		if rctx.Err() != nil && ctx.Err() == nil {
-			return pageInfo{}, fmt.Errorf("GET %s: no answer within %s", u, s.opts.RequestTimeout)
+		switch {
+		case ctx.Err() != nil:
+			return pageInfo{}, fail("interrupted")
+		case rctx.Err() != nil:
+			return pageInfo{}, fail(hang)
 		}
-		return pageInfo{}, fmt.Errorf("GET %s: %w", u, err)
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return pageInfo{}, fail("cannot connect: " + clean(err.Error(), 200))
 	}
 	defer func() {
 		// Drain a little so that the connection can serve the next page.
@@ -474,18 +664,35 @@ func (s *Syncer) fetchPage(ctx context.Context, u string, fn func(json.RawMessag
 		resp.Body.Close()
 	}()
 	if resp.StatusCode != http.StatusOK {
-		return pageInfo{}, fmt.Errorf("GET %s: %s%s", u, resp.Status, outcome(resp.Body))
+		return pageInfo{}, fail("HTTP " + resp.Status + outcome(resp.Body))
 	}
 	body := &limitedReader{r: resp.Body, left: s.opts.MaxPageBytes}
-	info, err := readBundle(body, fn)
+	var fnErr error // the index's, not the page's
+	info, err := readBundle(body, func(raw json.RawMessage) error {
+		fnErr = fn(raw)
+		return fnErr
+	})
+	if fnErr != nil {
+		return info, fnErr
+	}
 	if err != nil {
+		var fe *FetchError
 		switch {
+		case errors.As(err, &fe):
 		case body.exceeded:
-			err = fmt.Errorf("page larger than %d bytes", s.opts.MaxPageBytes)
-		case rctx.Err() != nil && ctx.Err() == nil:
-			err = fmt.Errorf("page not read within %s", s.opts.RequestTimeout)
+			err = fail(fmt.Sprintf("page larger than %d bytes", s.opts.MaxPageBytes))
+		case ctx.Err() != nil:
+			err = fail("interrupted")
+		case rctx.Err() != nil:
+			err = fail(hang)
+		default:
+			var ue *url.Error
+			if errors.As(err, &ue) {
+				err = ue.Err
+			}
+			err = fail("malformed page: " + clean(err.Error(), 200))
 		}
-		return info, fmt.Errorf("GET %s: %w", u, err)
+		return info, err
 	}
 	return info, nil
 }

@@ -437,7 +437,7 @@ func TestFailingDirectory(t *testing.T) {
 		{"404", mcsdtest.Failure{Status: 404}, "404 Not Found"},
 		{"410", mcsdtest.Failure{Status: 410}, "410 Gone"},
 		{"malformed", mcsdtest.Failure{Malformed: true, Types: []string{"Endpoint"}}, "read bundle"},
-		{"slow", mcsdtest.Failure{Delay: 10 * time.Second}, "no answer within"},
+		{"slow", mcsdtest.Failure{Delay: 10 * time.Second}, "no complete answer within"},
 		{"second page fails", mcsdtest.Failure{Status: 503, AfterPages: 1}, "503"},
 	}
 	for _, c := range cases {
@@ -462,6 +462,10 @@ func TestFailingDirectory(t *testing.T) {
 				if h.Err == nil || !strings.Contains(h.Err.Error(), c.errPart) {
 					t.Fatalf("hospital error: %v, want it to mention %q", h.Err, c.errPart)
 				}
+				// One line an operator can read: no query, cursor or _since in it.
+				if strings.ContainsAny(h.Err.Error(), "?&\n") {
+					t.Errorf("hospital error carries a query or line break: %q", h.Err)
+				}
 				if reps[gp].Err != nil || reps[homecare].Err != nil || reps["lrza"].Err != nil {
 					t.Fatalf("other directories failed: %v %v %v", reps[gp].Err, reps[homecare].Err, reps["lrza"].Err)
 				}
@@ -482,7 +486,7 @@ func TestFailingDirectory(t *testing.T) {
 				// Backing off: the next run leaves it alone.
 				hospDir.SetFailure(mcsdtest.Failure{})
 				reps = e.sync(e.syncer(opts))
-				if !strings.Contains(reps[hospital].Skipped, "backing off after 1 failures") {
+				if !strings.Contains(reps[hospital].Skipped, "backing off after 1 failed attempt(s)") {
 					t.Errorf("hospital not skipped while backing off: %+v", reps[hospital])
 				}
 				// An operator's manual sync ignores the backoff and catches up from the old watermark.

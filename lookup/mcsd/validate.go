@@ -183,15 +183,56 @@ func buildDerivationSteps() []step {
 
 // finishResult is what finish did besides storing watermarks.
 type finishResult struct {
-	swept      int
-	rejected   int
-	rejections []Rejection
+	applied, deleted int // the history's tombstones that changed the index
+	swept            int
+	rejected         int
+	rejections       []Rejection
 }
 
-// finish ends a directory's sync in one transaction: it stores the watermarks of the types read
-// completely, sweeps what full reads no longer returned and, if judge is set and anything changed,
-// validates the directory.
-func (x *Index) finish(ctx context.Context, d directory, run int64, done []typeResult, judge, changed bool, max int) (finishResult, error) {
+// deleteGuard bounds what one sync may delete of a directory's live resources of one type.
+type deleteGuard struct {
+	share float64
+	min   int
+	off   bool
+}
+
+// MassDeleteError says a sync stopped before deleting most of a directory's resources of a
+// type in one go; nothing of that sync's deletions, watermarks or derivation was stored.
+type MassDeleteError struct {
+	Type       string
+	Delete, Of int
+	Share      float64
+}
+
+func (e *MassDeleteError) Error() string {
+	return fmt.Sprintf("would delete %d of %d %s resources in one sync (more than %.0f%%); kept them all",
+		e.Delete, e.Of, e.Type, e.Share*100)
+}
+
+// liveCounts counts the resources of dir that are not deleted, per type.
+func liveCounts(ctx context.Context, tx *sql.Tx, dir string) (map[string]int, error) {
+	out := map[string]int{}
+	rows, err := tx.QueryContext(ctx, `SELECT type, COUNT(*) FROM mcsd_resources WHERE dir = $1 AND deleted = 0 GROUP BY type`, dir)
+	if err != nil {
+		return nil, fmt.Errorf("count resources: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var t string
+		var n int
+		if err := rows.Scan(&t, &n); err != nil {
+			return nil, fmt.Errorf("count resources: %w", err)
+		}
+		out[t] = n
+	}
+	return out, rows.Err()
+}
+
+// finish ends a directory's sync in one transaction: it applies the tombstones and stores the
+// watermarks of the types read completely, sweeps what full reads proved gone, checks the
+// deletions against the guard (rolling all of it back when they are too many) and, if judge is
+// set and anything changed, validates the directory and derives its candidates again.
+func (x *Index) finish(ctx context.Context, d directory, run int64, done []typeResult, judge, changed bool, g deleteGuard, max int) (finishResult, error) {
 	if judge && changed {
 		if err := x.analyzeIfStale(ctx); err != nil {
 			return finishResult{}, err
@@ -200,9 +241,21 @@ func (x *Index) finish(ctx context.Context, d directory, run int64, done []typeR
 	var res finishResult
 	err := x.tx(ctx, func(tx *sql.Tx) error {
 		res = finishResult{}
+		before, err := liveCounts(ctx, tx, d.id)
+		if err != nil {
+			return err
+		}
 		for _, tr := range done {
+			if len(tr.deletes) > 0 {
+				a, del, err := x.applyTx(ctx, tx, d.id, tr.typ, run, tr.full, tr.deletes)
+				if err != nil {
+					return err
+				}
+				res.applied += a
+				res.deleted += del
+			}
 			if tr.full {
-				n, err := sweepTx(ctx, tx, d.id, tr.typ, run)
+				n, err := sweepTx(ctx, tx, d.id, tr, run)
 				if err != nil {
 					return err
 				}
@@ -217,14 +270,38 @@ func (x *Index) finish(ctx context.Context, d directory, run int64, done []typeR
 				return fmt.Errorf("store watermark: %w", err)
 			}
 		}
-		if !judge || !changed && res.swept == 0 {
+		if res.deleted+res.swept > 0 && !g.off {
+			after, err := liveCounts(ctx, tx, d.id)
+			if err != nil {
+				return err
+			}
+			for _, typ := range d.types() {
+				gone := before[typ] - after[typ]
+				if gone > g.min && float64(gone) > g.share*float64(before[typ]) {
+					return &MassDeleteError{Type: typ, Delete: gone, Of: before[typ], Share: g.share}
+				}
+			}
+		}
+		if !judge || !changed && res.deleted+res.swept+res.applied == 0 {
 			return nil
 		}
-		var err error
 		res.rejected, res.rejections, err = x.validateTx(ctx, tx, d.id, d.kind == "lrza", run, max)
-		return err
+		if err != nil {
+			return err
+		}
+		// What counts now, and what counted before, for the status's collapse check.
+		const counted = `(SELECT COUNT(*) FROM mcsd_resources WHERE dir = $1 AND deleted = 0 AND reason = '')`
+		_, err = tx.ExecContext(ctx, `UPDATE mcsd_directories SET prev_resource_count = resource_count,
+			resource_count = `+counted+` WHERE id = $1 AND resource_count <> `+counted, d.id)
+		if err != nil {
+			return fmt.Errorf("count resources: %w", err)
+		}
+		return nil
 	})
-	return res, err
+	if err != nil {
+		return finishResult{}, err
+	}
+	return res, nil
 }
 
 // validateTx applies the anti-spoofing rules to a directory and rebuilds its resolution

@@ -60,6 +60,9 @@ func (s *Store) ImportBindings(ctx context.Context, items []storage.ImportBindin
 		if err := im.upsertHashes(ctx, changed); err != nil {
 			return err
 		}
+		if err := im.insertFoldedHashes(ctx, changed); err != nil {
+			return err
+		}
 		if deliver == nil {
 			return nil
 		}
@@ -253,6 +256,39 @@ func (im importer) upsertHashes(ctx context.Context, items []storage.ImportBindi
 		}
 		if _, err := im.tx.ExecContext(ctx, head+`VALUES `+valueRows(end-start, 3)+tail, args...); err != nil {
 			return fmt.Errorf("store lookup hashes: %w", err)
+		}
+	}
+	return nil
+}
+
+// insertFoldedHashes adds the lower-cased 3PIDs' hashes; several bindings may share one (it
+// then answers none of them), so rows are added, never moved.
+func (im importer) insertFoldedHashes(ctx context.Context, items []storage.ImportBinding) error {
+	var hashes, medium, address []string
+	for _, it := range items {
+		for _, h := range it.FoldedHashes {
+			hashes, medium, address = append(hashes, h), append(medium, it.Binding.Medium), append(address, it.Binding.Address)
+		}
+	}
+	if len(hashes) == 0 {
+		return nil
+	}
+	const head = `INSERT INTO binding_folded_hashes (hash, medium, address) `
+	const tail = ` ON CONFLICT DO NOTHING`
+	if im.pg {
+		if _, err := im.tx.ExecContext(ctx, head+`SELECT * FROM unnest($1::text[], $2::text[], $3::text[])`+tail, hashes, medium, address); err != nil {
+			return fmt.Errorf("store folded lookup hashes: %w", err)
+		}
+		return nil
+	}
+	for start := 0; start < len(hashes); start += importHashRows {
+		end := min(start+importHashRows, len(hashes))
+		args := make([]any, 0, 3*(end-start))
+		for i := start; i < end; i++ {
+			args = append(args, hashes[i], medium[i], address[i])
+		}
+		if _, err := im.tx.ExecContext(ctx, head+`VALUES `+valueRows(end-start, 3)+tail, args...); err != nil {
+			return fmt.Errorf("store folded lookup hashes: %w", err)
 		}
 	}
 	return nil

@@ -201,13 +201,13 @@ func (s *Store) AcceptedTerms(ctx context.Context, userID string) ([]string, err
 	return urls, rows.Err()
 }
 
-const sessionColumns = `sid, client_secret, medium, address, send_attempt, next_link, created_at, validated_at, failed_attempts`
+const sessionColumns = `sid, client_secret, medium, address, send_attempt, next_link, created_at, validated_at, failed_attempts, mails_sent`
 
 func scanSession(row interface{ Scan(...any) error }) (storage.Session, error) {
 	var s storage.Session
 	var created, validated int64
 	err := row.Scan(&s.SID, &s.ClientSecret, &s.ThreePID.Medium, &s.ThreePID.Address, &s.SendAttempt,
-		&s.NextLink, &created, &validated, &s.FailedAttempts)
+		&s.NextLink, &created, &validated, &s.FailedAttempts, &s.MailsSent)
 	if errors.Is(err, sql.ErrNoRows) {
 		return s, storage.ErrNotFound
 	}
@@ -218,12 +218,62 @@ func scanSession(row interface{ Scan(...any) error }) (storage.Session, error) {
 	return s, nil
 }
 
-func (s *Store) CreateSession(ctx context.Context, sess storage.Session, tokenHash string, tokenExpires time.Time) error {
+// Advisory lock classes: PostgreSQL serialises quota checks per key with them (SQLite's
+// immediate transactions already run one writer at a time).
+const (
+	lockInviteThreePID = 1
+	lockInviteSender   = 2
+	lockMailAddress    = 3
+)
+
+// lock takes a transaction-scoped lock on (class, key) on PostgreSQL, so that counting and
+// inserting under a quota is atomic across replicas. Callers take classes in ascending order.
+func (s *Store) lock(ctx context.Context, tx *sql.Tx, class int, key string) error {
+	if s.db.Engine != Postgres {
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, class, key); err != nil {
+		return fmt.Errorf("lock: %w", err)
+	}
+	return nil
+}
+
+func mailsSent(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}, tp storage.ThreePID, since time.Time) (int, error) {
+	var n int
+	if err := q.QueryRowContext(ctx, `SELECT COALESCE(SUM(mails_sent), 0) FROM validation_sessions
+		WHERE medium = $1 AND address = $2 AND created_at >= $3`, tp.Medium, tp.Address, ms(since)).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count mails: %w", err)
+	}
+	return n, nil
+}
+
+func (s *Store) MailsSent(ctx context.Context, tp storage.ThreePID, since time.Time) (int, error) {
+	return mailsSent(ctx, s.db, tp, since)
+}
+
+func (s *Store) CreateSession(ctx context.Context, sess storage.Session, tokenHash string, tokenExpires time.Time, quota storage.MailQuota) error {
+	if sess.MailsSent == 0 {
+		sess.MailsSent = 1
+	}
 	return s.tx(ctx, func(tx *sql.Tx) error {
+		if quota.PerAddress > 0 {
+			if err := s.lock(ctx, tx, lockMailAddress, sess.ThreePID.Medium+" "+sess.ThreePID.Address); err != nil {
+				return err
+			}
+			n, err := mailsSent(ctx, tx, sess.ThreePID, quota.Since)
+			if err != nil {
+				return err
+			}
+			if n+sess.MailsSent > quota.PerAddress {
+				return storage.ErrAddressMailLimit
+			}
+		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO validation_sessions (`+sessionColumns+`)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
 			sess.SID, sess.ClientSecret, sess.ThreePID.Medium, sess.ThreePID.Address, sess.SendAttempt,
-			sess.NextLink, ms(sess.CreatedAt), ms(sess.ValidatedAt), sess.FailedAttempts)
+			sess.NextLink, ms(sess.CreatedAt), ms(sess.ValidatedAt), sess.FailedAttempts, sess.MailsSent)
 		if isUniqueViolation(err) {
 			return storage.ErrAlreadyExists
 		}
@@ -247,14 +297,43 @@ func (s *Store) FindSession(ctx context.Context, clientSecret string, tp storage
 		WHERE client_secret = $1 AND medium = $2 AND address = $3`, clientSecret, tp.Medium, tp.Address))
 }
 
-func (s *Store) AddSessionToken(ctx context.Context, sid string, sendAttempt int64, tokenHash string, expires time.Time) error {
+func (s *Store) AddSessionToken(ctx context.Context, sid string, sendAttempt int64, tokenHash string, expires time.Time, quota storage.MailQuota) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE validation_sessions SET send_attempt = $1 WHERE sid = $2`, sendAttempt, sid)
+		sess, err := scanSession(tx.QueryRowContext(ctx, `SELECT `+sessionColumns+` FROM validation_sessions WHERE sid = $1`, sid))
+		if err != nil {
+			return err
+		}
+		if quota.PerAddress > 0 {
+			if err := s.lock(ctx, tx, lockMailAddress, sess.ThreePID.Medium+" "+sess.ThreePID.Address); err != nil {
+				return err
+			}
+		}
+		// Counting under the row lock of the update keeps concurrent attempts of one session in line.
+		q := `UPDATE validation_sessions SET send_attempt = $1, mails_sent = mails_sent + 1 WHERE sid = $2`
+		args := []any{sendAttempt, sid}
+		if quota.PerSession > 0 {
+			q += ` AND mails_sent < $3`
+			args = append(args, quota.PerSession)
+		}
+		res, err := tx.ExecContext(ctx, q, args...)
 		if err != nil {
 			return fmt.Errorf("update session: %w", err)
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
-			return storage.ErrNotFound
+			return storage.ErrSessionMailLimit
+		}
+		if quota.PerAddress > 0 {
+			n, err := mailsSent(ctx, tx, sess.ThreePID, quota.Since)
+			if err != nil {
+				return err
+			}
+			if n > quota.PerAddress {
+				return storage.ErrAddressMailLimit
+			}
+		}
+		// Only the newest mail's token works: an older mail, perhaps read by someone else, is void.
+		if _, err := tx.ExecContext(ctx, `DELETE FROM session_tokens WHERE sid = $1`, sid); err != nil {
+			return fmt.Errorf("replace session token: %w", err)
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO session_tokens (sid, token_hash, expires_at) VALUES ($1, $2, $3)`,
 			sid, tokenHash, ms(expires)); err != nil {
@@ -352,6 +431,9 @@ func (s *Store) Bind(ctx context.Context, req storage.BindRequest) error {
 				return fmt.Errorf("store lookup hash: %w", err)
 			}
 		}
+		if err := replaceFoldedHashes(ctx, tx, b.ThreePID, req.FoldedHashes); err != nil {
+			return err
+		}
 		if req.Deliver == nil {
 			return nil
 		}
@@ -379,10 +461,8 @@ func queueInvites(ctx context.Context, tx *sql.Tx, b storage.Binding, deliver fu
 		}
 	}
 	for _, d := range deliveries {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO onbind_queue (id, server_name, body, attempts, next_attempt_at, expires_at, created_at, last_error)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
-			d.ID, d.ServerName, string(d.Body), d.Attempts, ms(d.NextAttemptAt), ms(d.ExpiresAt), ms(d.CreatedAt), d.LastError); err != nil {
-			return fmt.Errorf("queue onbind: %w", err)
+		if err := insertDelivery(ctx, tx, d); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -427,7 +507,7 @@ func (s *Store) DeleteBinding(ctx context.Context, tp storage.ThreePID, mxid str
 		if _, err := tx.ExecContext(ctx, `DELETE FROM binding_hashes WHERE medium = $1 AND address = $2`, tp.Medium, tp.Address); err != nil {
 			return fmt.Errorf("delete lookup hashes: %w", err)
 		}
-		return nil
+		return replaceFoldedHashes(ctx, tx, tp, nil)
 	})
 }
 
@@ -472,19 +552,42 @@ func placeholders(start, n int) string {
 const lookupHashesQuery = `SELECT h.hash, b.mxid FROM binding_hashes h
 	JOIN bindings b ON b.medium = h.medium AND b.address = h.address WHERE h.hash `
 
+// foldedHashesQuery answers a folded hash only when exactly one binding has it.
+const foldedHashesQuery = `SELECT f.hash, MIN(b.mxid) FROM binding_folded_hashes f
+	JOIN bindings b ON b.medium = f.medium AND b.address = f.address WHERE f.hash `
+const foldedHashesGroup = ` GROUP BY f.hash HAVING COUNT(*) = 1`
+
+func (s *Store) LookupHashes(ctx context.Context, hashes []string) (map[string]string, error) {
+	out := make(map[string]string, len(hashes))
+	if err := s.queryHashes(ctx, lookupHashesQuery, "", hashes, out); err != nil {
+		return nil, err
+	}
+	var rest []string
+	for _, h := range hashes {
+		if _, ok := out[h]; !ok {
+			rest = append(rest, h)
+		}
+	}
+	if err := s.queryHashes(ctx, foldedHashesQuery, foldedHashesGroup, rest, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // lookupSizes are the IN-list lengths SQLite lookups are prepared for; a chunk is padded to
 // the next one by repeating its last hash (SQLite drops duplicates from an IN list).
 var lookupSizes = []int{1, 2, 4, 8, 16, 32, 64, inChunk}
 
-func (s *Store) LookupHashes(ctx context.Context, hashes []string) (map[string]string, error) {
-	out := make(map[string]string, len(hashes))
+// queryHashes runs query (ending in "WHERE hash ") for hashes in batches, adding hash → MXID to
+// out, on statements prepared once.
+func (s *Store) queryHashes(ctx context.Context, query, suffix string, hashes []string, out map[string]string) error {
 	for len(hashes) > 0 {
 		var st *sql.Stmt
 		var args []any
 		var err error
 		if s.db.Engine == Postgres {
 			// One round trip with an array parameter, whatever the batch size.
-			st, err = s.stmt(ctx, lookupHashesQuery+`= ANY($1)`)
+			st, err = s.stmt(ctx, query+`= ANY($1)`+suffix)
 			args = []any{hashes}
 			hashes = nil
 		} else {
@@ -501,29 +604,42 @@ func (s *Store) LookupHashes(ctx context.Context, hashes []string) (map[string]s
 				args[i] = chunk[min(i, len(chunk)-1)]
 			}
 			// ? rather than $N: SQLite finds a named parameter by a linear search.
-			st, err = s.stmt(ctx, lookupHashesQuery+`IN (`+strings.TrimSuffix(strings.Repeat("?,", size), ",")+`)`)
+			st, err = s.stmt(ctx, query+`IN (`+strings.TrimSuffix(strings.Repeat("?,", size), ",")+`)`+suffix)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("lookup hashes: %w", err)
+			return fmt.Errorf("lookup hashes: %w", err)
 		}
 		rows, err := st.QueryContext(ctx, args...)
 		if err != nil {
-			return nil, fmt.Errorf("lookup hashes: %w", err)
+			return fmt.Errorf("lookup hashes: %w", err)
 		}
 		for rows.Next() {
 			var h, mxid string
 			if err := rows.Scan(&h, &mxid); err != nil {
 				rows.Close()
-				return nil, fmt.Errorf("lookup hashes: %w", err)
+				return fmt.Errorf("lookup hashes: %w", err)
 			}
 			out[h] = mxid
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
-			return nil, fmt.Errorf("lookup hashes: %w", err)
+			return fmt.Errorf("lookup hashes: %w", err)
 		}
 	}
-	return out, nil
+	return nil
+}
+
+func replaceFoldedHashes(ctx context.Context, tx *sql.Tx, tp storage.ThreePID, hashes []string) error {
+	if _, err := tx.ExecContext(ctx, `DELETE FROM binding_folded_hashes WHERE medium = $1 AND address = $2`, tp.Medium, tp.Address); err != nil {
+		return fmt.Errorf("replace folded lookup hashes: %w", err)
+	}
+	for _, h := range hashes {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO binding_folded_hashes (hash, medium, address) VALUES ($1, $2, $3)
+			ON CONFLICT DO NOTHING`, h, tp.Medium, tp.Address); err != nil {
+			return fmt.Errorf("store folded lookup hash: %w", err)
+		}
+	}
+	return nil
 }
 
 func (s *Store) LookupThreePIDs(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error) {
@@ -561,10 +677,13 @@ func (s *Store) LookupThreePIDs(ctx context.Context, tps []storage.ThreePID) (ma
 	return out, nil
 }
 
-func (s *Store) RehashBindings(ctx context.Context, hashFn func(storage.ThreePID) []string) error {
+func (s *Store) RehashBindings(ctx context.Context, hashFn func(storage.ThreePID) (hashes, folded []string)) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM binding_hashes`); err != nil {
 			return fmt.Errorf("clear lookup hashes: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM binding_folded_hashes`); err != nil {
+			return fmt.Errorf("clear folded lookup hashes: %w", err)
 		}
 		rows, err := tx.QueryContext(ctx, `SELECT medium, address FROM bindings`)
 		if err != nil {
@@ -589,40 +708,86 @@ func (s *Store) RehashBindings(ctx context.Context, hashFn func(storage.ThreePID
 		}
 		defer stmt.Close()
 		for _, tp := range tps {
-			for _, h := range hashFn(tp) {
+			hashes, folded := hashFn(tp)
+			for _, h := range hashes {
 				if _, err := stmt.ExecContext(ctx, h, tp.Medium, tp.Address); err != nil {
 					return fmt.Errorf("store lookup hash: %w", err)
 				}
+			}
+			if err := replaceFoldedHashes(ctx, tx, tp, folded); err != nil {
+				return err
 			}
 		}
 		return nil
 	})
 }
 
-func (s *Store) CreateInvite(ctx context.Context, inv storage.Invite) error {
+func (s *Store) CreateInvite(ctx context.Context, inv storage.Invite, limits storage.InviteLimits) error {
 	extra, err := json.Marshal(inv.Extra)
 	if err != nil {
 		return fmt.Errorf("encode invite: %w", err)
 	}
-	_, err = s.db.ExecContext(ctx, `INSERT INTO invites (token, medium, address, room_id, sender, extra, created_at, expires_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, inv.Token, inv.ThreePID.Medium, inv.ThreePID.Address, inv.RoomID,
-		inv.Sender, string(extra), ms(inv.CreatedAt), ms(inv.ExpiresAt))
-	if isUniqueViolation(err) {
-		return storage.ErrAlreadyExists
-	}
-	if err != nil {
-		return fmt.Errorf("create invite: %w", err)
-	}
-	return nil
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		pending := func(cond string, args ...any) (int, error) {
+			var n int
+			args = append(args, ms(inv.CreatedAt))
+			err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM invites WHERE `+cond+
+				fmt.Sprintf(` AND delivered_at = 0 AND expires_at > $%d`, len(args)), args...).Scan(&n)
+			if err != nil {
+				return 0, fmt.Errorf("count pending invites: %w", err)
+			}
+			return n, nil
+		}
+		if limits.PerThreePID > 0 {
+			if err := s.lock(ctx, tx, lockInviteThreePID, inv.ThreePID.Medium+" "+inv.ThreePID.Address); err != nil {
+				return err
+			}
+			n, err := pending(`medium = $1 AND address = $2`, inv.ThreePID.Medium, inv.ThreePID.Address)
+			if err != nil {
+				return err
+			}
+			if n >= limits.PerThreePID {
+				return storage.ErrThreePIDInviteLimit
+			}
+		}
+		if limits.PerSender > 0 {
+			if err := s.lock(ctx, tx, lockInviteSender, inv.Sender); err != nil {
+				return err
+			}
+			n, err := pending(`sender = $1`, inv.Sender)
+			if err != nil {
+				return err
+			}
+			if n >= limits.PerSender {
+				return storage.ErrSenderInviteLimit
+			}
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO invites (token, medium, address, room_id, sender, extra, created_at, expires_at, ephemeral_key)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, inv.Token, inv.ThreePID.Medium, inv.ThreePID.Address, inv.RoomID,
+			inv.Sender, string(extra), ms(inv.CreatedAt), ms(inv.ExpiresAt), inv.EphemeralKey)
+		if isUniqueViolation(err) {
+			return storage.ErrAlreadyExists
+		}
+		if err != nil {
+			return fmt.Errorf("create invite: %w", err)
+		}
+		if inv.EphemeralKey != "" {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO ephemeral_keys (public_key, created_at, expires_at) VALUES ($1, $2, $3)`,
+				inv.EphemeralKey, ms(inv.CreatedAt), ms(inv.ExpiresAt)); err != nil {
+				return fmt.Errorf("store ephemeral key: %w", err)
+			}
+		}
+		return nil
+	})
 }
 
-const inviteColumns = `token, medium, address, room_id, sender, extra, created_at, expires_at`
+const inviteColumns = `token, medium, address, room_id, sender, extra, created_at, expires_at, ephemeral_key`
 
 func scanInvite(row interface{ Scan(...any) error }) (storage.Invite, error) {
 	var inv storage.Invite
 	var extra string
 	var created, expires int64
-	err := row.Scan(&inv.Token, &inv.ThreePID.Medium, &inv.ThreePID.Address, &inv.RoomID, &inv.Sender, &extra, &created, &expires)
+	err := row.Scan(&inv.Token, &inv.ThreePID.Medium, &inv.ThreePID.Address, &inv.RoomID, &inv.Sender, &extra, &created, &expires, &inv.EphemeralKey)
 	if errors.Is(err, sql.ErrNoRows) {
 		return inv, storage.ErrNotFound
 	}
@@ -638,6 +803,18 @@ func scanInvite(row interface{ Scan(...any) error }) (storage.Invite, error) {
 
 func (s *Store) GetInvite(ctx context.Context, token string) (storage.Invite, error) {
 	return scanInvite(s.db.QueryRowContext(ctx, `SELECT `+inviteColumns+` FROM invites WHERE token = $1`, token))
+}
+
+func (s *Store) DeleteInvite(ctx context.Context, token, ephemeralKey string) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM invites WHERE token = $1`, token); err != nil {
+			return fmt.Errorf("delete invite: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM ephemeral_keys WHERE public_key = $1`, ephemeralKey); err != nil {
+			return fmt.Errorf("delete ephemeral key: %w", err)
+		}
+		return nil
+	})
 }
 
 func (s *Store) PendingInvites(ctx context.Context, tp storage.ThreePID) ([]storage.Invite, error) {
@@ -668,20 +845,29 @@ func pendingInvites(ctx context.Context, tx *sql.Tx, tp storage.ThreePID, now ti
 	return out, rows.Err()
 }
 
-func (s *Store) AddEphemeralKey(ctx context.Context, publicKey string, created time.Time) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO ephemeral_keys (public_key, created_at) VALUES ($1, $2)`, publicKey, ms(created))
-	if err != nil {
-		return fmt.Errorf("store ephemeral key: %w", err)
-	}
-	return nil
-}
-
 func (s *Store) EphemeralKeyExists(ctx context.Context, publicKey string) (bool, error) {
 	var n int
 	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM ephemeral_keys WHERE public_key = $1`, publicKey).Scan(&n); err != nil {
 		return false, fmt.Errorf("ephemeral key: %w", err)
 	}
 	return n > 0, nil
+}
+
+func (s *Store) PruneInvites(ctx context.Context, now time.Time) (int64, int64, error) {
+	var invites, keys int64
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM invites WHERE expires_at < $1`, ms(now))
+		if err != nil {
+			return fmt.Errorf("prune invites: %w", err)
+		}
+		invites, _ = res.RowsAffected()
+		if res, err = tx.ExecContext(ctx, `DELETE FROM ephemeral_keys WHERE expires_at < $1`, ms(now)); err != nil {
+			return fmt.Errorf("prune ephemeral keys: %w", err)
+		}
+		keys, _ = res.RowsAffected()
+		return nil
+	})
+	return invites, keys, err
 }
 
 const deliveryColumns = `id, server_name, body, attempts, next_attempt_at, expires_at, created_at, last_error`
@@ -737,6 +923,33 @@ func (s *Store) ClaimDelivery(ctx context.Context, id string, due, until time.Ti
 func (s *Store) DeliveryDone(ctx context.Context, id string) error {
 	if _, err := s.db.ExecContext(ctx, `DELETE FROM onbind_queue WHERE id = $1`, id); err != nil {
 		return fmt.Errorf("delivery done: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) ReplaceDelivery(ctx context.Context, id string, parts []storage.OnBindDelivery) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM onbind_queue WHERE id = $1`, id)
+		if err != nil {
+			return fmt.Errorf("replace delivery: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return storage.ErrNotFound
+		}
+		for _, d := range parts {
+			if err := insertDelivery(ctx, tx, d); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func insertDelivery(ctx context.Context, tx *sql.Tx, d storage.OnBindDelivery) error {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO onbind_queue (id, server_name, body, attempts, next_attempt_at, expires_at, created_at, last_error)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+		d.ID, d.ServerName, string(d.Body), d.Attempts, ms(d.NextAttemptAt), ms(d.ExpiresAt), ms(d.CreatedAt), d.LastError); err != nil {
+		return fmt.Errorf("queue onbind: %w", err)
 	}
 	return nil
 }

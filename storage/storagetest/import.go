@@ -43,10 +43,20 @@ func testImportBindings(t *testing.T, s storage.Storage) {
 		t.Fatalf("lookups after import: %v", m)
 	}
 
+	// Folded hashes are stored too: a lower-cased hash answers while one binding has it.
+	idp := importItem("idp", "hospital:Dr.Jansen", "@jansen:hs1")
+	idp.FoldedHashes = []string{"f:idp:hospital:dr.jansen"}
+	res, err = s.ImportBindings(ctx, []storage.ImportBinding{idp}, nil)
+	must(t, err)
+	if m, _ := s.LookupHashes(ctx, []string{"f:idp:hospital:dr.jansen"}); m["f:idp:hospital:dr.jansen"] != "@jansen:hs1" || res.Created != 1 {
+		t.Fatalf("folded hash after import: %v (%+v)", m, res)
+	}
+	items = append(items, idp)
+
 	// Importing the same again changes nothing.
 	res, err = s.ImportBindings(ctx, items, nil)
 	must(t, err)
-	if res != (storage.ImportResult{Unchanged: 1401}) {
+	if res != (storage.ImportResult{Unchanged: 1402}) {
 		t.Fatalf("re-import: %+v", res)
 	}
 
@@ -69,7 +79,7 @@ func testImportBindings(t *testing.T, s storage.Storage) {
 	now := time.Now()
 	tp := storage.ThreePID{Medium: "email", Address: "invited@example.org"}
 	must(t, s.CreateInvite(ctx, storage.Invite{Token: "inv1", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1",
-		CreatedAt: now, ExpiresAt: now.Add(time.Hour)}))
+		CreatedAt: now, ExpiresAt: now.Add(time.Hour)}, storage.InviteLimits{}))
 	var delivered []string
 	deliver := func(b storage.Binding, invs []storage.Invite) ([]storage.OnBindDelivery, error) {
 		delivered = append(delivered, b.Address)
@@ -92,7 +102,7 @@ func testImportBindings(t *testing.T, s storage.Storage) {
 	// A failure rolls the whole batch back.
 	tp2 := storage.ThreePID{Medium: "email", Address: "late@example.org"}
 	must(t, s.CreateInvite(ctx, storage.Invite{Token: "inv2", ThreePID: tp2, RoomID: "!r:hs1", Sender: "@a:hs1",
-		CreatedAt: now, ExpiresAt: now.Add(time.Hour)}))
+		CreatedAt: now, ExpiresAt: now.Add(time.Hour)}, storage.InviteLimits{}))
 	boom := errors.New("boom")
 	_, err = s.ImportBindings(ctx, []storage.ImportBinding{importItem("email", "new@example.org", "@new:hs3"),
 		importItem("email", "u5@example.org", "@moved:hs3"), importItem("email", tp2.Address, "@late:hs3")},

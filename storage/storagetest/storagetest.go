@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -23,11 +24,15 @@ func Run(t *testing.T, newStore func(t *testing.T) storage.Storage) {
 		{"Terms", testTerms},
 		{"Sessions", testSessions},
 		{"BindAndLookup", testBindAndLookup},
+		{"FoldedHashes", testFoldedHashes},
 		{"BindQueuesInvites", testBindQueuesInvites},
 		{"BindRollsBack", testBindRollsBack},
 		{"ImportBindings", testImportBindings},
 		{"Deliveries", testDeliveries},
 		{"EphemeralKeys", testEphemeralKeys},
+		{"InviteLimits", testInviteLimits},
+		{"MailQuota", testMailQuota},
+		{"ReplaceDelivery", testReplaceDelivery},
 		{"Audit", testAudit},
 	}
 	for _, tc := range tests {
@@ -111,8 +116,8 @@ func testSessions(t *testing.T, s storage.Storage) {
 	now := time.Now()
 	tp := storage.ThreePID{Medium: "email", Address: "bob@example.org"}
 	sess := storage.Session{SID: "s1", ClientSecret: "cs", ThreePID: tp, SendAttempt: 1, CreatedAt: now}
-	must(t, s.CreateSession(ctx, sess, "tok1", now.Add(time.Hour)))
-	if err := s.CreateSession(ctx, storage.Session{SID: "s2", ClientSecret: "cs", ThreePID: tp, CreatedAt: now}, "x", now); !errors.Is(err, storage.ErrAlreadyExists) {
+	must(t, s.CreateSession(ctx, sess, "tok1", now.Add(time.Hour), storage.MailQuota{}))
+	if err := s.CreateSession(ctx, storage.Session{SID: "s2", ClientSecret: "cs", ThreePID: tp, CreatedAt: now}, "x", now, storage.MailQuota{}); !errors.Is(err, storage.ErrAlreadyExists) {
 		t.Fatalf("same secret and 3pid twice: %v", err)
 	}
 	found, err := s.FindSession(ctx, "cs", tp)
@@ -120,8 +125,7 @@ func testSessions(t *testing.T, s storage.Storage) {
 	if found.SID != "s1" || found.SendAttempt != 1 {
 		t.Fatalf("find: %+v", found)
 	}
-	must(t, s.AddSessionToken(ctx, "s1", 2, "tok2", now.Add(time.Hour)))
-	must(t, s.AddSessionToken(ctx, "s1", 3, "tok-expired", now.Add(-time.Second)))
+	must(t, s.AddSessionToken(ctx, "s1", 2, "tok-expired", now.Add(-time.Second), storage.MailQuota{}))
 	ok, got, err := s.CheckSessionToken(ctx, "s1", "wrong", now, 10)
 	must(t, err)
 	if ok || got.FailedAttempts != 1 || !got.ValidatedAt.IsZero() {
@@ -130,20 +134,25 @@ func testSessions(t *testing.T, s storage.Storage) {
 	if ok, _, _ := s.CheckSessionToken(ctx, "s1", "tok-expired", now, 10); ok {
 		t.Fatal("expired token accepted")
 	}
-	ok, got, err = s.CheckSessionToken(ctx, "s1", "tok1", now, 10)
+	must(t, s.AddSessionToken(ctx, "s1", 3, "tok3", now.Add(time.Hour), storage.MailQuota{}))
+	// Only the newest token works: the first mail's token was replaced.
+	if ok, _, _ := s.CheckSessionToken(ctx, "s1", "tok1", now, 10); ok {
+		t.Fatal("a replaced token still validates the session")
+	}
+	ok, got, err = s.CheckSessionToken(ctx, "s1", "tok3", now, 10)
 	must(t, err)
-	if !ok || got.ValidatedAt.IsZero() || got.SendAttempt != 3 {
-		t.Fatalf("first token: ok=%v %+v", ok, got)
+	if !ok || got.ValidatedAt.IsZero() || got.SendAttempt != 3 || got.MailsSent != 3 {
+		t.Fatalf("newest token: ok=%v %+v", ok, got)
 	}
 	stored, _ := s.GetSession(ctx, "s1")
-	if stored.ValidatedAt.IsZero() || stored.FailedAttempts != 2 {
+	if stored.ValidatedAt.IsZero() || stored.FailedAttempts != 3 {
 		t.Fatalf("stored: %+v", stored)
 	}
 	if _, _, err := s.CheckSessionToken(ctx, "nope", "tok1", now, 10); !errors.Is(err, storage.ErrNotFound) {
 		t.Fatalf("unknown sid: %v", err)
 	}
 	// The attempt limit holds under concurrent guesses.
-	must(t, s.CreateSession(ctx, storage.Session{SID: "s3", ClientSecret: "cs3", ThreePID: tp, CreatedAt: now.Add(time.Hour)}, "t3", now.Add(time.Hour)))
+	must(t, s.CreateSession(ctx, storage.Session{SID: "s3", ClientSecret: "cs3", ThreePID: tp, CreatedAt: now.Add(time.Hour)}, "t3", now.Add(time.Hour), storage.MailQuota{}))
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	counted, refused := 0, 0
@@ -225,7 +234,7 @@ func testBindAndLookup(t *testing.T, s storage.Storage) {
 	if m, err := s.LookupHashes(ctx, many); err != nil || len(m) != 1 {
 		t.Fatalf("big batch: %v %v", m, err)
 	}
-	must(t, s.RehashBindings(ctx, func(tp storage.ThreePID) []string { return []string{"new-" + tp.Address} }))
+	must(t, s.RehashBindings(ctx, func(tp storage.ThreePID) ([]string, []string) { return []string{"new-" + tp.Address}, nil }))
 	if m, _ := s.LookupHashes(ctx, []string{"h2", "new-012345678"}); len(m) != 1 || m["new-012345678"] == "" {
 		t.Fatalf("after rehash: %v", m)
 	}
@@ -252,16 +261,16 @@ func testBindQueuesInvites(t *testing.T, s storage.Storage) {
 	for i, tok := range []string{"t1", "t2"} {
 		must(t, s.CreateInvite(ctx, storage.Invite{Token: tok, ThreePID: tp, RoomID: fmt.Sprintf("!r%d:hs1", i),
 			Sender: "@alice:hs1", CreatedAt: now.Add(time.Duration(i) * time.Millisecond), ExpiresAt: now.Add(time.Hour),
-			Extra: map[string]string{"room_name": "Zorgteam"}}))
+			Extra: map[string]string{"room_name": "Zorgteam"}, EphemeralKey: "eph-" + tok}, storage.InviteLimits{}))
 	}
 	must(t, s.CreateInvite(ctx, storage.Invite{Token: "old", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1",
-		CreatedAt: now.Add(-2 * time.Hour), ExpiresAt: now.Add(-time.Hour)}))
-	if err := s.CreateInvite(ctx, storage.Invite{Token: "t1", ThreePID: tp}); !errors.Is(err, storage.ErrAlreadyExists) {
+		CreatedAt: now.Add(-2 * time.Hour), ExpiresAt: now.Add(-time.Hour)}, storage.InviteLimits{}))
+	if err := s.CreateInvite(ctx, storage.Invite{Token: "t1", ThreePID: tp}, storage.InviteLimits{}); !errors.Is(err, storage.ErrAlreadyExists) {
 		t.Fatalf("duplicate invite token: %v", err)
 	}
 	inv, err := s.GetInvite(ctx, "t1")
 	must(t, err)
-	if inv.Extra["room_name"] != "Zorgteam" || inv.Sender != "@alice:hs1" {
+	if inv.Extra["room_name"] != "Zorgteam" || inv.Sender != "@alice:hs1" || inv.EphemeralKey != "eph-t1" {
 		t.Fatalf("invite: %+v", inv)
 	}
 	pending, err := s.PendingInvites(ctx, tp)
@@ -291,7 +300,7 @@ func testBindQueuesInvites(t *testing.T, s storage.Storage) {
 func testBindRollsBack(t *testing.T, s storage.Storage) {
 	now := time.Now()
 	tp := storage.ThreePID{Medium: "email", Address: "carol@example.org"}
-	must(t, s.CreateInvite(ctx, storage.Invite{Token: "t", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1", CreatedAt: now, ExpiresAt: now.Add(time.Hour)}))
+	must(t, s.CreateInvite(ctx, storage.Invite{Token: "t", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1", CreatedAt: now, ExpiresAt: now.Add(time.Hour)}, storage.InviteLimits{}))
 	boom := errors.New("boom")
 	err := s.Bind(ctx, storage.BindRequest{Binding: binding("email", tp.Address, "@carol:hs2"), Hashes: []string{"hc"},
 		Deliver: func([]storage.Invite) ([]storage.OnBindDelivery, error) { return nil, boom }})
@@ -309,7 +318,7 @@ func testBindRollsBack(t *testing.T, s storage.Storage) {
 func testDeliveries(t *testing.T, s storage.Storage) {
 	now := time.Now().Truncate(time.Millisecond)
 	tp := storage.ThreePID{Medium: "email", Address: "d@example.org"}
-	must(t, s.CreateInvite(ctx, storage.Invite{Token: "t", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1", CreatedAt: now, ExpiresAt: now.Add(time.Hour)}))
+	must(t, s.CreateInvite(ctx, storage.Invite{Token: "t", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1", CreatedAt: now, ExpiresAt: now.Add(time.Hour)}, storage.InviteLimits{}))
 	must(t, s.Bind(ctx, storage.BindRequest{Binding: binding("email", tp.Address, "@d:hs2"), Deliver: func([]storage.Invite) ([]storage.OnBindDelivery, error) {
 		return []storage.OnBindDelivery{
 			{ID: "a", ServerName: "hs2", Body: []byte("{}"), NextAttemptAt: now, ExpiresAt: now.Add(time.Hour), CreatedAt: now},
@@ -343,12 +352,171 @@ func testDeliveries(t *testing.T, s storage.Storage) {
 }
 
 func testEphemeralKeys(t *testing.T, s storage.Storage) {
-	must(t, s.AddEphemeralKey(ctx, "pk1", time.Now()))
+	now := time.Now()
+	tp := storage.ThreePID{Medium: "uzi", Address: "000000111"}
+	must(t, s.CreateInvite(ctx, storage.Invite{Token: "live", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1",
+		CreatedAt: now, ExpiresAt: now.Add(time.Hour), EphemeralKey: "pk1"}, storage.InviteLimits{}))
+	must(t, s.CreateInvite(ctx, storage.Invite{Token: "gone", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1",
+		CreatedAt: now.Add(-2 * time.Hour), ExpiresAt: now.Add(-time.Hour), EphemeralKey: "pk-old"}, storage.InviteLimits{}))
 	if ok, err := s.EphemeralKeyExists(ctx, "pk1"); err != nil || !ok {
 		t.Fatalf("pk1: %v %v", ok, err)
 	}
 	if ok, _ := s.EphemeralKeyExists(ctx, "pk2"); ok {
 		t.Fatal("unknown key exists")
+	}
+	// A failing insert stores neither the invite nor its key.
+	if err := s.CreateInvite(ctx, storage.Invite{Token: "live", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1",
+		CreatedAt: now, ExpiresAt: now.Add(time.Hour), EphemeralKey: "pk-orphan"}, storage.InviteLimits{}); !errors.Is(err, storage.ErrAlreadyExists) {
+		t.Fatalf("duplicate token: %v", err)
+	}
+	if ok, _ := s.EphemeralKeyExists(ctx, "pk-orphan"); ok {
+		t.Fatal("a refused invite left its ephemeral key")
+	}
+	must(t, s.CreateInvite(ctx, storage.Invite{Token: "unmailed", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1",
+		CreatedAt: now, ExpiresAt: now.Add(time.Hour), EphemeralKey: "pk-unmailed"}, storage.InviteLimits{}))
+	must(t, s.DeleteInvite(ctx, "unmailed", "pk-unmailed"))
+	if ok, _ := s.EphemeralKeyExists(ctx, "pk-unmailed"); ok {
+		t.Fatal("deleted invite's key kept")
+	}
+	if _, err := s.GetInvite(ctx, "unmailed"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("deleted invite: %v", err)
+	}
+	inv, keys, err := s.PruneInvites(ctx, now)
+	must(t, err)
+	if inv != 1 || keys != 1 {
+		t.Fatalf("pruned %d invites and %d keys, want 1 and 1", inv, keys)
+	}
+	if ok, _ := s.EphemeralKeyExists(ctx, "pk-old"); ok {
+		t.Fatal("expired key kept")
+	}
+	if _, err := s.GetInvite(ctx, "gone"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("expired invite kept: %v", err)
+	}
+	if _, err := s.GetInvite(ctx, "live"); err != nil {
+		t.Fatalf("live invite pruned: %v", err)
+	}
+	if ok, _ := s.EphemeralKeyExists(ctx, "pk1"); !ok {
+		t.Fatal("live key pruned")
+	}
+}
+
+// Pending invites are capped per 3PID and per sender, also under concurrent inserts; delivered
+// and expired invites do not count.
+func testInviteLimits(t *testing.T, s storage.Storage) {
+	now := time.Now()
+	victim := storage.ThreePID{Medium: "uzi", Address: "000000111"}
+	limits := storage.InviteLimits{PerThreePID: 5, PerSender: 3}
+	mk := func(tok string, tp storage.ThreePID, sender string) storage.Invite {
+		return storage.Invite{Token: tok, ThreePID: tp, RoomID: "!r:hs1", Sender: sender, CreatedAt: now,
+			ExpiresAt: now.Add(time.Hour), EphemeralKey: "pk-" + tok}
+	}
+	must(t, s.CreateInvite(ctx, mk("legit", victim, "@alice:hs1"), limits))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	stored, byThreePID, bySender := 0, 0, 0
+	for i := range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := s.CreateInvite(ctx, mk(fmt.Sprint("junk", i), victim, fmt.Sprintf("@m%d:evil", i%8)), limits)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				stored++
+			case errors.Is(err, storage.ErrThreePIDInviteLimit):
+				byThreePID++
+			case errors.Is(err, storage.ErrSenderInviteLimit):
+				bySender++
+			default:
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if stored != 4 || byThreePID != 36 {
+		t.Fatalf("concurrent junk: %d stored, %d refused for the 3PID, %d for the sender; want 4, 36, 0", stored, byThreePID, bySender)
+	}
+	for i := range 40 {
+		_, err := s.GetInvite(ctx, fmt.Sprint("junk", i))
+		if ok, _ := s.EphemeralKeyExists(ctx, fmt.Sprint("pk-junk", i)); ok != (err == nil) {
+			t.Fatalf("junk%d: invite stored %v, key stored %v", i, err == nil, ok)
+		}
+	}
+	for i := range 3 {
+		must(t, s.CreateInvite(ctx, mk(fmt.Sprint("s", i), storage.ThreePID{Medium: "email", Address: fmt.Sprint(i, "@x.org")}, "@bob:hs1"), limits))
+	}
+	if err := s.CreateInvite(ctx, mk("s3", storage.ThreePID{Medium: "email", Address: "3@x.org"}, "@bob:hs1"), limits); !errors.Is(err, storage.ErrSenderInviteLimit) {
+		t.Fatalf("fourth invite from one sender: %v", err)
+	}
+	// Delivering the 3PID's invites frees its slots; the legitimate invite was among those delivered.
+	var seen []storage.Invite
+	must(t, s.Bind(ctx, storage.BindRequest{Binding: binding("uzi", victim.Address, "@drecht:hs-a"),
+		Deliver: func(invs []storage.Invite) ([]storage.OnBindDelivery, error) { seen = invs; return nil, nil }}))
+	if len(seen) != 5 || !slices.ContainsFunc(seen, func(inv storage.Invite) bool { return inv.Token == "legit" }) {
+		t.Fatalf("bind saw %d invites %v, want 5 with the legitimate one", len(seen), seen)
+	}
+	must(t, s.CreateInvite(ctx, mk("after", victim, "@carol:hs1"), limits))
+}
+
+// Mails are capped per session and per address; the cap holds for new sessions too.
+func testMailQuota(t *testing.T, s storage.Storage) {
+	now := time.Now()
+	tp := storage.ThreePID{Medium: "email", Address: "victim@example.org"}
+	quota := storage.MailQuota{PerSession: 3, PerAddress: 5, Since: now.Add(-time.Hour)}
+	must(t, s.CreateSession(ctx, storage.Session{SID: "a", ClientSecret: "ca", ThreePID: tp, SendAttempt: 1, CreatedAt: now}, "a1", now.Add(time.Hour), quota))
+	must(t, s.AddSessionToken(ctx, "a", 2, "a2", now.Add(time.Hour), quota))
+	must(t, s.AddSessionToken(ctx, "a", 3, "a3", now.Add(time.Hour), quota))
+	if err := s.AddSessionToken(ctx, "a", 4, "a4", now.Add(time.Hour), quota); !errors.Is(err, storage.ErrSessionMailLimit) {
+		t.Fatalf("fourth mail of a session: %v", err)
+	}
+	if sess, _ := s.GetSession(ctx, "a"); sess.SendAttempt != 3 || sess.MailsSent != 3 {
+		t.Fatalf("refused mail changed the session: %+v", sess)
+	}
+	if ok, _, _ := s.CheckSessionToken(ctx, "a", "a4", now, 10); ok {
+		t.Fatal("the refused mail's token works")
+	}
+	must(t, s.CreateSession(ctx, storage.Session{SID: "b", ClientSecret: "cb", ThreePID: tp, SendAttempt: 1, CreatedAt: now}, "b1", now.Add(time.Hour), quota))
+	must(t, s.AddSessionToken(ctx, "b", 2, "b2", now.Add(time.Hour), quota))
+	if n, err := s.MailsSent(ctx, tp, quota.Since); err != nil || n != 5 {
+		t.Fatalf("mails sent: %d %v", n, err)
+	}
+	if err := s.AddSessionToken(ctx, "b", 3, "b3", now.Add(time.Hour), quota); !errors.Is(err, storage.ErrAddressMailLimit) {
+		t.Fatalf("sixth mail to the address: %v", err)
+	}
+	if err := s.CreateSession(ctx, storage.Session{SID: "c", ClientSecret: "cc", ThreePID: tp, SendAttempt: 1, CreatedAt: now}, "c1", now.Add(time.Hour), quota); !errors.Is(err, storage.ErrAddressMailLimit) {
+		t.Fatalf("new session over the address quota: %v", err)
+	}
+	// Another address is not affected, and the newest token of b still validates.
+	must(t, s.CreateSession(ctx, storage.Session{SID: "d", ClientSecret: "cd", ThreePID: storage.ThreePID{Medium: "email", Address: "other@example.org"}, CreatedAt: now}, "d1", now.Add(time.Hour), quota))
+	if ok, _, err := s.CheckSessionToken(ctx, "b", "b2", now, 10); err != nil || !ok {
+		t.Fatalf("newest token of b: %v %v", ok, err)
+	}
+}
+
+// A batch refused by the homeserver is swapped for smaller ones in one step.
+func testReplaceDelivery(t *testing.T, s storage.Storage) {
+	now := time.Now().Truncate(time.Millisecond)
+	tp := storage.ThreePID{Medium: "email", Address: "r@example.org"}
+	must(t, s.CreateInvite(ctx, storage.Invite{Token: "t", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1", CreatedAt: now, ExpiresAt: now.Add(time.Hour)}, storage.InviteLimits{}))
+	d := func(id string) storage.OnBindDelivery {
+		return storage.OnBindDelivery{ID: id, ServerName: "hs2", Body: []byte(`{"id":"` + id + `"}`), NextAttemptAt: now, ExpiresAt: now.Add(time.Hour), CreatedAt: now}
+	}
+	must(t, s.Bind(ctx, storage.BindRequest{Binding: binding("email", tp.Address, "@r:hs2"),
+		Deliver: func([]storage.Invite) ([]storage.OnBindDelivery, error) {
+			return []storage.OnBindDelivery{d("big")}, nil
+		}}))
+	must(t, s.ReplaceDelivery(ctx, "big", []storage.OnBindDelivery{d("part1"), d("part2")}))
+	all, err := s.ListDeliveries(ctx)
+	must(t, err)
+	if len(all) != 2 || all[0].ID == "big" || all[1].ID == "big" {
+		t.Fatalf("after replace: %+v", all)
+	}
+	if err := s.ReplaceDelivery(ctx, "big", []storage.OnBindDelivery{d("part3")}); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("replacing a gone delivery: %v", err)
+	}
+	if all, _ := s.ListDeliveries(ctx); len(all) != 2 {
+		t.Fatalf("a failed replace queued parts: %+v", all)
 	}
 }
 
@@ -375,5 +543,47 @@ func testAudit(t *testing.T, s storage.Storage) {
 			t.Fatalf("record %d breaks the chain: %+v", i, r)
 		}
 		prev = r.Hash
+	}
+}
+
+// testFoldedHashes: a folded hash finds its binding only while exactly one binding has it, never
+// shadows an exact hash, and goes with unbind and rehash.
+func testFoldedHashes(t *testing.T, s storage.Storage) {
+	upper := binding("idp", "zorg:Alice", "@alice:hs1")
+	must(t, s.Bind(ctx, storage.BindRequest{Binding: upper, Hashes: []string{"h-Alice"}, FoldedHashes: []string{"h-alice"}}))
+	if m, _ := s.LookupHashes(ctx, []string{"h-Alice", "h-alice"}); len(m) != 2 || m["h-alice"] != "@alice:hs1" {
+		t.Fatalf("one binding with the folded hash: %v", m)
+	}
+	// A second binding folding to the same hash makes it ambiguous: neither is answered.
+	other := binding("idp", "zorg:ALICE", "@mallory:hs2")
+	must(t, s.Bind(ctx, storage.BindRequest{Binding: other, Hashes: []string{"h-ALICE"}, FoldedHashes: []string{"h-alice"}}))
+	if m, _ := s.LookupHashes(ctx, []string{"h-alice"}); len(m) != 0 {
+		t.Fatalf("ambiguous folded hash answered: %v", m)
+	}
+	if m, _ := s.LookupHashes(ctx, []string{"h-Alice", "h-ALICE"}); m["h-Alice"] != "@alice:hs1" || m["h-ALICE"] != "@mallory:hs2" {
+		t.Fatalf("exact hashes with an ambiguous fold: %v", m)
+	}
+	must(t, s.DeleteBinding(ctx, other.ThreePID, "@mallory:hs2"))
+	if m, _ := s.LookupHashes(ctx, []string{"h-alice"}); m["h-alice"] != "@alice:hs1" {
+		t.Fatalf("after unbinding the other: %v", m)
+	}
+	// An exact binding of the lower-case address wins over the fold.
+	lower := binding("idp", "zorg:alice", "@real:hs1")
+	must(t, s.Bind(ctx, storage.BindRequest{Binding: lower, Hashes: []string{"h-alice"}}))
+	if m, _ := s.LookupHashes(ctx, []string{"h-alice"}); m["h-alice"] != "@real:hs1" {
+		t.Fatalf("exact hash shadowed by a fold: %v", m)
+	}
+	must(t, s.RehashBindings(ctx, func(tp storage.ThreePID) ([]string, []string) {
+		if tp.Address == "zorg:Alice" {
+			return []string{"n-Alice"}, []string{"n-alice"}
+		}
+		return []string{"n-" + tp.Address}, nil
+	}))
+	if m, _ := s.LookupHashes(ctx, []string{"h-alice", "n-alice", "n-Alice"}); len(m) != 2 || m["n-alice"] != "@alice:hs1" {
+		t.Fatalf("after rehash: %v", m)
+	}
+	must(t, s.DeleteBinding(ctx, upper.ThreePID, ""))
+	if m, _ := s.LookupHashes(ctx, []string{"n-alice", "n-Alice"}); len(m) != 0 {
+		t.Fatalf("folded hash survives unbind: %v", m)
 	}
 }
