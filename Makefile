@@ -38,12 +38,14 @@ BENCH_SIZES ?= 10000 1000000
 BENCH_DURATION ?= 20s
 BENCH_PG_URL ?= postgres://postgres@127.0.0.1:5432/test?sslmode=disable
 BENCH_BIN = .bench
+# e.g. BENCH_SERVER_CPUS=0 pins the server to CPU 0 (taskset), the load generator runs anywhere
+BENCH_SERVER_CPUS ?=
 
 bench-load:
 	mkdir -p $(BENCH_BIN)
 	$(GO) build -o $(BENCH_BIN)/ozo-identity ./cmd/ozo-identity
 	$(GO) build -o $(BENCH_BIN)/ozo-loadgen ./cmd/ozo-loadgen
 	@header=true; for n in $(BENCH_SIZES); do \
-	  $(BENCH_BIN)/ozo-loadgen --server-bin $(BENCH_BIN)/ozo-identity --bindings $$n --duration $(BENCH_DURATION) --header=$$header || exit 1; header=false; \
-	  $(BENCH_BIN)/ozo-loadgen --server-bin $(BENCH_BIN)/ozo-identity --database-url '$(BENCH_PG_URL)' --bindings $$n --duration $(BENCH_DURATION) --header=false || exit 1; \
+	  $(BENCH_BIN)/ozo-loadgen --server-bin $(BENCH_BIN)/ozo-identity --server-cpus '$(BENCH_SERVER_CPUS)' --bindings $$n --duration $(BENCH_DURATION) --header=$$header || exit 1; header=false; \
+	  $(BENCH_BIN)/ozo-loadgen --server-bin $(BENCH_BIN)/ozo-identity --server-cpus '$(BENCH_SERVER_CPUS)' --database-url '$(BENCH_PG_URL)' --bindings $$n --duration $(BENCH_DURATION) --header=false || exit 1; \
 	done

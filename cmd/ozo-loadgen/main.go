@@ -43,6 +43,7 @@ func main() {
 
 type options struct {
 	serverBin   string
+	serverCPUs  string
 	databaseURL string
 	url         string
 	adminToken  string
@@ -62,6 +63,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs := flag.NewFlagSet("ozo-loadgen", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.serverBin, "server-bin", "", "start this ozo-identity binary on loopback (and stop it at the end)")
+	fs.StringVar(&o.serverCPUs, "server-cpus", "", "with --server-bin: pin the server to these CPUs (taskset -c LIST), as issue 18 measured")
 	fs.StringVar(&o.databaseURL, "database-url", "", "with --server-bin: PostgreSQL URL (a fresh schema is created and dropped); empty: SQLite")
 	fs.StringVar(&o.url, "url", "", "a running server (loopback only) instead of --server-bin")
 	fs.StringVar(&o.adminToken, "admin-token", "", "with --url: the server's admin.token, for seeding")
@@ -151,7 +153,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			MaxIdleConns: 64, MaxIdleConnsPerHost: 64, IdleConnTimeout: 30 * time.Second}}}
 	defer t.client.CloseIdleConnections()
 	if o.serverBin != "" {
-		srv, err := startServer(ctx, o.serverBin, o.databaseURL, stderr)
+		srv, err := startServer(ctx, o.serverBin, o.serverCPUs, o.databaseURL, stderr)
 		if err != nil {
 			return err
 		}

@@ -26,6 +26,8 @@ func TestLoadgenAgainstServer(t *testing.T) {
 			if engine == sqlstore.Postgres {
 				dbtest.URL(t, engine) // skips, or fails in CI, without PostgreSQL
 				args = append(args, "--database-url", dbtest.PostgresURL())
+			} else if _, err := exec.LookPath("taskset"); err == nil {
+				args = append(args, "--server-cpus", "0") // pinned, as issue 18 measured
 			}
 			var out, errs bytes.Buffer
 			if err := run(t.Context(), args, &out, &errs); err != nil {

@@ -40,7 +40,7 @@ type server struct {
 // startServer runs bin serve on a free loopback port with a configuration made for the
 // benchmark: the stand-in is the only allowed homeserver, rate limits and directory sync are
 // off, lookups take 10,000 addresses. On PostgreSQL it works in a schema of its own.
-func startServer(ctx context.Context, bin, databaseURL string, stderr io.Writer) (*server, error) {
+func startServer(ctx context.Context, bin, cpus, databaseURL string, stderr io.Writer) (*server, error) {
 	dir, err := os.MkdirTemp("", "ozo-loadgen-")
 	if err != nil {
 		return nil, err
@@ -97,6 +97,10 @@ func startServer(ctx context.Context, bin, databaseURL string, stderr io.Writer)
 		return fail(err)
 	}
 	cmd := exec.Command(bin, "serve", "--config", cfgFile)
+	if cpus != "" {
+		// taskset execs the server in its own process, so the pid (and its memory) stay the server's.
+		cmd = exec.Command("taskset", "-c", cpus, bin, "serve", "--config", cfgFile)
+	}
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// OZO_* variables of the caller would override the benchmark's configuration.
 	for _, kv := range os.Environ() {
