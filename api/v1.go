@@ -31,7 +31,7 @@ func (s *Server) routesV1(r chi.Router) {
 func (s *Server) routesV1Gated(r chi.Router) {
 	r.Get("/", s.statusCheck)
 	r.Get("/lookup", s.v1Lookup)
-	r.Post("/bulk_lookup", s.v1BulkLookup)
+	r.With(bodyLimit(lookupBodyBytes(s.cfg.MaxLookupBatch, s.cfg.MaxBodyBytes))).Post("/bulk_lookup", s.v1BulkLookup)
 	r.Post("/store-invite", s.v1StoreInvite)
 	r.Get("/pubkey/isvalid", s.pubkeyIsValid)
 	r.Get("/pubkey/ephemeral/isvalid", s.ephemeralIsValid)

@@ -30,7 +30,7 @@ func (s *Server) routesV2(r chi.Router) {
 	r.Group(func(r chi.Router) {
 		r.Use(s.authenticated(true))
 		r.Get("/hash_details", s.hashDetails)
-		r.Post("/lookup", s.lookup)
+		r.With(bodyLimit(lookupBodyBytes(s.cfg.MaxLookupBatch, s.cfg.MaxBodyBytes))).Post("/lookup", s.lookup)
 		r.With(s.limitClient("requestToken")).Post("/validate/email/requestToken", s.requestEmailToken)
 		r.Post("/validate/email/submitToken", s.submitEmailToken)
 		r.Post("/validate/msisdn/requestToken", s.msisdnUnsupported)

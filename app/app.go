@@ -51,7 +51,7 @@ type App struct {
 
 // New opens and migrates the database and builds every component. Nothing listens yet.
 func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*App, error) {
-	db, err := sqlstore.Open(ctx, cfg.Database.URL, cfg.DataDir)
+	db, err := sqlstore.OpenPool(ctx, cfg.Database.URL, cfg.DataDir, DBPool(cfg.Database))
 	if err != nil {
 		return nil, err
 	}
@@ -61,6 +61,12 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*App, error)
 		return nil, err
 	}
 	return a, nil
+}
+
+// DBPool is the connection pool the database section asks for.
+func DBPool(d config.Database) sqlstore.Pool {
+	return sqlstore.Pool{MaxOpenConns: d.MaxOpenConns, MaxIdleConns: d.MaxIdleConns,
+		ConnMaxIdleTime: d.ConnMaxIdleTime, SQLiteMmapBytes: d.SQLiteMmapBytes}
 }
 
 func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Logger) (*App, error) {
