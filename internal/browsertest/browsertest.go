@@ -136,7 +136,7 @@ func (b *Browser) Open(url string) int {
 // Fill types value into the field matched by the CSS selector, replacing what was there.
 func (b *Browser) Fill(selector, value string) {
 	b.t.Helper()
-	b.do("fill "+selector, chromedp.SetValue(chromedp.CSS(selector), ""),
+	b.do("fill "+selector, chromedp.Clear(chromedp.CSS(selector)),
 		chromedp.SendKeys(chromedp.CSS(selector), value))
 }
 
@@ -188,7 +188,7 @@ func (b *Browser) Location() string {
 func (b *Browser) Screenshot(name string) string {
 	ctx, cancel := b.limit()
 	defer cancel()
-	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(90))
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		b.t.Logf("screenshot %s: %v", name, err)
 		return ""
