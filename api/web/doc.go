@@ -11,7 +11,10 @@
 //     template — or h.Error(w, r, status, "error.<key>", err) for a failure. Never put an error
 //     string in data: Error logs it with the request id and shows only the id.
 //  3. Mount it behind h.Pages (security headers, language, CSRF check on every POST, panics as
-//     HTML 500s) and leave it out of the CORS group in package api.
+//     HTML 500s): a spec-given path in package api (which sends no CORS headers for pages, see
+//     corsRoute), or a path under PagePrefix added to the mux in New. An identity provider's
+//     cross-site POST back (SAML ACS, OIDC form_post) goes behind h.Callback instead, and
+//     verifies itself.
 //
 // Per-person state goes in a Session (LoadSession/SaveSession): a cookie sealed with AES-GCM
 // under a key derived from Config.Key, so it cannot be read or forged without the server's key.

@@ -46,7 +46,7 @@ type Handler struct {
 	csrfKey    []byte
 	log        *slog.Logger
 	static     http.Handler
-	mux        *http.ServeMux
+	served     http.Handler // mux behind Pages
 }
 
 // New parses the embedded templates and derives the cookie keys.
@@ -97,18 +97,19 @@ func New(cfg Config) (*Handler, error) {
 	}
 	static, _ := fs.Sub(assets, "static")
 	h.static = http.StripPrefix(StaticPrefix, http.FileServerFS(static))
-	h.mux = http.NewServeMux()
-	h.mux.HandleFunc("POST "+PagePrefix+"validate/email", h.confirmEmail)
-	h.mux.Handle("GET "+StaticPrefix, h.staticFiles())
-	h.mux.HandleFunc(PagePrefix, func(w http.ResponseWriter, r *http.Request) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+PagePrefix+"validate/email", h.confirmEmail)
+	mux.Handle("GET "+StaticPrefix, h.staticFiles())
+	mux.HandleFunc(PagePrefix, func(w http.ResponseWriter, r *http.Request) {
 		h.Error(w, r, http.StatusNotFound, "error.notfound", nil)
 	})
+	h.served = h.Pages(mux)
 	return h, nil
 }
 
 // ServeHTTP serves everything under PagePrefix: static files and form targets.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	h.Pages(h.mux).ServeHTTP(w, r)
+	h.served.ServeHTTP(w, r)
 }
 
 func (h *Handler) staticFiles() http.Handler {
@@ -142,7 +143,16 @@ func fromContext(ctx context.Context) *request {
 
 // Pages wraps page handlers: security headers, a request id, the language, a CSRF cookie, a CSRF
 // check on every state-changing method, and panics answered with an HTML 500.
-func (h *Handler) Pages(next http.Handler) http.Handler {
+func (h *Handler) Pages(next http.Handler) http.Handler { return h.wrap(next, true) }
+
+// Callback wraps a page that receives a cross-site POST from an identity provider (a SAML
+// assertion consumer, an OIDC form_post): Pages without the CSRF and cross-origin checks, which
+// such a POST cannot pass. The handler must authenticate the POST itself (a signed response
+// answering a request it issued) and should answer with a 303 to a GET page: the Lax session
+// cookie is not sent with a cross-site POST, but is with that GET.
+func (h *Handler) Callback(next http.Handler) http.Handler { return h.wrap(next, false) }
+
+func (h *Handler) wrap(next http.Handler, csrf bool) http.Handler {
 	cop := http.NewCrossOriginProtection()
 	cop.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h.Error(w, r, http.StatusForbidden, "error.csrf", fmt.Errorf("cross-origin %s refused", r.Method))
@@ -154,6 +164,9 @@ func (h *Handler) Pages(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	}))
+	if !csrf {
+		checked = next
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !safeMethod(r.Method) {
 			r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)

@@ -209,3 +209,26 @@ func TestHeadersAndPanic(t *testing.T) {
 		t.Errorf("Content-Language %q", w.Header().Get("Content-Language"))
 	}
 }
+
+// Callback takes an identity provider's cross-site POST without a CSRF token, and still sends
+// the page headers; Pages refuses the same request.
+func TestCallback(t *testing.T) {
+	h := newHandler(t)
+	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusSeeOther) })
+	req := func() *http.Request {
+		r := httptest.NewRequest("POST", "https://id.test/acs", strings.NewReader("SAMLResponse=x"))
+		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		r.Header.Set("Sec-Fetch-Site", "cross-site")
+		return r
+	}
+	w := httptest.NewRecorder()
+	h.Callback(ok).ServeHTTP(w, req())
+	if w.Code != http.StatusSeeOther || w.Header().Get("Content-Security-Policy") == "" {
+		t.Fatalf("Callback: HTTP %d, CSP %q", w.Code, w.Header().Get("Content-Security-Policy"))
+	}
+	w = httptest.NewRecorder()
+	h.Pages(ok).ServeHTTP(w, req())
+	if w.Code != http.StatusForbidden {
+		t.Fatalf("Pages: HTTP %d", w.Code)
+	}
+}
