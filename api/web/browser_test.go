@@ -1,7 +1,10 @@
 package web_test
 
 import (
+	"fmt"
+	"html"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -83,6 +86,30 @@ func TestValidationPageInBrowser(t *testing.T) {
 				}
 			})
 		}
+
+		// Another site's page posts the code form with the right code (the attacker read it from a
+		// forwarded mail): refused with the HTML 403, and the address stays unvalidated.
+		t.Run("cross-site form", func(t *testing.T) {
+			s, token := h.RequestToken(t, u, "carla-xsite@example.org")
+			evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				fmt.Fprintf(w, `<!doctype html><html lang="en"><title>win</title><main><h1>Win</h1>`+
+					`<form method="post" action="%s/_ozo/web/validate/email"><input type="hidden" name="sid" value="%s">`+
+					`<input type="hidden" name="client_secret" value="%s"><input type="hidden" name="token" value="%s">`+
+					`<input type="hidden" name="csrf_token" value="guess"><button type="submit">Claim</button></form></main></html>`,
+					h.URL, html.EscapeString(s.SID), html.EscapeString(s.ClientSecret), html.EscapeString(token))
+			}))
+			defer evil.Close()
+			b := browsertest.New(t, browsertest.Options{AcceptLanguage: "en", IgnoreCertErrors: true})
+			// The browser has been on the real page first, so it holds a CSRF cookie of its own.
+			b.Open(h.URL + "/_ozo/web/static/ozo.css")
+			b.Open(evil.URL)
+			if st := b.Submit(`button[type="submit"]`); st != http.StatusForbidden {
+				t.Fatalf("cross-site form: HTTP %d", st)
+			}
+			checkPage(t, b, "en", "Something went wrong")
+			h.Get(t, apitest.V2+"/3pid/getValidated3pid?sid="+s.SID+"&client_secret="+url.QueryEscape(s.ClientSecret), u.Token).
+				Want(t, http.StatusBadRequest, "M_SESSION_NOT_VALIDATED")
+		})
 
 		// The switch: a Dutch browser picks English, and the choice holds on the next page.
 		t.Run("switch", func(t *testing.T) {
