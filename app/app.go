@@ -20,6 +20,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ozo-platform/ozo-identity/api"
+	"github.com/ozo-platform/ozo-identity/api/web"
 	"github.com/ozo-platform/ozo-identity/config"
 	"github.com/ozo-platform/ozo-identity/email"
 	"github.com/ozo-platform/ozo-identity/homeserver"
@@ -157,11 +158,15 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		links = append(links, lookup.Optional(p.name, p.peer, log.With("component", "peer")))
 	}
 	svc.SetResolver(lookup.Chain(links...))
-	var page *api.SubmitPage
-	if cfg.Validation.SubmitPage != "" {
-		if page, err = api.LoadSubmitPage(cfg.Validation.SubmitPage); err != nil {
-			return nil, err
-		}
+	// Page cookies are sealed under a key derived from the signing key, which replicas share.
+	webKey, err := signer.Secret("web pages")
+	if err != nil {
+		return nil, fmt.Errorf("derive page key: %w", err)
+	}
+	pages, err := web.New(web.Config{Key: webKey, SubmitTemplate: cfg.Validation.SubmitPage, Tokens: svc,
+		Log: log.With("component", "web")})
+	if err != nil {
+		return nil, err
 	}
 	v1Nets, _ := config.ParsePrefixes(cfg.V1.Networks)
 	proxies, _ := config.ParsePrefixes(cfg.HTTP.TrustedProxies)
@@ -226,7 +231,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 			PerClient: cfg.RateLimits.PerClient, AdminFailuresPerClient: cfg.RateLimits.AdminFailuresPerClient},
 		Directory:     index,
 		DirectorySync: dirSync,
-		SubmitPage:    page,
+		Pages:         pages,
 	}, metrics, log.With("component", "api"))
 	a := &App{Config: cfg, DB: db, Store: store, Service: svc, API: srv, Metrics: metrics, HS: hs,
 		Index: index, Syncer: syncer, syncerOpts: syncerOpts, adminSync: admSync, log: log}
