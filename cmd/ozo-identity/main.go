@@ -4,6 +4,7 @@
 //	ozo-identity migrate          [--config FILE] [--data-dir DIR]
 //	ozo-identity directory sync   [--config FILE] [--data-dir DIR] [--force] [--wait] [--allow-mass-delete] [--full [URA|URL|lrza …]]
 //	ozo-identity directory status [--config FILE] [--data-dir DIR] [--json]
+//	ozo-identity admin bindings import FILE [--config FILE] [--data-dir DIR] [--format ndjson|csv] [--strict] [--batch N] [--restart]
 package main
 
 import (
@@ -44,6 +45,12 @@ commands:
                      is kept). One sync of a database at a time: while another runs (serve's
                      schedule, a replica, another CLI) it exits non-zero, or waits with --wait
   directory status   show every known directory: last success, errors, backoff, watermarks, counts
+  admin bindings import FILE
+                     bind the 3PIDs of FILE: NDJSON ({"medium","address","mxid"} per line) or CSV
+                     with a header medium,address,mxid; transactions of --batch lines, a later
+                     MXID for a bound 3PID wins as in a bind, the same MXID is left unchanged;
+                     invalid lines are listed and skipped; progress is kept in FILE.import-state
+                     so an interrupted import resumes where it stopped
 
 flags:
   --config FILE    YAML configuration (every key also settable as OZO_<KEY>, e.g. OZO_DATABASE_URL)
@@ -57,6 +64,10 @@ flags:
   --allow-mass-delete  directory sync: apply deletions even when they remove more than
                    directory.max_delete_share of a directory's resources at once
   --json           directory status: print JSON instead of tables
+  --format F       admin bindings import: ndjson or csv (default: by extension, then content)
+  --strict         admin bindings import: stop at the first invalid line (lines before it are kept)
+  --batch N        admin bindings import: lines per transaction (default 5000, at most 50000)
+  --restart        admin bindings import: ignore FILE.import-state and start at the first line
 `
 
 // run is main without the process: args without the program name, env as os.Environ gives it.
@@ -82,6 +93,12 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 			return fmt.Errorf("directory: unknown subcommand %q (want sync or status)", rest[0])
 		}
 		cmd, rest = cmd+" "+rest[0], rest[1:]
+	case "admin":
+		if len(rest) < 2 || rest[0] != "bindings" || rest[1] != "import" {
+			fmt.Fprint(stderr, usage)
+			return fmt.Errorf("admin: unknown subcommand (want: admin bindings import FILE)")
+		}
+		cmd, rest = "admin bindings import", rest[2:]
 	default:
 		fmt.Fprint(stderr, usage)
 		return fmt.Errorf("unknown command %q", cmd)
@@ -92,6 +109,7 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 	dataDir := fs.String("data-dir", "", "data directory")
 	var listen *string
 	var force, wait, full, allowMassDelete, asJSON *bool
+	var imp importOptions
 	switch cmd {
 	case "serve", "migrate":
 		listen = fs.String("listen", "", "listen address")
@@ -102,9 +120,24 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 		allowMassDelete = fs.Bool("allow-mass-delete", false, "apply deletions the mass-delete guard would stop")
 	case "directory status":
 		asJSON = fs.Bool("json", false, "print JSON")
+	case "admin bindings import":
+		fs.StringVar(&imp.format, "format", "", "ndjson or csv")
+		fs.BoolVar(&imp.strict, "strict", false, "stop at the first invalid line")
+		fs.IntVar(&imp.batch, "batch", 5000, "lines per transaction")
+		fs.BoolVar(&imp.restart, "restart", false, "ignore the recorded progress")
+		// FILE may come before the flags.
+		if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+			imp.file, rest = rest[0], rest[1:]
+		}
 	}
 	if err := fs.Parse(rest); err != nil {
 		return err
+	}
+	if cmd == "admin bindings import" && imp.file == "" && fs.NArg() > 0 {
+		imp.file = fs.Arg(0)
+		if err := fs.Parse(fs.Args()[1:]); err != nil {
+			return err
+		}
 	}
 	var only []string
 	if fs.NArg() > 0 {
@@ -119,6 +152,14 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 				return fmt.Errorf("%s: %q is neither a URA (8 digits), a directory base URL nor \"lrza\"", cmd, sel)
 			}
 			only = append(only, sel)
+		}
+	}
+	if cmd == "admin bindings import" {
+		if imp.file == "" {
+			return fmt.Errorf("admin bindings import: missing FILE")
+		}
+		if imp.batch < 1 || imp.batch > 50000 {
+			return fmt.Errorf("admin bindings import: --batch must be 1-50000")
 		}
 	}
 	cfg, err := config.Load(*configFile, env)
@@ -136,7 +177,7 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 	case "serve":
 		return serve(ctx, cfg, log)
 	case "migrate":
-		db, err := sqlstore.Open(ctx, cfg.Database.URL, cfg.DataDir)
+		db, err := sqlstore.OpenPool(ctx, cfg.Database.URL, cfg.DataDir, app.DBPool(cfg.Database))
 		if err != nil {
 			return err
 		}
@@ -149,6 +190,8 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 	case "directory sync":
 		return directorySync(ctx, cfg, syncFlags{force: *force, wait: *wait, full: *full, only: only,
 			allowMassDelete: *allowMassDelete}, stdout, stderr)
+	case "admin bindings import":
+		return importBindings(ctx, cfg, imp, stdout, stderr)
 	default: // "directory status"
 		return directoryStatus(ctx, cfg, *asJSON, stdout, log)
 	}
