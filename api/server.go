@@ -154,6 +154,9 @@ func corsRoute(r *http.Request) bool {
 	if !strings.HasPrefix(p, "/_matrix/identity/") && !strings.HasPrefix(p, "/_ozo/v1/") {
 		return false
 	}
+	if strings.HasPrefix(p, "/_ozo/v1/sso/") && !strings.HasSuffix(p, "/metadata") {
+		return false // the IdPs' way back into the SSO pages
+	}
 	return !((r.Method == http.MethodGet || r.Method == http.MethodHead) && isSubmitTokenPage(p))
 }
 

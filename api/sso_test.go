@@ -6,12 +6,14 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"encoding/xml"
+	"html"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +21,7 @@ import (
 	crewsaml "github.com/crewjam/saml"
 
 	"github.com/ozo-platform/ozo-identity/api/apitest"
+	"github.com/ozo-platform/ozo-identity/api/web"
 	"github.com/ozo-platform/ozo-identity/config"
 	"github.com/ozo-platform/ozo-identity/dezi"
 	"github.com/ozo-platform/ozo-identity/dezi/dezitest"
@@ -136,18 +139,29 @@ func (w *ssoWorld) start(t *testing.T, u apitest.User, idp string) (apitest.Sess
 	return s, b, w.choose(t, b, r.Str(t, "redirect_url"), u, idp)
 }
 
-// choose opens the login page in b, checks it names u's account, and picks idp.
+var (
+	csrfInput    = regexp.MustCompile(`name="csrf_token" value="([^"]*)"`)
+	continueLink = regexp.MustCompile(`id="continue" class="button" href="([^"]*)"`)
+)
+
+// choose opens the login page in b, checks it names u's account, picks idp (with the form's
+// CSRF token) and returns the IdP URL the next page links to.
 func (w *ssoWorld) choose(t *testing.T, b *http.Client, loginURL string, u apitest.User, idp string) string {
 	t.Helper()
 	page := do(t, b, http.MethodGet, loginURL, nil)
 	wantPage(t, page, http.StatusOK, u.MXID)
+	m := csrfInput.FindSubmatch(page.Body)
+	if m == nil {
+		t.Fatalf("no CSRF token on the login page:\n%s", page.Body)
+	}
 	lu, _ := url.Parse(loginURL)
-	r := do(t, b, http.MethodPost, w.h.URL+"/_ozo/v1/sso/login", url.Values{"login": {lu.Query().Get("login")}, "idp": {idp}})
-	loc := r.Header.Get("Location")
-	if r.Status != http.StatusSeeOther || loc == "" {
+	r := do(t, b, http.MethodPost, w.h.URL+web.SSOLoginPath, url.Values{"csrf_token": {string(m[1])},
+		"login": {lu.Query().Get("login")}, "idp": {idp}})
+	l := continueLink.FindSubmatch(r.Body)
+	if r.Status != http.StatusOK || l == nil {
 		t.Fatalf("choosing %s: %d %s", idp, r.Status, r.Body)
 	}
-	return loc
+	return html.UnescapeString(string(l[1]))
 }
 
 // samlLogin logs in at idp and posts its answer to ozo-identity as browser b would, following
@@ -167,7 +181,12 @@ func (w *ssoWorld) postACS(t *testing.T, b *http.Client, acs string, form url.Va
 	if r.Status != http.StatusSeeOther {
 		return r
 	}
-	return do(t, b, http.MethodGet, r.Header.Get("Location"), nil)
+	base, _ := url.Parse(acs)
+	loc, err := base.Parse(r.Header.Get("Location"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return do(t, b, http.MethodGet, loc.String(), nil)
 }
 
 func (w *ssoWorld) callback(t *testing.T, b *http.Client, cb *url.URL) *apitest.Response {

@@ -163,8 +163,16 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	if err != nil {
 		return nil, fmt.Errorf("derive page key: %w", err)
 	}
-	pages, err := web.New(web.Config{Key: webKey, SubmitTemplate: cfg.Validation.SubmitPage, Tokens: svc,
-		Log: log.With("component", "web")})
+	ssoSvc, err := newSSO(ctx, cfg, svc, store, log)
+	if err != nil {
+		return nil, err
+	}
+	webCfg := web.Config{Key: webKey, SubmitTemplate: cfg.Validation.SubmitPage, Tokens: svc,
+		Log: log.With("component", "web")}
+	if ssoSvc != nil {
+		webCfg.SSO = ssoSvc
+	}
+	pages, err := web.New(webCfg)
 	if err != nil {
 		return nil, err
 	}
@@ -215,10 +223,6 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	var dirSync api.DirectorySyncer
 	if cfg.Directory.LRZAURL != "" || len(cfg.Directory.Directories) > 0 {
 		dirSync = admSync
-	}
-	ssoSvc, err := newSSO(ctx, cfg, svc, store, log)
-	if err != nil {
-		return nil, err
 	}
 	srv := api.New(svc, hs, api.Config{
 		PublicBaseURL:     cfg.PublicBaseURL,
