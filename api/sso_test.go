@@ -273,6 +273,28 @@ func TestSSOValidation(t *testing.T) {
 			wantPage(t, w.callback(t, b, cb), http.StatusBadRequest, "verlopen of al gebruikt")
 		})
 
+		t.Run("UnbindWithSession", func(t *testing.T) {
+			// The session that proved a UZI number may unbind it again (spec: unbind with sid).
+			carla := h.NewUser(t, "carla")
+			w.dezi.Misbehave(dezitest.Tamper{LoA: dezi.LoAHigh}) // this nurse logs in at level high today
+			defer w.dezi.Misbehave(dezitest.Tamper{})
+			s, b, redirect := w.start(t, carla, "dezi")
+			wantPage(t, w.callback(t, b, w.dezi.Login(t, redirect, deziLaag.DeziNummer)), http.StatusOK, "Identiteit bevestigd")
+			w.bind(t, carla, s).Want(t, http.StatusOK, "")
+			if got := h.LookupOne(t, carla, "uzi", deziLaag.DeziNummer); got != carla.MXID {
+				t.Fatalf("lookup: %q", got)
+			}
+			h.Post(t, apitest.V2+"/3pid/unbind", carla.Token, map[string]any{"sid": s.SID, "client_secret": s.ClientSecret,
+				"mxid": carla.MXID, "threepid": map[string]string{"medium": "uzi", "address": deziLaag.DeziNummer}}).Want(t, http.StatusOK, "")
+			if got := h.LookupOne(t, carla, "uzi", deziLaag.DeziNummer); got != "" {
+				t.Fatalf("still bound to %q", got)
+			}
+			// A 3PID the session did not prove: refused.
+			h.Post(t, apitest.V2+"/3pid/unbind", carla.Token, map[string]any{"sid": s.SID, "client_secret": s.ClientSecret,
+				"mxid": carla.MXID, "threepid": map[string]string{"medium": "uzi", "address": deziArts.DeziNummer}}).
+				Want(t, http.StatusForbidden, "M_FORBIDDEN")
+		})
+
 		t.Run("DeziWithPendingInvite", func(t *testing.T) {
 			bob := h.NewUser(t, "bob")
 			h.Post(t, apitest.V2+"/store-invite", bob.Token, map[string]any{"medium": "uzi", "address": deziArts.DeziNummer,
@@ -400,6 +422,18 @@ func TestSSOHostile(t *testing.T) {
 			h.Post(t, "/_ozo/v1/validate/sso/start", alice.Token, map[string]any{"client_secret": apitest.Secret(), "idp": "umcx",
 				"next_link": "https://evil.example/"}).Want(t, http.StatusBadRequest, "M_INVALID_PARAM")
 			wantPage(t, h.Get(t, "/_ozo/v1/sso/zkh/callback?state=forged&code=x", ""), http.StatusBadRequest, "verlopen of al gebruikt")
+		})
+
+		t.Run("StartsThrottled", func(t *testing.T) {
+			eve := h.NewUser(t, "eve")
+			for i := range 11 {
+				r := h.Post(t, "/_ozo/v1/validate/sso/start", eve.Token, map[string]any{"client_secret": apitest.Secret(), "idp": "umcx"})
+				if i < 10 {
+					r.Want(t, http.StatusOK, "")
+				} else {
+					r.Want(t, http.StatusTooManyRequests, "M_LIMIT_EXCEEDED")
+				}
+			}
 		})
 
 		t.Run("LoginLinkForwarded", func(t *testing.T) {

@@ -166,7 +166,8 @@ func (c *Connector) HandleCallback(ctx context.Context, f sso.Flow, r *http.Requ
 		return sso.Identity{}, err
 	}
 	if ui.DeziNummer == "" || v.DeziNummer != ui.DeziNummer {
-		return sso.Identity{}, fmt.Errorf("%w: verklaring dezi_nummer %q, userinfo %q", ErrMismatch, v.DeziNummer, ui.DeziNummer)
+		// The numbers stay out of the error: it is logged.
+		return sso.Identity{}, fmt.Errorf("%w: the verklaring's dezi_nummer differs from the userinfo's", ErrMismatch)
 	}
 	if loaRank[v.LoA] < c.minLoA {
 		return sso.Identity{}, fmt.Errorf("%w: %q", ErrLoATooLow, v.LoA)
@@ -355,7 +356,7 @@ func (c *Connector) verklaring(ctx context.Context, token string) (Verklaring, e
 		Achternaam: str("achternaam"), AbonneeNummer: str("abonnee_nummer"), AbonneeNaam: str("abonnee_naam"),
 		RolCode: str("rol_code"), LoA: str("loa_dezi"), IssuedAt: t.IssuedAt()}
 	if !nineDigits.MatchString(v.DeziNummer) {
-		return Verklaring{}, fmt.Errorf("%w: dezi_nummer %q is not 9 digits", ErrInvalid, v.DeziNummer)
+		return Verklaring{}, fmt.Errorf("%w: dezi_nummer is not 9 digits", ErrInvalid)
 	}
 	if v.AbonneeNummer != "" && !eightDigits.MatchString(v.AbonneeNummer) {
 		return Verklaring{}, fmt.Errorf("%w: abonnee_nummer %q is not a URA", ErrInvalid, v.AbonneeNummer)
