@@ -503,3 +503,28 @@ func TestSSOBeatsDirectory(t *testing.T) {
 		}
 	})
 }
+
+// TestSSOIdPUnavailableAtStart: an IdP whose metadata cannot be fetched when the service starts
+// is left out (and logged); the service and the other IdPs work.
+func TestSSOIdPUnavailableAtStart(t *testing.T) {
+	t.Parallel()
+	idp := samltest.New(t)
+	caFile := filepath.Join(t.TempDir(), "idp-ca.pem")
+	os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: idp.Server.Certificate().Raw}), 0o600)
+	h := apitest.New(t, sqlstore.SQLite, func(c *config.Config) {
+		c.SSO.CAFile = caFile
+		down := config.IdP{ID: "down", Type: "saml"}
+		down.SAML.MetadataURL = "https://127.0.0.1:1/metadata"
+		up := config.IdP{ID: "up", Type: "saml"}
+		up.SAML.MetadataURL = idp.MetadataURL()
+		c.SSO.IdPs = []config.IdP{down, up}
+	})
+	u := h.NewUser(t, "alice")
+	h.Post(t, "/_ozo/v1/validate/sso/start", u.Token, map[string]any{"client_secret": apitest.Secret(), "idp": "down"}).
+		Want(t, http.StatusBadRequest, "M_INVALID_PARAM")
+	h.Post(t, "/_ozo/v1/validate/sso/start", u.Token, map[string]any{"client_secret": apitest.Secret(), "idp": "up"}).
+		Want(t, http.StatusOK, "")
+	if !strings.Contains(h.Logs(), `msg="identity provider left out" component=sso idp=down`) {
+		t.Fatalf("the left-out IdP is not logged:\n%s", h.Logs())
+	}
+}
