@@ -14,7 +14,6 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/ozo-platform/ozo-identity/identity"
-	"github.com/ozo-platform/ozo-identity/storage"
 )
 
 // Homeservers is what the API needs from the homeserver client.
@@ -225,8 +224,8 @@ func (s *Server) authenticated(withTerms bool) func(http.Handler) http.Handler {
 	}
 }
 
-func account(r *http.Request) storage.Account {
-	a, _ := r.Context().Value(accountKey).(storage.Account)
+func account(r *http.Request) identity.AccessToken {
+	a, _ := r.Context().Value(accountKey).(identity.AccessToken)
 	return a
 }
 

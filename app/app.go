@@ -27,7 +27,6 @@ import (
 	"github.com/ozo-platform/ozo-identity/lookup"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
 	"github.com/ozo-platform/ozo-identity/ratelimit"
-	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
 
@@ -139,7 +138,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 
 		WebClientLocations: cfg.Invites.WebClientLocations,
 		NextLinkHosts:      cfg.Validation.NextLinkHosts,
-		InviteLimits: storage.InviteLimits{PerThreePID: cfg.Invites.MaxPendingPerThreePID,
+		InviteLimits: identity.InviteLimits{PerThreePID: cfg.Invites.MaxPendingPerThreePID,
 			PerSender: cfg.Invites.MaxPendingPerSender},
 		MaxMailsPerSession: cfg.Validation.MaxMailsPerSession,
 		MaxMailsPerAddress: cfg.Validation.MaxMailsPerAddress,

@@ -14,16 +14,17 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/ozo-platform/ozo-identity/storage"
-	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
+
+// ErrNotFound: the index has nothing for the number asked about.
+var ErrNotFound = errors.New("mcsd: not found")
 
 // Index is the mCSD index in the database: what the synced directories publish, checked against
 // the anti-spoofing rules, and the resolution candidates derived from it. It is a lookup.Resolver
 // for the media uzi and ura, hashed or not.
 type Index struct {
-	db  *sqlstore.DB
+	db  Store
 	now func() time.Time
 	// wmu queues this index's writers in-process on SQLite, which has one writer at a time, so
 	// that many directories syncing at once wait for each other here rather than in SQLite's
@@ -40,7 +41,7 @@ type Index struct {
 }
 
 // NewIndex returns the index kept in db, which must be migrated.
-func NewIndex(db *sqlstore.DB) *Index {
+func NewIndex(db Store) *Index {
 	return &Index{db: db, now: time.Now, stmts: map[string]*sql.Stmt{}}
 }
 
@@ -118,7 +119,7 @@ func placeholders(start, n int) string {
 }
 
 func (x *Index) lockWrites() func() {
-	if x.db.Engine != sqlstore.SQLite {
+	if x.db.Postgres() {
 		return func() {}
 	}
 	x.wmu.Lock()
@@ -127,7 +128,7 @@ func (x *Index) lockWrites() func() {
 
 // exec runs one write statement.
 func (x *Index) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
-	if x.db.Engine == sqlstore.SQLite {
+	if !x.db.Postgres() {
 		defer x.lockWrites()()
 		return x.db.ExecContext(ctx, q, args...)
 	}
@@ -149,7 +150,7 @@ func (x *Index) tx(ctx context.Context, fn func(*sql.Tx) error) error {
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
-	if x.db.Engine == sqlstore.Postgres {
+	if x.db.Postgres() {
 		// Custom plans too: the tables grow from empty during a first sync, and a generic plan
 		// made while they were small would keep scanning them whole.
 		if _, err := tx.ExecContext(ctx, `SELECT set_config('synchronous_commit', 'off', true), set_config('plan_cache_mode', 'force_custom_plan', true)`); err != nil {
@@ -248,8 +249,8 @@ func resolveClaims(byProvider map[string]candidate) resolution {
 // candidates that name a homeserver without a user.
 func (x *Index) candidates(ctx context.Context, q interface {
 	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
-}, tps []storage.ThreePID, withHomeserverOnly bool) (map[storage.ThreePID]resolution, error) {
-	byTP := make(map[storage.ThreePID]map[string]candidate)
+}, tps []threepid.ThreePID, withHomeserverOnly bool) (map[threepid.ThreePID]resolution, error) {
+	byTP := make(map[threepid.ThreePID]map[string]candidate)
 	now := x.now().UnixMilli()
 	byMedium := map[string][]string{}
 	for _, tp := range tps {
@@ -274,7 +275,7 @@ func (x *Index) candidates(ctx context.Context, q interface {
 				return nil, fmt.Errorf("query mcsd candidates: %w", err)
 			}
 			for rows.Next() {
-				tp := storage.ThreePID{Medium: medium}
+				tp := threepid.ThreePID{Medium: medium}
 				var c candidate
 				if err := rows.Scan(&tp.Address, &c.mxid, &c.homeserver, &c.pref, &c.updated, &c.sourceID, &c.dir, &c.ura); err != nil {
 					rows.Close()
@@ -298,7 +299,7 @@ func (x *Index) candidates(ctx context.Context, q interface {
 			}
 		}
 	}
-	out := make(map[storage.ThreePID]resolution, len(byTP))
+	out := make(map[threepid.ThreePID]resolution, len(byTP))
 	for tp, m := range byTP {
 		out[tp] = resolveClaims(m)
 	}
@@ -308,14 +309,14 @@ func (x *Index) candidates(ctx context.Context, q interface {
 // Resolve answers uzi and ura 3PIDs from the index; other media are not in mCSD. A 3PID that
 // care providers resolve to different users (a conflict) is answered with "": withheld, so that
 // no later link of the lookup chain answers it either.
-func (x *Index) Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error) {
-	var want []storage.ThreePID
+func (x *Index) Resolve(ctx context.Context, tps []threepid.ThreePID) (map[threepid.ThreePID]string, error) {
+	var want []threepid.ThreePID
 	for _, tp := range tps {
 		if tp.Medium == threepid.MediumUZI || tp.Medium == threepid.MediumURA {
 			want = append(want, tp)
 		}
 	}
-	out := make(map[storage.ThreePID]string)
+	out := make(map[threepid.ThreePID]string)
 	if len(want) == 0 {
 		return out, nil
 	}
@@ -335,7 +336,7 @@ func (x *Index) Resolve(ctx context.Context, tps []storage.ThreePID) (map[storag
 
 // ResolveHashes answers v2 lookup hashes made with the pepper last given to Rehash.
 func (x *Index) ResolveHashes(ctx context.Context, hashes []string) (map[string]string, error) {
-	byTP := make(map[storage.ThreePID][]string)
+	byTP := make(map[threepid.ThreePID][]string)
 	for len(hashes) > 0 {
 		chunk := hashes[:min(len(hashes), inChunk)]
 		hashes = hashes[len(chunk):]
@@ -350,7 +351,7 @@ func (x *Index) ResolveHashes(ctx context.Context, hashes []string) (map[string]
 		}
 		for rows.Next() {
 			var h string
-			var tp storage.ThreePID
+			var tp threepid.ThreePID
 			if err := rows.Scan(&h, &tp.Medium, &tp.Address); err != nil {
 				rows.Close()
 				return nil, fmt.Errorf("lookup mcsd hashes: %w", err)
@@ -366,7 +367,7 @@ func (x *Index) ResolveHashes(ctx context.Context, hashes []string) (map[string]
 	if len(byTP) == 0 {
 		return out, nil
 	}
-	tps := make([]storage.ThreePID, 0, len(byTP))
+	tps := make([]threepid.ThreePID, 0, len(byTP))
 	for tp := range byTP {
 		tps = append(tps, tp)
 	}
@@ -386,7 +387,7 @@ func (x *Index) ResolveHashes(ctx context.Context, hashes []string) (map[string]
 // hashes written by a directory's derivation are always made with the pepper that is current.
 func (x *Index) lockPepper(ctx context.Context, tx *sql.Tx, exclusive bool) (string, error) {
 	q := `SELECT value FROM mcsd_state WHERE name = 'pepper'`
-	if x.db.Engine == sqlstore.Postgres {
+	if x.db.Postgres() {
 		if exclusive {
 			q += ` FOR UPDATE`
 		} else {
@@ -467,7 +468,7 @@ func fillHashes(ctx context.Context, tx *sql.Tx, dir, pepper string) error {
 		q.WriteString(`INSERT INTO mcsd_hashes (dir, hash, medium, address) VALUES `)
 		n := 0
 		for _, k := range page {
-			for _, h := range threepid.LookupHashes(storage.ThreePID{Medium: k.medium, Address: k.address}, pepper) {
+			for _, h := range threepid.LookupHashes(threepid.ThreePID{Medium: k.medium, Address: k.address}, pepper) {
 				if n > 0 {
 					q.WriteByte(',')
 				}
@@ -485,7 +486,7 @@ func fillHashes(ctx context.Context, tx *sql.Tx, dir, pepper string) error {
 
 // Homeserver says on which homeserver mCSD places the practitioner with this UZI number now and,
 // when a directory moved them, the homeserver they came from and since when they are on the
-// current one. Without any placement it returns storage.ErrNotFound.
+// current one. Without any placement it returns ErrNotFound.
 func (x *Index) Homeserver(ctx context.Context, uzi string) (current, previous string, since time.Time, err error) {
 	tp, err := threepid.Normalize(threepid.MediumUZI, uzi)
 	if err != nil {
@@ -495,7 +496,7 @@ func (x *Index) Homeserver(ctx context.Context, uzi string) (current, previous s
 	err = x.db.QueryRowContext(ctx, `SELECT homeserver, prev_homeserver, since FROM mcsd_placements WHERE uzi = $1`,
 		tp.Address).Scan(&current, &previous, &sinceMS)
 	if errors.Is(err, sql.ErrNoRows) || err == nil && current == "" && previous == "" {
-		return "", "", time.Time{}, fmt.Errorf("homeserver of uzi %s: %w", tp.Address, storage.ErrNotFound)
+		return "", "", time.Time{}, fmt.Errorf("homeserver of uzi %s: %w", tp.Address, ErrNotFound)
 	}
 	if err != nil {
 		return "", "", time.Time{}, fmt.Errorf("homeserver of uzi %s: %w", tp.Address, err)

@@ -4,10 +4,9 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"github.com/ozo-platform/ozo-identity/threepid"
 	"strconv"
 	"time"
-
-	"github.com/ozo-platform/ozo-identity/storage"
 )
 
 // Move is a practitioner whom mCSD now places on another homeserver (design.md §10: the caller
@@ -64,10 +63,10 @@ func (x *Index) updatePlacements(ctx context.Context, hooks placementHooks) (int
 			break
 		}
 		after = uzis[len(uzis)-1]
-		tps := make([]storage.ThreePID, len(uzis))
+		tps := make([]threepid.ThreePID, len(uzis))
 		args := make([]any, len(uzis))
 		for i, u := range uzis {
-			tps[i] = storage.ThreePID{Medium: "uzi", Address: u}
+			tps[i] = threepid.ThreePID{Medium: "uzi", Address: u}
 			args[i] = u
 		}
 		best, err := x.candidates(ctx, x.db, tps, true)
@@ -94,7 +93,7 @@ func (x *Index) updatePlacements(ctx context.Context, hooks placementHooks) (int
 		err = x.tx(ctx, func(tx *sql.Tx) error {
 			pageMoves, newConflicts, resolved = pageMoves[:0], newConflicts[:0], resolved[:0]
 			for _, u := range uzis {
-				res, ok := best[storage.ThreePID{Medium: "uzi", Address: u}]
+				res, ok := best[threepid.ThreePID{Medium: "uzi", Address: u}]
 				isNew, wasResolved, err := recordConflict(ctx, tx, u, res, ok, names, now)
 				if err != nil {
 					return err

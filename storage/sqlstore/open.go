@@ -1,4 +1,4 @@
-// Package sqlstore implements storage.Storage on SQLite (embedded default) and PostgreSQL.
+// Package sqlstore implements identity.Store on SQLite (embedded default) and PostgreSQL.
 // Both engines run the same SQL: $N placeholders and types both understand.
 package sqlstore
 
@@ -18,6 +18,7 @@ import (
 	"github.com/pressly/goose/v3/lock"
 	_ "modernc.org/sqlite" // pure-Go SQLite driver "sqlite"
 
+	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
 	"github.com/ozo-platform/ozo-identity/migrations"
 )
 
@@ -34,6 +35,11 @@ type DB struct {
 	*sql.DB
 	Engine Engine
 }
+
+// Postgres reports whether db is PostgreSQL (mcsd.Store).
+func (db *DB) Postgres() bool { return db.Engine == Postgres }
+
+var _ mcsd.Store = (*DB)(nil)
 
 // Open connects to PostgreSQL when url is a postgres:// URL, and otherwise opens (creating it if
 // needed) the SQLite file in dataDir. It does not migrate; call Migrate.
