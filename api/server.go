@@ -14,6 +14,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/ozo-platform/ozo-identity/identity"
+	"github.com/ozo-platform/ozo-identity/internal/matrixid"
 )
 
 // Homeservers is what the API needs from the homeserver client.
@@ -204,7 +205,7 @@ func (s *Server) authenticated(withTerms bool) func(http.Handler) http.Handler {
 				return
 			}
 			// A homeserver taken off the allow-list loses access at once, not when its tokens expire.
-			if !identity.HomeserverAllowed(s.cfg.AllowedHomeserver, identity.ServerOf(acct.UserID)) {
+			if !identity.HomeserverAllowed(s.cfg.AllowedHomeserver, matrixid.ServerOf(acct.UserID)) {
 				matrixError(w, http.StatusForbidden, identity.CodeForbidden, "your homeserver may no longer use this identity server")
 				return
 			}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/ozo-platform/ozo-identity/internal/matrixid"
 	"time"
 )
 
@@ -83,7 +84,7 @@ func (s *Service) onBindDelivery(b Binding, assoc Association, invites []json.Ra
 		return OnBindDelivery{}, err
 	}
 	now := s.now()
-	return OnBindDelivery{ID: randomToken(12), ServerName: ServerOf(b.MXID), Body: data,
+	return OnBindDelivery{ID: randomToken(12), ServerName: matrixid.ServerOf(b.MXID), Body: data,
 		NextAttemptAt: now, ExpiresAt: now.Add(s.opts.OnBindRetryFor), CreatedAt: now}, nil
 }
 

@@ -19,15 +19,24 @@ import (
 
 	"maunium.net/go/mautrix/federation"
 
-	"github.com/ozo-platform/ozo-identity/email"
+	"github.com/ozo-platform/ozo-identity/internal/matrixid"
 	"github.com/ozo-platform/ozo-identity/lookup"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // Mailer sends the validation and invite mails.
 type Mailer interface {
-	Send(ctx context.Context, kind email.Kind, to string, vars map[string]string) error
+	Send(ctx context.Context, kind MailKind, to string, vars map[string]string) error
 }
+
+// MailKind names the mail to send; the mailer picks its templates by it.
+type MailKind string
+
+// The mails identity sends.
+const (
+	MailValidation MailKind = "validation"
+	MailInvite     MailKind = "invite"
+)
 
 // Resolver answers which MXID a 3PID belongs to; lookup.Chain builds the full chain.
 type Resolver = lookup.Resolver
@@ -169,23 +178,6 @@ func validSecret(s string) bool {
 	return true
 }
 
-// ValidMXID checks the shape of a Matrix user ID: @localpart:server.
-func ValidMXID(mxid string) bool {
-	if len(mxid) > 255 || !strings.HasPrefix(mxid, "@") {
-		return false
-	}
-	local, server, ok := strings.Cut(mxid[1:], ":")
-	if !ok || local == "" || server == "" {
-		return false
-	}
-	for _, c := range mxid {
-		if c < 0x21 || c > 0x7e {
-			return false
-		}
-	}
-	return true
-}
-
 // ValidRoomID checks the shape of a room ID: "!opaque:server" with a valid server name, or room
 // version 12's "!" and 43 characters of unpadded URL-safe base64 (the create event's hash, no
 // server name), which current homeservers send. The opaque part holds no control characters or
@@ -223,12 +215,6 @@ func checkText(field, v string, freeText bool) error {
 		return errorf(CodeInvalidParam, "%s holds control characters", field)
 	}
 	return nil
-}
-
-// ServerOf returns the server name part of a Matrix ID.
-func ServerOf(mxid string) string {
-	_, server, _ := strings.Cut(mxid, ":")
-	return server
 }
 
 func normalizeErr(err error) error {
@@ -364,7 +350,7 @@ func (s *Service) sendValidation(ctx context.Context, sid, clientSecret, to, tok
 	if clientIP != "" {
 		vars["ipaddress"] = clientIP
 	}
-	if err := s.mailer.Send(ctx, email.KindValidation, to, vars); err != nil {
+	if err := s.mailer.Send(ctx, MailValidation, to, vars); err != nil {
 		s.log.Warn("validation mail failed", "sid", sid, "err", err)
 		return errorf(CodeEmailSendError, "could not send the validation email")
 	}
@@ -447,7 +433,7 @@ func (s *Service) Association(b Binding) (Association, error) { return s.associa
 // Bind binds the session's validated 3PID to mxid. The caller (an account) may only bind its own MXID;
 // callerUserID is empty for the unauthenticated v1 API, which the network gate protects.
 func (s *Service) Bind(ctx context.Context, sid, clientSecret, mxid, callerUserID string) (Association, error) {
-	if !ValidMXID(mxid) {
+	if !matrixid.ValidUserID(mxid) {
 		return nil, errorf(CodeInvalidParam, "mxid is not a Matrix user ID")
 	}
 	if callerUserID != "" && callerUserID != mxid {
@@ -466,7 +452,7 @@ func (s *Service) AdminBind(ctx context.Context, medium, address, mxid, source s
 	if err != nil {
 		return nil, normalizeErr(err)
 	}
-	if !ValidMXID(mxid) {
+	if !matrixid.ValidUserID(mxid) {
 		return nil, errorf(CodeInvalidParam, "mxid is not a Matrix user ID")
 	}
 	return s.bind(ctx, tp, mxid, source)
@@ -512,7 +498,7 @@ func (s *Service) Unbind(ctx context.Context, sid, clientSecret, medium, address
 	if err != nil {
 		return normalizeErr(err)
 	}
-	if !ValidMXID(mxid) {
+	if !matrixid.ValidUserID(mxid) {
 		return errorf(CodeInvalidParam, "mxid is not a Matrix user ID")
 	}
 	switch {
@@ -525,7 +511,7 @@ func (s *Service) Unbind(ctx context.Context, sid, clientSecret, medium, address
 			return errorf(CodeForbidden, "the session validated a different 3PID")
 		}
 	case originServer != "":
-		if ServerOf(mxid) != originServer {
+		if matrixid.ServerOf(mxid) != originServer {
 			return errorf(CodeForbidden, "a homeserver may only unbind its own users")
 		}
 	default:
@@ -651,7 +637,7 @@ func (s *Service) StoreInvite(ctx context.Context, req InviteRequest) (StoredInv
 			return StoredInvite{}, err
 		}
 	}
-	if !ValidMXID(req.Sender) {
+	if !matrixid.ValidUserID(req.Sender) {
 		return StoredInvite{}, errorf(CodeInvalidParam, "sender is not a Matrix user ID")
 	}
 	// The mail names the sender; over v2 only the token's own user may be named.
@@ -721,7 +707,7 @@ func (s *Service) StoreInvite(ctx context.Context, req InviteRequest) (StoredInv
 		}
 		// An invite whose mail failed is not kept: the homeserver's invite fails with
 		// M_EMAIL_SEND_ERROR instead of leaving a room event nobody was told of.
-		if err := s.mailer.Send(ctx, email.KindInvite, tp.Address, vars); err != nil {
+		if err := s.mailer.Send(ctx, MailInvite, tp.Address, vars); err != nil {
 			s.log.Warn("invite mail failed", "room_id", inv.RoomID, "err", err)
 			if derr := s.store.DeleteInvite(ctx, inv.Token, inv.EphemeralKey); derr != nil {
 				s.log.Warn("remove invite after failed mail", "err", derr)
@@ -758,7 +744,7 @@ func (s *Service) SignEd25519(ctx context.Context, mxid, token, privateKey strin
 	if mxid == "" || token == "" || privateKey == "" {
 		return nil, errorf(CodeMissingParams, "mxid, token and private_key are required")
 	}
-	if !ValidMXID(mxid) {
+	if !matrixid.ValidUserID(mxid) {
 		return nil, errorf(CodeInvalidParam, "mxid is not a Matrix user ID")
 	}
 	if err := checkText("token", token, false); err != nil {

@@ -13,7 +13,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
+	"github.com/ozo-platform/ozo-identity/internal/matrixid"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
@@ -191,7 +191,7 @@ func (p *Peer) lookup(ctx context.Context, tps []threepid.ThreePID, algo, pepper
 	out := make(map[threepid.ThreePID]string)
 	for k, mxid := range resp.Mappings {
 		tp, asked := byAddr[k]
-		if !asked || !mcsd.ValidUserID(mxid) {
+		if !asked || !matrixid.ValidUserID(mxid) {
 			continue // never take an answer to a question we did not ask
 		}
 		out[tp] = mxid

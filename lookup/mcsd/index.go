@@ -8,12 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/ozo-platform/ozo-identity/internal/matrixid"
+	"github.com/ozo-platform/ozo-identity/internal/sqlin"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
@@ -105,18 +106,6 @@ func directoryID(baseURL string) string {
 
 // inChunk bounds the parameters of one statement well below both engines' limits.
 const inChunk = 400
-
-func placeholders(start, n int) string {
-	var b strings.Builder
-	for i := range n {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteByte('$')
-		b.WriteString(strconv.Itoa(start + i))
-	}
-	return b.String()
-}
 
 func (x *Index) lockWrites() func() {
 	if x.db.Postgres() {
@@ -261,42 +250,31 @@ func (x *Index) candidates(ctx context.Context, q interface {
 		filter = ""
 	}
 	for medium, addrs := range byMedium {
-		for len(addrs) > 0 {
-			chunk := addrs[:min(len(addrs), inChunk)]
-			addrs = addrs[len(chunk):]
-			args := []any{now, medium}
-			for _, a := range chunk {
-				args = append(args, a)
+		err := sqlin.Scan(ctx, q, addrs, inChunk, []any{now, medium}, func(in string) string {
+			return `SELECT address, mxid, homeserver, pref, updated, source_id, dir, ura
+				FROM mcsd_addresses WHERE ` + filter + `(not_before = 0 OR not_before <= $1) AND (not_after = 0 OR not_after > $1)
+				AND medium = $2 AND address IN (` + in + `)`
+		}, func(rows *sql.Rows) error {
+			tp := threepid.ThreePID{Medium: medium}
+			var c candidate
+			if err := rows.Scan(&tp.Address, &c.mxid, &c.homeserver, &c.pref, &c.updated, &c.sourceID, &c.dir, &c.ura); err != nil {
+				return err
 			}
-			rows, err := q.QueryContext(ctx, `SELECT address, mxid, homeserver, pref, updated, source_id, dir, ura
-				FROM mcsd_addresses WHERE `+filter+`(not_before = 0 OR not_before <= $1) AND (not_after = 0 OR not_after > $1)
-				AND medium = $2 AND address IN (`+placeholders(3, len(chunk))+`)`, args...)
-			if err != nil {
-				return nil, fmt.Errorf("query mcsd candidates: %w", err)
+			if c.mxid != "" {
+				c.homeserver = matrixid.ServerOf(c.mxid)
 			}
-			for rows.Next() {
-				tp := threepid.ThreePID{Medium: medium}
-				var c candidate
-				if err := rows.Scan(&tp.Address, &c.mxid, &c.homeserver, &c.pref, &c.updated, &c.sourceID, &c.dir, &c.ura); err != nil {
-					rows.Close()
-					return nil, fmt.Errorf("query mcsd candidates: %w", err)
-				}
-				if c.mxid != "" {
-					c.homeserver = ServerOf(c.mxid)
-				}
-				m := byTP[tp]
-				if m == nil {
-					m = map[string]candidate{}
-					byTP[tp] = m
-				}
-				if cur, ok := m[c.provider()]; !ok || better(c, cur) {
-					m[c.provider()] = c
-				}
+			m := byTP[tp]
+			if m == nil {
+				m = map[string]candidate{}
+				byTP[tp] = m
 			}
-			rows.Close()
-			if err := rows.Err(); err != nil {
-				return nil, fmt.Errorf("query mcsd candidates: %w", err)
+			if cur, ok := m[c.provider()]; !ok || better(c, cur) {
+				m[c.provider()] = c
 			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("query mcsd candidates: %w", err)
 		}
 	}
 	out := make(map[threepid.ThreePID]resolution, len(byTP))
@@ -337,31 +315,19 @@ func (x *Index) Resolve(ctx context.Context, tps []threepid.ThreePID) (map[three
 // ResolveHashes answers v2 lookup hashes made with the pepper last given to Rehash.
 func (x *Index) ResolveHashes(ctx context.Context, hashes []string) (map[string]string, error) {
 	byTP := make(map[threepid.ThreePID][]string)
-	for len(hashes) > 0 {
-		chunk := hashes[:min(len(hashes), inChunk)]
-		hashes = hashes[len(chunk):]
-		args := make([]any, len(chunk))
-		for i, h := range chunk {
-			args[i] = h
+	err := sqlin.Scan(ctx, x.db, hashes, inChunk, nil, func(in string) string {
+		return `SELECT DISTINCT hash, medium, address FROM mcsd_hashes WHERE hash IN (` + in + `)`
+	}, func(rows *sql.Rows) error {
+		var h string
+		var tp threepid.ThreePID
+		if err := rows.Scan(&h, &tp.Medium, &tp.Address); err != nil {
+			return err
 		}
-		rows, err := x.db.QueryContext(ctx, `SELECT DISTINCT hash, medium, address FROM mcsd_hashes
-			WHERE hash IN (`+placeholders(1, len(chunk))+`)`, args...)
-		if err != nil {
-			return nil, fmt.Errorf("lookup mcsd hashes: %w", err)
-		}
-		for rows.Next() {
-			var h string
-			var tp threepid.ThreePID
-			if err := rows.Scan(&h, &tp.Medium, &tp.Address); err != nil {
-				rows.Close()
-				return nil, fmt.Errorf("lookup mcsd hashes: %w", err)
-			}
-			byTP[tp] = append(byTP[tp], h)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return nil, fmt.Errorf("lookup mcsd hashes: %w", err)
-		}
+		byTP[tp] = append(byTP[tp], h)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("lookup mcsd hashes: %w", err)
 	}
 	out := make(map[string]string)
 	if len(byTP) == 0 {
@@ -472,7 +438,7 @@ func fillHashes(ctx context.Context, tx *sql.Tx, dir, pepper string) error {
 				if n > 0 {
 					q.WriteByte(',')
 				}
-				fmt.Fprintf(&q, "(%s)", placeholders(len(vals)+1, 4))
+				fmt.Fprintf(&q, "(%s)", sqlin.Placeholders(len(vals)+1, 4))
 				vals = append(vals, k.dir, h, k.medium, k.address)
 				n++
 			}
@@ -621,17 +587,10 @@ func (x *Index) Status(ctx context.Context) ([]DirectoryStatus, error) {
 }
 
 func (x *Index) scanEach(ctx context.Context, q string, args []any, fn func(*sql.Rows) error) error {
-	rows, err := x.db.QueryContext(ctx, q, args...)
-	if err != nil {
+	if err := sqlin.Each(ctx, x.db, q, args, fn); err != nil {
 		return fmt.Errorf("mcsd status: %w", err)
 	}
-	defer rows.Close()
-	for rows.Next() {
-		if err := fn(rows); err != nil {
-			return fmt.Errorf("mcsd status: %w", err)
-		}
-	}
-	return rows.Err()
+	return nil
 }
 
 func fromMS(v int64) time.Time {

@@ -1,6 +1,8 @@
 package mcsd
 
 import (
+	"github.com/ozo-platform/ozo-identity/internal/sqlin"
+
 	"context"
 	"database/sql"
 	"fmt"
@@ -75,7 +77,7 @@ func (x *Index) updatePlacements(ctx context.Context, hooks placementHooks) (int
 		}
 		cur := make(map[string]placement)
 		if err := x.scanEach(ctx, `SELECT uzi, homeserver, mxid, since, prev_homeserver, prev_mxid FROM mcsd_placements
-			WHERE uzi IN (`+placeholders(1, len(uzis))+`)`, args, func(r *sql.Rows) error {
+			WHERE uzi IN (`+sqlin.Placeholders(1, len(uzis))+`)`, args, func(r *sql.Rows) error {
 			var u string
 			var p placement
 			err := r.Scan(&u, &p.homeserver, &p.mxid, &p.since, &p.prevHomeserver, &p.prevMXID)
@@ -124,7 +126,7 @@ func (x *Index) updatePlacements(ctx context.Context, hooks placementHooks) (int
 					return fmt.Errorf("store placement: %w", err)
 				}
 			}
-			if _, err := tx.ExecContext(ctx, `DELETE FROM mcsd_dirty WHERE medium = 'uzi' AND address IN (`+placeholders(1, len(uzis))+`)`, args...); err != nil {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM mcsd_dirty WHERE medium = 'uzi' AND address IN (`+sqlin.Placeholders(1, len(uzis))+`)`, args...); err != nil {
 				return fmt.Errorf("clear changed 3pids: %w", err)
 			}
 			return nil

@@ -1,6 +1,8 @@
 package sqlstore
 
 import (
+	"github.com/ozo-platform/ozo-identity/internal/sqlin"
+
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -497,17 +499,6 @@ func (s *Store) ListBindings(ctx context.Context, medium, after string, limit in
 // inChunk bounds the parameters per statement: larger IN lists cost more per address on SQLite.
 const inChunk = 100
 
-func placeholders(start, n int) string {
-	var b strings.Builder
-	for i := range n {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		fmt.Fprintf(&b, "$%d", start+i)
-	}
-	return b.String()
-}
-
 const lookupHashesQuery = `SELECT h.hash, b.mxid FROM binding_hashes h
 	JOIN bindings b ON b.medium = h.medium AND b.address = h.address WHERE h.hash `
 
@@ -535,37 +526,25 @@ func (s *Store) LookupHashes(ctx context.Context, hashes []string) (map[string]s
 
 // queryHashes runs query (ending in "WHERE hash ") for hashes in batches, adding hash → MXID to out.
 func (s *Store) queryHashes(ctx context.Context, query, suffix string, hashes []string, out map[string]string) error {
-	for len(hashes) > 0 {
-		var rows *sql.Rows
-		var err error
-		if s.db.Engine == Postgres {
-			// One round trip with an array parameter, whatever the batch size.
-			rows, err = s.db.QueryContext(ctx, query+`= ANY($1)`+suffix, hashes)
-			hashes = nil
-		} else {
-			chunk := hashes[:min(len(hashes), inChunk)]
-			hashes = hashes[len(chunk):]
-			args := make([]any, len(chunk))
-			for i, h := range chunk {
-				args[i] = h
-			}
-			rows, err = s.db.QueryContext(ctx, query+`IN (`+placeholders(1, len(chunk))+`)`+suffix, args...)
+	scan := func(rows *sql.Rows) error {
+		var h, mxid string
+		if err := rows.Scan(&h, &mxid); err != nil {
+			return err
 		}
-		if err != nil {
-			return fmt.Errorf("lookup hashes: %w", err)
+		out[h] = mxid
+		return nil
+	}
+	var err error
+	if s.db.Engine == Postgres {
+		// One round trip with an array parameter, whatever the batch size.
+		if len(hashes) > 0 {
+			err = sqlin.Each(ctx, s.db, query+`= ANY($1)`+suffix, []any{hashes}, scan)
 		}
-		for rows.Next() {
-			var h, mxid string
-			if err := rows.Scan(&h, &mxid); err != nil {
-				rows.Close()
-				return fmt.Errorf("lookup hashes: %w", err)
-			}
-			out[h] = mxid
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("lookup hashes: %w", err)
-		}
+	} else {
+		err = sqlin.Scan(ctx, s.db, hashes, inChunk, nil, func(in string) string { return query + `IN (` + in + `)` + suffix }, scan)
+	}
+	if err != nil {
+		return fmt.Errorf("lookup hashes: %w", err)
 	}
 	return nil
 }
