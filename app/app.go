@@ -49,6 +49,19 @@ type App struct {
 	adminSync  *adminSync
 }
 
+// OpenDatabase opens and migrates the database, for commands that need it without the service.
+func OpenDatabase(ctx context.Context, cfg config.Config, log *slog.Logger) (*sqlstore.DB, error) {
+	db, err := sqlstore.Open(ctx, cfg.Database.URL, cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	if err := db.Migrate(ctx, log); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
 // New opens and migrates the database and builds every component. Nothing listens yet.
 func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*App, error) {
 	db, err := sqlstore.Open(ctx, cfg.Database.URL, cfg.DataDir)
