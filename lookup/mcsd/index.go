@@ -27,10 +27,6 @@ var ErrNotFound = errors.New("mcsd: not found")
 type Index struct {
 	db  Store
 	now func() time.Time
-	// wmu queues this index's writers in-process on SQLite, which has one writer at a time, so
-	// that many directories syncing at once wait for each other here rather than in SQLite's
-	// busy handler, whose timeout would fail them.
-	wmu sync.Mutex
 
 	smu   sync.Mutex
 	stmts map[string]*sql.Stmt // statements run for every directory, parsed once
@@ -60,7 +56,7 @@ func (x *Index) analyzeIfStale(ctx context.Context) error {
 	if x.written.Load() < analyzeEvery {
 		return nil // another worker just did it
 	}
-	defer x.lockWrites()() // SQLite writes its statistics into a table
+	defer x.db.WriteLock()() // SQLite writes its statistics into a table
 	for _, t := range []string{"mcsd_resources", "mcsd_refs", "mcsd_identifiers", "mcsd_role_uzis", "mcsd_addresses", "mcsd_hashes"} {
 		if _, err := x.db.ExecContext(ctx, `ANALYZE `+t); err != nil {
 			return fmt.Errorf("analyze %s: %w", t, err)
@@ -107,54 +103,14 @@ func directoryID(baseURL string) string {
 // inChunk bounds the parameters of one statement well below both engines' limits.
 const inChunk = 400
 
-func (x *Index) lockWrites() func() {
-	if x.db.Postgres() {
-		return func() {}
-	}
-	x.wmu.Lock()
-	return x.wmu.Unlock
-}
-
 // exec runs one write statement.
 func (x *Index) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
-	if !x.db.Postgres() {
-		defer x.lockWrites()()
-		return x.db.ExecContext(ctx, q, args...)
-	}
-	var res sql.Result
-	err := x.tx(ctx, func(tx *sql.Tx) error {
-		var err error
-		res, err = tx.ExecContext(ctx, q, args...)
-		return err
-	})
-	return res, err
+	return x.db.ExecWrite(ctx, q, args...)
 }
 
-// tx runs fn in a transaction. On PostgreSQL the commit does not wait for the WAL to reach disk:
-// the index can always be fetched again, and because commits are lost only as a suffix, a stored
-// watermark is never ahead of the resources it covers.
+// tx runs fn in a write transaction of the store.
 func (x *Index) tx(ctx context.Context, fn func(*sql.Tx) error) error {
-	defer x.lockWrites()()
-	tx, err := x.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("begin: %w", err)
-	}
-	if x.db.Postgres() {
-		// Custom plans too: the tables grow from empty during a first sync, and a generic plan
-		// made while they were small would keep scanning them whole.
-		if _, err := tx.ExecContext(ctx, `SELECT set_config('synchronous_commit', 'off', true), set_config('plan_cache_mode', 'force_custom_plan', true)`); err != nil {
-			tx.Rollback()
-			return fmt.Errorf("begin: %w", err)
-		}
-	}
-	if err := fn(tx); err != nil {
-		tx.Rollback()
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	return nil
+	return x.db.WriteTx(ctx, fn)
 }
 
 // candidate is one way mCSD says a 3PID reaches a Matrix user or homeserver.
@@ -352,14 +308,7 @@ func (x *Index) ResolveHashes(ctx context.Context, hashes []string) (map[string]
 // lockPepper reads the pepper and holds it for the transaction: Rehash takes it exclusively, so
 // hashes written by a directory's derivation are always made with the pepper that is current.
 func (x *Index) lockPepper(ctx context.Context, tx *sql.Tx, exclusive bool) (string, error) {
-	q := `SELECT value FROM mcsd_state WHERE name = 'pepper'`
-	if x.db.Postgres() {
-		if exclusive {
-			q += ` FOR UPDATE`
-		} else {
-			q += ` FOR SHARE`
-		}
-	}
+	q := `SELECT value FROM mcsd_state WHERE name = 'pepper'` + x.db.RowLock(exclusive)
 	var pepper string
 	if err := tx.QueryRowContext(ctx, q).Scan(&pepper); err != nil {
 		return "", fmt.Errorf("read pepper: %w", err)

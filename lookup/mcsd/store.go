@@ -17,9 +17,19 @@ type Store interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 	PrepareContext(ctx context.Context, query string) (*sql.Stmt, error)
-	BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error)
-	// Postgres reports PostgreSQL; otherwise it is SQLite, with one writer at a time.
-	Postgres() bool
+	// WriteLock queues this process's writers where the engine has one writer at a time
+	// (SQLite), so that many directories syncing at once wait here rather than in the engine's
+	// busy handler, whose timeout would fail them; it returns the unlock.
+	WriteLock() (unlock func())
+	// ExecWrite runs one write statement under WriteLock.
+	ExecWrite(ctx context.Context, query string, args ...any) (sql.Result, error)
+	// WriteTx runs fn in a transaction under WriteLock. The index can always be fetched again,
+	// so the commit need not wait for the disk (commits are lost only as a suffix, so a stored
+	// watermark is never ahead of the resources it covers).
+	WriteTx(ctx context.Context, fn func(*sql.Tx) error) error
+	// RowLock is the clause that makes a SELECT in a WriteTx hold its rows for the transaction,
+	// shared or exclusive; empty where the write transaction excludes the others anyway.
+	RowLock(exclusive bool) string
 	Leaser
 }
 

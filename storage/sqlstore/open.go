@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // PostgreSQL driver "pgx"
 	"github.com/pressly/goose/v3"
@@ -34,10 +35,9 @@ const (
 type DB struct {
 	*sql.DB
 	Engine Engine
+	// wmu queues this process's writers to the mCSD index on SQLite (WriteLock).
+	wmu sync.Mutex
 }
-
-// Postgres reports whether db is PostgreSQL (mcsd.Store).
-func (db *DB) Postgres() bool { return db.Engine == Postgres }
 
 var _ mcsd.Store = (*DB)(nil)
 

@@ -56,9 +56,20 @@ func isUniqueViolation(err error) bool {
 
 // tx runs fn in a transaction, committing when fn returns nil.
 func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+	return inTx(ctx, s.db.DB, "", fn)
+}
+
+// inTx runs setup (unless empty), then fn in a transaction of db, committing when fn returns nil.
+func inTx(ctx context.Context, db *sql.DB, setup string, fn func(*sql.Tx) error) error {
+	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
+	}
+	if setup != "" {
+		if _, err := tx.ExecContext(ctx, setup); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("begin: %w", err)
+		}
 	}
 	if err := fn(tx); err != nil {
 		tx.Rollback()
