@@ -10,19 +10,18 @@ import (
 	"time"
 
 	"github.com/ozo-platform/ozo-identity/sso"
-	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // SSOStore keeps the validation sessions SSO logins complete.
 type SSOStore interface {
 	// CreateSSOSession stores sess (validated, its ThreePID the first of tps) with every 3PID
-	// the login proved and the user who started it; storage.ErrAlreadyExists when the client
+	// the login proved and the user who started it; ErrAlreadyExists when the client
 	// secret already has a session for that first 3PID.
-	CreateSSOSession(ctx context.Context, sess storage.Session, userID, idp string, tps []storage.ThreePID) error
+	CreateSSOSession(ctx context.Context, sess Session, userID, idp string, tps []threepid.ThreePID) error
 	// SSOSession returns the starting user and proven 3PIDs of an SSO session, the session's own
-	// 3PID first; storage.ErrNotFound for any other session.
-	SSOSession(ctx context.Context, sid string) (userID string, tps []storage.ThreePID, err error)
+	// 3PID first; ErrNotFound for any other session.
+	SSOSession(ctx context.Context, sid string) (userID string, tps []threepid.ThreePID, err error)
 }
 
 // SSOOptions are the tunables of SSO logins.
@@ -195,7 +194,7 @@ type SSOResult struct {
 	SID       string
 	NextLink  string
 	IdP       sso.IdP
-	ThreePIDs []storage.ThreePID
+	ThreePIDs []threepid.ThreePID
 	// Refused names what the IdP asserted but may not prove (an untrusted IdP's UZI number).
 	Refused     []string
 	DisplayName string
@@ -306,7 +305,7 @@ func (s *SSO) complete(ctx context.Context, idp sso.IdP, f sso.Flow, id sso.Iden
 		return s.fail(idp.ID, SSORefused, errors.New("the connector returned no subject for this IdP"))
 	}
 	claims, refused := idp.Proven(id)
-	var tps []storage.ThreePID
+	var tps []threepid.ThreePID
 	for _, c := range claims {
 		tp, err := threepid.Normalize(c.Medium, c.Address)
 		if err != nil {
@@ -321,10 +320,10 @@ func (s *SSO) complete(ctx context.Context, idp sso.IdP, f sso.Flow, id sso.Iden
 		return s.fail(idp.ID, SSONothing, fmt.Errorf("no usable idp 3PID (%v)", refused))
 	}
 	now := s.svc.now()
-	sess := storage.Session{SID: f.SID, ClientSecret: f.ClientSecret, ThreePID: tps[0], NextLink: f.NextLink,
+	sess := Session{SID: f.SID, ClientSecret: f.ClientSecret, ThreePID: tps[0], NextLink: f.NextLink,
 		CreatedAt: now, ValidatedAt: now}
 	if err := s.store.CreateSSOSession(ctx, sess, f.UserID, idp.ID, tps); err != nil {
-		if errors.Is(err, storage.ErrAlreadyExists) {
+		if errors.Is(err, ErrAlreadyExists) {
 			return s.fail(idp.ID, SSOExpired, errors.New("this client secret already validated this identity; start again with a new one"))
 		}
 		return s.fail(idp.ID, SSOInternal, err)
@@ -336,7 +335,7 @@ func (s *SSO) complete(ctx context.Context, idp sso.IdP, f sso.Flow, id sso.Iden
 }
 
 // describeThreePIDs names media only for the log: addresses are personal data.
-func describeThreePIDs(tps []storage.ThreePID) []string {
+func describeThreePIDs(tps []threepid.ThreePID) []string {
 	out := make([]string, len(tps))
 	for i, tp := range tps {
 		out[i] = tp.Medium
@@ -345,12 +344,12 @@ func describeThreePIDs(tps []storage.ThreePID) []string {
 }
 
 // ssoThreePIDs returns the 3PIDs and starting user of an SSO session, or ok=false for any other session.
-func (s *Service) ssoThreePIDs(ctx context.Context, sid string) (userID string, tps []storage.ThreePID, ok bool, err error) {
+func (s *Service) ssoThreePIDs(ctx context.Context, sid string) (userID string, tps []threepid.ThreePID, ok bool, err error) {
 	if s.ssoStore == nil {
 		return "", nil, false, nil
 	}
 	userID, tps, err = s.ssoStore.SSOSession(ctx, sid)
-	if errors.Is(err, storage.ErrNotFound) {
+	if errors.Is(err, ErrNotFound) {
 		return "", nil, false, nil
 	}
 	if err != nil {
@@ -361,7 +360,7 @@ func (s *Service) ssoThreePIDs(ctx context.Context, sid string) (userID string, 
 
 // ValidatedThreePIDs returns a validated session and every 3PID it validated (one, unless an
 // SSO login proved several).
-func (s *Service) ValidatedThreePIDs(ctx context.Context, sid, clientSecret string) (storage.Session, []storage.ThreePID, error) {
+func (s *Service) ValidatedThreePIDs(ctx context.Context, sid, clientSecret string) (Session, []threepid.ThreePID, error) {
 	sess, err := s.Validated(ctx, sid, clientSecret)
 	if err != nil {
 		return sess, nil, err
@@ -371,7 +370,7 @@ func (s *Service) ValidatedThreePIDs(ctx context.Context, sid, clientSecret stri
 		return sess, nil, err
 	}
 	if !ok {
-		tps = []storage.ThreePID{sess.ThreePID}
+		tps = []threepid.ThreePID{sess.ThreePID}
 	}
 	return sess, tps, nil
 }

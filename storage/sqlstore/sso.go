@@ -7,12 +7,13 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/ozo-platform/ozo-identity/storage"
+	"github.com/ozo-platform/ozo-identity/identity"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // CreateSSOSession stores a validation session an SSO login completed: its row (with its first
 // 3PID, validated), every 3PID it proved and the user who started it, all or nothing.
-func (s *Store) CreateSSOSession(ctx context.Context, sess storage.Session, userID, idp string, tps []storage.ThreePID) error {
+func (s *Store) CreateSSOSession(ctx context.Context, sess identity.Session, userID, idp string, tps []threepid.ThreePID) error {
 	if len(tps) == 0 || tps[0] != sess.ThreePID {
 		return errors.New("create sso session: the session's 3PID must be the first proven one")
 	}
@@ -31,7 +32,7 @@ func (s *Store) CreateSSOSession(ctx context.Context, sess storage.Session, user
 			sess.SID, sess.ClientSecret, sess.ThreePID.Medium, sess.ThreePID.Address, 0,
 			sess.NextLink, ms(sess.CreatedAt), ms(sess.ValidatedAt), 0, 0)
 		if isUniqueViolation(err) {
-			return storage.ErrAlreadyExists
+			return identity.ErrAlreadyExists
 		}
 		if err != nil {
 			return fmt.Errorf("create sso session: %w", err)
@@ -51,20 +52,20 @@ func (s *Store) CreateSSOSession(ctx context.Context, sess storage.Session, user
 }
 
 // SSOSession returns who started an SSO session and the 3PIDs it proved (the session's own
-// first); storage.ErrNotFound when sid is no SSO session.
-func (s *Store) SSOSession(ctx context.Context, sid string) (string, []storage.ThreePID, error) {
+// first); identity.ErrNotFound when sid is no SSO session.
+func (s *Store) SSOSession(ctx context.Context, sid string) (string, []threepid.ThreePID, error) {
 	var userID string
 	err := s.db.QueryRowContext(ctx, `SELECT user_id FROM sso_sessions WHERE sid = $1`, sid).Scan(&userID)
 	if errors.Is(err, sql.ErrNoRows) {
-		return "", nil, storage.ErrNotFound
+		return "", nil, identity.ErrNotFound
 	}
 	if err != nil {
 		return "", nil, fmt.Errorf("sso session: %w", err)
 	}
-	var first storage.ThreePID
+	var first threepid.ThreePID
 	if err := s.db.QueryRowContext(ctx, `SELECT medium, address FROM validation_sessions WHERE sid = $1`, sid).
 		Scan(&first.Medium, &first.Address); errors.Is(err, sql.ErrNoRows) {
-		return "", nil, storage.ErrNotFound
+		return "", nil, identity.ErrNotFound
 	} else if err != nil {
 		return "", nil, fmt.Errorf("sso session: %w", err)
 	}
@@ -73,9 +74,9 @@ func (s *Store) SSOSession(ctx context.Context, sid string) (string, []storage.T
 		return "", nil, fmt.Errorf("sso session 3PIDs: %w", err)
 	}
 	defer rows.Close()
-	tps := []storage.ThreePID{first}
+	tps := []threepid.ThreePID{first}
 	for rows.Next() {
-		var tp storage.ThreePID
+		var tp threepid.ThreePID
 		if err := rows.Scan(&tp.Medium, &tp.Address); err != nil {
 			return "", nil, fmt.Errorf("sso session 3PIDs: %w", err)
 		}
