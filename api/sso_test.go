@@ -449,6 +449,17 @@ func TestSSOHostile(t *testing.T) {
 			wantPage(t, do(t, malloryBrowser, http.MethodGet, r.Str(t, "redirect_url"), nil), http.StatusOK, mallory.MXID)
 			// The login page a second time, in Alice's browser: refused.
 			wantPage(t, do(t, aliceBrowser, http.MethodGet, r.Str(t, "redirect_url"), nil), http.StatusBadRequest, "andere browser")
+			// Choosing from another browser (its own CSRF token, the handle learnt): refused, and
+			// the login stays usable for the browser that claimed it.
+			own := h.Post(t, "/_ozo/v1/validate/sso/start", alice.Token, map[string]any{"client_secret": apitest.Secret()}).
+				Want(t, http.StatusOK, "")
+			tok := csrfInput.FindSubmatch(do(t, aliceBrowser, http.MethodGet, own.Str(t, "redirect_url"), nil).Body)
+			if tok == nil {
+				t.Fatal("no CSRF token for the second browser")
+			}
+			lu, _ := url.Parse(r.Str(t, "redirect_url"))
+			wantPage(t, do(t, aliceBrowser, http.MethodPost, h.URL+web.SSOLoginPath, url.Values{"csrf_token": {string(tok[1])},
+				"login": {lu.Query().Get("login")}, "idp": {"dezi"}}), http.StatusBadRequest, "andere browser")
 			redirect := w.choose(t, malloryBrowser, r.Str(t, "redirect_url"), mallory, "dezi")
 			// Once chosen, the login page is used up.
 			wantPage(t, do(t, aliceBrowser, http.MethodGet, r.Str(t, "redirect_url"), nil), http.StatusBadRequest, "verlopen of al gebruikt")

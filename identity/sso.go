@@ -141,10 +141,15 @@ func (s *SSO) Begin(ctx context.Context, handle, idpID, browser string) (string,
 		return fail(SSOExpired, errors.New("no such pending login"))
 	case err != nil:
 		return fail(SSOInternal, err)
-	case p.Browser == "" || p.Browser != browserHash(browser):
+	case p.Browser == "" || p.Browser != browserHash(browser) || p.IdP != "" && p.IdP != idp.ID:
+		// Put back: a stranger who learnt the handle must not end the practitioner's login.
+		if err := s.state.PutFlow(ctx, p); err != nil {
+			s.log.Warn("sso: put back a pending login", "err", err)
+		}
+		if p.IdP != "" && p.IdP != idp.ID {
+			return fail(SSORefused, fmt.Errorf("the client chose %s", p.IdP))
+		}
 		return fail(SSOOtherBrowser, errors.New("the login page was opened in another browser"))
-	case p.IdP != "" && p.IdP != idp.ID:
-		return fail(SSORefused, fmt.Errorf("the client chose %s", p.IdP))
 	}
 	f := p
 	f.State, f.IdP, f.Nonce, f.PKCEVerifier = randomToken(24), idp.ID, randomToken(24), randomToken(32)
