@@ -14,6 +14,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/ozo-platform/ozo-identity/identity"
+	"github.com/ozo-platform/ozo-identity/ozoaccount"
 	"github.com/ozo-platform/ozo-identity/storage"
 )
 
@@ -42,6 +43,9 @@ type Config struct {
 	DirectorySync DirectorySyncer
 	// SubmitPage renders GET submitToken results; nil uses the built-in page.
 	SubmitPage *SubmitPage
+	// Accounts serves OZO accounts (/_ozo/v1/accounts, /_ozo/admin/v1/accounts and
+	// /_ozo/admin/v1/fhir); nil leaves them out.
+	Accounts *ozoaccount.Service
 }
 
 // Server routes HTTP requests to the identity service.
@@ -77,6 +81,9 @@ func New(svc *identity.Service, hs Homeservers, cfg Config, metrics *Metrics, lo
 	r.Route("/_ozo/admin/v1", s.routesAdmin)
 	if cfg.Directory != nil {
 		r.Route("/_ozo/v1/directory", s.routesDirectory)
+	}
+	if cfg.Accounts != nil {
+		r.Route("/_ozo/v1/accounts", s.routesAccounts)
 	}
 	s.router = r
 	return s

@@ -26,6 +26,7 @@ import (
 	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/lookup"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
+	"github.com/ozo-platform/ozo-identity/ozoaccount"
 	"github.com/ozo-platform/ozo-identity/ratelimit"
 	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
@@ -43,7 +44,9 @@ type App struct {
 	Index   *mcsd.Index
 	workers sync.WaitGroup
 	Syncer  *mcsd.Syncer
-	log     *slog.Logger
+	// Accounts are the OZO accounts of family caregivers and patients.
+	Accounts *ozoaccount.Service
+	log      *slog.Logger
 
 	syncerOpts mcsd.Options // what Syncer was built with, for NewSyncer
 	adminSync  *adminSync
@@ -151,6 +154,10 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		links = append(links, lookup.Optional(p.name, p.peer, log.With("component", "peer")))
 	}
 	svc.SetResolver(lookup.Chain(links...))
+	accounts, err := ozoAccounts(cfg, db, mailer, svc, log.With("component", "ozoaccount"))
+	if err != nil {
+		return nil, err
+	}
 	var page *api.SubmitPage
 	if cfg.Validation.SubmitPage != "" {
 		if page, err = api.LoadSubmitPage(cfg.Validation.SubmitPage); err != nil {
@@ -221,9 +228,10 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		Directory:     index,
 		DirectorySync: dirSync,
 		SubmitPage:    page,
+		Accounts:      accounts,
 	}, metrics, log.With("component", "api"))
 	a := &App{Config: cfg, DB: db, Store: store, Service: svc, API: srv, Metrics: metrics, HS: hs,
-		Index: index, Syncer: syncer, syncerOpts: syncerOpts, adminSync: admSync, log: log}
+		Index: index, Syncer: syncer, Accounts: accounts, syncerOpts: syncerOpts, adminSync: admSync, log: log}
 	admSync.app = a
 	return a, nil
 }
@@ -422,6 +430,7 @@ func (a *App) Serve(ctx context.Context, ln net.Listener, tlsConfig *tls.Config)
 	err := srv.Shutdown(shutdown)
 	// Let an onbind attempt or directory sync in flight finish writing its outcome (they stop with ctx).
 	a.workers.Wait()
+	a.Accounts.Wait() // reset mails being sent
 	return err
 }
 

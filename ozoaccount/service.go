@@ -61,6 +61,8 @@ var (
 	// ErrEnrolmentRequired: the password was right but the second factor was reset.
 	ErrEnrolmentRequired = errors.New("set up your second factor first: follow the link in the mail you were sent")
 	ErrEmailInUse        = errors.New("another account has this email address")
+	// ErrMailNotSent: the account was stored, but its mail could not be sent.
+	ErrMailNotSent = errors.New("the mail could not be sent")
 )
 
 // LockedError says logins for this email are refused until Until.
@@ -348,7 +350,8 @@ func (s *Service) sendActivation(ctx context.Context, a Account, reenrol bool) e
 		vars["reenrol"] = "1"
 	}
 	if err := s.mailer.Send(ctx, MailInvite, a.Email, vars); err != nil {
-		return fmt.Errorf("send invitation: %w", err)
+		s.log.WarnContext(ctx, "ozo account: invitation not sent", "account", a.ID, "err", err)
+		return ErrMailNotSent
 	}
 	s.audit(ctx, "invitation_sent", "account", a.ID, "reenrol", reenrol)
 	return nil

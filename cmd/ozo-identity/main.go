@@ -4,6 +4,7 @@
 //	ozo-identity migrate          [--config FILE] [--data-dir DIR]
 //	ozo-identity directory sync   [--config FILE] [--data-dir DIR] [--force] [--wait] [--allow-mass-delete] [--full [URA|URL|lrza …]]
 //	ozo-identity directory status [--config FILE] [--data-dir DIR] [--json]
+//	ozo-identity admin account    create|list|show|disable|enable|delete|reset-2fa|resend …
 package main
 
 import (
@@ -44,6 +45,8 @@ commands:
                      is kept). One sync of a database at a time: while another runs (serve's
                      schedule, a replica, another CLI) it exits non-zero, or waits with --wait
   directory status   show every known directory: last success, errors, backoff, watermarks, counts
+  admin account      provision OZO accounts of family caregivers and patients:
+                     create|list|show|disable|enable|delete|reset-2fa|resend (see admin account -h)
 
 flags:
   --config FILE    YAML configuration (every key also settable as OZO_<KEY>, e.g. OZO_DATABASE_URL)
@@ -70,6 +73,17 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 		return nil
 	}
 	cmd, rest := args[0], args[1:]
+	if cmd == "admin" {
+		if len(rest) == 0 || rest[0] != "account" {
+			fmt.Fprint(stderr, usage)
+			return fmt.Errorf("admin: unknown or missing subcommand (want account)")
+		}
+		if len(rest) > 1 && (rest[1] == "-h" || rest[1] == "--help") {
+			fmt.Fprint(stderr, accountUsage)
+			return nil
+		}
+		return adminAccount(ctx, rest[1:], env, stdout, stderr)
+	}
 	switch cmd {
 	case "serve", "migrate":
 	case "directory":
