@@ -705,6 +705,20 @@ func (s *Service) sendReset(ctx context.Context, address string) error {
 		s.audit(ctx, "reset_requested", "account", a.ID, "status", a.Status)
 		return nil
 	}
+	// Anyone may ask for a reset of any address: bound the mails one mailbox gets.
+	l, err := s.store.RecordFailure(ctx, resetKey(a.Email), s.now(), time.Hour, func(n int) time.Duration {
+		if n >= maxResetMailsPerHour {
+			return time.Hour
+		}
+		return 0
+	})
+	if err != nil {
+		return err
+	}
+	if l.Failures > maxResetMailsPerHour {
+		s.audit(ctx, "reset_mail_limited", "account", a.ID)
+		return nil
+	}
 	// Only the newest link works.
 	if err := s.store.DeleteTokens(ctx, a.ID, PurposeReset); err != nil {
 		return err
@@ -722,6 +736,12 @@ func (s *Service) sendReset(ctx context.Context, address string) error {
 	s.audit(ctx, "reset_requested", "account", a.ID)
 	return nil
 }
+
+// maxResetMailsPerHour bounds the reset mails to one address.
+const maxResetMailsPerHour = 3
+
+// resetKey counts the reset mails of an address in the failure counter table.
+func resetKey(address string) string { return lockKey("reset:" + address) }
 
 // CheckReset reports whether a reset link can still be used.
 func (s *Service) CheckReset(ctx context.Context, token string) error {

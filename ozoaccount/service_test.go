@@ -402,6 +402,15 @@ func TestPasswordReset(t *testing.T) {
 		if err := f.svc.ResetPassword(ctx, tok, "yet another passphrase"); !errors.Is(err, ozoaccount.ErrLinkExpired) {
 			t.Fatalf("expired reset link: %v", err)
 		}
+		// Anyone can ask for resets of any address: at most three mails an hour reach it.
+		before := len(f.smtp.To("els@example.nl"))
+		for range 5 {
+			f.svc.RequestReset(ctx, "els@example.nl")
+			f.svc.Wait()
+		}
+		if n := len(f.smtp.To("els@example.nl")) - before; n != 3 {
+			t.Fatalf("%d reset mails in an hour, want 3", n)
+		}
 	})
 }
 
