@@ -2,6 +2,7 @@ package ozoaccount
 
 import (
 	"context"
+	"crypto/cipher"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base32"
@@ -109,6 +110,8 @@ type Options struct {
 	MinPasswordLength  int
 	Lockout            LockoutPolicy
 	Matrix             MatrixConfig
+	// SecretKey (32 bytes) encrypts TOTP secrets in the store; empty keeps them readable.
+	SecretKey []byte
 }
 
 // Result of a complete login.
@@ -129,6 +132,7 @@ type Service struct {
 	log    *slog.Logger
 	now    func() time.Time
 	dummy  string // a password hash to verify against for unknown emails
+	aead   cipher.AEAD
 
 	background sync.WaitGroup
 }
@@ -163,7 +167,11 @@ func New(store Store, mailer Mailer, hs Homeserver, binder Binder, opts Options,
 	if err != nil {
 		return nil, err
 	}
-	return &Service{store: store, mailer: mailer, hs: hs, binder: binder, opts: opts, log: log, now: time.Now, dummy: dummy}, nil
+	aead, err := newAEAD(opts.SecretKey)
+	if err != nil {
+		return nil, err
+	}
+	return &Service{store: store, mailer: mailer, hs: hs, binder: binder, opts: opts, log: log, now: time.Now, dummy: dummy, aead: aead}, nil
 }
 
 // SetClock replaces the clock, for tests of expiry.
@@ -446,7 +454,11 @@ func (s *Service) BeginActivation(ctx context.Context, token, password string) (
 	if err != nil {
 		return Enrolment{}, err
 	}
-	a.PasswordHash, a.TOTPPending, a.UpdatedAt = hash, enrol.Secret, s.now().UTC()
+	sealed, err := s.sealSecret(enrol.Secret)
+	if err != nil {
+		return Enrolment{}, err
+	}
+	a.PasswordHash, a.TOTPPending, a.UpdatedAt = hash, sealed, s.now().UTC()
 	if err := s.store.UpdateAccount(ctx, a); err != nil {
 		return Enrolment{}, err
 	}
@@ -463,7 +475,11 @@ func (s *Service) PendingEnrolment(ctx context.Context, token string) (Enrolment
 	if a.TOTPPending == "" {
 		return Enrolment{}, fmt.Errorf("%w: set a password first", ErrInvalid)
 	}
-	return enrolmentFor(s.opts.Issuer, a.Email, a.TOTPPending)
+	secret, err := s.openSecret(a.TOTPPending)
+	if err != nil {
+		return Enrolment{}, err
+	}
+	return enrolmentFor(s.opts.Issuer, a.Email, secret)
 }
 
 // CompleteActivation confirms the enrolment with a first code, uses up the link, activates the
@@ -477,7 +493,11 @@ func (s *Service) CompleteActivation(ctx context.Context, token, code string) ([
 	if a.TOTPPending == "" || a.PasswordHash == "" {
 		return nil, Account{}, fmt.Errorf("%w: set a password first", ErrInvalid)
 	}
-	step, ok := matchTOTP(a.TOTPPending, code, s.now())
+	pending, err := s.openSecret(a.TOTPPending)
+	if err != nil {
+		return nil, Account{}, err
+	}
+	step, ok := matchTOTP(pending, code, s.now())
 	if !ok {
 		s.audit(ctx, "activation_wrong_code", "account", a.ID)
 		return nil, Account{}, ErrWrongCode
@@ -640,7 +660,11 @@ func (s *Service) SecondFactor(ctx context.Context, ticket, code, recoveryCode s
 			s.audit(ctx, "recovery_code_used", "account", a.ID)
 		}
 	default:
-		if step, ok := matchTOTP(a.TOTPSecret, code, s.now()); ok {
+		var secret string
+		if secret, err = s.openSecret(a.TOTPSecret); err != nil {
+			return LoginResult{}, err
+		}
+		if step, ok := matchTOTP(secret, code, s.now()); ok {
 			// Refused when this or a later step was accepted before: a code works once.
 			accepted, err = s.store.UseTOTPStep(ctx, a.ID, step)
 			if !accepted && err == nil {

@@ -71,6 +71,7 @@ func newFixtureWith(t *testing.T, engine sqlstore.Engine, lockout ozoaccount.Loc
 	svc, err := ozoaccount.New(store, mailer, nil, nil, ozoaccount.Options{
 		PublicBaseURL: "https://id.ozo.example.nl",
 		Lockout:       lockout,
+		SecretKey:     bytes.Repeat([]byte{7}, 32),
 	}, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatal(err)
@@ -189,6 +190,10 @@ func TestActivationAndLogin(t *testing.T) {
 			if strings.Contains(dump.String(), c) || strings.Contains(dump.String(), strings.ReplaceAll(c, "-", "")) {
 				t.Fatalf("recovery code %s stored in clear", c)
 			}
+		}
+		// The TOTP secret is stored sealed, not as the authenticator app got it.
+		if stored := mustAccount(t, f, "els@example.nl"); stored.TOTPSecret == "" || strings.Contains(stored.TOTPSecret, enrol.Secret) {
+			t.Fatalf("TOTP secret stored in clear: %q", stored.TOTPSecret)
 		}
 		// The link works once.
 		if _, err := f.svc.BeginActivation(ctx, tok, password); !errors.Is(err, ozoaccount.ErrLinkUsed) {
