@@ -31,7 +31,7 @@ func relatedPerson(id, email, given, family string, extra string) string {
 }`, id, testBSN, family, given, email, extra)
 }
 
-var accountLinkRE = regexp.MustCompile(`https://[^\s"'<>]+/_ozo/v1/accounts/(activate|reset)\?token=([A-Za-z0-9_%-]+)`)
+var accountLinkRE = regexp.MustCompile(`https://[^\s"'<>]+/_ozo/web/account/(activate|reset)\?token=([A-Za-z0-9_%-]+)`)
 
 func mailedAccountToken(t *testing.T, h *apitest.Harness, rcpt string, n int, kind string) string {
 	t.Helper()

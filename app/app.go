@@ -20,6 +20,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ozo-platform/ozo-identity/api"
+	"github.com/ozo-platform/ozo-identity/api/web"
 	"github.com/ozo-platform/ozo-identity/config"
 	"github.com/ozo-platform/ozo-identity/email"
 	"github.com/ozo-platform/ozo-identity/homeserver"
@@ -54,7 +55,7 @@ type App struct {
 
 // New opens and migrates the database and builds every component. Nothing listens yet.
 func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*App, error) {
-	db, err := sqlstore.Open(ctx, cfg.Database.URL, cfg.DataDir)
+	db, err := sqlstore.OpenPool(ctx, cfg.Database.URL, cfg.DataDir, DBPool(cfg.Database))
 	if err != nil {
 		return nil, err
 	}
@@ -64,6 +65,12 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*App, error)
 		return nil, err
 	}
 	return a, nil
+}
+
+// DBPool is the connection pool the database section asks for.
+func DBPool(d config.Database) sqlstore.Pool {
+	return sqlstore.Pool{MaxOpenConns: d.MaxOpenConns, MaxIdleConns: d.MaxIdleConns,
+		ConnMaxIdleTime: d.ConnMaxIdleTime, SQLiteMmapBytes: d.SQLiteMmapBytes}
 }
 
 func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Logger) (*App, error) {
@@ -154,15 +161,20 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		links = append(links, lookup.Optional(p.name, p.peer, log.With("component", "peer")))
 	}
 	svc.SetResolver(lookup.Chain(links...))
-	accounts, err := ozoAccounts(cfg, db, mailer, svc, log.With("component", "ozoaccount"))
+	// Page cookies are sealed under a key derived from the signing key, which replicas share.
+	webKey, err := signer.Secret("web pages")
+	if err != nil {
+		return nil, fmt.Errorf("derive page key: %w", err)
+	}
+	accounts, err := ozoAccounts(cfg, db, mailer, svc, signer, log.With("component", "ozoaccount"))
 	if err != nil {
 		return nil, err
 	}
-	var page *api.SubmitPage
-	if cfg.Validation.SubmitPage != "" {
-		if page, err = api.LoadSubmitPage(cfg.Validation.SubmitPage); err != nil {
-			return nil, err
-		}
+	pages, err := web.New(web.Config{Key: webKey, SubmitTemplate: cfg.Validation.SubmitPage, Tokens: svc,
+		Accounts: accounts, ClientURLs: cfg.OZOAccounts.ClientURLs, MinPasswordLength: cfg.OZOAccounts.MinPasswordLength,
+		Log: log.With("component", "web")})
+	if err != nil {
+		return nil, err
 	}
 	v1Nets, _ := config.ParsePrefixes(cfg.V1.Networks)
 	proxies, _ := config.ParsePrefixes(cfg.HTTP.TrustedProxies)
@@ -227,7 +239,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 			PerClient: cfg.RateLimits.PerClient, AdminFailuresPerClient: cfg.RateLimits.AdminFailuresPerClient},
 		Directory:     index,
 		DirectorySync: dirSync,
-		SubmitPage:    page,
+		Pages:         pages,
 		Accounts:      accounts,
 	}, metrics, log.With("component", "api"))
 	a := &App{Config: cfg, DB: db, Store: store, Service: svc, API: srv, Metrics: metrics, HS: hs,

@@ -16,8 +16,14 @@ import (
 
 // ozoAccounts builds the OZO account service. Without ozo_accounts.homeserver.client_url the
 // accounts get no Matrix user (and no email binding).
-func ozoAccounts(cfg config.Config, db *sqlstore.DB, mailer ozoaccount.Mailer, svc *identity.Service, log *slog.Logger) (*ozoaccount.Service, error) {
+func ozoAccounts(cfg config.Config, db *sqlstore.DB, mailer ozoaccount.Mailer, svc *identity.Service, signer *identity.Signer, log *slog.Logger) (*ozoaccount.Service, error) {
 	oc := cfg.OZOAccounts
+	// TOTP secrets are sealed under a key derived from the signing key, which replicas share.
+	// Replacing the signing key (signing_key_file) therefore means every account enrols again.
+	secretKey, err := signer.Secret("ozo account totp")
+	if err != nil {
+		return nil, fmt.Errorf("derive totp key: %w", err)
+	}
 	var hs ozoaccount.Homeserver
 	var binder ozoaccount.Binder
 	if oc.Homeserver.ClientURL != "" {
@@ -40,7 +46,8 @@ func ozoAccounts(cfg config.Config, db *sqlstore.DB, mailer ozoaccount.Mailer, s
 		MinPasswordLength:  oc.MinPasswordLength,
 		Lockout: ozoaccount.LockoutPolicy{Free: oc.Lockout.FreeAttempts, Base: oc.Lockout.BaseDelay,
 			Max: oc.Lockout.MaxDelay, Window: oc.Lockout.Window},
-		Matrix: ozoaccount.MatrixConfig{ServerName: oc.Homeserver.ServerName, UserPrefix: oc.Homeserver.UserPrefix},
+		Matrix:    ozoaccount.MatrixConfig{ServerName: oc.Homeserver.ServerName, UserPrefix: oc.Homeserver.UserPrefix},
+		SecretKey: secretKey,
 	}, log)
 }
 

@@ -66,7 +66,11 @@ type OZOAccounts struct {
 	// LoginTicketLifetime is how long a right password waits for the second factor.
 	LoginTicketLifetime time.Duration `yaml:"login_ticket_lifetime"`
 	// Issuer names the account in authenticator apps.
-	Issuer     string        `yaml:"issuer"`
+	Issuer string `yaml:"issuer"`
+	// ClientURLs are the OZO app's pages that may receive the Matrix access token after a login
+	// on the login page (?redirect_uri=, in the URL fragment); exact URLs, https (http only on
+	// loopback).
+	ClientURLs []string      `yaml:"client_urls"`
 	Lockout    LoginLockout  `yaml:"lockout"`
 	Homeserver OZOHomeserver `yaml:"homeserver"`
 }
@@ -167,6 +171,15 @@ type RateLimits struct {
 type Database struct {
 	// URL is a postgres:// URL; empty means the SQLite file in the data directory.
 	URL string `yaml:"url"`
+	// MaxOpenConns bounds the connection pool; 0 means the engine's default (PostgreSQL 20,
+	// SQLite 2×GOMAXPROCS+2).
+	MaxOpenConns int `yaml:"max_open_conns"`
+	// MaxIdleConns is how many connections stay open between requests; 0 means max_open_conns.
+	MaxIdleConns int `yaml:"max_idle_conns"`
+	// ConnMaxIdleTime closes connections idle for this long.
+	ConnMaxIdleTime time.Duration `yaml:"conn_max_idle_time"`
+	// SQLiteMmapBytes is how much of the SQLite file is memory-mapped (shared OS page cache).
+	SQLiteMmapBytes int64 `yaml:"sqlite_mmap_bytes"`
 }
 
 type HTTP struct {
@@ -283,6 +296,7 @@ func Defaults() Config {
 		LogFormat:     "text",
 		HTTP:          HTTP{MaxBodyBytes: 64 << 10, CORSOrigins: []string{"*"}},
 		Lookup:        Lookup{MaxBatch: 10000},
+		Database:      Database{ConnMaxIdleTime: 5 * time.Minute, SQLiteMmapBytes: 256 << 20},
 		Validation: Validation{
 			SessionLifetime:    24 * time.Hour,
 			TokenLifetime:      24 * time.Hour,
@@ -651,6 +665,12 @@ func (c *Config) Validate() error {
 	if c.Lookup.MaxBatch <= 0 {
 		errs = append(errs, errors.New("lookup.max_batch must be positive"))
 	}
+	if c.Database.MaxOpenConns < 0 || c.Database.MaxIdleConns < 0 || c.Database.ConnMaxIdleTime < 0 || c.Database.SQLiteMmapBytes < 0 {
+		errs = append(errs, errors.New("database pool settings must not be negative"))
+	}
+	if c.Database.MaxOpenConns > 0 && c.Database.MaxIdleConns > c.Database.MaxOpenConns {
+		errs = append(errs, errors.New("database.max_idle_conns must not exceed database.max_open_conns"))
+	}
 	if c.HTTP.MaxBodyBytes <= 0 {
 		errs = append(errs, errors.New("http.max_body_bytes must be positive"))
 	}
@@ -689,6 +709,17 @@ func (o OZOAccounts) validate() []error {
 	l := o.Lockout
 	if l.FreeAttempts < 1 || l.BaseDelay <= 0 || l.MaxDelay < l.BaseDelay || l.Window <= 0 {
 		errs = append(errs, errors.New("ozo_accounts.lockout needs free_attempts ≥ 1, base_delay > 0, max_delay ≥ base_delay and window > 0"))
+	}
+	for _, u := range o.ClientURLs {
+		pu, err := url.Parse(u)
+		var loopback bool
+		if err == nil {
+			a, aerr := netip.ParseAddr(pu.Hostname())
+			loopback = pu.Hostname() == "localhost" || aerr == nil && a.IsLoopback()
+		}
+		if err != nil || pu.Host == "" || pu.Fragment != "" || !(pu.Scheme == "https" || pu.Scheme == "http" && loopback) {
+			errs = append(errs, fmt.Errorf("ozo_accounts.client_urls: %q must be an absolute https URL without fragment (http only on loopback)", u))
+		}
 	}
 	if h := o.Homeserver; h.ClientURL != "" {
 		if pu, err := url.Parse(h.ClientURL); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" {

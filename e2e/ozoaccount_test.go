@@ -53,7 +53,7 @@ func StartOZOStack(t *testing.T, engine sqlstore.Engine) *OZOStack {
 	return &OZOStack{IS: is, Fed: fed, HS1: fed.Homeservers[0], HS2: hs2, ASToken: as.ASToken}
 }
 
-var activationLinkRE = regexp.MustCompile(`https://[^\s"'<>]+/_ozo/v1/accounts/activate\?token=([A-Za-z0-9_%-]+)`)
+var activationLinkRE = regexp.MustCompile(`https://[^\s"'<>]+/_ozo/web/account/activate\?token=([A-Za-z0-9_%-]+)`)
 
 // ActivationLink returns the activation link of the n-th mail to addr.
 func (s *OZOStack) ActivationLink(t testing.TB, addr string, n int) string {

@@ -122,6 +122,14 @@ type LoginResult struct {
 	DeviceID    string
 }
 
+// HomeServer is the server name of the Matrix user.
+func (r LoginResult) HomeServer() string {
+	if i := strings.IndexByte(r.UserID, ':'); i >= 0 {
+		return r.UserID[i+1:]
+	}
+	return ""
+}
+
 // Service implements OZO accounts.
 type Service struct {
 	store  Store
@@ -337,8 +345,8 @@ func (s *Service) link(path, token string) string {
 
 // Paths of the pages the mailed links open.
 const (
-	ActivatePath = "/_ozo/v1/accounts/activate"
-	ResetPath    = "/_ozo/v1/accounts/reset"
+	ActivatePath = "/_ozo/web/account/activate"
+	ResetPath    = "/_ozo/web/account/reset"
 )
 
 func (s *Service) sendActivation(ctx context.Context, a Account, reenrol bool) error {

@@ -88,7 +88,7 @@ func forEngines(t *testing.T, fn func(t *testing.T, f *fixture)) {
 	}
 }
 
-var linkRE = regexp.MustCompile(`https://id\.ozo\.example\.nl(/_ozo/v1/accounts/[a-z]+)\?token=([A-Za-z0-9_%-]+)`)
+var linkRE = regexp.MustCompile(`https://id\.ozo\.example\.nl(/_ozo/web/account/[a-z]+)\?token=([A-Za-z0-9_%-]+)`)
 
 // mailedToken returns the token of the n-th mail to rcpt, checking the link's path.
 func (f *fixture) mailedToken(t *testing.T, rcpt string, n int, path string) string {

@@ -43,7 +43,7 @@ func TestAdminAccountCLI(t *testing.T) {
 				t.Fatalf("create printed %q (%v)", out, err)
 			}
 			msg := sink.Wait(t, "els@example.nl", 1, 10*time.Second)
-			if !strings.Contains(msg.Text, "https://id.ozo.example.nl/_ozo/v1/accounts/activate?token=") {
+			if !strings.Contains(msg.Text, "https://id.ozo.example.nl/_ozo/web/account/activate?token=") {
 				t.Fatalf("invitation without activation link:\n%s", msg.Text)
 			}
 			if _, err := cli("create", "--email", "x@example.nl", "--kind", "uncle"); err == nil {

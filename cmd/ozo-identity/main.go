@@ -5,6 +5,7 @@
 //	ozo-identity directory sync   [--config FILE] [--data-dir DIR] [--force] [--wait] [--allow-mass-delete] [--full [URA|URL|lrza …]]
 //	ozo-identity directory status [--config FILE] [--data-dir DIR] [--json]
 //	ozo-identity admin account    create|list|show|disable|enable|delete|reset-2fa|resend …
+//	ozo-identity admin bindings import FILE [--config FILE] [--data-dir DIR] [--format ndjson|csv] [--strict] [--batch N] [--restart]
 package main
 
 import (
@@ -47,6 +48,12 @@ commands:
   directory status   show every known directory: last success, errors, backoff, watermarks, counts
   admin account      provision OZO accounts of family caregivers and patients:
                      create|list|show|disable|enable|delete|reset-2fa|resend (see admin account -h)
+  admin bindings import FILE
+                     bind the 3PIDs of FILE: NDJSON ({"medium","address","mxid"} per line) or CSV
+                     with a header medium,address,mxid; transactions of --batch lines, a later
+                     MXID for a bound 3PID wins as in a bind, the same MXID is left unchanged;
+                     invalid lines are listed and skipped; progress is kept in FILE.import-state
+                     so an interrupted import resumes where it stopped
 
 flags:
   --config FILE    YAML configuration (every key also settable as OZO_<KEY>, e.g. OZO_DATABASE_URL)
@@ -60,6 +67,10 @@ flags:
   --allow-mass-delete  directory sync: apply deletions even when they remove more than
                    directory.max_delete_share of a directory's resources at once
   --json           directory status: print JSON instead of tables
+  --format F       admin bindings import: ndjson or csv (default: by extension, then content)
+  --strict         admin bindings import: stop at the first invalid line (lines before it are kept)
+  --batch N        admin bindings import: lines per transaction (default 5000, at most 50000)
+  --restart        admin bindings import: ignore FILE.import-state and start at the first line
 `
 
 // run is main without the process: args without the program name, env as os.Environ gives it.
@@ -73,11 +84,7 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 		return nil
 	}
 	cmd, rest := args[0], args[1:]
-	if cmd == "admin" {
-		if len(rest) == 0 || rest[0] != "account" {
-			fmt.Fprint(stderr, usage)
-			return fmt.Errorf("admin: unknown or missing subcommand (want account)")
-		}
+	if cmd == "admin" && len(rest) > 0 && rest[0] == "account" {
 		if len(rest) > 1 && (rest[1] == "-h" || rest[1] == "--help") {
 			fmt.Fprint(stderr, accountUsage)
 			return nil
@@ -96,6 +103,12 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 			return fmt.Errorf("directory: unknown subcommand %q (want sync or status)", rest[0])
 		}
 		cmd, rest = cmd+" "+rest[0], rest[1:]
+	case "admin":
+		if len(rest) < 2 || rest[0] != "bindings" || rest[1] != "import" {
+			fmt.Fprint(stderr, usage)
+			return fmt.Errorf("admin: unknown subcommand (want: admin bindings import FILE, or admin account …)")
+		}
+		cmd, rest = "admin bindings import", rest[2:]
 	default:
 		fmt.Fprint(stderr, usage)
 		return fmt.Errorf("unknown command %q", cmd)
@@ -106,6 +119,7 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 	dataDir := fs.String("data-dir", "", "data directory")
 	var listen *string
 	var force, wait, full, allowMassDelete, asJSON *bool
+	var imp importOptions
 	switch cmd {
 	case "serve", "migrate":
 		listen = fs.String("listen", "", "listen address")
@@ -116,9 +130,24 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 		allowMassDelete = fs.Bool("allow-mass-delete", false, "apply deletions the mass-delete guard would stop")
 	case "directory status":
 		asJSON = fs.Bool("json", false, "print JSON")
+	case "admin bindings import":
+		fs.StringVar(&imp.format, "format", "", "ndjson or csv")
+		fs.BoolVar(&imp.strict, "strict", false, "stop at the first invalid line")
+		fs.IntVar(&imp.batch, "batch", 5000, "lines per transaction")
+		fs.BoolVar(&imp.restart, "restart", false, "ignore the recorded progress")
+		// FILE may come before the flags.
+		if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+			imp.file, rest = rest[0], rest[1:]
+		}
 	}
 	if err := fs.Parse(rest); err != nil {
 		return err
+	}
+	if cmd == "admin bindings import" && imp.file == "" && fs.NArg() > 0 {
+		imp.file = fs.Arg(0)
+		if err := fs.Parse(fs.Args()[1:]); err != nil {
+			return err
+		}
 	}
 	var only []string
 	if fs.NArg() > 0 {
@@ -133,6 +162,14 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 				return fmt.Errorf("%s: %q is neither a URA (8 digits), a directory base URL nor \"lrza\"", cmd, sel)
 			}
 			only = append(only, sel)
+		}
+	}
+	if cmd == "admin bindings import" {
+		if imp.file == "" {
+			return fmt.Errorf("admin bindings import: missing FILE")
+		}
+		if imp.batch < 1 || imp.batch > 50000 {
+			return fmt.Errorf("admin bindings import: --batch must be 1-50000")
 		}
 	}
 	cfg, err := config.Load(*configFile, env)
@@ -150,7 +187,7 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 	case "serve":
 		return serve(ctx, cfg, log)
 	case "migrate":
-		db, err := sqlstore.Open(ctx, cfg.Database.URL, cfg.DataDir)
+		db, err := sqlstore.OpenPool(ctx, cfg.Database.URL, cfg.DataDir, app.DBPool(cfg.Database))
 		if err != nil {
 			return err
 		}
@@ -163,6 +200,8 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 	case "directory sync":
 		return directorySync(ctx, cfg, syncFlags{force: *force, wait: *wait, full: *full, only: only,
 			allowMassDelete: *allowMassDelete}, stdout, stderr)
+	case "admin bindings import":
+		return importBindings(ctx, cfg, imp, stdout, stderr)
 	default: // "directory status"
 		return directoryStatus(ctx, cfg, *asJSON, stdout, log)
 	}
