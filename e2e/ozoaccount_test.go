@@ -32,8 +32,9 @@ type OZOStack struct {
 }
 
 // StartOZOStack starts the identity server (database engine) and two homeservers, hs2 with
-// ozo-identity's application service registered.
-func StartOZOStack(t *testing.T, engine sqlstore.Engine) *OZOStack {
+// ozo-identity's application service registered; configure, if any, changes the identity
+// server's configuration.
+func StartOZOStack(t *testing.T, engine sqlstore.Engine, configure ...func(*config.Config)) *OZOStack {
 	t.Helper()
 	ca := pkitest.NewCA(t)
 	dbURL := dbtest.URL(t, engine)
@@ -49,6 +50,9 @@ func StartOZOStack(t *testing.T, engine sqlstore.Engine) *OZOStack {
 	is := StartIdentityServer(t, ca, ISOptions{Listener: ln, DatabaseURL: dbURL, Configure: func(c *config.Config) {
 		c.OZOAccounts.Homeserver = config.OZOHomeserver{ClientURL: hs2.ClientURL, ServerName: hs2.ServerName,
 			ASToken: as.ASToken, UserPrefix: as.UserPrefix}
+		for _, fn := range configure {
+			fn(c)
+		}
 	}})
 	return &OZOStack{IS: is, Fed: fed, HS1: fed.Homeservers[0], HS2: hs2, ASToken: as.ASToken}
 }

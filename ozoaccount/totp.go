@@ -8,6 +8,8 @@ import (
 	"encoding/base32"
 	"encoding/hex"
 	"fmt"
+	"image"
+	"image/draw"
 	"image/png"
 	"strings"
 	"time"
@@ -52,10 +54,14 @@ func enrolmentFor(issuer, accountName, secret string) (Enrolment, error) {
 }
 
 func enrolmentOf(key *otp.Key) (Enrolment, error) {
-	img, err := key.Image(256, 256)
+	code, err := key.Image(224, 224)
 	if err != nil {
 		return Enrolment{}, fmt.Errorf("totp qr code: %w", err)
 	}
+	// Scanners need a white quiet zone around the code, which the library leaves out.
+	img := image.NewGray(image.Rect(0, 0, 256, 256))
+	draw.Draw(img, img.Bounds(), image.White, image.Point{}, draw.Src)
+	draw.Draw(img, code.Bounds().Add(image.Pt(16, 16)), code, code.Bounds().Min, draw.Src)
 	var buf bytes.Buffer
 	if err := png.Encode(&buf, img); err != nil {
 		return Enrolment{}, fmt.Errorf("totp qr code: %w", err)
