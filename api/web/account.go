@@ -67,8 +67,8 @@ type accountData struct {
 	RecoveryCodes []string
 	UserID        string
 	ClientLink    string // the client with the Matrix token in the fragment
-	Sent          bool // forgot: the (possible) mail is on its way
-	Done          bool // reset: the new password is set
+	Sent          bool   // forgot: the (possible) mail is on its way
+	Done          bool   // reset: the new password is set
 	MinLength     int
 	RetryMinutes  int
 }

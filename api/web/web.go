@@ -41,7 +41,7 @@ type Config struct {
 	ClientURLs []string
 	// MinPasswordLength is shown on the password forms.
 	MinPasswordLength int
-	Log    *slog.Logger
+	Log               *slog.Logger
 }
 
 // Handler renders pages and serves their static files and form targets.
