@@ -143,6 +143,10 @@ func runOZOAccountMatrix(t *testing.T, engine sqlstore.Engine) {
 	if err != nil || who.UserID != mxid {
 		t.Fatalf("whoami with the handed-over token: %v %v", who, err)
 	}
+	// Practitioners see the platform's name for the caregiver, not the generated localpart.
+	if prof, err := alice.GetProfile(ctx, mxid); err != nil || prof.DisplayName != "Els de Vries" {
+		t.Fatalf("caregiver's profile seen from hs1: %+v %v", prof, err)
+	}
 
 	// Alice's invite, waiting for the email, reached the caregiver; they join, Alice sees it.
 	ev := waitInvite(t, cli, room.RoomID)
@@ -186,6 +190,19 @@ func runOZOAccountMatrix(t *testing.T, engine sqlstore.Engine) {
 	cli2 := loginOZO(t, s, addr, password, map[string]any{"recovery_code": done["recovery_codes"].([]any)[0]})
 	if who, err := cli2.Whoami(ctx); err != nil || who.UserID != mxid {
 		t.Fatalf("whoami after enabling: %v %v", who, err)
+	}
+	// Delete: logged out, unbound, and the account's personal data gone.
+	if st, r := s.IS.raw(t, nil, http.MethodDelete, "/_ozo/admin/v1/accounts/"+id, "Bearer "+s.IS.AdminToken, "", ""); st != http.StatusOK {
+		t.Fatalf("delete: %d %v", st, r)
+	}
+	if _, err := cli2.Whoami(wctx); err == nil {
+		t.Fatal("the Matrix token still works after the account was deleted")
+	}
+	if st, lk := s.IS.v1Lookup(t, nil, "email", addr); st != http.StatusOK || len(lk) != 0 {
+		t.Fatalf("lookup of %s after deleting: %d %v, want nothing", addr, st, lk)
+	}
+	if _, err := s.IS.App.Accounts.Get(ctx, id); err == nil {
+		t.Fatal("the deleted account is still stored")
 	}
 }
 

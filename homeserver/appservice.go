@@ -48,6 +48,16 @@ func (a *AppService) Register(ctx context.Context, localpart string) (string, er
 	return userID, nil
 }
 
+// SetDisplayName sets the user's display name, the application service acting as the user.
+func (a *AppService) SetDisplayName(ctx context.Context, userID, name string) error {
+	err := a.do(ctx, http.MethodPut, "/_matrix/client/v3/profile/"+url.PathEscape(userID)+"/displayname",
+		url.Values{"user_id": {userID}}, map[string]any{"displayname": name}, nil)
+	if err != nil {
+		return fmt.Errorf("set display name of %s: %w", userID, err)
+	}
+	return nil
+}
+
 // Login returns a new access token of userID (a new device).
 func (a *AppService) Login(ctx context.Context, userID string) (string, string, error) {
 	var resp struct {
@@ -78,6 +88,10 @@ func (a *AppService) LogoutAll(ctx context.Context, userID string) error {
 }
 
 func (a *AppService) call(ctx context.Context, path string, query url.Values, body, out any) error {
+	return a.do(ctx, http.MethodPost, path, query, body, out)
+}
+
+func (a *AppService) do(ctx context.Context, method, path string, query url.Values, body, out any) error {
 	b, err := json.Marshal(body)
 	if err != nil {
 		return err
@@ -88,7 +102,7 @@ func (a *AppService) call(ctx context.Context, path string, query url.Values, bo
 	}
 	ctx, cancel := context.WithTimeout(ctx, DefaultTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(b))
+	req, err := http.NewRequestWithContext(ctx, method, u, bytes.NewReader(b))
 	if err != nil {
 		return err
 	}

@@ -40,6 +40,8 @@ type Homeserver interface {
 	Login(ctx context.Context, userID string) (accessToken, deviceID string, err error)
 	// LogoutAll ends every session of the user.
 	LogoutAll(ctx context.Context, userID string) error
+	// SetDisplayName sets the name other people see in rooms.
+	SetDisplayName(ctx context.Context, userID, name string) error
 }
 
 // Binder binds and unbinds the account's email in the identity service, so that invites waiting
@@ -307,7 +309,7 @@ func (s *Service) Provision(ctx context.Context, req ProvisionRequest) (Account,
 }
 
 func (s *Service) update(ctx context.Context, a Account, req ProvisionRequest, now time.Time) (Account, bool, error) {
-	oldEmail := a.Email
+	oldEmail, oldName := a.Email, a.DisplayName
 	a.Email, a.DisplayName, a.Language, a.UpdatedAt = req.Email, req.DisplayName, req.Language, now
 	if err := s.store.UpdateAccount(ctx, a); errors.Is(err, ErrAlreadyExists) {
 		return Account{}, false, ErrEmailInUse
@@ -315,6 +317,11 @@ func (s *Service) update(ctx context.Context, a Account, req ProvisionRequest, n
 		return Account{}, false, err
 	}
 	s.audit(ctx, "updated", "account", a.ID, "fhir_ref", a.FHIRRef, "email_changed", oldEmail != a.Email)
+	if s.hs != nil && a.MXID != "" && a.DisplayName != oldName && a.DisplayName != "" && a.Status == StatusActive {
+		if err := s.hs.SetDisplayName(ctx, a.MXID, a.DisplayName); err != nil {
+			s.log.WarnContext(ctx, "ozo account: display name not updated", "account", a.ID, "err", err)
+		}
+	}
 	if oldEmail == a.Email {
 		return a, false, nil
 	}
@@ -558,6 +565,12 @@ func (s *Service) ensureMatrix(ctx context.Context, a Account) (Account, error) 
 			return a, err
 		}
 		s.audit(ctx, "matrix_user_created", "account", a.ID, "mxid", mxid)
+		// Practitioners see the name from the platform's record, not the generated localpart.
+		if a.DisplayName != "" {
+			if err := s.hs.SetDisplayName(ctx, a.MXID, a.DisplayName); err != nil {
+				s.log.WarnContext(ctx, "ozo account: display name not set", "account", a.ID, "err", err)
+			}
+		}
 	}
 	if s.binder != nil {
 		if err := s.binder.BindEmail(ctx, a.Email, a.MXID); err != nil {
