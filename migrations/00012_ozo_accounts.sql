@@ -20,7 +20,8 @@ CREATE TABLE ozo_accounts (
     updated_at     BIGINT NOT NULL,
     activated_at   BIGINT NOT NULL DEFAULT 0
 );
-CREATE INDEX ozo_accounts_fhir_ref ON ozo_accounts (fhir_ref);
+-- One account per platform resource, even when two provisioning calls race.
+CREATE UNIQUE INDEX ozo_accounts_fhir_ref ON ozo_accounts (fhir_ref) WHERE fhir_ref <> '';
 
 -- Single-use recovery codes, SHA-256 hashed (they are random, so no slow hash is needed).
 CREATE TABLE ozo_account_recovery_codes (

@@ -289,7 +289,10 @@ func (s *Service) Provision(ctx context.Context, req ProvisionRequest) (Account,
 			return Account{}, false, err
 		}
 	}
-	if _, err := s.store.GetAccountByEmail(ctx, req.Email); err == nil {
+	if existing, err := s.store.GetAccountByEmail(ctx, req.Email); err == nil {
+		if req.FHIRRef != "" && existing.FHIRRef == req.FHIRRef {
+			return s.update(ctx, existing, req, now) // made by a concurrent call just now
+		}
 		return Account{}, false, ErrEmailInUse
 	} else if !errors.Is(err, ErrNotFound) {
 		return Account{}, false, err
@@ -297,6 +300,10 @@ func (s *Service) Provision(ctx context.Context, req ProvisionRequest) (Account,
 	a := Account{ID: newID(), Email: req.Email, DisplayName: req.DisplayName, Kind: req.Kind, FHIRRef: req.FHIRRef,
 		Status: StatusInvited, Language: req.Language, CreatedAt: now, UpdatedAt: now}
 	if err := s.store.CreateAccount(ctx, a); errors.Is(err, ErrAlreadyExists) {
+		// A concurrent call may have made the account of this resource first: update that one.
+		if existing, gerr := s.store.GetAccountByFHIRRef(ctx, req.FHIRRef); gerr == nil {
+			return s.update(ctx, existing, req, now)
+		}
 		return Account{}, false, ErrEmailInUse
 	} else if err != nil {
 		return Account{}, false, err

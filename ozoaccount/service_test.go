@@ -541,3 +541,37 @@ func TestDisableEnableDelete(t *testing.T) {
 		}
 	})
 }
+
+// TestConcurrentProvisioning: the platform posts the same RelatedPerson several times at once;
+// one account is made, one invitation sent, the other calls update it.
+func TestConcurrentProvisioning(t *testing.T) {
+	forEngines(t, func(t *testing.T, f *fixture) {
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		created := 0
+		for range 6 {
+			wg.Go(func() {
+				_, c, err := f.svc.Provision(t.Context(), ozoaccount.ProvisionRequest{Email: "race@example.nl", DisplayName: "Race",
+					Kind: ozoaccount.KindRelatedPerson, FHIRRef: "RelatedPerson/race"})
+				if err != nil {
+					t.Errorf("provision: %v", err)
+					return
+				}
+				if c {
+					mu.Lock()
+					created++
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		list, _ := f.store.ListAccounts(t.Context(), "", 10)
+		if created != 1 || len(list) != 1 {
+			t.Fatalf("%d calls created an account, %d accounts stored; want 1 and 1", created, len(list))
+		}
+		// Provision sends synchronously: every mail is in by now.
+		if n := len(f.smtp.To("race@example.nl")); n != 1 {
+			t.Fatalf("%d invitations, want 1", n)
+		}
+	})
+}

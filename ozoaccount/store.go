@@ -86,7 +86,8 @@ type Lockout struct {
 // Store is the durable state of OZO accounts. storage/sqlstore implements it on SQLite and
 // PostgreSQL; every implementation passes ozoaccount/storetest.
 type Store interface {
-	// CreateAccount stores a new account; ErrAlreadyExists when its ID or email is taken.
+	// CreateAccount stores a new account; ErrAlreadyExists when its ID, email or (non-empty)
+	// FHIR reference is taken.
 	CreateAccount(ctx context.Context, a Account) error
 	GetAccount(ctx context.Context, id string) (Account, error)
 	GetAccountByEmail(ctx context.Context, email string) (Account, error)

@@ -35,6 +35,18 @@ func testAccounts(t *testing.T, s ozoaccount.Store) {
 	if err := s.CreateAccount(ctx, account("a2", "els@example.nl")); !errors.Is(err, ozoaccount.ErrAlreadyExists) {
 		t.Fatalf("second account with the same email: %v, want ErrAlreadyExists", err)
 	}
+	sameRef := account("a3", "other@example.nl")
+	sameRef.FHIRRef = a.FHIRRef
+	if err := s.CreateAccount(ctx, sameRef); !errors.Is(err, ozoaccount.ErrAlreadyExists) {
+		t.Fatalf("second account of the same FHIR resource: %v, want ErrAlreadyExists", err)
+	}
+	for _, id := range []string{"n1", "n2"} { // admin-made accounts without a resource
+		noRef := account(id, id+"@example.nl")
+		noRef.FHIRRef = ""
+		if err := s.CreateAccount(ctx, noRef); err != nil {
+			t.Fatalf("account without FHIR reference: %v", err)
+		}
+	}
 	b := account("b1", "jan@example.nl")
 	b.Kind, b.FHIRRef = ozoaccount.KindPatient, "Patient/b1"
 	if err := s.CreateAccount(ctx, b); err != nil {
@@ -67,7 +79,7 @@ func testAccounts(t *testing.T, s ozoaccount.Store) {
 	if err != nil || len(list) != 1 || list[0].ID != "a1" {
 		t.Fatalf("list page 1: %+v, %v", list, err)
 	}
-	if list, _ = s.ListAccounts(ctx, "a1", 10); len(list) != 1 || list[0].ID != "b1" {
+	if list, _ = s.ListAccounts(ctx, "a1", 10); len(list) != 3 || list[0].ID != "b1" {
 		t.Fatalf("list page 2: %+v", list)
 	}
 	s.CreateToken(ctx, ozoaccount.Token{Hash: "h", AccountID: "a1", Purpose: ozoaccount.PurposeReset, CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)})
