@@ -5,10 +5,12 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/ozo-platform/ozo-identity/api/web"
 	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/ozoaccount"
 )
@@ -24,6 +26,24 @@ func (s *Server) routesAccounts(r chi.Router) {
 	r.Post("/login/second_factor", s.accountSecondFactor)
 	r.Post("/password/request_reset", s.accountRequestReset)
 	r.Post("/password/reset", s.accountReset)
+}
+
+// limitAccountPages bounds the account pages' form posts per client address, as the JSON API
+// is bounded: the per-email lockout does not stop one client trying a password on many emails.
+func (s *Server) limitAccountPages(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, web.PagePrefix+"account/") &&
+			s.cfg.RateLimits.Limiter != nil && s.cfg.RateLimits.PerClient > 0 {
+			ok, retry, err := s.cfg.RateLimits.Limiter.AllowN(r.Context(), "client:accounts:"+clientKey(s.clientAddr(r)), 1,
+				s.cfg.RateLimits.PerClient, time.Minute)
+			if err != nil || !ok {
+				w.Header().Set("Retry-After", strconv.Itoa(int(retry.Seconds())+1))
+				s.pages.Error(w, r, http.StatusTooManyRequests, "error.toomany", err)
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // writeAccountError answers an ozoaccount error as a Matrix error.

@@ -12,6 +12,7 @@ import (
 	"github.com/pquerna/otp/totp"
 
 	"github.com/ozo-platform/ozo-identity/api/apitest"
+	"github.com/ozo-platform/ozo-identity/config"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
 
@@ -275,5 +276,28 @@ func TestAccountResetAndLockoutAPI(t *testing.T) {
 		}
 		// Locked out of login: the right password, right now, still fails.
 		h.Post(t, P+"/login", "", map[string]any{"email": "bo@example.nl", "password": pw2}).Want(t, http.StatusTooManyRequests, "M_LIMIT_EXCEEDED")
+	})
+}
+
+// TestAccountLoginsLimitedPerClient: one client trying passwords on many emails (each below its
+// lockout) is stopped by the per-client budget, on the JSON API and on the login page alike.
+func TestAccountLoginsLimitedPerClient(t *testing.T) {
+	apitest.ForEachEngine(t, func(t *testing.T, engine sqlstore.Engine) {
+		h := apitest.New(t, engine, func(c *config.Config) { c.RateLimits.PerClient = 3 })
+		for i := range 3 {
+			h.Post(t, "/_ozo/v1/accounts/login", "", map[string]any{"email": fmt.Sprintf("p%d@example.nl", i), "password": "Summer2026!!"}).
+				Want(t, http.StatusForbidden, "M_FORBIDDEN")
+		}
+		h.Post(t, "/_ozo/v1/accounts/login", "", map[string]any{"email": "p9@example.nl", "password": "Summer2026!!"}).
+			Want(t, http.StatusTooManyRequests, "M_LIMIT_EXCEEDED")
+		form := url.Values{"email": {"q@example.nl"}, "password": {"Summer2026!!"}}
+		var last *apitest.Response
+		for range 4 {
+			last = h.Do(t, apitest.Request{Method: http.MethodPost, Path: "/_ozo/web/account/login", Body: form})
+		}
+		if last.Status != http.StatusTooManyRequests || !strings.Contains(last.Header.Get("Content-Type"), "text/html") ||
+			last.Header.Get("Retry-After") == "" {
+			t.Fatalf("4th page login: HTTP %d %s", last.Status, last.Header.Get("Content-Type"))
+		}
 	})
 }

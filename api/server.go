@@ -94,7 +94,7 @@ func New(svc *identity.Service, hs Homeservers, cfg Config, metrics *Metrics, lo
 	if cfg.Accounts != nil {
 		r.Route("/_ozo/v1/accounts", s.routesAccounts)
 	}
-	r.Handle(web.PagePrefix+"*", s.pages)
+	r.Handle(web.PagePrefix+"*", s.limitAccountPages(s.pages))
 	s.router = r
 	return s
 }
