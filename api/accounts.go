@@ -159,7 +159,7 @@ func (s *Server) accountSecondFactor(w http.ResponseWriter, r *http.Request) {
 	}
 	out := map[string]any{"user_id": res.UserID}
 	if res.AccessToken != "" {
-		out["access_token"], out["device_id"], out["home_server"] = res.AccessToken, res.DeviceID, identity.ServerOf(res.UserID)
+		out["access_token"], out["device_id"], out["home_server"] = res.AccessToken, res.DeviceID, res.HomeServer()
 	}
 	writeJSON(w, http.StatusOK, out)
 }

@@ -14,8 +14,8 @@ import (
 
 	"github.com/ozo-platform/ozo-identity/app"
 	"github.com/ozo-platform/ozo-identity/config"
+	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/ozoaccount"
-	"github.com/ozo-platform/ozo-identity/storage"
 )
 
 const accountUsage = `usage: ozo-identity admin account <action> [flags] [ID]
@@ -102,7 +102,7 @@ func adminAccount(ctx context.Context, args, env []string, stdout, stderr io.Wri
 		if err != nil {
 			detail = "failed"
 		}
-		if _, aerr := a.Store.AppendAudit(ctx, storage.AuditRecord{Actor: actor, Action: "admin account " + action,
+		if _, aerr := a.Store.AppendAudit(ctx, identity.AuditRecord{Actor: actor, Action: "admin account " + action,
 			Target: target, Detail: detail}); aerr != nil {
 			fmt.Fprintln(stderr, "warning: audit record not written:", aerr)
 		}
