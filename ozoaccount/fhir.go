@@ -192,7 +192,7 @@ func displayName(names []r4.HumanName) string {
 		return ""
 	}
 	if n.Text != nil && strings.TrimSpace(*n.Text) != "" {
-		return strings.TrimSpace(*n.Text)
+		return strings.Join(strings.Fields(*n.Text), " ")
 	}
 	parts := append([]string{}, n.Given...)
 	if n.Family != nil {
