@@ -17,6 +17,7 @@ import (
 	"github.com/ozo-platform/ozo-identity/api/web"
 	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/internal/matrixid"
+	"github.com/ozo-platform/ozo-identity/ozoaccount"
 )
 
 // Homeservers is what the API needs from the homeserver client.
@@ -47,6 +48,9 @@ type Config struct {
 	Pages *web.Handler
 	// SSO validates 3PIDs by logins at care providers' IdPs and Dezi; nil disables it.
 	SSO *identity.SSO
+	// Accounts serves OZO accounts (/_ozo/v1/accounts, /_ozo/admin/v1/accounts and
+	// /_ozo/admin/v1/fhir); nil leaves them out.
+	Accounts *ozoaccount.Service
 }
 
 // Server routes HTTP requests to the identity service.
@@ -93,7 +97,10 @@ func New(svc *identity.Service, hs Homeservers, cfg Config, metrics *Metrics, lo
 		r.Route("/_ozo/v1/validate/sso", s.routesSSOStart)
 		r.Route("/_ozo/v1/sso", s.routesSSO)
 	}
-	r.Handle(web.PagePrefix+"*", s.pages)
+	if cfg.Accounts != nil {
+		r.Route("/_ozo/v1/accounts", s.routesAccounts)
+	}
+	r.Handle(web.PagePrefix+"*", s.limitAccountPages(s.pages))
 	s.router = r
 	return s
 }
