@@ -5,6 +5,7 @@
 //	ozo-identity directory sync   [--config FILE] [--data-dir DIR] [--force] [--wait] [--allow-mass-delete] [--full [URA|URL|lrza …]]
 //	ozo-identity directory status [--config FILE] [--data-dir DIR] [--json]
 //	ozo-identity admin bindings import FILE [--config FILE] [--data-dir DIR] [--format ndjson|csv] [--strict] [--batch N] [--restart]
+//	ozo-identity healthcheck      [--url URL] [--timeout D]
 package main
 
 import (
@@ -51,6 +52,8 @@ commands:
                      MXID for a bound 3PID wins as in a bind, the same MXID is left unchanged;
                      invalid lines are listed and skipped; progress is kept in FILE.import-state
                      so an interrupted import resumes where it stopped
+  healthcheck        exit 0 when --url (default http://127.0.0.1:9090/readyz) answers 200;
+                     the container image's health check, which has no shell or curl
 
 flags:
   --config FILE    YAML configuration (every key also settable as OZO_<KEY>, e.g. OZO_DATABASE_URL)
@@ -82,6 +85,8 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 	}
 	cmd, rest := args[0], args[1:]
 	switch cmd {
+	case "healthcheck":
+		return healthcheck(ctx, rest, stderr)
 	case "serve", "migrate":
 	case "directory":
 		if len(rest) == 0 || strings.HasPrefix(rest[0], "-") {
