@@ -46,8 +46,9 @@ type App struct {
 	Syncer  *mcsd.Syncer
 	log     *slog.Logger
 
-	syncerOpts mcsd.Options // what Syncer was built with, for NewSyncer
-	adminSync  *adminSync
+	syncerOpts  mcsd.Options // what Syncer was built with, for NewSyncer
+	adminSync   *adminSync
+	syncMetrics *syncMetrics
 }
 
 // New opens and migrates the database and builds every component. Nothing listens yet.
@@ -132,6 +133,8 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		return nil, err
 	}
 	metrics := api.NewMetrics()
+	syncMetrics := newSyncMetrics()
+	metrics.MustRegister(syncMetrics.duration, syncMetrics.runs, newStateCollector(db, log.With("component", "metrics")))
 	svc := identity.New(store, signer, pepper, mailer, nil, identity.Options{
 		OnPepper:          index.Rehash,
 		OnBindGivenUp:     metrics.OnBindGivenUp,
@@ -234,7 +237,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		Pages:         pages,
 	}, metrics, log.With("component", "api"))
 	a := &App{Config: cfg, DB: db, Store: store, Service: svc, API: srv, Metrics: metrics, HS: hs,
-		Index: index, Syncer: syncer, syncerOpts: syncerOpts, adminSync: admSync, log: log}
+		Index: index, Syncer: syncer, syncerOpts: syncerOpts, adminSync: admSync, syncMetrics: syncMetrics, log: log}
 	admSync.app = a
 	return a, nil
 }
@@ -299,6 +302,7 @@ func (a *App) SyncDirectories(ctx context.Context) ([]mcsd.DirectoryReport, erro
 }
 
 func (a *App) logReports(reports []mcsd.DirectoryReport, err error) ([]mcsd.DirectoryReport, error) {
+	a.syncMetrics.observe(reports)
 	for _, r := range reports {
 		switch {
 		case r.Skipped != "":
