@@ -71,7 +71,7 @@ func New(svc *identity.Service, hs Homeservers, cfg Config, metrics *Metrics, lo
 		s.pages = p
 	}
 	r := chi.NewRouter()
-	r.Use(s.recoverer, s.instrument, s.cors)
+	r.Use(s.requestID, s.recoverer, s.instrument, s.cors)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		markUnmatched(r)
 		matrixError(w, http.StatusNotFound, "M_UNRECOGNIZED", "unrecognised request")

@@ -20,6 +20,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/ozo-platform/ozo-identity/api"
 	"github.com/ozo-platform/ozo-identity/app"
 	"github.com/ozo-platform/ozo-identity/config"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
@@ -221,10 +222,11 @@ func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
 		level = slog.LevelInfo
 	}
 	opts := &slog.HandlerOptions{Level: level}
+	// Records logged while serving a request carry its request_id.
 	if strings.EqualFold(cfg.LogFormat, "json") {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		return slog.New(api.NewLogHandler(slog.NewJSONHandler(w, opts)))
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(api.NewLogHandler(slog.NewTextHandler(w, opts)))
 }
 
 // validSelector accepts what --full selects directories by.
