@@ -83,6 +83,13 @@ func redisURL(t *testing.T) string {
 
 func newCluster(t *testing.T, n int, extraEnv ...string) *cluster {
 	t.Helper()
+	return newClusterVia(t, n, nil, extraEnv...)
+}
+
+// newClusterVia is newCluster with the replicas reaching PostgreSQL and Redis through via
+// (a proxy the test can cut), when set.
+func newClusterVia(t *testing.T, n int, via func(pgURL, redisURL string) (string, string), extraEnv ...string) *cluster {
+	t.Helper()
 	ca := pkitest.NewCA(t)
 	hs := apitest.NewHomeserver(t, ca)
 	mail := smtptest.Start(t)
@@ -95,9 +102,13 @@ func newCluster(t *testing.T, n int, extraEnv ...string) *cluster {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
+	pgVia, redisVia := pg, redisURL(t)
+	if via != nil {
+		pgVia, redisVia = via(pg, redisVia)
+	}
 	env := append(directoryEnv(t, dir, ""),
-		"OZO_DATABASE_URL="+pg,
-		"OZO_REDIS_URL="+redisURL(t),
+		"OZO_DATABASE_URL="+pgVia,
+		"OZO_REDIS_URL="+redisVia,
 		"OZO_REDIS_KEY_PREFIX="+fmt.Sprintf("ozo-replicas-%d-%d:", os.Getpid(), time.Now().UnixNano()),
 		"OZO_ADMIN_TOKEN="+replicaAdminToken,
 		"OZO_PUBLIC_BASE_URL=https://identity.test",
