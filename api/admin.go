@@ -13,7 +13,6 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/ozo-platform/ozo-identity/identity"
-	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
@@ -52,7 +51,7 @@ func (s *Server) adminAuth(next http.Handler) http.Handler {
 		actor := "admin"
 		client := s.clientAddr(r)
 		defer func() {
-			_, err := s.svc.Store().AppendAudit(r.Context(), storage.AuditRecord{
+			_, err := s.svc.Store().AppendAudit(r.Context(), identity.AuditRecord{
 				Actor: actor, Action: r.Method + " " + r.URL.Path, Target: rec.target,
 				Detail: fmt.Sprintf("status=%d client=%s", rec.status, client)})
 			if err != nil {
@@ -222,7 +221,7 @@ func (s *Server) adminAudit(w http.ResponseWriter, r *http.Request) {
 			prev = p[0].Hash
 		}
 	}
-	chainErr := storage.VerifyAuditChain(recs, prev)
+	chainErr := identity.VerifyAuditChain(recs, prev)
 	out := make([]map[string]any, 0, len(recs))
 	for _, rec := range recs {
 		out = append(out, map[string]any{"seq": rec.Seq, "at": rec.At.UnixMilli(), "actor": rec.Actor, "action": rec.Action,

@@ -25,10 +25,10 @@ import (
 	"github.com/ozo-platform/ozo-identity/email"
 	"github.com/ozo-platform/ozo-identity/homeserver"
 	"github.com/ozo-platform/ozo-identity/identity"
+	"github.com/ozo-platform/ozo-identity/internal/httpguard"
 	"github.com/ozo-platform/ozo-identity/lookup"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
 	"github.com/ozo-platform/ozo-identity/ratelimit"
-	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
 
@@ -49,6 +49,19 @@ type App struct {
 	syncerOpts  mcsd.Options // what Syncer was built with, for NewSyncer
 	adminSync   *adminSync
 	syncMetrics *syncMetrics
+}
+
+// OpenDatabase opens and migrates the database, for commands that need it without the service.
+func OpenDatabase(ctx context.Context, cfg config.Config, log *slog.Logger) (*sqlstore.DB, error) {
+	db, err := sqlstore.OpenPool(ctx, cfg.Database.URL, cfg.DataDir, DBPool(cfg.Database))
+	if err != nil {
+		return nil, err
+	}
+	if err := db.Migrate(ctx, log); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
 }
 
 // New opens and migrates the database and builds every component. Nothing listens yet.
@@ -135,7 +148,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	metrics := api.NewMetrics()
 	syncMetrics := newSyncMetrics()
 	metrics.MustRegister(syncMetrics.duration, syncMetrics.runs, newStateCollector(db, log.With("component", "metrics")))
-	svc := identity.New(store, signer, pepper, mailer, nil, identity.Options{
+	svc := identity.New(store, signer, pepper, mailKinds{mailer}, nil, identity.Options{
 		OnPepper:          index.Rehash,
 		OnBindGivenUp:     metrics.OnBindGivenUp,
 		PublicBaseURL:     cfg.PublicBaseURL,
@@ -149,7 +162,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 
 		WebClientLocations: cfg.Invites.WebClientLocations,
 		NextLinkHosts:      cfg.Validation.NextLinkHosts,
-		InviteLimits: storage.InviteLimits{PerThreePID: cfg.Invites.MaxPendingPerThreePID,
+		InviteLimits: identity.InviteLimits{PerThreePID: cfg.Invites.MaxPendingPerThreePID,
 			PerSender: cfg.Invites.MaxPendingPerSender},
 		MaxMailsPerSession: cfg.Validation.MaxMailsPerSession,
 		MaxMailsPerAddress: cfg.Validation.MaxMailsPerAddress,
@@ -255,7 +268,7 @@ func directory(cfg config.Config, index *mcsd.Index, log *slog.Logger) (*mcsd.Sy
 	if err != nil {
 		return nil, mcsd.Options{}, nil, fmt.Errorf("directory.ca_file: %w", err)
 	}
-	client := homeserver.NewHTTPClient(homeserver.Options{AllowedNetworks: allowed, TLSConfig: tlsCfg,
+	client := httpguard.New(httpguard.Options{AllowedNetworks: allowed, TLSConfig: tlsCfg,
 		Timeout: cfg.Directory.RequestTimeout, MaxResponseBytes: 64 << 20})
 	var static []mcsd.StaticDirectory
 	for _, d := range cfg.Directory.Directories {
@@ -270,7 +283,7 @@ func directory(cfg config.Config, index *mcsd.Index, log *slog.Logger) (*mcsd.Sy
 	var peers []namedPeer
 	for _, p := range cfg.Directory.Peers {
 		peers = append(peers, namedPeer{name: p.URL, peer: lookup.NewPeer(lookup.PeerOptions{BaseURL: p.URL, Token: p.Token,
-			Client: homeserver.NewHTTPClient(homeserver.Options{AllowedNetworks: allowed, TLSConfig: tlsCfg, Timeout: 10 * time.Second})})})
+			Client: httpguard.New(httpguard.Options{AllowedNetworks: allowed, TLSConfig: tlsCfg, Timeout: 10 * time.Second})})})
 	}
 	return syncer, opts, peers, nil
 }
@@ -442,3 +455,10 @@ func (a *App) Serve(ctx context.Context, ln net.Listener, tlsConfig *tls.Config)
 
 // Close releases the database.
 func (a *App) Close() error { return a.DB.Close() }
+
+// mailKinds lets identity name its mails without importing email.
+type mailKinds struct{ m *email.Mailer }
+
+func (k mailKinds) Send(ctx context.Context, kind identity.MailKind, to string, vars map[string]string) error {
+	return k.m.Send(ctx, email.Kind(kind), to, vars)
+}

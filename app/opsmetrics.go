@@ -59,7 +59,7 @@ func (m *syncMetrics) observe(reports []mcsd.DirectoryReport) {
 type stateCollector struct {
 	db  *sqlstore.DB
 	log *slog.Logger
-	// self matches lease holders of this process (sqlstore.NewHolder: host/pid-N/random).
+	// self matches lease holders of this process (mcsd.NewHolder: host/pid-N/random).
 	self string
 
 	depth, due, oldest, held, holder *prometheus.Desc

@@ -13,7 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
-	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore/dbtest"
 )
 
@@ -61,7 +60,7 @@ func TestStateCollector(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			l, err := db.AcquireLease(ctx, mcsd.LeaseName, sqlstore.NewHolder(), time.Minute)
+			l, err := db.AcquireLease(ctx, mcsd.LeaseName, mcsd.NewHolder(), time.Minute)
 			if err != nil {
 				t.Fatal(err)
 			}

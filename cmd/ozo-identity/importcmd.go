@@ -22,7 +22,6 @@ import (
 	"github.com/ozo-platform/ozo-identity/app"
 	"github.com/ozo-platform/ozo-identity/config"
 	"github.com/ozo-platform/ozo-identity/identity"
-	"github.com/ozo-platform/ozo-identity/storage"
 )
 
 // importOptions are the flags of "admin bindings import".
@@ -166,7 +165,7 @@ func importBindings(ctx context.Context, cfg config.Config, opts importOptions, 
 			}
 		}
 		if len(batch) > 0 {
-			if _, err := a.Store.AppendAudit(dbctx, storage.AuditRecord{Actor: "admin-cli", Action: "admin bindings import",
+			if _, err := a.Store.AppendAudit(dbctx, identity.AuditRecord{Actor: "admin-cli", Action: "admin bindings import",
 				Target: fmt.Sprintf("%s lines %d-%d", state.File, batch[0].line, batch[len(batch)-1].line),
 				Detail: fmt.Sprintf("created=%d updated=%d unchanged=%d superseded=%d invalid=%d",
 					rep.Created, rep.Updated, rep.Unchanged, rep.Superseded, len(rep.Invalid))}); err != nil {

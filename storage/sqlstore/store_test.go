@@ -3,16 +3,16 @@ package sqlstore_test
 import (
 	"testing"
 
-	"github.com/ozo-platform/ozo-identity/storage"
+	"github.com/ozo-platform/ozo-identity/identity"
+	"github.com/ozo-platform/ozo-identity/identity/identitytest"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore/dbtest"
-	"github.com/ozo-platform/ozo-identity/storage/storagetest"
 )
 
 func TestConformance(t *testing.T) {
 	for _, engine := range dbtest.Engines {
 		t.Run(string(engine), func(t *testing.T) {
-			storagetest.Run(t, func(t *testing.T) storage.Storage {
+			identitytest.Run(t, func(t *testing.T) identity.Store {
 				return sqlstore.New(dbtest.Open(t, engine))
 			})
 		})
@@ -26,19 +26,19 @@ func TestAuditChainDetectsTampering(t *testing.T) {
 			s := sqlstore.New(db)
 			ctx := t.Context()
 			for _, target := range []string{"a", "b", "c"} {
-				if _, err := s.AppendAudit(ctx, storage.AuditRecord{Actor: "admin", Action: "x", Target: target}); err != nil {
+				if _, err := s.AppendAudit(ctx, identity.AuditRecord{Actor: "admin", Action: "x", Target: target}); err != nil {
 					t.Fatal(err)
 				}
 			}
 			recs, _ := s.ListAudit(ctx, 0, 10)
-			if err := storage.VerifyAuditChain(recs, ""); err != nil {
+			if err := identity.VerifyAuditChain(recs, ""); err != nil {
 				t.Fatalf("intact chain: %v", err)
 			}
 			if _, err := db.ExecContext(ctx, `UPDATE audit_log SET target = 'z' WHERE seq = 2`); err != nil {
 				t.Fatal(err)
 			}
 			recs, _ = s.ListAudit(ctx, 0, 10)
-			if err := storage.VerifyAuditChain(recs, ""); err == nil {
+			if err := identity.VerifyAuditChain(recs, ""); err == nil {
 				t.Fatal("edited record not detected")
 			}
 		})

@@ -1,4 +1,4 @@
-package storage
+package identity
 
 import (
 	"crypto/sha256"
