@@ -138,7 +138,7 @@ func newClusterVia(t *testing.T, n int, via func(pgURL, redisURL string) (string
 			r.cmd.Process.Kill()
 			r.wait()
 			if t.Failed() {
-				t.Logf("%s log (tail):\n%s", r.name, tailString(r.log.String(), 40))
+				t.Logf("%s log, warnings and errors (tail):\n%s", r.name, tailString(problems(r.log.String()), 30))
 			}
 		})
 	}
@@ -146,6 +146,17 @@ func newClusterVia(t *testing.T, n int, via func(pgURL, redisURL string) (string
 		waitReady(t, r)
 	}
 	return c
+}
+
+// problems keeps the log lines above INFO (and any that are not JSON, such as a panic).
+func problems(log string) string {
+	var out []string
+	for _, l := range strings.Split(log, "\n") {
+		if l != "" && (!strings.HasPrefix(l, "{") || !strings.Contains(l, `"level":"INFO"`) && !strings.Contains(l, `"level":"DEBUG"`)) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 func tailString(s string, n int) string {
