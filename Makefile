@@ -4,7 +4,7 @@
 GO ?= go
 RACE_PKGS = ./storage/... ./identity/... ./homeserver/... ./email/... ./api/... ./lookup/...
 
-.PHONY: test vet dendrite jsdeps build bench bench-go bench-load fuzz
+.PHONY: test vet dendrite jsdeps build image bench bench-go bench-load fuzz
 
 # Every Fuzz* function of every package runs for FUZZTIME (their seed corpora, f.Add and
 # testdata/fuzz, already run in plain `go test`). New fuzz tests are found without listing them.
@@ -32,6 +32,13 @@ e2e/js/node_modules/.package-lock.json: e2e/js/package.json e2e/js/package-lock.
 
 build:
 	$(GO) build -o ozo-identity ./cmd/ozo-identity
+
+# The container image without a Docker daemon or network: an OCI layout in a tar file
+# (docker load -i, podman load -i, skopeo copy oci-archive:…). The Dockerfile builds the same.
+IMAGE_OUT ?= ozo-identity.tar
+IMAGE_TAG ?= ozo-identity:dev
+image:
+	$(GO) run ./cmd/ozo-image --out $(IMAGE_OUT) --tag $(IMAGE_TAG)
 
 bench: bench-go bench-load
 

@@ -15,8 +15,6 @@ import (
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
-const bodyLimitKey ctxKey = 2
-
 // bodyLimit raises the body bound of the routes it wraps (lookups of max_batch addresses);
 // every other route keeps http.max_body_bytes.
 func bodyLimit(n int64) func(http.Handler) http.Handler {

@@ -68,6 +68,10 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		matrixError(w, http.StatusUnauthorized, identity.CodeUnauthorized, "the request is not signed by the homeserver")
 	case errors.Is(err, context.Canceled):
 		matrixError(w, 499, identity.CodeUnknown, "request cancelled")
+	case storeUnreachable(err):
+		s.log.WarnContext(r.Context(), "request failed: database unreachable", "method", r.Method, "path", r.URL.Path, "err", err)
+		w.Header().Set("Retry-After", "5")
+		matrixError(w, http.StatusServiceUnavailable, identity.CodeUnknown, "the database is unreachable; try again shortly")
 	default:
 		s.log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		matrixError(w, http.StatusInternalServerError, identity.CodeUnknown, "internal server error")

@@ -19,6 +19,7 @@ type Metrics struct {
 	requests        *prometheus.CounterVec
 	duration        *prometheus.HistogramVec
 	lookupAddresses prometheus.Counter
+	lookupBatch     prometheus.Histogram
 	onBindGivenUp   *prometheus.CounterVec
 
 	mu       sync.Mutex
@@ -62,10 +63,12 @@ func NewMetrics() *Metrics {
 			Help: "HTTP request latency by route.", Buckets: prometheus.DefBuckets}, []string{"route"}),
 		lookupAddresses: prometheus.NewCounter(prometheus.CounterOpts{Name: "ozo_identity_lookup_addresses_total",
 			Help: "Addresses asked for in v2 lookups."}),
+		lookupBatch: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ozo_identity_lookup_batch_size",
+			Help: "Addresses per v2 lookup request.", Buckets: []float64{1, 2, 5, 10, 25, 50, 100, 250, 1000, 2500, 10000}}),
 		onBindGivenUp: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ozo_identity_onbind_given_up_total",
 			Help: "Onbind deliveries given up, by the homeserver's errcode (none, other, expired)."}, []string{"errcode"}),
 	}
-	m.registry.MustRegister(m.requests, m.duration, m.lookupAddresses, m.onBindGivenUp,
+	m.registry.MustRegister(m.requests, m.duration, m.lookupAddresses, m.lookupBatch, m.onBindGivenUp,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -89,8 +92,6 @@ func (s *Server) instrument(next http.Handler) http.Handler {
 		s.metrics.duration.WithLabelValues(route).Observe(since(start))
 	})
 }
-
-const unmatchedKey ctxKey = 2
 
 // markUnmatched tells instrument that no route served r (chi's pattern would name the mount point).
 func markUnmatched(r *http.Request) {

@@ -77,7 +77,7 @@ func New(svc *identity.Service, hs Homeservers, cfg Config, metrics *Metrics, lo
 		s.pages = p
 	}
 	r := chi.NewRouter()
-	r.Use(s.recoverer, s.instrument, s.cors)
+	r.Use(s.requestID, s.recoverer, s.instrument, s.cors)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		markUnmatched(r)
 		matrixError(w, http.StatusNotFound, "M_UNRECOGNIZED", "unrecognised request")
@@ -228,7 +228,13 @@ func inAny(a netip.Addr, nets []netip.Prefix) bool {
 
 type ctxKey int
 
-const accountKey ctxKey = 0
+// The request context keys of this package, in one place so that no two share a value.
+const (
+	accountKey ctxKey = iota
+	recorderKey
+	bodyLimitKey
+	unmatchedKey
+)
 
 // bearerToken reads the access token from the Authorization header or the deprecated query parameter.
 func bearerToken(r *http.Request) string {

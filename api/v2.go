@@ -160,6 +160,7 @@ func (s *Server) lookup(w http.ResponseWriter, r *http.Request) {
 	}
 	if s.metrics != nil {
 		s.metrics.lookupAddresses.Add(float64(len(req.Addresses)))
+		s.metrics.lookupBatch.Observe(float64(len(req.Addresses)))
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"mappings": mappings})
 }

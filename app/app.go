@@ -49,8 +49,9 @@ type App struct {
 	Accounts *ozoaccount.Service
 	log      *slog.Logger
 
-	syncerOpts mcsd.Options // what Syncer was built with, for NewSyncer
-	adminSync  *adminSync
+	syncerOpts  mcsd.Options // what Syncer was built with, for NewSyncer
+	adminSync   *adminSync
+	syncMetrics *syncMetrics
 }
 
 // OpenDatabase opens and migrates the database, for commands that need it without the service.
@@ -148,6 +149,8 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		return nil, err
 	}
 	metrics := api.NewMetrics()
+	syncMetrics := newSyncMetrics()
+	metrics.MustRegister(syncMetrics.duration, syncMetrics.runs, newStateCollector(db, log.With("component", "metrics")))
 	svc := identity.New(store, signer, pepper, mailKinds{mailer}, nil, identity.Options{
 		OnPepper:          index.Rehash,
 		OnBindGivenUp:     metrics.OnBindGivenUp,
@@ -265,7 +268,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		Accounts:      accounts,
 	}, metrics, log.With("component", "api"))
 	a := &App{Config: cfg, DB: db, Store: store, Service: svc, API: srv, Metrics: metrics, HS: hs,
-		Index: index, Syncer: syncer, Accounts: accounts, syncerOpts: syncerOpts, adminSync: admSync, log: log}
+		Index: index, Syncer: syncer, Accounts: accounts, syncerOpts: syncerOpts, adminSync: admSync, syncMetrics: syncMetrics, log: log}
 	admSync.app = a
 	return a, nil
 }
@@ -330,6 +333,7 @@ func (a *App) SyncDirectories(ctx context.Context) ([]mcsd.DirectoryReport, erro
 }
 
 func (a *App) logReports(reports []mcsd.DirectoryReport, err error) ([]mcsd.DirectoryReport, error) {
+	a.syncMetrics.observe(reports)
 	for _, r := range reports {
 		switch {
 		case r.Skipped != "":

@@ -6,6 +6,7 @@
 //	ozo-identity directory status [--config FILE] [--data-dir DIR] [--json]
 //	ozo-identity admin account    create|list|show|disable|enable|delete|reset-2fa|resend …
 //	ozo-identity admin bindings import FILE [--config FILE] [--data-dir DIR] [--format ndjson|csv] [--strict] [--batch N] [--restart]
+//	ozo-identity healthcheck      [--url URL] [--timeout D]
 package main
 
 import (
@@ -20,6 +21,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/ozo-platform/ozo-identity/api"
 	"github.com/ozo-platform/ozo-identity/app"
 	"github.com/ozo-platform/ozo-identity/config"
 )
@@ -53,6 +55,8 @@ commands:
                      MXID for a bound 3PID wins as in a bind, the same MXID is left unchanged;
                      invalid lines are listed and skipped; progress is kept in FILE.import-state
                      so an interrupted import resumes where it stopped
+  healthcheck        exit 0 when --url (default http://127.0.0.1:9090/readyz) answers 200;
+                     the container image's health check, which has no shell or curl
 
 flags:
   --config FILE    YAML configuration (every key also settable as OZO_<KEY>, e.g. OZO_DATABASE_URL)
@@ -91,6 +95,8 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 		return adminAccount(ctx, rest[1:], env, stdout, stderr)
 	}
 	switch cmd {
+	case "healthcheck":
+		return healthcheck(ctx, rest, stderr)
 	case "serve", "migrate":
 	case "directory":
 		if len(rest) == 0 || strings.HasPrefix(rest[0], "-") {
@@ -222,10 +228,11 @@ func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
 		level = slog.LevelInfo
 	}
 	opts := &slog.HandlerOptions{Level: level}
+	// Records logged while serving a request carry its request_id.
 	if strings.EqualFold(cfg.LogFormat, "json") {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		return slog.New(api.NewLogHandler(slog.NewJSONHandler(w, opts)))
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(api.NewLogHandler(slog.NewTextHandler(w, opts)))
 }
 
 // validSelector accepts what --full selects directories by.
