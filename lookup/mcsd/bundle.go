@@ -121,10 +121,10 @@ type bundleEntry struct {
 // parseEntry turns one history entry of the typ history at base into an index row: a version of
 // the resource, or a tombstone when the entry records a delete. An entry that cannot be used is
 // an error that names why; the caller reports it and goes on.
-func parseEntry(raw json.RawMessage, typ, base string) (row, error) {
+func parseEntry(raw json.RawMessage, typ, base string) (Resource, error) {
 	var e bundleEntry
 	if err := json.Unmarshal(raw, &e); err != nil {
-		return row{}, fmt.Errorf("malformed entry: %v", err)
+		return Resource{}, fmt.Errorf("malformed entry: %v", err)
 	}
 	method := ""
 	if e.Request != nil {
@@ -135,36 +135,36 @@ func parseEntry(raw json.RawMessage, typ, base string) (row, error) {
 	}
 	var r resource
 	if err := json.Unmarshal(e.Resource, &r); err != nil {
-		return row{ID: entryID(e, typ, base)}, fmt.Errorf("malformed %s: %v", typ, err)
+		return Resource{ID: entryID(e, typ, base)}, fmt.Errorf("malformed %s: %v", typ, err)
 	}
 	if r.ResourceType != typ {
-		return row{ID: clean(r.ID, 64)}, fmt.Errorf("unexpected %s in the %s history", clean(r.ResourceType, 64), typ)
+		return Resource{ID: clean(r.ID, 64)}, fmt.Errorf("unexpected %s in the %s history", clean(r.ResourceType, 64), typ)
 	}
 	if !idPattern.MatchString(r.ID) {
-		return row{}, fmt.Errorf("%s with invalid id %q", typ, clean(r.ID, 64))
+		return Resource{}, fmt.Errorf("%s with invalid id %q", typ, clean(r.ID, 64))
 	}
 	out, err := toRow(&r, base)
 	if err != nil {
-		return row{ID: r.ID}, fmt.Errorf("malformed %s: %v", typ, err)
+		return Resource{ID: r.ID}, fmt.Errorf("malformed %s: %v", typ, err)
 	}
 	return out, nil
 }
 
-func parseDelete(e bundleEntry, typ, base string) (row, error) {
+func parseDelete(e bundleEntry, typ, base string) (Resource, error) {
 	id := entryID(e, typ, base)
 	if id == "" {
-		return row{}, fmt.Errorf("%s history entry without resource and without a usable request.url or fullUrl", typ)
+		return Resource{}, fmt.Errorf("%s history entry without resource and without a usable request.url or fullUrl", typ)
 	}
 	isDelete := e.Request != nil && strings.EqualFold(e.Request.Method, "DELETE") ||
 		e.Response != nil && (strings.HasPrefix(e.Response.Status, "410") || strings.HasPrefix(e.Response.Status, "204"))
 	if !isDelete {
-		return row{ID: id}, fmt.Errorf("%s history entry without resource that is not a delete", typ)
+		return Resource{ID: id}, fmt.Errorf("%s history entry without resource that is not a delete", typ)
 	}
-	out := row{Type: typ, ID: id, Deleted: true}
+	out := Resource{Type: typ, ID: id, Deleted: true}
 	if e.Response != nil {
 		ts, err := parseInstant(e.Response.LastModified, false)
 		if err != nil {
-			return row{ID: id}, fmt.Errorf("delete of %s/%s: response.lastModified: %v", typ, id, err)
+			return Resource{ID: id}, fmt.Errorf("delete of %s/%s: response.lastModified: %v", typ, id, err)
 		}
 		out.TS = ts
 	}

@@ -2,8 +2,6 @@ package mcsd
 
 import (
 	"context"
-	"database/sql"
-	"errors"
 	"fmt"
 	"time"
 )
@@ -16,21 +14,16 @@ const maxClockSkew = time.Minute
 // time it was first fetched. An attacker's lastUpdated of 2099 then neither wins over what is
 // published later nor blocks the resource's own later versions and deletes; the same version
 // served again (a history's _since is inclusive) keeps the time it got the first time.
-func (x *Index) fetchedAt(ctx context.Context, dir string, r row) (int64, error) {
+func (x *Index) fetchedAt(ctx context.Context, dir string, r Resource) (int64, error) {
 	now := time.Now().UnixMilli()
 	if r.VersionID == "" || r.Deleted {
 		return now, nil
 	}
-	var vid string
-	var ts int64
-	err := x.db.QueryRowContext(ctx, `SELECT version_id, version_ts FROM mcsd_resources WHERE dir = $1 AND type = $2 AND id = $3`,
-		dir, r.Type, r.ID).Scan(&vid, &ts)
+	vid, ts, ok, err := x.db.StoredVersion(ctx, dir, r.Type, r.ID)
 	switch {
-	case errors.Is(err, sql.ErrNoRows):
-		return now, nil
 	case err != nil:
 		return 0, fmt.Errorf("read stored version of %s/%s: %w", r.Type, r.ID, err)
-	case vid == r.VersionID && ts <= now:
+	case ok && vid == r.VersionID && ts <= now:
 		return ts, nil
 	}
 	return now, nil

@@ -2,9 +2,6 @@ package mcsd
 
 import (
 	"context"
-	"database/sql"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -44,11 +41,8 @@ func (x *Index) orgNames(ctx context.Context, res map[threepid.ThreePID]resoluti
 	}
 	names := make(map[string]string, len(uras))
 	for _, u := range uras {
-		var name string
-		err := x.db.QueryRowContext(ctx, `SELECT o.display_name FROM mcsd_resources o JOIN mcsd_directories d ON d.id = o.dir
-			WHERE o.type = 'Organization' AND o.ura = $1 AND o.deleted = 0 AND o.reason = '' AND d.active = 1
-			ORDER BY CASE WHEN d.kind = 'lrza' THEN 0 ELSE 1 END, o.dir, o.id LIMIT 1`, u).Scan(&name)
-		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		name, err := x.db.OrganizationName(ctx, u)
+		if err != nil {
 			return nil, fmt.Errorf("name of care provider %s: %w", u, err)
 		}
 		names[u] = name
@@ -64,62 +58,9 @@ func toClaims(r resolution, names map[string]string) []Claim {
 	return out
 }
 
-// recordConflict keeps mcsd_conflicts in step with the resolution of one UZI number (ok is false
-// when nothing resolves it any more). It returns the conflict when it is new, or the recorded one
-// when it no longer exists.
-func recordConflict(ctx context.Context, tx *sql.Tx, uzi string, r resolution, ok bool, names map[string]string, now int64) (isNew, resolved *Conflict, err error) {
-	if !ok || !r.conflict {
-		var raw string
-		var first int64
-		err := tx.QueryRowContext(ctx, `DELETE FROM mcsd_conflicts WHERE medium = 'uzi' AND address = $1 RETURNING claims, first_seen`, uzi).Scan(&raw, &first)
-		if errors.Is(err, sql.ErrNoRows) {
-			return nil, nil, nil
-		}
-		if err != nil {
-			return nil, nil, fmt.Errorf("clear conflict: %w", err)
-		}
-		c := Conflict{Medium: threepid.MediumUZI, Address: uzi, FirstSeen: time.UnixMilli(first).UTC()}
-		_ = json.Unmarshal([]byte(raw), &c.Claims)
-		return nil, &c, nil
-	}
-	c := Conflict{Medium: threepid.MediumUZI, Address: uzi, Claims: toClaims(r, names), FirstSeen: time.UnixMilli(now).UTC()}
-	raw, err := json.Marshal(c.Claims)
-	if err != nil {
-		return nil, nil, fmt.Errorf("record conflict: %w", err)
-	}
-	res, err := tx.ExecContext(ctx, `INSERT INTO mcsd_conflicts (medium, address, claims, first_seen, updated_at)
-		VALUES ('uzi', $1, $2, $3, $3) ON CONFLICT (medium, address) DO NOTHING`, uzi, string(raw), now)
-	if err != nil {
-		return nil, nil, fmt.Errorf("record conflict: %w", err)
-	}
-	if n, _ := res.RowsAffected(); n == 1 {
-		return &c, nil, nil
-	}
-	if _, err := tx.ExecContext(ctx, `UPDATE mcsd_conflicts SET claims = $2, updated_at = $3
-		WHERE medium = 'uzi' AND address = $1 AND claims <> $2`, uzi, string(raw), now); err != nil {
-		return nil, nil, fmt.Errorf("record conflict: %w", err)
-	}
-	return nil, nil, nil
-}
-
 // Conflicts lists the conflicts found by the last placement pass, in UZI number order.
 func (x *Index) Conflicts(ctx context.Context) ([]Conflict, error) {
-	var out []Conflict
-	err := x.scanEach(ctx, `SELECT medium, address, claims, first_seen FROM mcsd_conflicts ORDER BY medium, address`, nil,
-		func(r *sql.Rows) error {
-			var c Conflict
-			var raw string
-			var first int64
-			if err := r.Scan(&c.Medium, &c.Address, &raw, &first); err != nil {
-				return err
-			}
-			if err := json.Unmarshal([]byte(raw), &c.Claims); err != nil {
-				return fmt.Errorf("claims of %s: %w", c.Address, err)
-			}
-			c.FirstSeen = time.UnixMilli(first).UTC()
-			out = append(out, c)
-			return nil
-		})
+	out, err := x.db.Conflicts(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("mcsd conflicts: %w", err)
 	}
@@ -134,7 +75,7 @@ func (x *Index) Claims(ctx context.Context, uzi string) ([]Claim, error) {
 	if err != nil {
 		return nil, err
 	}
-	res, err := x.candidates(ctx, x.db, []threepid.ThreePID{tp}, true)
+	res, err := x.candidates(ctx, []threepid.ThreePID{tp}, true)
 	if err != nil {
 		return nil, err
 	}

@@ -152,8 +152,8 @@ type resource struct {
 	PayloadType          []codeableConcept `json:"payloadType"`
 }
 
-// row is one resource version reduced to index columns.
-type row struct {
+// Resource is one resource version reduced to the columns of the index.
+type Resource struct {
 	Type, ID        string
 	VersionID       string
 	TS              int64
@@ -173,12 +173,15 @@ type row struct {
 	Address         string
 	City            string
 	Issue           string
-	Refs            []ref
-	Idents          []ident
+	Refs            []Ref
+	Idents          []Ident
 }
 
-type ref struct{ Kind, To string }
-type ident struct{ Kind, Value string }
+// Ref is a reference of a resource to another of its directory.
+type Ref struct{ Kind, To string }
+
+// Ident is an identifier a resource carries, such as a UZI number.
+type Ident struct{ Kind, Value string }
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9\-.]{1,64}$`)
 
@@ -388,11 +391,11 @@ func addCodes(codes, texts []string, ccs []codeableConcept) ([]string, []string)
 // toRow reduces a decoded resource to its index row. base is the directory's base URL, used to
 // recognise absolute references into the same directory. Problems that make the resource
 // unusable without making it unreadable end up in Issue.
-func toRow(r *resource, base string) (row, error) {
-	out := row{Type: r.ResourceType, ID: r.ID, VersionID: r.Meta.VersionID, Active: true}
+func toRow(r *resource, base string) (Resource, error) {
+	out := Resource{Type: r.ResourceType, ID: r.ID, VersionID: r.Meta.VersionID, Active: true}
 	ts, err := parseInstant(r.Meta.LastUpdated, false)
 	if err != nil {
-		return row{}, fmt.Errorf("meta.lastUpdated: %w", err)
+		return Resource{}, fmt.Errorf("meta.lastUpdated: %w", err)
 	}
 	out.TS = ts
 	var issues []string
@@ -419,8 +422,8 @@ func toRow(r *resource, base string) (row, error) {
 		if !allDigits(v, identifierDigits[kind]) {
 			continue
 		}
-		if !slices.Contains(out.Idents, ident{kind, v}) {
-			out.Idents = append(out.Idents, ident{kind, v})
+		if !slices.Contains(out.Idents, Ident{kind, v}) {
+			out.Idents = append(out.Idents, Ident{kind, v})
 		}
 		if kind == "ura" {
 			uras[v] = true
@@ -433,14 +436,14 @@ func toRow(r *resource, base string) (row, error) {
 		var hn []humanName
 		if len(r.Name) > 0 {
 			if err := json.Unmarshal(r.Name, &hn); err != nil {
-				return row{}, fmt.Errorf("name: %w", err)
+				return Resource{}, fmt.Errorf("name: %w", err)
 			}
 		}
 		out.Name, names = practitionerName(hn)
 	default:
 		if len(r.Name) > 0 && string(r.Name) != "null" {
 			if err := json.Unmarshal(r.Name, &out.Name); err != nil {
-				return row{}, fmt.Errorf("name: %w", err)
+				return Resource{}, fmt.Errorf("name: %w", err)
 			}
 		}
 		out.Name = strings.TrimSpace(out.Name)
@@ -468,8 +471,8 @@ func toRow(r *resource, base string) (row, error) {
 	var codes, texts []string
 	addRefs := func(kind, typ string, refs []reference) {
 		for i := range refs {
-			if id := localRef(&refs[i], typ, base); isLocal(id) && !slices.Contains(out.Refs, ref{kind, id}) {
-				out.Refs = append(out.Refs, ref{kind, id})
+			if id := localRef(&refs[i], typ, base); isLocal(id) && !slices.Contains(out.Refs, Ref{kind, id}) {
+				out.Refs = append(out.Refs, Ref{kind, id})
 			}
 		}
 	}
@@ -526,7 +529,7 @@ func toRow(r *resource, base string) (row, error) {
 		var addr string
 		if len(r.Address) > 0 {
 			if err := json.Unmarshal(r.Address, &addr); err != nil {
-				return row{}, fmt.Errorf("address: %w", err)
+				return Resource{}, fmt.Errorf("address: %w", err)
 			}
 		}
 		addr = strings.TrimSpace(addr)

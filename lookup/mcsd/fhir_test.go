@@ -67,7 +67,7 @@ func TestLocalRef(t *testing.T) {
 }
 
 func TestToRow(t *testing.T) {
-	parse := func(js string) row {
+	parse := func(js string) Resource {
 		t.Helper()
 		var r resource
 		if err := json.Unmarshal([]byte(js), &r); err != nil {
@@ -91,7 +91,7 @@ func TestToRow(t *testing.T) {
 	if p.TS != 1738927697239 || p.VersionID != "4" {
 		t.Errorf("version: %d %q", p.TS, p.VersionID)
 	}
-	if len(p.Idents) != 2 || p.Idents[0] != (ident{"uzi", "012345678"}) || p.Idents[1] != (ident{"big", "19012345601"}) {
+	if len(p.Idents) != 2 || p.Idents[0] != (Ident{"uzi", "012345678"}) || p.Idents[1] != (Ident{"big", "19012345601"}) {
 		t.Errorf("identifiers (no BSN, no invalid UZI): %+v", p.Idents)
 	}
 	if p.Name != "dr. Jan Piet de Vries" || !strings.Contains(p.Search, "jan | dr. jan piet de vries") {

@@ -120,7 +120,7 @@ func FuzzParseEntry(f *testing.F) {
 }
 
 // checkRow holds a row to what the index and resolution rely on.
-func checkRow(t *testing.T, r row, typ string) {
+func checkRow(t *testing.T, r Resource, typ string) {
 	t.Helper()
 	if !idPattern.MatchString(r.ID) {
 		t.Fatalf("row with id %q", r.ID)

@@ -3,7 +3,6 @@ package mcsd
 import (
 	"context"
 	"crypto/sha256"
-	"database/sql"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"github.com/ozo-platform/ozo-identity/internal/matrixid"
-	"github.com/ozo-platform/ozo-identity/internal/sqlin"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
@@ -28,9 +26,6 @@ type Index struct {
 	db  Store
 	now func() time.Time
 
-	smu   sync.Mutex
-	stmts map[string]*sql.Stmt // statements run for every directory, parsed once
-
 	// written counts rows written since the planner statistics were refreshed; a first sync
 	// grows the tables from nothing, and plans made for empty tables scan them whole.
 	written   atomic.Int64
@@ -39,7 +34,7 @@ type Index struct {
 
 // NewIndex returns the index kept in db, which must be migrated.
 func NewIndex(db Store) *Index {
-	return &Index{db: db, now: time.Now, stmts: map[string]*sql.Stmt{}}
+	return &Index{db: db, now: time.Now}
 }
 
 // analyzeEvery is how many written rows make the statistics stale.
@@ -56,40 +51,11 @@ func (x *Index) analyzeIfStale(ctx context.Context) error {
 	if x.written.Load() < analyzeEvery {
 		return nil // another worker just did it
 	}
-	defer x.db.WriteLock()() // SQLite writes its statistics into a table
-	for _, t := range []string{"mcsd_resources", "mcsd_refs", "mcsd_identifiers", "mcsd_role_uzis", "mcsd_addresses", "mcsd_hashes"} {
-		if _, err := x.db.ExecContext(ctx, `ANALYZE `+t); err != nil {
-			return fmt.Errorf("analyze %s: %w", t, err)
-		}
+	if err := x.db.Analyze(ctx); err != nil {
+		return err
 	}
 	x.written.Store(0)
 	return nil
-}
-
-// prepared returns q as a statement of tx, parsed once per connection rather than per use: the
-// validation statements are long, and SQLite would otherwise parse them for every directory.
-func (x *Index) prepared(ctx context.Context, tx *sql.Tx, q string) (*sql.Stmt, error) {
-	x.smu.Lock()
-	st, ok := x.stmts[q]
-	if !ok {
-		var err error
-		if st, err = x.db.PrepareContext(ctx, q); err != nil {
-			x.smu.Unlock()
-			return nil, err
-		}
-		x.stmts[q] = st
-	}
-	x.smu.Unlock()
-	return tx.StmtContext(ctx, st), nil
-}
-
-// execPrepared runs q in tx as a prepared statement.
-func (x *Index) execPrepared(ctx context.Context, tx *sql.Tx, q string, args ...any) (sql.Result, error) {
-	st, err := x.prepared(ctx, tx, q)
-	if err != nil {
-		return nil, err
-	}
-	return st.ExecContext(ctx, args...)
 }
 
 // SetClock replaces the clock that decides which periods are current; for tests.
@@ -98,19 +64,6 @@ func (x *Index) SetClock(now func() time.Time) { x.now = now }
 func directoryID(baseURL string) string {
 	sum := sha256.Sum256([]byte(baseURL))
 	return hex.EncodeToString(sum[:8])
-}
-
-// inChunk bounds the parameters of one statement well below both engines' limits.
-const inChunk = 400
-
-// exec runs one write statement.
-func (x *Index) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
-	return x.db.ExecWrite(ctx, q, args...)
-}
-
-// tx runs fn in a write transaction of the store.
-func (x *Index) tx(ctx context.Context, fn func(*sql.Tx) error) error {
-	return x.db.WriteTx(ctx, fn)
 }
 
 // candidate is one way mCSD says a 3PID reaches a Matrix user or homeserver.
@@ -192,30 +145,21 @@ func resolveClaims(byProvider map[string]candidate) resolution {
 
 // candidates returns what the index says about the given 3PIDs; withHomeserverOnly includes the
 // candidates that name a homeserver without a user.
-func (x *Index) candidates(ctx context.Context, q interface {
-	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
-}, tps []threepid.ThreePID, withHomeserverOnly bool) (map[threepid.ThreePID]resolution, error) {
+func (x *Index) candidates(ctx context.Context, tps []threepid.ThreePID, withHomeserverOnly bool) (map[threepid.ThreePID]resolution, error) {
 	byTP := make(map[threepid.ThreePID]map[string]candidate)
 	now := x.now().UnixMilli()
 	byMedium := map[string][]string{}
 	for _, tp := range tps {
 		byMedium[tp.Medium] = append(byMedium[tp.Medium], tp.Address)
 	}
-	filter := "mxid <> '' AND "
-	if withHomeserverOnly {
-		filter = ""
-	}
 	for medium, addrs := range byMedium {
-		err := sqlin.Scan(ctx, q, addrs, inChunk, []any{now, medium}, func(in string) string {
-			return `SELECT address, mxid, homeserver, pref, updated, source_id, dir, ura
-				FROM mcsd_addresses WHERE ` + filter + `(not_before = 0 OR not_before <= $1) AND (not_after = 0 OR not_after > $1)
-				AND medium = $2 AND address IN (` + in + `)`
-		}, func(rows *sql.Rows) error {
-			tp := threepid.ThreePID{Medium: medium}
-			var c candidate
-			if err := rows.Scan(&tp.Address, &c.mxid, &c.homeserver, &c.pref, &c.updated, &c.sourceID, &c.dir, &c.ura); err != nil {
-				return err
-			}
+		found, err := x.db.Candidates(ctx, medium, addrs, now, withHomeserverOnly)
+		if err != nil {
+			return nil, fmt.Errorf("query mcsd candidates: %w", err)
+		}
+		for _, f := range found {
+			tp := threepid.ThreePID{Medium: medium, Address: f.Address}
+			c := candidate{mxid: f.MXID, homeserver: f.Homeserver, pref: f.Pref, updated: f.Updated, sourceID: f.SourceID, dir: f.Dir, ura: f.URA}
 			if c.mxid != "" {
 				c.homeserver = matrixid.ServerOf(c.mxid)
 			}
@@ -227,10 +171,6 @@ func (x *Index) candidates(ctx context.Context, q interface {
 			if cur, ok := m[c.provider()]; !ok || better(c, cur) {
 				m[c.provider()] = c
 			}
-			return nil
-		})
-		if err != nil {
-			return nil, fmt.Errorf("query mcsd candidates: %w", err)
 		}
 	}
 	out := make(map[threepid.ThreePID]resolution, len(byTP))
@@ -254,7 +194,7 @@ func (x *Index) Resolve(ctx context.Context, tps []threepid.ThreePID) (map[three
 	if len(want) == 0 {
 		return out, nil
 	}
-	res, err := x.candidates(ctx, x.db, want, false)
+	res, err := x.candidates(ctx, want, false)
 	if err != nil {
 		return nil, err
 	}
@@ -270,20 +210,13 @@ func (x *Index) Resolve(ctx context.Context, tps []threepid.ThreePID) (map[three
 
 // ResolveHashes answers v2 lookup hashes made with the pepper last given to Rehash.
 func (x *Index) ResolveHashes(ctx context.Context, hashes []string) (map[string]string, error) {
-	byTP := make(map[threepid.ThreePID][]string)
-	err := sqlin.Scan(ctx, x.db, hashes, inChunk, nil, func(in string) string {
-		return `SELECT DISTINCT hash, medium, address FROM mcsd_hashes WHERE hash IN (` + in + `)`
-	}, func(rows *sql.Rows) error {
-		var h string
-		var tp threepid.ThreePID
-		if err := rows.Scan(&h, &tp.Medium, &tp.Address); err != nil {
-			return err
-		}
-		byTP[tp] = append(byTP[tp], h)
-		return nil
-	})
+	found, err := x.db.HashedThreePIDs(ctx, hashes)
 	if err != nil {
 		return nil, fmt.Errorf("lookup mcsd hashes: %w", err)
+	}
+	byTP := make(map[threepid.ThreePID][]string)
+	for _, h := range found {
+		byTP[h.ThreePID] = append(byTP[h.ThreePID], h.Hash)
 	}
 	out := make(map[string]string)
 	if len(byTP) == 0 {
@@ -293,27 +226,16 @@ func (x *Index) ResolveHashes(ctx context.Context, hashes []string) (map[string]
 	for tp := range byTP {
 		tps = append(tps, tp)
 	}
-	found, err := x.Resolve(ctx, tps)
+	resolved, err := x.Resolve(ctx, tps)
 	if err != nil {
 		return nil, err
 	}
-	for tp, mxid := range found {
+	for tp, mxid := range resolved {
 		for _, h := range byTP[tp] {
 			out[h] = mxid
 		}
 	}
 	return out, nil
-}
-
-// lockPepper reads the pepper and holds it for the transaction: Rehash takes it exclusively, so
-// hashes written by a directory's derivation are always made with the pepper that is current.
-func (x *Index) lockPepper(ctx context.Context, tx *sql.Tx, exclusive bool) (string, error) {
-	q := `SELECT value FROM mcsd_state WHERE name = 'pepper'` + x.db.RowLock(exclusive)
-	var pepper string
-	if err := tx.QueryRowContext(ctx, q).Scan(&pepper); err != nil {
-		return "", fmt.Errorf("read pepper: %w", err)
-	}
-	return pepper, nil
 }
 
 // Rehash makes the hashed lookups of the index work with pepper: call it at start-up and whenever
@@ -322,81 +244,10 @@ func (x *Index) Rehash(ctx context.Context, pepper string) error {
 	if pepper == "" {
 		return errors.New("rehash: empty pepper")
 	}
-	return x.tx(ctx, func(tx *sql.Tx) error {
-		old, err := x.lockPepper(ctx, tx, true)
-		if err != nil {
-			return err
-		}
-		if old != pepper {
-			if _, err := tx.ExecContext(ctx, `UPDATE mcsd_state SET value = $1 WHERE name = 'pepper'`, pepper); err != nil {
-				return fmt.Errorf("store pepper: %w", err)
-			}
-			if _, err := tx.ExecContext(ctx, `DELETE FROM mcsd_hashes`); err != nil {
-				return fmt.Errorf("clear mcsd hashes: %w", err)
-			}
-		}
-		return fillHashes(ctx, tx, "", pepper)
-	})
-}
-
-// fillHashes adds the missing hashes of the candidates of directory dir (all when dir is ""),
-// a page at a time so that memory stays bounded.
-func fillHashes(ctx context.Context, tx *sql.Tx, dir, pepper string) error {
-	if pepper == "" {
-		return nil
+	if err := x.db.Rehash(ctx, pepper); err != nil {
+		return fmt.Errorf("rehash: %w", err)
 	}
-	type key struct{ dir, medium, address string }
-	var last key
-	for {
-		args := []any{last.dir, last.medium, last.address}
-		dirCond := ""
-		if dir != "" {
-			dirCond = "a.dir = $4 AND "
-			args = append(args, dir)
-		}
-		rows, err := tx.QueryContext(ctx, `SELECT DISTINCT a.dir, a.medium, a.address FROM mcsd_addresses a
-			WHERE `+dirCond+`(a.dir > $1 OR (a.dir = $1 AND (a.medium > $2 OR (a.medium = $2 AND a.address > $3))))
-			AND NOT EXISTS (SELECT 1 FROM mcsd_hashes h WHERE h.dir = a.dir AND h.medium = a.medium AND h.address = a.address)
-			ORDER BY a.dir, a.medium, a.address LIMIT 500`, args...)
-		if err != nil {
-			return fmt.Errorf("list mcsd addresses: %w", err)
-		}
-		var page []key
-		for rows.Next() {
-			var k key
-			if err := rows.Scan(&k.dir, &k.medium, &k.address); err != nil {
-				rows.Close()
-				return fmt.Errorf("list mcsd addresses: %w", err)
-			}
-			page = append(page, k)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("list mcsd addresses: %w", err)
-		}
-		if len(page) == 0 {
-			return nil
-		}
-		last = page[len(page)-1]
-		var vals []any
-		var q strings.Builder
-		q.WriteString(`INSERT INTO mcsd_hashes (dir, hash, medium, address) VALUES `)
-		n := 0
-		for _, k := range page {
-			for _, h := range threepid.LookupHashes(threepid.ThreePID{Medium: k.medium, Address: k.address}, pepper) {
-				if n > 0 {
-					q.WriteByte(',')
-				}
-				fmt.Fprintf(&q, "(%s)", sqlin.Placeholders(len(vals)+1, 4))
-				vals = append(vals, k.dir, h, k.medium, k.address)
-				n++
-			}
-		}
-		q.WriteString(` ON CONFLICT DO NOTHING`)
-		if _, err := tx.ExecContext(ctx, q.String(), vals...); err != nil {
-			return fmt.Errorf("store mcsd hashes: %w", err)
-		}
-	}
+	return nil
 }
 
 // Homeserver says on which homeserver mCSD places the practitioner with this UZI number now and,
@@ -407,16 +258,15 @@ func (x *Index) Homeserver(ctx context.Context, uzi string) (current, previous s
 	if err != nil {
 		return "", "", time.Time{}, err
 	}
-	var sinceMS int64
-	err = x.db.QueryRowContext(ctx, `SELECT homeserver, prev_homeserver, since FROM mcsd_placements WHERE uzi = $1`,
-		tp.Address).Scan(&current, &previous, &sinceMS)
-	if errors.Is(err, sql.ErrNoRows) || err == nil && current == "" && previous == "" {
-		return "", "", time.Time{}, fmt.Errorf("homeserver of uzi %s: %w", tp.Address, ErrNotFound)
-	}
+	ps, err := x.db.Placements(ctx, []string{tp.Address})
 	if err != nil {
 		return "", "", time.Time{}, fmt.Errorf("homeserver of uzi %s: %w", tp.Address, err)
 	}
-	return current, previous, time.UnixMilli(sinceMS).UTC(), nil
+	p, ok := ps[tp.Address]
+	if !ok || p.Homeserver == "" && p.PrevHomeserver == "" {
+		return "", "", time.Time{}, fmt.Errorf("homeserver of uzi %s: %w", tp.Address, ErrNotFound)
+	}
+	return p.Homeserver, p.PrevHomeserver, time.UnixMilli(p.Since).UTC(), nil
 }
 
 // DirectoryStatus is the state of one directory as kept in the database.
@@ -455,73 +305,9 @@ func collapsed(now, recorded, previous int) string {
 
 // Status reports every directory the index knows, in base URL order.
 func (x *Index) Status(ctx context.Context) ([]DirectoryStatus, error) {
-	rows, err := x.db.QueryContext(ctx, `SELECT id, base_url, kind, origin, active, last_attempt_at, last_success_at,
-		last_error, refused, failures, next_attempt_at, resource_count, prev_resource_count FROM mcsd_directories ORDER BY base_url`)
+	out, err := x.db.DirectoryStatuses(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("mcsd status: %w", err)
-	}
-	var out []DirectoryStatus
-	byID := map[string]*DirectoryStatus{}
-	var ids []string
-	for rows.Next() {
-		var s DirectoryStatus
-		var id string
-		var active int
-		var attempt, success, next int64
-		if err := rows.Scan(&id, &s.BaseURL, &s.Kind, &s.Origin, &active, &attempt, &success, &s.LastError, &s.Refused, &s.Failures, &next, &s.Recorded, &s.Previous); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("mcsd status: %w", err)
-		}
-		s.Active = active == 1
-		s.LastAttempt, s.LastSuccess, s.NextAttempt = fromMS(attempt), fromMS(success), fromMS(next)
-		s.Watermarks, s.Counts, s.Rejected = map[string]string{}, map[string]int{}, map[string]int{}
-		out = append(out, s)
-		ids = append(ids, id)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("mcsd status: %w", err)
-	}
-	for i, id := range ids {
-		byID[id] = &out[i]
-	}
-	if err := x.scanEach(ctx, `SELECT dir, ura FROM mcsd_directory_uras ORDER BY dir, ura`, nil, func(r *sql.Rows) error {
-		var id, u string
-		if err := r.Scan(&id, &u); err != nil {
-			return err
-		}
-		if s := byID[id]; s != nil {
-			s.URAs = append(s.URAs, u)
-		}
-		return nil
-	}); err != nil {
-		return nil, err
-	}
-	if err := x.scanEach(ctx, `SELECT dir, type, since FROM mcsd_watermarks`, nil, func(r *sql.Rows) error {
-		var id, t, v string
-		if err := r.Scan(&id, &t, &v); err != nil {
-			return err
-		}
-		if s := byID[id]; s != nil {
-			s.Watermarks[t] = v
-		}
-		return nil
-	}); err != nil {
-		return nil, err
-	}
-	if err := x.scanEach(ctx, `SELECT dir, type, SUM(CASE WHEN reason = '' THEN 1 ELSE 0 END), SUM(CASE WHEN reason <> '' THEN 1 ELSE 0 END)
-		FROM mcsd_resources WHERE deleted = 0 GROUP BY dir, type`, nil, func(r *sql.Rows) error {
-		var id, t string
-		var ok, bad int
-		if err := r.Scan(&id, &t, &ok, &bad); err != nil {
-			return err
-		}
-		if s := byID[id]; s != nil {
-			s.Counts[t], s.Rejected[t] = ok, bad
-		}
-		return nil
-	}); err != nil {
-		return nil, err
 	}
 	for i := range out {
 		n := 0
@@ -533,18 +319,4 @@ func (x *Index) Status(ctx context.Context) ([]DirectoryStatus, error) {
 		}
 	}
 	return out, nil
-}
-
-func (x *Index) scanEach(ctx context.Context, q string, args []any, fn func(*sql.Rows) error) error {
-	if err := sqlin.Each(ctx, x.db, q, args, fn); err != nil {
-		return fmt.Errorf("mcsd status: %w", err)
-	}
-	return nil
-}
-
-func fromMS(v int64) time.Time {
-	if v == 0 {
-		return time.Time{}
-	}
-	return time.UnixMilli(v).UTC()
 }

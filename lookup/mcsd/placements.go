@@ -1,14 +1,11 @@
 package mcsd
 
 import (
-	"github.com/ozo-platform/ozo-identity/internal/sqlin"
-
 	"context"
-	"database/sql"
 	"fmt"
-	"github.com/ozo-platform/ozo-identity/threepid"
-	"strconv"
 	"time"
+
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // Move is a practitioner whom mCSD now places on another homeserver (design.md §10: the caller
@@ -37,102 +34,59 @@ type placementHooks struct {
 // It works a page of UZI numbers at a time.
 func (x *Index) updatePlacements(ctx context.Context, hooks placementHooks) (int, error) {
 	now := x.now().UnixMilli()
-	var lastStr string
-	if err := x.db.QueryRowContext(ctx, `SELECT value FROM mcsd_state WHERE name = 'placements_at'`).Scan(&lastStr); err != nil {
-		return 0, fmt.Errorf("read placement pass: %w", err)
-	}
-	last, _ := strconv.ParseInt(lastStr, 10, 64)
-	if _, err := x.exec(ctx, `INSERT INTO mcsd_dirty (dir, medium, address)
-		SELECT DISTINCT dir, medium, address FROM mcsd_addresses WHERE medium = 'uzi'
-		AND ((not_before > $1 AND not_before <= $2) OR (not_after > $1 AND not_after <= $2))
-		ON CONFLICT DO NOTHING`, last, now); err != nil {
+	if err := x.db.MarkPeriodChanges(ctx, now); err != nil {
 		return 0, fmt.Errorf("mark 3pids with changed periods: %w", err)
 	}
 	moves := 0
 	after := ""
 	for {
-		var uzis []string
-		if err := x.scanEach(ctx, `SELECT DISTINCT address FROM mcsd_dirty WHERE medium = 'uzi' AND address > $1 ORDER BY address LIMIT 500`,
-			[]any{after}, func(r *sql.Rows) error {
-				var u string
-				err := r.Scan(&u)
-				uzis = append(uzis, u)
-				return err
-			}); err != nil {
-			return moves, err
+		uzis, err := x.db.ChangedUZIs(ctx, after, 500)
+		if err != nil {
+			return moves, fmt.Errorf("list changed 3pids: %w", err)
 		}
 		if len(uzis) == 0 {
 			break
 		}
 		after = uzis[len(uzis)-1]
 		tps := make([]threepid.ThreePID, len(uzis))
-		args := make([]any, len(uzis))
 		for i, u := range uzis {
 			tps[i] = threepid.ThreePID{Medium: "uzi", Address: u}
-			args[i] = u
 		}
-		best, err := x.candidates(ctx, x.db, tps, true)
+		best, err := x.candidates(ctx, tps, true)
 		if err != nil {
 			return moves, err
 		}
-		cur := make(map[string]placement)
-		if err := x.scanEach(ctx, `SELECT uzi, homeserver, mxid, since, prev_homeserver, prev_mxid FROM mcsd_placements
-			WHERE uzi IN (`+sqlin.Placeholders(1, len(uzis))+`)`, args, func(r *sql.Rows) error {
-			var u string
-			var p placement
-			err := r.Scan(&u, &p.homeserver, &p.mxid, &p.since, &p.prevHomeserver, &p.prevMXID)
-			cur[u] = p
-			return err
-		}); err != nil {
-			return moves, err
+		cur, err := x.db.Placements(ctx, uzis)
+		if err != nil {
+			return moves, fmt.Errorf("read placements: %w", err)
 		}
 		names, err := x.orgNames(ctx, best)
 		if err != nil {
 			return moves, err
 		}
+		page := PlacementPage{UZIs: uzis, Conflicts: map[string]*Conflict{}, Placements: map[string]Placement{}, Now: now}
 		var pageMoves []Move
-		var newConflicts, resolved []Conflict
-		err = x.tx(ctx, func(tx *sql.Tx) error {
-			pageMoves, newConflicts, resolved = pageMoves[:0], newConflicts[:0], resolved[:0]
-			for _, u := range uzis {
-				res, ok := best[threepid.ThreePID{Medium: "uzi", Address: u}]
-				isNew, wasResolved, err := recordConflict(ctx, tx, u, res, ok, names, now)
-				if err != nil {
-					return err
-				}
-				if isNew != nil {
-					newConflicts = append(newConflicts, *isNew)
-				}
-				if wasResolved != nil {
-					resolved = append(resolved, *wasResolved)
-				}
-				if ok && res.conflict {
-					// A conflict moves nobody: the placement stays as it was until it is resolved.
-					continue
-				}
-				p, exists := cur[u]
-				next, changed, mv := place(u, res.best, ok, p, exists, now)
-				if mv != nil {
-					pageMoves = append(pageMoves, *mv)
-				}
-				if !changed {
-					continue
-				}
-				if _, err := tx.ExecContext(ctx, `INSERT INTO mcsd_placements (uzi, homeserver, mxid, since, prev_homeserver, prev_mxid, updated_at)
-					VALUES ($1, $2, $3, $4, $5, $6, $7)
-					ON CONFLICT (uzi) DO UPDATE SET homeserver = excluded.homeserver, mxid = excluded.mxid, since = excluded.since,
-					prev_homeserver = excluded.prev_homeserver, prev_mxid = excluded.prev_mxid, updated_at = excluded.updated_at`,
-					u, next.homeserver, next.mxid, next.since, next.prevHomeserver, next.prevMXID, now); err != nil {
-					return fmt.Errorf("store placement: %w", err)
-				}
+		for _, u := range uzis {
+			res, ok := best[threepid.ThreePID{Medium: "uzi", Address: u}]
+			page.Conflicts[u] = nil
+			if ok && res.conflict {
+				// A conflict moves nobody: the placement stays as it was until it is resolved.
+				page.Conflicts[u] = &Conflict{Medium: threepid.MediumUZI, Address: u, Claims: toClaims(res, names),
+					FirstSeen: time.UnixMilli(now).UTC()}
+				continue
 			}
-			if _, err := tx.ExecContext(ctx, `DELETE FROM mcsd_dirty WHERE medium = 'uzi' AND address IN (`+sqlin.Placeholders(1, len(uzis))+`)`, args...); err != nil {
-				return fmt.Errorf("clear changed 3pids: %w", err)
+			p, exists := cur[u]
+			next, changed, mv := place(u, res.best, ok, fromStored(p), exists, now)
+			if mv != nil {
+				pageMoves = append(pageMoves, *mv)
 			}
-			return nil
-		})
+			if changed {
+				page.Placements[u] = next.stored()
+			}
+		}
+		newConflicts, resolved, err := x.db.StorePlacements(ctx, page)
 		if err != nil {
-			return moves, err
+			return moves, fmt.Errorf("store placements: %w", err)
 		}
 		for _, m := range pageMoves {
 			moves++
@@ -151,10 +105,18 @@ func (x *Index) updatePlacements(ctx context.Context, hooks placementHooks) (int
 			}
 		}
 	}
-	if _, err := x.exec(ctx, `UPDATE mcsd_state SET value = $1 WHERE name = 'placements_at'`, strconv.FormatInt(now, 10)); err != nil {
+	if err := x.db.EndPlacementPass(ctx, now); err != nil {
 		return moves, fmt.Errorf("record placement pass: %w", err)
 	}
 	return moves, nil
+}
+
+func fromStored(p Placement) placement {
+	return placement{homeserver: p.Homeserver, mxid: p.MXID, prevHomeserver: p.PrevHomeserver, prevMXID: p.PrevMXID, since: p.Since}
+}
+
+func (p placement) stored() Placement {
+	return Placement{Homeserver: p.homeserver, MXID: p.mxid, PrevHomeserver: p.prevHomeserver, PrevMXID: p.prevMXID, Since: p.since}
 }
 
 // place decides the new placement of one UZI number from its best candidate (if ok) and its

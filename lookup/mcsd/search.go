@@ -68,31 +68,21 @@ type OrganizationPage struct {
 	Next    string
 }
 
-type cursor struct {
-	Name, Dir, ID string
-}
-
-func encodeCursor(c cursor) string {
+func encodeCursor(c SearchCursor) string {
 	b, _ := json.Marshal([]string{c.Name, c.Dir, c.ID})
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-func decodeCursor(s string) (cursor, error) {
+func decodeCursor(s string) (SearchCursor, error) {
 	if s == "" {
-		return cursor{}, nil
+		return SearchCursor{}, nil
 	}
 	b, err := base64.RawURLEncoding.DecodeString(s)
 	var parts []string
 	if err != nil || len(b) > 4096 || json.Unmarshal(b, &parts) != nil || len(parts) != 3 || parts[1] == "" || parts[2] == "" {
-		return cursor{}, ErrBadCursor
+		return SearchCursor{}, ErrBadCursor
 	}
-	return cursor{parts[0], parts[1], parts[2]}, nil
-}
-
-// likeContains returns a LIKE pattern (with ESCAPE '\') that finds s anywhere, lower-cased.
-func likeContains(s string) string {
-	r := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
-	return "%" + r.Replace(strings.ToLower(strings.TrimSpace(s))) + "%"
+	return SearchCursor{parts[0], parts[1], parts[2]}, nil
 }
 
 func pageLimit(n int) int {
@@ -102,28 +92,6 @@ func pageLimit(n int) int {
 	return min(n, 100)
 }
 
-// query builds a parameterised WHERE clause.
-type query struct {
-	where []string
-	args  []any
-}
-
-func (q *query) arg(v any) string {
-	q.args = append(q.args, v)
-	return fmt.Sprintf("$%d", len(q.args))
-}
-
-func (q *query) add(cond string) { q.where = append(q.where, cond) }
-
-func (q *query) keyset(c cursor, name, dir, id string) {
-	if c.ID == "" {
-		return
-	}
-	n, d, i := q.arg(c.Name), q.arg(c.Dir), q.arg(c.ID)
-	q.add(fmt.Sprintf("(%[1]s > %[4]s OR (%[1]s = %[4]s AND %[2]s > %[5]s) OR (%[1]s = %[4]s AND %[2]s = %[5]s AND %[3]s > %[6]s))",
-		name, dir, id, n, d, i))
-}
-
 // SearchPractitioners pages through practitioners by name, organisation and role, in name order.
 func (x *Index) SearchPractitioners(ctx context.Context, pq PractitionerQuery) (PractitionerPage, error) {
 	c, err := decodeCursor(pq.Cursor)
@@ -131,65 +99,18 @@ func (x *Index) SearchPractitioners(ctx context.Context, pq PractitionerQuery) (
 		return PractitionerPage{}, err
 	}
 	limit := pageLimit(pq.Limit)
-	var q query
-	now := q.arg(x.now().UnixMilli())
-	q.add("r.type = 'PractitionerRole' AND r.deleted = 0 AND r.reason = '' AND r.eff_active = 1")
-	q.add("(r.period_start = 0 OR r.period_start <= " + now + ") AND (r.period_end = 0 OR r.period_end > " + now + ")")
-	q.add("(p.id IS NULL OR p.active = 1)")
-	if s := strings.TrimSpace(pq.Q); s != "" {
-		q.add("COALESCE(p.search, '') LIKE " + q.arg(likeContains(s)) + ` ESCAPE '\'`)
+	q := PractitionerSearch{Q: strings.TrimSpace(pq.Q), Role: strings.TrimSpace(pq.Role), Now: x.now().UnixMilli(), After: c, Limit: limit + 1}
+	if s := strings.TrimSpace(pq.Organization); allDigits(s, 8) {
+		q.OrgURA = s
+	} else {
+		q.OrgName = s
 	}
-	if s := strings.TrimSpace(pq.Organization); s != "" {
-		if allDigits(s, 8) {
-			q.add("r.root_ura = " + q.arg(s))
-		} else {
-			p := q.arg(likeContains(s))
-			q.add("(o.search LIKE " + p + ` ESCAPE '\' OR LOWER(o.display_name) LIKE ` + p + ` ESCAPE '\')`)
-		}
-	}
-	if s := strings.TrimSpace(pq.Role); s != "" {
-		code := q.arg("%|" + strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(s) + "|%")
-		q.add("(r.codes LIKE " + code + ` ESCAPE '\' OR LOWER(r.code_text) LIKE ` + q.arg(likeContains(s)) + ` ESCAPE '\')`)
-	}
-	q.keyset(c, "COALESCE(p.display_name, '')", "r.dir", "r.id")
-	sql := `SELECT r.dir, r.id, COALESCE(p.display_name, ''), r.code_text, o.display_name, r.root_ura,
-			COALESCE(l.display_name, ''), COALESCE(l.city, ''),
-			COALESCE((SELECT a.mxid FROM mcsd_addresses a WHERE a.dir = r.dir AND a.source_id = r.id AND a.medium = 'uzi' AND a.mxid <> ''
-				AND (a.not_before = 0 OR a.not_before <= ` + now + `) AND (a.not_after = 0 OR a.not_after > ` + now + `)
-				ORDER BY a.pref, a.updated DESC, a.mxid LIMIT 1), ''),
-			COALESCE((SELECT MIN(u.uzi) FROM mcsd_role_uzis u WHERE u.dir = r.dir AND u.role_id = r.id), ''),
-			d.base_url
-		FROM mcsd_resources r
-		JOIN mcsd_directories d ON d.id = r.dir AND d.active = 1
-		JOIN mcsd_resources o ON o.dir = r.dir AND o.type = 'Organization' AND o.id = r.org_ref AND o.deleted = 0 AND o.eff_active = 1
-		LEFT JOIN mcsd_resources p ON p.dir = r.dir AND p.type = 'Practitioner' AND p.id = r.practitioner_ref AND p.deleted = 0 AND p.reason = ''
-		LEFT JOIN mcsd_resources l ON l.dir = r.dir AND l.type = 'Location' AND l.id = r.location_ref AND l.deleted = 0 AND l.reason = ''
-		WHERE ` + strings.Join(q.where, " AND ") + `
-		ORDER BY COALESCE(p.display_name, ''), r.dir, r.id LIMIT ` + q.arg(limit+1)
-	rows, err := x.db.QueryContext(ctx, sql, q.args...)
+	found, err := x.db.SearchPractitioners(ctx, q)
 	if err != nil {
 		return PractitionerPage{}, fmt.Errorf("search practitioners: %w", err)
 	}
-	defer rows.Close()
 	var page PractitionerPage
-	var last cursor
-	for rows.Next() {
-		var h PractitionerHit
-		var dir string
-		if err := rows.Scan(&dir, &h.RoleID, &h.Name, &h.Role, &h.Organization, &h.OrganizationURA, &h.Location, &h.City,
-			&h.MXID, &h.UZI, &h.Directory); err != nil {
-			return PractitionerPage{}, fmt.Errorf("search practitioners: %w", err)
-		}
-		if len(page.Results) == limit {
-			page.Next = encodeCursor(last)
-			break
-		}
-		page.Results = append(page.Results, h)
-		last = cursor{h.Name, dir, h.RoleID}
-	}
-	if err := rows.Err(); err != nil {
-		return PractitionerPage{}, fmt.Errorf("search practitioners: %w", err)
-	}
+	page.Results, page.Next = pageOf(found, limit)
 	return page, nil
 }
 
@@ -201,54 +122,24 @@ func (x *Index) SearchOrganizations(ctx context.Context, oq OrganizationQuery) (
 		return OrganizationPage{}, err
 	}
 	limit := pageLimit(oq.Limit)
-	var q query
-	now := q.arg(x.now().UnixMilli())
-	q.add("o.type = 'Organization' AND o.deleted = 0 AND o.reason = '' AND o.eff_active = 1")
-	q.add(`NOT (d.kind = 'lrza' AND EXISTS (SELECT 1 FROM mcsd_resources x JOIN mcsd_directories xd ON xd.id = x.dir AND xd.kind = 'provider'
-		WHERE x.type = 'Organization' AND x.ura = o.ura AND x.deleted = 0 AND x.reason = ''))`)
-	if s := strings.TrimSpace(oq.URA); s != "" {
-		q.add("o.root_ura = " + q.arg(s))
-	}
-	if s := strings.TrimSpace(oq.Q); s != "" {
-		p := q.arg(likeContains(s))
-		q.add("(o.search LIKE " + p + ` ESCAPE '\' OR LOWER(o.display_name) LIKE ` + p + ` ESCAPE '\')`)
-	}
-	q.keyset(c, "o.display_name", "o.dir", "o.id")
-	sql := `SELECT o.dir, o.id, o.display_name, o.root_ura, o.code_text, o.city,
-			COALESCE((SELECT a.mxid FROM mcsd_addresses a WHERE a.dir = o.dir AND a.source_id = o.id AND a.medium = 'ura' AND a.mxid <> ''
-				AND (a.not_before = 0 OR a.not_before <= ` + now + `) AND (a.not_after = 0 OR a.not_after > ` + now + `)
-				ORDER BY a.pref, a.updated DESC, a.mxid LIMIT 1), ''),
-			COALESCE(NULLIF(o.homeserver, ''), (SELECT MIN(e.homeserver) FROM mcsd_refs f
-				JOIN mcsd_resources e ON e.dir = f.dir AND e.type = 'Endpoint' AND e.id = f.to_id AND e.deleted = 0 AND e.reason = ''
-					AND e.active = 1 AND e.kind = 'matrix-server'
-				WHERE f.dir = o.dir AND f.from_type = 'Organization' AND f.from_id = o.id AND f.kind = 'endpoint'), ''),
-			d.base_url
-		FROM mcsd_resources o
-		JOIN mcsd_directories d ON d.id = o.dir AND d.active = 1
-		WHERE ` + strings.Join(q.where, " AND ") + `
-		ORDER BY o.display_name, o.dir, o.id LIMIT ` + q.arg(limit+1)
-	rows, err := x.db.QueryContext(ctx, sql, q.args...)
+	found, err := x.db.SearchOrganizations(ctx, OrganizationSearch{Q: strings.TrimSpace(oq.Q), URA: strings.TrimSpace(oq.URA),
+		Now: x.now().UnixMilli(), After: c, Limit: limit + 1})
 	if err != nil {
 		return OrganizationPage{}, fmt.Errorf("search organizations: %w", err)
 	}
-	defer rows.Close()
 	var page OrganizationPage
-	var last cursor
-	for rows.Next() {
-		var h OrganizationHit
-		var dir string
-		if err := rows.Scan(&dir, &h.ID, &h.Name, &h.URA, &h.Types, &h.City, &h.MXID, &h.Homeserver, &h.Directory); err != nil {
-			return OrganizationPage{}, fmt.Errorf("search organizations: %w", err)
-		}
-		if len(page.Results) == limit {
-			page.Next = encodeCursor(last)
-			break
-		}
-		page.Results = append(page.Results, h)
-		last = cursor{h.Name, dir, h.ID}
-	}
-	if err := rows.Err(); err != nil {
-		return OrganizationPage{}, fmt.Errorf("search organizations: %w", err)
-	}
+	page.Results, page.Next = pageOf(found, limit)
 	return page, nil
+}
+
+// pageOf cuts the results asked for one beyond the page: that one only says a next page exists.
+func pageOf[T any](found []Found[T], limit int) ([]T, string) {
+	var out []T
+	for i, f := range found {
+		if i == limit {
+			return out, encodeCursor(found[i-1].After)
+		}
+		out = append(out, f.Hit)
+	}
+	return out, ""
 }

@@ -477,10 +477,10 @@ func (s *Syncer) syncDirectory(ctx context.Context, d directory, run int64, tota
 		// The stored watermarks are replaced when the new snapshot is stored.
 		marks = map[string]string{}
 	}
-	var done []typeResult
+	var done []TypeResult
 	if err == nil {
 		for _, typ := range d.types() {
-			var tr typeResult
+			var tr TypeResult
 			if tr, err = s.syncType(dctx, d, typ, marks[typ], run, &rep, progress); err != nil {
 				break
 			}
@@ -496,10 +496,10 @@ func (s *Syncer) syncDirectory(ctx context.Context, d directory, run int64, tota
 	}
 	g := deleteGuard{share: s.opts.MaxDeleteShare, min: s.opts.MaxDeleteMin, off: s.opts.AllowMassDelete}
 	res, ferr := s.idx.finish(fctx, d, run, done, err == nil, d.dirty || rep.Applied > 0, g, s.opts.MaxRejections)
-	rep.Applied += res.applied + res.swept
-	rep.Deleted += res.deleted + res.swept
-	rep.Rejected += res.rejected
-	for _, r := range res.rejections {
+	rep.Applied += res.Applied + res.Swept
+	rep.Deleted += res.Deleted + res.Swept
+	rep.Rejected += res.Rejected
+	for _, r := range res.Rejections {
 		if len(rep.Rejections) < s.opts.MaxRejections {
 			rep.Rejections = append(rep.Rejections, r)
 		}
@@ -521,21 +521,6 @@ func (s *Syncer) syncDirectory(ctx context.Context, d directory, run int64, tota
 	}
 	progress(Progress{Fetched: rep.Fetched, Done: true, Report: &rep})
 	return rep
-}
-
-// typeResult is what a complete read of one type's history leaves to store.
-type typeResult struct {
-	typ   string
-	since string // the _since of the next request; "" keeps the stored one
-	full  bool   // the whole history was read, so what it lacks is gone
-	// seen holds every id the history listed and snapshot the server's time of the first page:
-	// a full read proves gone only what it lacks and what is not newer than its snapshot, so
-	// that rows another run wrote meanwhile survive.
-	seen     map[string]bool
-	snapshot int64
-	// deletes are the tombstones the history listed, applied when the type is stored, after
-	// the mass-delete guard.
-	deletes []row
 }
 
 // FetchError is why reading a directory's history stopped: one wording per cause, with the URL
@@ -576,7 +561,7 @@ type winner struct {
 // syncType pages through {base}/{typ}/_history since the watermark and applies every live
 // version; tombstones wait for the caller, which stores the new watermark only when the whole
 // history was read.
-func (s *Syncer) syncType(ctx context.Context, d directory, typ, since string, run int64, rep *DirectoryReport, progress func(Progress)) (typeResult, error) {
+func (s *Syncer) syncType(ctx context.Context, d directory, typ, since string, run int64, rep *DirectoryReport, progress func(Progress)) (TypeResult, error) {
 	full := since == ""
 	q := url.Values{"_count": {fmt.Sprint(s.opts.PageSize)}}
 	if !full {
@@ -585,14 +570,14 @@ func (s *Syncer) syncType(ctx context.Context, d directory, typ, since string, r
 	next := d.baseURL + "/" + typ + "/_history?" + q.Encode()
 	origin, err := url.Parse(d.baseURL)
 	if err != nil || origin.Host == "" || origin.Scheme != "https" && origin.Scheme != "http" {
-		return typeResult{}, &FetchError{Type: typ, Reason: fmt.Sprintf("directory base URL %q is not an http(s) URL", clean(d.baseURL, 200))}
+		return TypeResult{}, &FetchError{Type: typ, Reason: fmt.Sprintf("directory base URL %q is not an http(s) URL", clean(d.baseURL, 200))}
 	}
 
-	var batch []row
-	// The history lists the newest version first; like upsertGuard, a later entry only
+	var batch []Resource
+	// The history lists the newest version first; like the store's upsert, a later entry only
 	// replaces the one decided on when it is strictly newer.
 	decided := map[string]winner{}
-	deletes := map[string]row{}
+	deletes := map[string]Resource{}
 	const batchSize = 200
 	flush := func() error {
 		if len(batch) == 0 {
@@ -609,10 +594,10 @@ func (s *Syncer) syncType(ctx context.Context, d directory, typ, since string, r
 	var recent []string // the last pages' URLs, against a server that loops; MaxPages bounds the rest
 	for page := 0; next != ""; page++ {
 		if page >= s.opts.MaxPages {
-			return typeResult{}, &FetchError{Type: typ, Reason: fmt.Sprintf("more than %d pages", s.opts.MaxPages)}
+			return TypeResult{}, &FetchError{Type: typ, Reason: fmt.Sprintf("more than %d pages", s.opts.MaxPages)}
 		}
 		if slices.Contains(recent, next) {
-			return typeResult{}, &FetchError{Type: typ, URL: withoutQuery(next), Reason: "the next link repeats an earlier page"}
+			return TypeResult{}, &FetchError{Type: typ, URL: withoutQuery(next), Reason: "the next link repeats an earlier page"}
 		}
 		if recent = append(recent, next); len(recent) > 16 {
 			recent = recent[1:]
@@ -655,10 +640,10 @@ func (s *Syncer) syncType(ctx context.Context, d directory, typ, since string, r
 		if err != nil {
 			var fe *FetchError
 			if !errors.As(err, &fe) {
-				return typeResult{}, fmt.Errorf("%s history: %w", typ, err)
+				return TypeResult{}, fmt.Errorf("%s history: %w", typ, err)
 			}
 			fe.Type = typ
-			return typeResult{}, err
+			return TypeResult{}, err
 		}
 		if page == 0 {
 			newMark = info.LastUpdated
@@ -671,7 +656,7 @@ func (s *Syncer) syncType(ctx context.Context, d directory, typ, since string, r
 		if info.Next != "" {
 			u, err := url.Parse(info.Next)
 			if err != nil || u.Scheme != origin.Scheme || u.Host != origin.Host {
-				return typeResult{}, &FetchError{Type: typ, URL: withoutQuery(info.Next), Reason: "the next link leaves the directory's origin"}
+				return TypeResult{}, &FetchError{Type: typ, URL: withoutQuery(info.Next), Reason: "the next link leaves the directory's origin"}
 			}
 			next = u.String()
 		}
@@ -684,14 +669,14 @@ func (s *Syncer) syncType(ctx context.Context, d directory, typ, since string, r
 			newMark = formatInstant(maxTS)
 		}
 	}
-	tr := typeResult{typ: typ, since: newMark, full: full, snapshot: snapshot}
+	tr := TypeResult{Type: typ, Since: newMark, Full: full, Snapshot: snapshot}
 	for _, r := range deletes {
-		tr.deletes = append(tr.deletes, r)
+		tr.Deletes = append(tr.Deletes, r)
 	}
 	if full {
-		tr.seen = make(map[string]bool, len(decided))
+		tr.Seen = make(map[string]bool, len(decided))
 		for id := range decided {
-			tr.seen[id] = true
+			tr.Seen[id] = true
 		}
 	}
 	return tr, nil

@@ -3,13 +3,21 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"fmt"
 )
 
-// The engine-specific parts of the mcsd.Store port; the rest is *sql.DB's and the leases'.
+// The mcsd.Store port: the mCSD index's tables (mcsd_*), in files mcsd_*.go. The writers of the
+// index take writeLock; the index can always be fetched again, so its commits need not wait
+// for the disk (commits are lost only as a suffix, so a stored watermark is never ahead of the
+// resources it covers).
 
-// WriteLock queues this process's writers on SQLite, which has one writer at a time; on
-// PostgreSQL it does nothing.
-func (db *DB) WriteLock() (unlock func()) {
+// mcsdChunk bounds the parameters of one statement of the index well below both engines' limits.
+const mcsdChunk = 400
+
+// writeLock queues this process's writers on SQLite, which has one writer at a time, so that many
+// directories syncing at once wait here rather than in the engine's busy handler, whose timeout
+// would fail them; on PostgreSQL it does nothing.
+func (db *DB) writeLock() (unlock func()) {
 	if db.Engine == Postgres {
 		return func() {}
 	}
@@ -17,15 +25,15 @@ func (db *DB) WriteLock() (unlock func()) {
 	return db.wmu.Unlock
 }
 
-// ExecWrite runs one write statement: on SQLite directly under WriteLock, on PostgreSQL in a
-// WriteTx so that it commits as asynchronously.
-func (db *DB) ExecWrite(ctx context.Context, q string, args ...any) (sql.Result, error) {
+// execWrite runs one write statement: on SQLite directly under writeLock, on PostgreSQL in a
+// writeTx so that it commits as asynchronously.
+func (db *DB) execWrite(ctx context.Context, q string, args ...any) (sql.Result, error) {
 	if db.Engine != Postgres {
-		defer db.WriteLock()()
+		defer db.writeLock()()
 		return db.ExecContext(ctx, q, args...)
 	}
 	var res sql.Result
-	err := db.WriteTx(ctx, func(tx *sql.Tx) error {
+	err := db.writeTx(ctx, func(tx *sql.Tx) error {
 		var err error
 		res, err = tx.ExecContext(ctx, q, args...)
 		return err
@@ -33,10 +41,10 @@ func (db *DB) ExecWrite(ctx context.Context, q string, args ...any) (sql.Result,
 	return res, err
 }
 
-// WriteTx runs fn in a transaction under WriteLock. On PostgreSQL the commit does not wait for
+// writeTx runs fn in a transaction under writeLock. On PostgreSQL the commit does not wait for
 // the WAL to reach disk: callers keep only data that can be fetched again.
-func (db *DB) WriteTx(ctx context.Context, fn func(*sql.Tx) error) error {
-	defer db.WriteLock()()
+func (db *DB) writeTx(ctx context.Context, fn func(*sql.Tx) error) error {
+	defer db.writeLock()()
 	setup := ""
 	if db.Engine == Postgres {
 		// Custom plans too: the tables grow from empty during a first sync, and a generic plan
@@ -46,9 +54,10 @@ func (db *DB) WriteTx(ctx context.Context, fn func(*sql.Tx) error) error {
 	return inTx(ctx, db.DB, setup, fn)
 }
 
-// RowLock returns FOR UPDATE or FOR SHARE on PostgreSQL; SQLite's write transaction excludes
-// every other writer already.
-func (db *DB) RowLock(exclusive bool) string {
+// rowLock returns FOR UPDATE or FOR SHARE on PostgreSQL, the clause that makes a SELECT in a
+// writeTx hold its rows for the transaction; SQLite's write transaction excludes every other
+// writer already.
+func (db *DB) rowLock(exclusive bool) string {
 	switch {
 	case db.Engine != Postgres:
 		return ""
@@ -57,4 +66,52 @@ func (db *DB) RowLock(exclusive bool) string {
 	default:
 		return ` FOR SHARE`
 	}
+}
+
+// prepared returns q as a statement of tx, parsed once per connection rather than per use: the
+// validation statements are long, and SQLite would otherwise parse them for every directory.
+func (db *DB) prepared(ctx context.Context, tx *sql.Tx, q string) (*sql.Stmt, error) {
+	db.smu.Lock()
+	st, ok := db.stmts[q]
+	if !ok {
+		var err error
+		if st, err = db.PrepareContext(ctx, q); err != nil {
+			db.smu.Unlock()
+			return nil, err
+		}
+		if db.stmts == nil {
+			db.stmts = map[string]*sql.Stmt{}
+		}
+		db.stmts[q] = st
+	}
+	db.smu.Unlock()
+	return tx.StmtContext(ctx, st), nil
+}
+
+// execPrepared runs q in tx as a prepared statement.
+func (db *DB) execPrepared(ctx context.Context, tx *sql.Tx, q string, args ...any) (sql.Result, error) {
+	st, err := db.prepared(ctx, tx, q)
+	if err != nil {
+		return nil, err
+	}
+	return st.ExecContext(ctx, args...)
+}
+
+// Analyze refreshes the planner statistics of the index tables: a first sync grows them from
+// nothing, and plans made for empty tables scan them whole.
+func (db *DB) Analyze(ctx context.Context) error {
+	defer db.writeLock()() // SQLite writes its statistics into a table
+	for _, t := range []string{"mcsd_resources", "mcsd_refs", "mcsd_identifiers", "mcsd_role_uzis", "mcsd_addresses", "mcsd_hashes"} {
+		if _, err := db.ExecContext(ctx, `ANALYZE `+t); err != nil {
+			return fmt.Errorf("analyze %s: %w", t, err)
+		}
+	}
+	return nil
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

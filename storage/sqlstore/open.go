@@ -1,4 +1,4 @@
-// Package sqlstore implements identity.Store on SQLite (embedded default) and PostgreSQL.
+// Package sqlstore implements identity.Store and mcsd.Store on SQLite (embedded default) and PostgreSQL.
 // Both engines run the same SQL: $N placeholders and types both understand.
 package sqlstore
 
@@ -37,8 +37,11 @@ const (
 type DB struct {
 	*sql.DB
 	Engine Engine
-	// wmu queues this process's writers to the mCSD index on SQLite (WriteLock).
+	// wmu queues this process's writers to the mCSD index on SQLite (writeLock).
 	wmu sync.Mutex
+	// stmts holds the index's statements run for every directory, parsed once.
+	smu   sync.Mutex
+	stmts map[string]*sql.Stmt
 }
 
 var _ mcsd.Store = (*DB)(nil)
