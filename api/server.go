@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/storage"
 )
@@ -42,6 +43,8 @@ type Config struct {
 	DirectorySync DirectorySyncer
 	// SubmitPage renders GET submitToken results; nil uses the built-in page.
 	SubmitPage *SubmitPage
+	// Audit keeps the audit trail of lookups and admin calls.
+	Audit Audit
 }
 
 // Server routes HTTP requests to the identity service.
@@ -62,7 +65,7 @@ func New(svc *identity.Service, hs Homeservers, cfg Config, metrics *Metrics, lo
 		s.page = DefaultSubmitPage()
 	}
 	r := chi.NewRouter()
-	r.Use(s.recoverer, s.instrument, s.cors)
+	r.Use(s.recoverer, s.instrument, s.auditScope, s.cors)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		markUnmatched(r)
 		matrixError(w, http.StatusNotFound, "M_UNRECOGNIZED", "unrecognised request")
@@ -220,6 +223,7 @@ func (s *Server) authenticated(withTerms bool) func(http.Handler) http.Handler {
 					return
 				}
 			}
+			audit.ScopeFrom(r.Context()).Actor = audit.Agent{Kind: audit.AgentUser, ID: acct.UserID}
 			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), accountKey, acct)))
 		})
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ozo-platform/ozo-identity/api"
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/config"
 	"github.com/ozo-platform/ozo-identity/email"
 	"github.com/ozo-platform/ozo-identity/homeserver"
@@ -47,6 +48,9 @@ type App struct {
 
 	syncerOpts mcsd.Options // what Syncer was built with, for NewSyncer
 	adminSync  *adminSync
+	// Chain keys the audit trail; Lookups counts lookups and refused admin calls for it.
+	Chain   *audit.Chain
+	Lookups *audit.Aggregator
 }
 
 // New opens and migrates the database and builds every component. Nothing listens yet.
@@ -68,6 +72,12 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		return nil, err
 	}
 	store := sqlstore.New(db)
+	chain, err := auditChain(ctx, cfg, store, log)
+	if err != nil {
+		return nil, err
+	}
+	store.SetAuditChain(chain)
+	lookups := audit.NewAggregator(store, cfg.Audit.LookupInterval, log.With("component", "audit"))
 	signer, err := identity.LoadSigner(ctx, store, cfg.ServerName, cfg.SigningKeyFile)
 	if err != nil {
 		return nil, err
@@ -221,9 +231,12 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		Directory:     index,
 		DirectorySync: dirSync,
 		SubmitPage:    page,
+		Audit: api.Audit{Store: store, Lookups: lookups,
+			Observer: audit.Observer{ServerName: cfg.ServerName, BaseURL: cfg.PublicBaseURL}},
 	}, metrics, log.With("component", "api"))
 	a := &App{Config: cfg, DB: db, Store: store, Service: svc, API: srv, Metrics: metrics, HS: hs,
-		Index: index, Syncer: syncer, syncerOpts: syncerOpts, adminSync: admSync, log: log}
+		Index: index, Syncer: syncer, syncerOpts: syncerOpts, adminSync: admSync, log: log,
+		Chain: chain, Lookups: lookups}
 	admSync.app = a
 	return a, nil
 }
@@ -288,6 +301,7 @@ func (a *App) SyncDirectories(ctx context.Context) ([]mcsd.DirectoryReport, erro
 }
 
 func (a *App) logReports(reports []mcsd.DirectoryReport, err error) ([]mcsd.DirectoryReport, error) {
+	a.recordDirectorySync(context.Background(), reports)
 	for _, r := range reports {
 		switch {
 		case r.Skipped != "":
@@ -343,6 +357,7 @@ func (a *App) RunWorkers(ctx context.Context) {
 	if a.HasDirectories() && a.Config.Directory.SyncInterval > 0 {
 		a.workers.Go(func() { a.syncSchedule(ctx, a.Config.Directory.SyncInterval) })
 	}
+	a.auditWorkers(ctx)
 	a.workers.Go(func() {
 		a.Service.DeliverOnBinds(ctx, a.HS, func(err error) bool { return !homeserver.IsRetryable(err) }, 5*time.Second)
 	})
@@ -360,6 +375,7 @@ func (a *App) RunWorkers(ctx context.Context) {
 			} else if inv > 0 || keys > 0 {
 				a.log.Info("removed expired invites", "invites", inv, "ephemeral_keys", keys)
 			}
+			a.pruneAudit(ctx)
 			select {
 			case <-ctx.Done():
 				return

@@ -19,6 +19,7 @@ import (
 
 	"maunium.net/go/mautrix/federation"
 
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/email"
 	"github.com/ozo-platform/ozo-identity/lookup"
 	"github.com/ozo-platform/ozo-identity/storage"
@@ -484,7 +485,18 @@ func (s *Service) bind(ctx context.Context, tp storage.ThreePID, mxid, source st
 		return nil, err
 	}
 	queued := false
+	scope := audit.ScopeFrom(ctx)
 	err = s.store.Bind(ctx, storage.BindRequest{
+		Audit: func(delivered []storage.Invite) []audit.Record {
+			recs := []audit.Record{bindRecord(scope, audit.ActionBind, tp, mxid, "source="+source)}
+			for _, inv := range delivered {
+				r := scope.Record(audit.ActionInviteDelivered, audit.OutcomeSuccess)
+				r.Medium, r.Address, r.Resource, r.OnBehalfOf = tp.Medium, tp.Address, inv.RoomID, inv.Sender
+				r.Detail = "bound to " + mxid + "; onbind queued for " + ServerOf(mxid)
+				recs = append(recs, r)
+			}
+			return recs
+		},
 		Binding:      b,
 		Hashes:       threepid.LookupHashes(tp, s.Pepper()),
 		FoldedHashes: threepid.FoldedLookupHashes(tp, s.Pepper()),
@@ -500,10 +512,21 @@ func (s *Service) bind(ctx context.Context, tp storage.ThreePID, mxid, source st
 	if err != nil {
 		return nil, err
 	}
+	scope.MarkRecorded()
 	if queued {
 		s.Wake()
 	}
 	return assoc, nil
+}
+
+// bindRecord is the audit record of a binding change of tp to mxid.
+func bindRecord(scope *audit.Scope, action audit.Action, tp storage.ThreePID, mxid, detail string) audit.Record {
+	r := scope.Record(action, audit.OutcomeSuccess)
+	r.Medium, r.Address, r.Resource, r.Detail = tp.Medium, tp.Address, mxid, detail
+	if r.OnBehalfOf == "" && r.Actor.ID != mxid {
+		r.OnBehalfOf = mxid
+	}
+	return r
 }
 
 // Unbind removes a binding. Authorised either by a validated session for the 3PID, or by the
@@ -532,11 +555,13 @@ func (s *Service) Unbind(ctx context.Context, sid, clientSecret, medium, address
 	default:
 		return errorf(CodeForbidden, "unbind needs a validated session or a signed request from the user's homeserver")
 	}
-	if err := s.store.DeleteBinding(ctx, tp, mxid); errors.Is(err, storage.ErrNotFound) {
+	scope := audit.ScopeFrom(ctx)
+	if err := s.store.DeleteBinding(ctx, tp, mxid, bindRecord(scope, audit.ActionUnbind, tp, mxid, "")); errors.Is(err, storage.ErrNotFound) {
 		return errorf(CodeNotFound, "this 3PID is not bound to this Matrix ID")
 	} else if err != nil {
 		return err
 	}
+	scope.MarkRecorded()
 	return nil
 }
 
@@ -546,11 +571,20 @@ func (s *Service) AdminUnbind(ctx context.Context, medium, address string) error
 	if err != nil {
 		return normalizeErr(err)
 	}
-	if err := s.store.DeleteBinding(ctx, tp, ""); errors.Is(err, storage.ErrNotFound) {
+	scope := audit.ScopeFrom(ctx)
+	b, err := s.store.GetBinding(ctx, tp)
+	if errors.Is(err, storage.ErrNotFound) {
 		return errorf(CodeNotFound, "this 3PID is not bound")
 	} else if err != nil {
 		return err
 	}
+	// Bound to b.MXID: a binding changed in between is left alone and reported not found.
+	if err := s.store.DeleteBinding(ctx, tp, b.MXID, bindRecord(scope, audit.ActionUnbind, tp, b.MXID, "")); errors.Is(err, storage.ErrNotFound) {
+		return errorf(CodeNotFound, "this 3PID is not bound")
+	} else if err != nil {
+		return err
+	}
+	scope.MarkRecorded()
 	return nil
 }
 
@@ -699,7 +733,10 @@ func (s *Service) StoreInvite(ctx context.Context, req InviteRequest) (StoredInv
 	inv := storage.Invite{Token: randomToken(24), ThreePID: tp, RoomID: req.RoomID, Sender: req.Sender,
 		CreatedAt: now, ExpiresAt: now.Add(s.opts.InviteLifetime), Extra: extra, EphemeralKey: ephemeral}
 	// Stored (with its key, under the caps) before the mail, so a refused invite mails nobody.
-	switch err := s.store.CreateInvite(ctx, inv, s.opts.InviteLimits); {
+	scope := audit.ScopeFrom(ctx)
+	rec := scope.Record(audit.ActionInviteStored, audit.OutcomeSuccess)
+	rec.Medium, rec.Address, rec.Resource, rec.OnBehalfOf = tp.Medium, tp.Address, inv.RoomID, inv.Sender
+	switch err := s.store.CreateInvite(ctx, inv, s.opts.InviteLimits, rec); {
 	case errors.Is(err, storage.ErrThreePIDInviteLimit):
 		return StoredInvite{}, errorf(CodeLimitExceeded, "this 3PID has too many pending invites; they are delivered when it is bound")
 	case errors.Is(err, storage.ErrSenderInviteLimit):

@@ -4,6 +4,9 @@
 //	ozo-identity migrate          [--config FILE] [--data-dir DIR]
 //	ozo-identity directory sync   [--config FILE] [--data-dir DIR] [--force] [--wait] [--allow-mass-delete] [--full [URA|URL|lrza …]]
 //	ozo-identity directory status [--config FILE] [--data-dir DIR] [--json]
+//	ozo-identity audit checkpoint [--config FILE] [--data-dir DIR] [--out FILE]
+//	ozo-identity audit verify     [--config FILE] [--data-dir DIR] [--checkpoint FILE]
+//	ozo-identity audit export     [--config FILE] [--data-dir DIR] [--since TIME] [--format fhir|jsonl]
 package main
 
 import (
@@ -44,6 +47,13 @@ commands:
                      is kept). One sync of a database at a time: while another runs (serve's
                      schedule, a replica, another CLI) it exits non-zero, or waits with --wait
   directory status   show every known directory: last success, errors, backoff, watermarks, counts
+  audit checkpoint   sign the audit chain head with the server key and write it (JSON) to --out
+                     or stdout; keep it outside the system: verify proves nothing before it changed
+  audit verify       check the whole audit chain against the audit key and a checkpoint
+                     (--checkpoint, else the newest exported one); exits non-zero on the first
+                     rewritten or missing record, or a truncation since the checkpoint
+  audit export       write the audit records since --since (RFC 3339 or a duration such as 720h)
+                     as FHIR R4 AuditEvents (a Bundle, --format fhir) or JSON lines (jsonl)
 
 flags:
   --config FILE    YAML configuration (every key also settable as OZO_<KEY>, e.g. OZO_DATABASE_URL)
@@ -57,6 +67,10 @@ flags:
   --allow-mass-delete  directory sync: apply deletions even when they remove more than
                    directory.max_delete_share of a directory's resources at once
   --json           directory status: print JSON instead of tables
+  --out FILE       audit checkpoint / export: write to FILE instead of stdout
+  --checkpoint FILE  audit verify: the checkpoint to verify against
+  --since TIME     audit export: first record time (default: everything)
+  --format F       audit export: fhir (default) or jsonl
 `
 
 // run is main without the process: args without the program name, env as os.Environ gives it.
@@ -82,6 +96,12 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 			return fmt.Errorf("directory: unknown subcommand %q (want sync or status)", rest[0])
 		}
 		cmd, rest = cmd+" "+rest[0], rest[1:]
+	case "audit":
+		if len(rest) == 0 || (rest[0] != "checkpoint" && rest[0] != "verify" && rest[0] != "export") {
+			fmt.Fprint(stderr, usage)
+			return fmt.Errorf("audit: missing or unknown subcommand (want checkpoint, verify or export)")
+		}
+		cmd, rest = cmd+" "+rest[0], rest[1:]
 	default:
 		fmt.Fprint(stderr, usage)
 		return fmt.Errorf("unknown command %q", cmd)
@@ -102,6 +122,17 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 		allowMassDelete = fs.Bool("allow-mass-delete", false, "apply deletions the mass-delete guard would stop")
 	case "directory status":
 		asJSON = fs.Bool("json", false, "print JSON")
+	}
+	var out, checkpoint, since, format *string
+	switch cmd {
+	case "audit checkpoint":
+		out = fs.String("out", "", "write the checkpoint to FILE")
+	case "audit verify":
+		checkpoint = fs.String("checkpoint", "", "checkpoint FILE to verify against")
+	case "audit export":
+		out = fs.String("out", "", "write to FILE")
+		since = fs.String("since", "", "first record time (RFC 3339 or a duration back from now)")
+		format = fs.String("format", "fhir", "fhir or jsonl")
 	}
 	if err := fs.Parse(rest); err != nil {
 		return err
@@ -149,6 +180,12 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 	case "directory sync":
 		return directorySync(ctx, cfg, syncFlags{force: *force, wait: *wait, full: *full, only: only,
 			allowMassDelete: *allowMassDelete}, stdout, stderr)
+	case "audit checkpoint":
+		return auditCheckpoint(ctx, cfg, log, *out, stdout)
+	case "audit verify":
+		return auditVerify(ctx, cfg, log, *checkpoint, stdout)
+	case "audit export":
+		return auditExport(ctx, cfg, log, *since, *format, *out, stdout)
 	default: // "directory status"
 		return directoryStatus(ctx, cfg, *asJSON, stdout, log)
 	}
