@@ -41,7 +41,7 @@ type aggregate struct {
 	found     int64
 	media     map[string]struct{}
 	written   bool // refused: the first attempt was written at once
-	suppresed int64
+	suppressed int64
 }
 
 // NewAggregator returns an aggregator flushing every interval (at least a second).
@@ -92,7 +92,9 @@ func (a *Aggregator) Refused(ctx context.Context, rec Record) error {
 	k = a.key(a.refused, k)
 	g := a.refused[k]
 	if g != nil {
-		g.suppresed++
+		g.suppressed++
+		// The counted record names the latest attempt; the first has its own.
+		g.first.Resource, g.first.RequestID, g.first.Detail = rec.Resource, rec.RequestID, rec.Detail
 		a.mu.Unlock()
 		return nil
 	}
@@ -139,13 +141,13 @@ func (a *Aggregator) Flush(ctx context.Context) error {
 		recs = append(recs, r)
 	}
 	for _, g := range refused {
-		if g.suppresed == 0 {
+		if g.suppressed == 0 {
 			continue
 		}
 		r := g.first
 		r.At = time.Now()
-		r.Count = g.suppresed
-		r.Detail = "further refused attempts in this interval; the first is recorded separately. " + r.Detail
+		r.Count = g.suppressed
+		r.Detail = "further refused attempts in this interval, the latest shown; the first is recorded separately. " + r.Detail
 		recs = append(recs, r)
 	}
 	if len(recs) == 0 {
@@ -168,8 +170,8 @@ func (a *Aggregator) Flush(ctx context.Context) error {
 		}
 		for k, g := range refused {
 			if cur := a.refused[k]; cur != nil {
-				cur.suppresed += g.suppresed
-			} else if g.suppresed > 0 {
+				cur.suppressed += g.suppressed
+			} else if g.suppressed > 0 {
 				a.refused[k] = g
 			}
 		}
