@@ -36,11 +36,11 @@ type aggKey struct {
 }
 
 type aggregate struct {
-	first     Record
-	count     int64
-	found     int64
-	media     map[string]struct{}
-	written   bool // refused: the first attempt was written at once
+	first      Record
+	count      int64
+	found      int64
+	media      map[string]struct{}
+	written    bool // refused: the first attempt was written at once
 	suppressed int64
 }
 
