@@ -375,7 +375,7 @@ func (a *App) RunWorkers(ctx context.Context) {
 			} else if inv > 0 || keys > 0 {
 				a.log.Info("removed expired invites", "invites", inv, "ephemeral_keys", keys)
 			}
-			a.pruneAudit(ctx)
+			a.PruneAudit(ctx)
 			select {
 			case <-ctx.Done():
 				return

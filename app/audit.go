@@ -172,9 +172,9 @@ func (a *App) ExportCheckpoint(ctx context.Context, file string) (string, error)
 	return file, nil
 }
 
-// pruneAudit removes records older than audit.retention that the latest exported checkpoint
+// PruneAudit removes records older than audit.retention that the latest exported checkpoint
 // covers (and that wait in no push batch).
-func (a *App) pruneAudit(ctx context.Context) {
+func (a *App) PruneAudit(ctx context.Context) {
 	if a.Config.Audit.Retention <= 0 {
 		return
 	}
