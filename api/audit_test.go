@@ -250,3 +250,36 @@ func TestAuditConcurrentAdminCalls(t *testing.T) {
 		t.Fatalf("verify: %+v %v", rep, err)
 	}
 }
+
+// TestAuditInviteLifecycle: a stored invite, the bind that delivers it and the homeserver's
+// acceptance each leave their record, under who acted.
+func TestAuditInviteLifecycle(t *testing.T) {
+	apitest.ForEachEngine(t, func(t *testing.T, e sqlstore.Engine) {
+		h := apitest.New(t, e)
+		alice, carol := h.NewUser(t, "alice"), h.NewUser(t, "carol")
+		storeInvite(t, h, alice, emailInvite(alice, "carol@example.org"))
+		h.Bind(t, carol, "carol@example.org")
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			var got []string
+			for _, r := range auditRecords(t, h) {
+				if r.Address == "carol@example.org" {
+					got = append(got, fmt.Sprintf("%s %s:%s %s %s", r.Action, r.Actor.Kind, r.Actor.ID, r.OnBehalfOf, r.Resource))
+				}
+			}
+			want := []string{
+				"invite.stored user:" + alice.MXID + " " + alice.MXID + " !zorgteam:hs.ozo.test",
+				"bind user:" + carol.MXID + "  " + carol.MXID,
+				"invite.delivered user:" + carol.MXID + " " + alice.MXID + " !zorgteam:hs.ozo.test",
+				"invite.delivered system: " + alice.MXID + " !zorgteam:hs.ozo.test",
+			}
+			if strings.Join(got, "\n") == strings.Join(want, "\n") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("records:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+}

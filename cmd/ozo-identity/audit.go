@@ -115,31 +115,36 @@ func auditExport(ctx context.Context, cfg config.Config, log *slog.Logger, since
 // exportRecords streams the records: a Bundle is written entry by entry, never held whole.
 func exportRecords(ctx context.Context, a *app.App, from time.Time, format string, w io.Writer) error {
 	obs := audit.Observer{ServerName: a.Config.ServerName, BaseURL: a.Config.PublicBaseURL}
-	head, err := a.Store.AuditHead(ctx)
-	if err != nil {
-		return err
-	}
 	enc := json.NewEncoder(w)
 	enc.SetEscapeHTML(false)
 	if format == "fhir" {
 		fmt.Fprint(w, `{"resourceType":"Bundle","type":"collection","entry":[`)
 	}
 	n := 0
-	err = a.Store.ScanAudit(ctx, head.PrunedSeq, head.Seq, func(r audit.Record) error {
-		if r.At.Before(from) {
-			return nil
+	for after := int64(0); ; {
+		recs, err := a.Store.ListAudit(ctx, from, after, 1000)
+		if err != nil {
+			return err
 		}
-		if format == "jsonl" {
-			return enc.Encode(r)
+		for _, r := range recs {
+			var err error
+			if format == "jsonl" {
+				err = enc.Encode(r)
+			} else {
+				if n > 0 {
+					fmt.Fprint(w, ",")
+				}
+				n++
+				err = enc.Encode(map[string]any{"resource": r.AuditEvent(obs)})
+			}
+			if err != nil {
+				return err
+			}
 		}
-		if n > 0 {
-			fmt.Fprint(w, ",")
+		if len(recs) < 1000 {
+			break
 		}
-		n++
-		return enc.Encode(map[string]any{"resource": r.AuditEvent(obs)})
-	})
-	if err != nil {
-		return err
+		after = recs[len(recs)-1].Seq
 	}
 	if format == "fhir" {
 		fmt.Fprintln(w, "]}")

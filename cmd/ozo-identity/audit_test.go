@@ -223,3 +223,41 @@ func TestAuditKillDuringBinds(t *testing.T) {
 		t.Logf("%d bindings, %d acknowledged, at the kill", len(bindings), n.Load())
 	})
 }
+
+// TestAuditExportAndKeyCheck: audit export writes every record since a time as a FHIR Bundle or
+// JSON lines, and a process with another audit key refuses to open the trail.
+func TestAuditExportAndKeyCheck(t *testing.T) {
+	forEngines(t, func(t *testing.T, engine sqlstore.Engine) {
+		env := auditEnv(t, engine)
+		cfg, _ := config.Load("", env)
+		a, err := app.New(t.Context(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, at := range []time.Time{time.Now().Add(-48 * time.Hour), time.Now(), time.Now()} {
+			if err := a.Store.AppendAudit(t.Context(), audit.Record{At: at, Action: audit.ActionBind, Outcome: audit.OutcomeSuccess,
+				Actor: audit.Agent{Kind: audit.AgentAdmin}, Medium: "uzi", Address: fmt.Sprintf("12345678%d", i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		a.Close()
+		r := runCLI(t, env, "audit", "export", "--since", "24h", "--format", "fhir")
+		var bundle struct {
+			ResourceType string
+			Entry        []struct{ Resource audit.AuditEvent }
+		}
+		if r.err != nil || json.Unmarshal([]byte(r.stdout), &bundle) != nil || bundle.ResourceType != "Bundle" || len(bundle.Entry) != 2 ||
+			bundle.Entry[0].Resource.Action != "C" {
+			t.Fatalf("fhir export: %v %s", r.err, r.stdout)
+		}
+		r = runCLI(t, env, "audit", "export", "--format", "jsonl")
+		if lines := strings.Split(strings.TrimSpace(r.stdout), "\n"); r.err != nil || len(lines) != 3 {
+			t.Fatalf("jsonl export: %v %q", r.err, r.stdout)
+		}
+		other := append([]string(nil), env...)
+		other[len(other)-1] = "OZO_AUDIT_KEY=" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte("x"), 32))
+		if r := runCLI(t, other, "audit", "verify"); r.err == nil || !strings.Contains(r.err.Error(), "not the key the audit chain was written with") {
+			t.Fatalf("another key: %v", r.err)
+		}
+	})
+}
