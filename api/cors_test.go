@@ -42,6 +42,43 @@ func TestCORS(t *testing.T) {
 			}
 			h.Do(t, apitest.Request{Method: http.MethodOptions, Path: "/_matrix/identity/versions"}).Want(t, http.StatusOK, "")
 		})
+		// Only the JSON API is for other sites: pages (the mailed link, form targets, static files)
+		// and the admin API answer without CORS headers, preflights included.
+		t.Run("pages and admin get none", func(t *testing.T) {
+			h := apitest.New(t, e)
+			u := h.NewUser(t, "corsy")
+			s, _ := h.RequestToken(t, u, "corsy@example.org")
+			origin := http.Header{"Origin": {"https://app.element.io"}}
+			for _, r := range []*apitest.Response{
+				h.Do(t, apitest.Request{Path: v2 + "/validate/email/submitToken" + q("sid", s.SID, "client_secret", s.ClientSecret, "token", "x"), Header: origin}).Want(t, http.StatusBadRequest, ""),
+				h.Do(t, apitest.Request{Path: "/_matrix/identity/api/v1/validate/email/submitToken", Header: origin}),
+				h.Do(t, apitest.Request{Path: "/_ozo/web/static/ozo.css", Header: origin}).Want(t, http.StatusOK, ""),
+				h.Do(t, apitest.Request{Method: http.MethodOptions, Path: "/_ozo/web/validate/email", Header: http.Header{
+					"Origin": {"https://app.element.io"}, "Access-Control-Request-Method": {"POST"}}}),
+				h.Do(t, apitest.Request{Path: "/_ozo/admin/v1/bindings", Header: http.Header{
+					"Origin": {"https://app.element.io"}, "Authorization": {"Bearer " + apitest.AdminToken}}}).Want(t, http.StatusOK, ""),
+				h.Do(t, apitest.Request{Method: http.MethodOptions, Path: "/_ozo/admin/v1/bindings", Header: http.Header{
+					"Origin": {"https://app.element.io"}, "Access-Control-Request-Method": {"POST"}}}),
+			} {
+				for k := range r.Header {
+					if strings.HasPrefix(k, "Access-Control-") {
+						t.Fatalf("HTTP %d carries %s: %q\n%s", r.Status, k, r.Header.Get(k), r.Body)
+					}
+				}
+			}
+			// POST submitToken is JSON API and keeps CORS.
+			r := h.Do(t, apitest.Request{Method: http.MethodPost, Path: v2 + "/validate/email/submitToken", Header: http.Header{
+				"Origin": {"https://app.element.io"}, "Authorization": {"Bearer " + u.Token}, "Content-Type": {"application/json"}},
+				Body: map[string]any{"sid": s.SID, "client_secret": s.ClientSecret, "token": "x"}}).Want(t, http.StatusBadRequest, "M_TOKEN_INCORRECT")
+			if r.Header.Get("Access-Control-Allow-Origin") != "*" {
+				t.Fatalf("POST submitToken: Allow-Origin %q", r.Header.Get("Access-Control-Allow-Origin"))
+			}
+			pre := h.Do(t, apitest.Request{Method: http.MethodOptions, Path: v2 + "/validate/email/submitToken", Header: http.Header{
+				"Origin": {"https://app.element.io"}, "Access-Control-Request-Method": {"POST"}}}).Want(t, http.StatusOK, "")
+			if pre.Header.Get("Access-Control-Allow-Origin") != "*" {
+				t.Fatalf("preflight of POST submitToken: Allow-Origin %q", pre.Header.Get("Access-Control-Allow-Origin"))
+			}
+		})
 		t.Run("listed origins", func(t *testing.T) {
 			h := apitest.New(t, e, func(c *config.Config) { c.HTTP.CORSOrigins = []string{"https://app.ozo.test"} })
 			r := h.Do(t, apitest.Request{Path: "/_matrix/identity/versions", Header: http.Header{"Origin": {"https://app.ozo.test"}}})

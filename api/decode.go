@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,15 +11,40 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
-// readBody reads a body within the configured bound.
+const bodyLimitKey ctxKey = 2
+
+// bodyLimit raises the body bound of the routes it wraps (lookups of max_batch addresses);
+// every other route keeps http.max_body_bytes.
+func bodyLimit(n int64) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), bodyLimitKey, n)))
+		})
+	}
+}
+
+// lookupBodyBytes fits max addresses of the longest accepted form ("address medium" with the
+// longest address, quoted, comma-separated) plus the small body's bound for the rest.
+func lookupBodyBytes(max int, small int64) int64 {
+	const perAddress = threepid.MaxAddressLength + len(" uzi_nr") + len(`"",`)
+	return int64(max)*int64(perAddress) + small
+}
+
+// readBody reads a body within the route's bound.
 func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
+	limit := s.cfg.MaxBodyBytes
+	if n, ok := r.Context().Value(bodyLimitKey).(int64); ok {
+		limit = n
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	var tooLarge *http.MaxBytesError
 	if errors.As(err, &tooLarge) {
 		return nil, &requestError{status: http.StatusRequestEntityTooLarge, code: "M_TOO_LARGE",
-			msg: fmt.Sprintf("request body is larger than %d bytes", s.cfg.MaxBodyBytes)}
+			msg: fmt.Sprintf("request body is larger than %d bytes", limit)}
 	}
 	if err != nil {
 		return nil, badRequest("M_UNKNOWN", "could not read the request body")

@@ -4,6 +4,7 @@ package api
 
 import (
 	"context"
+	"crypto/rand"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/ozo-platform/ozo-identity/api/web"
 	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/storage"
@@ -41,8 +43,9 @@ type Config struct {
 	Directory Directory
 	// DirectorySync serves POST /_ozo/admin/v1/directory/sync; nil answers 404.
 	DirectorySync DirectorySyncer
-	// SubmitPage renders GET submitToken results; nil uses the built-in page.
-	SubmitPage *SubmitPage
+	// Pages serves every HTML page; nil builds one with a per-process key (sessions do not
+	// survive a restart nor cross replicas).
+	Pages *web.Handler
 	// Audit keeps the audit trail of lookups and admin calls.
 	Audit Audit
 }
@@ -55,14 +58,20 @@ type Server struct {
 	log     *slog.Logger
 	metrics *Metrics
 	router  chi.Router
-	page    *SubmitPage
+	pages   *web.Handler
 }
 
 // New builds the HTTP handler. metrics may be nil.
 func New(svc *identity.Service, hs Homeservers, cfg Config, metrics *Metrics, log *slog.Logger) *Server {
-	s := &Server{svc: svc, hs: hs, cfg: cfg, log: logger(log), metrics: metrics, page: cfg.SubmitPage}
-	if s.page == nil {
-		s.page = DefaultSubmitPage()
+	s := &Server{svc: svc, hs: hs, cfg: cfg, log: logger(log), metrics: metrics, pages: cfg.Pages}
+	if s.pages == nil {
+		key := make([]byte, 32)
+		rand.Read(key)
+		p, err := web.New(web.Config{Key: key, Tokens: svc, Log: s.log})
+		if err != nil {
+			panic(err) // only the embedded templates can fail here, and tests parse them
+		}
+		s.pages = p
 	}
 	r := chi.NewRouter()
 	r.Use(s.recoverer, s.instrument, s.auditScope, s.cors)
@@ -81,6 +90,7 @@ func New(svc *identity.Service, hs Homeservers, cfg Config, metrics *Metrics, lo
 	if cfg.Directory != nil {
 		r.Route("/_ozo/v1/directory", s.routesDirectory)
 	}
+	r.Handle(web.PagePrefix+"*", s.pages)
 	s.router = r
 	return s
 }
@@ -108,9 +118,14 @@ func (s *Server) recoverer(next http.Handler) http.Handler {
 	})
 }
 
-// cors lets browser clients (Element, the OZO app) call the API, as the spec requires.
+// cors lets browser clients (Element, the OZO app) call the JSON API, as the spec requires.
+// Pages and the admin API get none: no other site has reason to read them.
 func (s *Server) cors(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !corsRoute(r) {
+			next.ServeHTTP(w, r)
+			return
+		}
 		origin := r.Header.Get("Origin")
 		switch {
 		case slices.Contains(s.cfg.CORSOrigins, "*"):
@@ -127,6 +142,21 @@ func (s *Server) cors(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// corsRoute tells the Matrix and /_ozo/v1 JSON routes from pages and the admin API. The mailed
+// validation link (GET submitToken) is a page although it sits under /_matrix.
+func corsRoute(r *http.Request) bool {
+	p := r.URL.Path
+	if !strings.HasPrefix(p, "/_matrix/identity/") && !strings.HasPrefix(p, "/_ozo/v1/") {
+		return false
+	}
+	return !((r.Method == http.MethodGet || r.Method == http.MethodHead) && isSubmitTokenPage(p))
+}
+
+func isSubmitTokenPage(path string) bool {
+	return path == "/_matrix/identity/v2/validate/email/submitToken" ||
+		path == "/_matrix/identity/api/v1/validate/email/submitToken"
 }
 
 // clientAddr is the caller's address: the connection's peer or, when that is a trusted proxy,

@@ -32,7 +32,7 @@ func (s *Server) routesV1(r chi.Router) {
 func (s *Server) routesV1Gated(r chi.Router) {
 	r.Get("/", s.statusCheck)
 	r.Get("/lookup", s.v1Lookup)
-	r.Post("/bulk_lookup", s.v1BulkLookup)
+	r.With(bodyLimit(lookupBodyBytes(s.cfg.MaxLookupBatch, s.cfg.MaxBodyBytes))).Post("/bulk_lookup", s.v1BulkLookup)
 	r.Post("/store-invite", s.v1StoreInvite)
 	r.Get("/pubkey/isvalid", s.pubkeyIsValid)
 	r.Get("/pubkey/ephemeral/isvalid", s.ephemeralIsValid)
@@ -40,7 +40,7 @@ func (s *Server) routesV1Gated(r chi.Router) {
 	// v1 callers are the configured homeservers, proxying for all their users: no per-client budget.
 	r.Post("/validate/email/requestToken", s.v1RequestEmailToken)
 	r.Post("/validate/email/submitToken", s.v1SubmitEmailToken)
-	r.Get("/validate/email/submitToken", s.submitEmailTokenPage)
+	r.Get("/validate/email/submitToken", s.pages.Pages(http.HandlerFunc(s.pages.SubmitTokenPage)).ServeHTTP)
 	r.Get("/3pid/getValidated3pid", s.getValidated)
 	r.Post("/3pid/bind", s.v1Bind)
 	r.With(s.limitClient("unbind")).Post("/3pid/unbind", s.unbind)

@@ -31,7 +31,7 @@ func (s *Server) routesV2(r chi.Router) {
 	r.Group(func(r chi.Router) {
 		r.Use(s.authenticated(true))
 		r.Get("/hash_details", s.hashDetails)
-		r.Post("/lookup", s.lookup)
+		r.With(bodyLimit(lookupBodyBytes(s.cfg.MaxLookupBatch, s.cfg.MaxBodyBytes))).Post("/lookup", s.lookup)
 		r.With(s.limitClient("requestToken")).Post("/validate/email/requestToken", s.requestEmailToken)
 		r.Post("/validate/email/submitToken", s.submitEmailToken)
 		r.Post("/validate/msisdn/requestToken", s.msisdnUnsupported)
@@ -45,7 +45,7 @@ func (s *Server) routesV2(r chi.Router) {
 	})
 	// The link in the validation mail opens in a browser, which has no token: the mailed token
 	// is the proof (as in Sydent, where only POST submitToken needs authentication).
-	r.Get("/validate/email/submitToken", s.submitEmailTokenPage)
+	r.Get("/validate/email/submitToken", s.pages.Pages(http.HandlerFunc(s.pages.SubmitTokenPage)).ServeHTTP)
 	// Unbind is authenticated by a validated session or by the homeserver's signature, not a token.
 	r.With(s.limitClient("unbind")).Post("/3pid/unbind", s.unbind)
 }
@@ -249,18 +249,6 @@ func (s *Server) submitEmailToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]bool{"success": true})
-}
-
-// submitEmailTokenPage is where the link in the mail lands: a page for the person, or a redirect to next_link.
-func (s *Server) submitEmailTokenPage(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	nextLink, err := s.svc.SubmitToken(r.Context(), q.Get("sid"), q.Get("client_secret"), q.Get("token"))
-	// Checked again here: a session stored before the allow-list was narrowed keeps its next_link.
-	if err == nil && nextLink != "" && s.svc.AllowedNextLink(nextLink) {
-		http.Redirect(w, r, nextLink, http.StatusFound)
-		return
-	}
-	s.page.render(w, err)
 }
 
 func (s *Server) msisdnUnsupported(w http.ResponseWriter, r *http.Request) {

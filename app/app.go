@@ -20,6 +20,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ozo-platform/ozo-identity/api"
+	"github.com/ozo-platform/ozo-identity/api/web"
 	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/config"
 	"github.com/ozo-platform/ozo-identity/email"
@@ -55,7 +56,7 @@ type App struct {
 
 // New opens and migrates the database and builds every component. Nothing listens yet.
 func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*App, error) {
-	db, err := sqlstore.Open(ctx, cfg.Database.URL, cfg.DataDir)
+	db, err := sqlstore.OpenPool(ctx, cfg.Database.URL, cfg.DataDir, DBPool(cfg.Database))
 	if err != nil {
 		return nil, err
 	}
@@ -65,6 +66,12 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*App, error)
 		return nil, err
 	}
 	return a, nil
+}
+
+// DBPool is the connection pool the database section asks for.
+func DBPool(d config.Database) sqlstore.Pool {
+	return sqlstore.Pool{MaxOpenConns: d.MaxOpenConns, MaxIdleConns: d.MaxIdleConns,
+		ConnMaxIdleTime: d.ConnMaxIdleTime, SQLiteMmapBytes: d.SQLiteMmapBytes}
 }
 
 func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Logger) (*App, error) {
@@ -161,11 +168,15 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		links = append(links, lookup.Optional(p.name, p.peer, log.With("component", "peer")))
 	}
 	svc.SetResolver(lookup.Chain(links...))
-	var page *api.SubmitPage
-	if cfg.Validation.SubmitPage != "" {
-		if page, err = api.LoadSubmitPage(cfg.Validation.SubmitPage); err != nil {
-			return nil, err
-		}
+	// Page cookies are sealed under a key derived from the signing key, which replicas share.
+	webKey, err := signer.Secret("web pages")
+	if err != nil {
+		return nil, fmt.Errorf("derive page key: %w", err)
+	}
+	pages, err := web.New(web.Config{Key: webKey, SubmitTemplate: cfg.Validation.SubmitPage, Tokens: svc,
+		Log: log.With("component", "web")})
+	if err != nil {
+		return nil, err
 	}
 	v1Nets, _ := config.ParsePrefixes(cfg.V1.Networks)
 	proxies, _ := config.ParsePrefixes(cfg.HTTP.TrustedProxies)
@@ -230,7 +241,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 			PerClient: cfg.RateLimits.PerClient, AdminFailuresPerClient: cfg.RateLimits.AdminFailuresPerClient},
 		Directory:     index,
 		DirectorySync: dirSync,
-		SubmitPage:    page,
+		Pages:         pages,
 		Audit: api.Audit{Store: store, Lookups: lookups,
 			Observer: audit.Observer{ServerName: cfg.ServerName, BaseURL: cfg.PublicBaseURL}},
 	}, metrics, log.With("component", "api"))

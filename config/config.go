@@ -155,6 +155,15 @@ type RateLimits struct {
 type Database struct {
 	// URL is a postgres:// URL; empty means the SQLite file in the data directory.
 	URL string `yaml:"url"`
+	// MaxOpenConns bounds the connection pool; 0 means the engine's default (PostgreSQL 20,
+	// SQLite 2×GOMAXPROCS+2).
+	MaxOpenConns int `yaml:"max_open_conns"`
+	// MaxIdleConns is how many connections stay open between requests; 0 means max_open_conns.
+	MaxIdleConns int `yaml:"max_idle_conns"`
+	// ConnMaxIdleTime closes connections idle for this long.
+	ConnMaxIdleTime time.Duration `yaml:"conn_max_idle_time"`
+	// SQLiteMmapBytes is how much of the SQLite file is memory-mapped (shared OS page cache).
+	SQLiteMmapBytes int64 `yaml:"sqlite_mmap_bytes"`
 }
 
 type HTTP struct {
@@ -271,6 +280,7 @@ func Defaults() Config {
 		LogFormat:     "text",
 		HTTP:          HTTP{MaxBodyBytes: 64 << 10, CORSOrigins: []string{"*"}},
 		Lookup:        Lookup{MaxBatch: 10000},
+		Database:      Database{ConnMaxIdleTime: 5 * time.Minute, SQLiteMmapBytes: 256 << 20},
 		Validation: Validation{
 			SessionLifetime:    24 * time.Hour,
 			TokenLifetime:      24 * time.Hour,
@@ -649,6 +659,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Lookup.MaxBatch <= 0 {
 		errs = append(errs, errors.New("lookup.max_batch must be positive"))
+	}
+	if c.Database.MaxOpenConns < 0 || c.Database.MaxIdleConns < 0 || c.Database.ConnMaxIdleTime < 0 || c.Database.SQLiteMmapBytes < 0 {
+		errs = append(errs, errors.New("database pool settings must not be negative"))
+	}
+	if c.Database.MaxOpenConns > 0 && c.Database.MaxIdleConns > c.Database.MaxOpenConns {
+		errs = append(errs, errors.New("database.max_idle_conns must not exceed database.max_open_conns"))
 	}
 	if c.HTTP.MaxBodyBytes <= 0 {
 		errs = append(errs, errors.New("http.max_body_bytes must be positive"))

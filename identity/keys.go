@@ -3,7 +3,9 @@ package identity
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/hkdf"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -64,6 +66,12 @@ func LoadSigner(ctx context.Context, store storage.Storage, serverName, file str
 
 // KeyID returns the key's identifier, such as ed25519:0.
 func (s *Signer) KeyID() string { return string(s.key.ID) }
+
+// Secret derives a 32-byte secret for purpose from the signing key: replicas that share the key
+// agree on it, and it changes when the key does.
+func (s *Signer) Secret(purpose string) ([]byte, error) {
+	return hkdf.Key(sha256.New, s.key.Priv.Seed(), nil, "ozo-identity "+purpose, 32)
+}
 
 // PublicKey returns the public key in unpadded standard base64.
 func (s *Signer) PublicKey() string { return string(s.key.Pub) }

@@ -488,14 +488,7 @@ func (s *Service) bind(ctx context.Context, tp storage.ThreePID, mxid, source st
 	scope := audit.ScopeFrom(ctx)
 	err = s.store.Bind(ctx, storage.BindRequest{
 		Audit: func(delivered []storage.Invite) []audit.Record {
-			recs := []audit.Record{bindRecord(scope, audit.ActionBind, tp, mxid, "source="+source)}
-			for _, inv := range delivered {
-				r := scope.Record(audit.ActionInviteDelivered, audit.OutcomeSuccess)
-				r.Medium, r.Address, r.Resource, r.OnBehalfOf = tp.Medium, tp.Address, inv.RoomID, inv.Sender
-				r.Detail = "bound to " + mxid + "; onbind queued for " + ServerOf(mxid)
-				recs = append(recs, r)
-			}
-			return recs
+			return bindRecords(scope, b, delivered, "source="+source)
 		},
 		Binding:      b,
 		Hashes:       threepid.LookupHashes(tp, s.Pepper()),
@@ -517,6 +510,18 @@ func (s *Service) bind(ctx context.Context, tp storage.ThreePID, mxid, source st
 		s.Wake()
 	}
 	return assoc, nil
+}
+
+// bindRecords are the audit records of binding b and of the invites it delivered.
+func bindRecords(scope *audit.Scope, b storage.Binding, delivered []storage.Invite, detail string) []audit.Record {
+	recs := []audit.Record{bindRecord(scope, audit.ActionBind, b.ThreePID, b.MXID, detail)}
+	for _, inv := range delivered {
+		r := scope.Record(audit.ActionInviteDelivered, audit.OutcomeSuccess)
+		r.Medium, r.Address, r.Resource, r.OnBehalfOf = b.Medium, b.Address, inv.RoomID, inv.Sender
+		r.Detail = "bound to " + b.MXID + "; onbind queued for " + ServerOf(b.MXID)
+		recs = append(recs, r)
+	}
+	return recs
 }
 
 // bindRecord is the audit record of a binding change of tp to mxid.

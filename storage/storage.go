@@ -123,6 +123,20 @@ type BindRequest struct {
 	Audit func(delivered []Invite) []audit.Record
 }
 
+// ImportBinding is one binding of a bulk import with its lookup hashes for the current pepper,
+// exact and folded as in BindRequest.
+type ImportBinding struct {
+	Binding      Binding
+	Hashes       []string
+	FoldedHashes []string
+}
+
+// ImportResult counts what a bulk import did: new bindings, 3PIDs rebound to another MXID, and
+// bindings already there with the same MXID (left as they were, so re-importing changes nothing).
+type ImportResult struct {
+	Created, Updated, Unchanged int
+}
+
 // Storage is the durable state of the identity server.
 type Storage interface {
 	// Settings hold generated, persisted values such as the lookup pepper and the signing key.
@@ -169,6 +183,14 @@ type Storage interface {
 	// has it.
 	LookupHashes(ctx context.Context, hashes []string) (map[string]string, error)
 	LookupThreePIDs(ctx context.Context, tps []ThreePID) (map[ThreePID]string, error)
+	// ImportBindings stores many bindings in one transaction, each as Bind would: a 3PID bound to
+	// another MXID is rebound (the later one wins), one bound to the same MXID is left untouched.
+	// Pending invites of created or rebound 3PIDs are delivered through deliver, as Bind does.
+	// When a 3PID occurs twice, the later entry wins.
+	// record returns the audit records of each changed binding and the invites it delivered,
+	// appended in the same transaction.
+	ImportBindings(ctx context.Context, items []ImportBinding, deliver func(b Binding, invites []Invite) ([]OnBindDelivery, error),
+		record func(b Binding, delivered []Invite) []audit.Record) (ImportResult, error)
 	// RehashBindings recomputes every binding's lookup hashes (exact and folded, as in
 	// BindRequest) with hashFn, for a new pepper.
 	RehashBindings(ctx context.Context, hashFn func(ThreePID) (hashes, folded []string)) error

@@ -40,6 +40,10 @@ var (
 	ErrInvalidAddress    = errors.New("invalid address")
 )
 
+// MaxAddressLength is the longest address Normalize accepts (an idp address); request bodies
+// that carry many addresses are bounded by it.
+const MaxAddressLength = 512
+
 // CanonicalMedium returns the canonical name of medium, or "" when it is not supported.
 func CanonicalMedium(medium string) string { return aliases[medium] }
 
@@ -124,7 +128,7 @@ func digits(s string, n int, what string) error {
 
 func idpAddress(s string) error {
 	idp, subject, ok := strings.Cut(s, ":")
-	if !ok || idp == "" || subject == "" || len(s) > 512 {
+	if !ok || idp == "" || subject == "" || len(s) > MaxAddressLength {
 		return fmt.Errorf("%w: an idp address is <idp-id>:<subject>", ErrInvalidAddress)
 	}
 	for _, c := range idp {

@@ -209,7 +209,7 @@ func writeSyncSummary(w io.Writer, reports []mcsd.DirectoryReport, now time.Time
 
 // directoryStatus prints what the database knows of every directory.
 func directoryStatus(ctx context.Context, cfg config.Config, asJSON bool, stdout io.Writer, log *slog.Logger) error {
-	db, err := sqlstore.Open(ctx, cfg.Database.URL, cfg.DataDir)
+	db, err := sqlstore.OpenPool(ctx, cfg.Database.URL, cfg.DataDir, app.DBPool(cfg.Database))
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@
 //	ozo-identity migrate          [--config FILE] [--data-dir DIR]
 //	ozo-identity directory sync   [--config FILE] [--data-dir DIR] [--force] [--wait] [--allow-mass-delete] [--full [URA|URL|lrza …]]
 //	ozo-identity directory status [--config FILE] [--data-dir DIR] [--json]
+//	ozo-identity admin bindings import FILE [--config FILE] [--data-dir DIR] [--format ndjson|csv] [--strict] [--batch N] [--restart]
 //	ozo-identity audit checkpoint [--config FILE] [--data-dir DIR] [--out FILE]
 //	ozo-identity audit verify     [--config FILE] [--data-dir DIR] [--checkpoint FILE]
 //	ozo-identity audit export     [--config FILE] [--data-dir DIR] [--since TIME] [--format fhir|jsonl]
@@ -47,6 +48,12 @@ commands:
                      is kept). One sync of a database at a time: while another runs (serve's
                      schedule, a replica, another CLI) it exits non-zero, or waits with --wait
   directory status   show every known directory: last success, errors, backoff, watermarks, counts
+  admin bindings import FILE
+                     bind the 3PIDs of FILE: NDJSON ({"medium","address","mxid"} per line) or CSV
+                     with a header medium,address,mxid; transactions of --batch lines, a later
+                     MXID for a bound 3PID wins as in a bind, the same MXID is left unchanged;
+                     invalid lines are listed and skipped; progress is kept in FILE.import-state
+                     so an interrupted import resumes where it stopped
   audit checkpoint   sign the audit chain head with the server key and write it (JSON) to --out
                      or stdout; keep it outside the system: verify proves nothing before it changed
   audit verify       check the whole audit chain against the audit key and a checkpoint
@@ -67,6 +74,10 @@ flags:
   --allow-mass-delete  directory sync: apply deletions even when they remove more than
                    directory.max_delete_share of a directory's resources at once
   --json           directory status: print JSON instead of tables
+  --format F       admin bindings import: ndjson or csv (default: by extension, then content)
+  --strict         admin bindings import: stop at the first invalid line (lines before it are kept)
+  --batch N        admin bindings import: lines per transaction (default 5000, at most 50000)
+  --restart        admin bindings import: ignore FILE.import-state and start at the first line
   --out FILE       audit checkpoint / export: write to FILE instead of stdout
   --checkpoint FILE  audit verify: the checkpoint to verify against
   --since TIME     audit export: first record time (default: everything)
@@ -96,6 +107,12 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 			return fmt.Errorf("directory: unknown subcommand %q (want sync or status)", rest[0])
 		}
 		cmd, rest = cmd+" "+rest[0], rest[1:]
+	case "admin":
+		if len(rest) < 2 || rest[0] != "bindings" || rest[1] != "import" {
+			fmt.Fprint(stderr, usage)
+			return fmt.Errorf("admin: unknown subcommand (want: admin bindings import FILE)")
+		}
+		cmd, rest = "admin bindings import", rest[2:]
 	case "audit":
 		if len(rest) == 0 || (rest[0] != "checkpoint" && rest[0] != "verify" && rest[0] != "export") {
 			fmt.Fprint(stderr, usage)
@@ -112,6 +129,7 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 	dataDir := fs.String("data-dir", "", "data directory")
 	var listen *string
 	var force, wait, full, allowMassDelete, asJSON *bool
+	var imp importOptions
 	switch cmd {
 	case "serve", "migrate":
 		listen = fs.String("listen", "", "listen address")
@@ -122,6 +140,15 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 		allowMassDelete = fs.Bool("allow-mass-delete", false, "apply deletions the mass-delete guard would stop")
 	case "directory status":
 		asJSON = fs.Bool("json", false, "print JSON")
+	case "admin bindings import":
+		fs.StringVar(&imp.format, "format", "", "ndjson or csv")
+		fs.BoolVar(&imp.strict, "strict", false, "stop at the first invalid line")
+		fs.IntVar(&imp.batch, "batch", 5000, "lines per transaction")
+		fs.BoolVar(&imp.restart, "restart", false, "ignore the recorded progress")
+		// FILE may come before the flags.
+		if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+			imp.file, rest = rest[0], rest[1:]
+		}
 	}
 	var out, checkpoint, since, format *string
 	switch cmd {
@@ -137,6 +164,12 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 	if err := fs.Parse(rest); err != nil {
 		return err
 	}
+	if cmd == "admin bindings import" && imp.file == "" && fs.NArg() > 0 {
+		imp.file = fs.Arg(0)
+		if err := fs.Parse(fs.Args()[1:]); err != nil {
+			return err
+		}
+	}
 	var only []string
 	if fs.NArg() > 0 {
 		if full == nil || !*full {
@@ -150,6 +183,14 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 				return fmt.Errorf("%s: %q is neither a URA (8 digits), a directory base URL nor \"lrza\"", cmd, sel)
 			}
 			only = append(only, sel)
+		}
+	}
+	if cmd == "admin bindings import" {
+		if imp.file == "" {
+			return fmt.Errorf("admin bindings import: missing FILE")
+		}
+		if imp.batch < 1 || imp.batch > 50000 {
+			return fmt.Errorf("admin bindings import: --batch must be 1-50000")
 		}
 	}
 	cfg, err := config.Load(*configFile, env)
@@ -167,7 +208,7 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 	case "serve":
 		return serve(ctx, cfg, log)
 	case "migrate":
-		db, err := sqlstore.Open(ctx, cfg.Database.URL, cfg.DataDir)
+		db, err := sqlstore.OpenPool(ctx, cfg.Database.URL, cfg.DataDir, app.DBPool(cfg.Database))
 		if err != nil {
 			return err
 		}
@@ -180,6 +221,8 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 	case "directory sync":
 		return directorySync(ctx, cfg, syncFlags{force: *force, wait: *wait, full: *full, only: only,
 			allowMassDelete: *allowMassDelete}, stdout, stderr)
+	case "admin bindings import":
+		return importBindings(ctx, cfg, imp, stdout, stderr)
 	case "audit checkpoint":
 		return auditCheckpoint(ctx, cfg, log, *out, stdout)
 	case "audit verify":

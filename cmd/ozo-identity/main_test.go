@@ -120,14 +120,14 @@ func chromium(t *testing.T) string {
 	return ""
 }
 
-// renderedDOM loads url in headless Chromium and returns the DOM it rendered.
+// renderedDOM loads url in headless Chromium, as a Dutch browser, and returns the DOM it rendered.
 func renderedDOM(t *testing.T, url string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, chromium(t), "--headless", "--no-sandbox", "--disable-gpu",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-		"--disable-quic", "--user-data-dir="+t.TempDir(), "--dump-dom", url)
+		"--disable-quic", "--accept-lang=nl-NL,nl", "--user-data-dir="+t.TempDir(), "--dump-dom", url)
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	if err := cmd.Run(); err != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/ozo-platform/ozo-identity/audit"
@@ -48,16 +49,35 @@ func (s *Store) appendAudit(ctx context.Context, tx *sql.Tx, recs []audit.Record
 		return fmt.Errorf("lock audit head: %w", err)
 	}
 	for i := range recs {
-		r := &recs[i]
-		s.chain.Seal(r, seq+1, mac)
-		if _, err := tx.ExecContext(ctx, `INSERT INTO audit_records (seq, at, action, outcome, actor_kind, actor, on_behalf_of,
-			medium, address, resource, source, request_id, detail, count, found, prev_mac, mac)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`,
-			r.Seq, ms(r.At), string(r.Action), string(r.Outcome), string(r.Actor.Kind), r.Actor.ID, r.OnBehalfOf,
-			r.Medium, r.Address, r.Resource, r.Source, r.RequestID, r.Detail, r.Count, r.Found, r.PrevMAC, r.MAC); err != nil {
-			return fmt.Errorf("append audit record: %w", err)
+		s.chain.Seal(&recs[i], seq+1, mac)
+		seq, mac = recs[i].Seq, recs[i].MAC
+	}
+	// Many rows per statement: a bulk import appends one record per binding it changed.
+	const rowsPerInsert = 50
+	for start := 0; start < len(recs); start += rowsPerInsert {
+		chunk := recs[start:min(start+rowsPerInsert, len(recs))]
+		var q strings.Builder
+		q.WriteString(`INSERT INTO audit_records (seq, at, action, outcome, actor_kind, actor, on_behalf_of,
+			medium, address, resource, source, request_id, detail, count, found, prev_mac, mac) VALUES `)
+		args := make([]any, 0, len(chunk)*17)
+		for i, r := range chunk {
+			if i > 0 {
+				q.WriteString(", ")
+			}
+			q.WriteString("(")
+			for c := range 17 {
+				if c > 0 {
+					q.WriteString(", ")
+				}
+				fmt.Fprintf(&q, "$%d", len(args)+c+1)
+			}
+			q.WriteString(")")
+			args = append(args, r.Seq, ms(r.At), string(r.Action), string(r.Outcome), string(r.Actor.Kind), r.Actor.ID, r.OnBehalfOf,
+				r.Medium, r.Address, r.Resource, r.Source, r.RequestID, r.Detail, r.Count, r.Found, r.PrevMAC, r.MAC)
 		}
-		seq, mac = r.Seq, r.MAC
+		if _, err := tx.ExecContext(ctx, q.String(), args...); err != nil {
+			return fmt.Errorf("append audit records: %w", err)
+		}
 	}
 	if _, err := tx.ExecContext(ctx, `UPDATE audit_head SET seq = $1, mac = $2 WHERE id = 1`, seq, mac); err != nil {
 		return fmt.Errorf("move audit head: %w", err)

@@ -11,7 +11,9 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // PostgreSQL driver "pgx"
 	"github.com/pressly/goose/v3"
@@ -35,15 +37,65 @@ type DB struct {
 	Engine Engine
 }
 
-// Open connects to PostgreSQL when url is a postgres:// URL, and otherwise opens (creating it if
-// needed) the SQLite file in dataDir. It does not migrate; call Migrate.
+// Pool sizes the connection pool; the zero value of a field means the engine's default.
+type Pool struct {
+	// MaxOpenConns bounds connections: PostgreSQL 20; SQLite 2×GOMAXPROCS+2, since its
+	// connections only run on this machine's cores.
+	MaxOpenConns int
+	// MaxIdleConns defaults to MaxOpenConns: a busy server reuses its sessions instead of
+	// having PostgreSQL start and tear down one per burst of requests.
+	MaxIdleConns int
+	// ConnMaxIdleTime closes connections idle this long (default 5m), so a quiet server gives
+	// its sessions back.
+	ConnMaxIdleTime time.Duration
+	// SQLiteMmapBytes maps that much of the SQLite file (default 256 MiB): reads go through the
+	// OS page cache, shared by every connection, instead of a private cache per connection.
+	SQLiteMmapBytes int64
+}
+
+// sqliteCacheKiB is each SQLite connection's own page cache; the mmap does the heavy lifting,
+// so memory no longer grows with the number of connections.
+const sqliteCacheKiB = 2048
+
+func (p Pool) withDefaults(engine Engine) Pool {
+	if p.MaxOpenConns <= 0 {
+		p.MaxOpenConns = 20
+		if engine == SQLite {
+			p.MaxOpenConns = 2*runtime.GOMAXPROCS(0) + 2
+		}
+	}
+	if p.MaxIdleConns <= 0 || p.MaxIdleConns > p.MaxOpenConns {
+		p.MaxIdleConns = p.MaxOpenConns
+	}
+	if p.ConnMaxIdleTime <= 0 {
+		p.ConnMaxIdleTime = 5 * time.Minute
+	}
+	if p.SQLiteMmapBytes <= 0 {
+		p.SQLiteMmapBytes = 256 << 20
+	}
+	return p
+}
+
+func (p Pool) apply(db *sql.DB) {
+	db.SetMaxOpenConns(p.MaxOpenConns)
+	db.SetMaxIdleConns(p.MaxIdleConns)
+	db.SetConnMaxIdleTime(p.ConnMaxIdleTime)
+}
+
+// Open is OpenPool with the engine's default pool.
 func Open(ctx context.Context, databaseURL, dataDir string) (*DB, error) {
+	return OpenPool(ctx, databaseURL, dataDir, Pool{})
+}
+
+// OpenPool connects to PostgreSQL when url is a postgres:// URL, and otherwise opens (creating
+// it if needed) the SQLite file in dataDir. It does not migrate; call Migrate.
+func OpenPool(ctx context.Context, databaseURL, dataDir string, pool Pool) (*DB, error) {
 	if strings.HasPrefix(databaseURL, "postgres://") || strings.HasPrefix(databaseURL, "postgresql://") {
 		db, err := sql.Open("pgx", databaseURL)
 		if err != nil {
 			return nil, fmt.Errorf("open postgres: %w", err)
 		}
-		db.SetMaxOpenConns(20)
+		pool.withDefaults(Postgres).apply(db)
 		if err := db.PingContext(ctx); err != nil {
 			db.Close()
 			return nil, fmt.Errorf("connect to postgres: %w", err)
@@ -58,6 +110,7 @@ func Open(ctx context.Context, databaseURL, dataDir string) (*DB, error) {
 		path = filepath.Join(dataDir, "ozo-identity.db")
 	}
 	path = strings.TrimPrefix(path, "sqlite://")
+	pool = pool.withDefaults(SQLite)
 	// WAL lets readers run beside the writer; immediate transactions take the write lock up
 	// front so two writers wait for each other instead of failing with SQLITE_BUSY.
 	q := url.Values{}
@@ -65,13 +118,14 @@ func Open(ctx context.Context, databaseURL, dataDir string) (*DB, error) {
 	q.Add("_pragma", "journal_mode(WAL)")
 	q.Add("_pragma", "synchronous(NORMAL)")
 	q.Add("_pragma", "foreign_keys(ON)")
-	// 64 MiB of page cache per connection keeps the lookup indexes of a million bindings in memory.
-	q.Add("_pragma", "cache_size(-65536)")
+	q.Add("_pragma", fmt.Sprintf("cache_size(-%d)", sqliteCacheKiB))
+	q.Add("_pragma", fmt.Sprintf("mmap_size(%d)", pool.SQLiteMmapBytes))
 	q.Set("_txlock", "immediate")
 	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
+	pool.apply(db)
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)

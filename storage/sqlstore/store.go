@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ozo-platform/ozo-identity/audit"
@@ -17,17 +18,45 @@ import (
 type Store struct {
 	db    *DB
 	chain *audit.Chain // see SetAuditChain
+
+	mu    sync.Mutex
+	stmts map[string]*sql.Stmt
 }
 
 var _ storage.Storage = (*Store)(nil)
 
 // New returns a Store on a migrated database.
-func New(db *DB) *Store { return &Store{db: db} }
+func New(db *DB) *Store { return &Store{db: db, stmts: map[string]*sql.Stmt{}} }
 
 // DB exposes the database for packages that keep their own tables in it (the mCSD index).
 func (s *Store) DB() *DB { return s.db }
 
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	s.mu.Lock()
+	for q, st := range s.stmts {
+		st.Close()
+		delete(s.stmts, q)
+	}
+	s.mu.Unlock()
+	return s.db.Close()
+}
+
+// stmt returns query prepared once for the whole pool (database/sql prepares it again on
+// each connection that runs it). For the hot path, lookups and token checks: SQLite otherwise
+// parses and plans the SQL on every request. The set of queries is small and fixed.
+func (s *Store) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st, ok := s.stmts[query]; ok {
+		return st, nil
+	}
+	st, err := s.db.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	s.stmts[query] = st
+	return st, nil
+}
 
 func ms(t time.Time) int64 {
 	if t.IsZero() {
@@ -114,8 +143,11 @@ func (s *Store) CreateAccount(ctx context.Context, a storage.Account) error {
 func (s *Store) GetAccount(ctx context.Context, tokenHash string) (storage.Account, error) {
 	a := storage.Account{TokenHash: tokenHash}
 	var created int64
-	err := s.db.QueryRowContext(ctx, `SELECT user_id, created_at FROM accounts WHERE token_hash = $1`, tokenHash).
-		Scan(&a.UserID, &created)
+	st, err := s.stmt(ctx, `SELECT user_id, created_at FROM accounts WHERE token_hash = $1`)
+	if err != nil {
+		return a, fmt.Errorf("get account: %w", err)
+	}
+	err = st.QueryRowContext(ctx, tokenHash).Scan(&a.UserID, &created)
 	if errors.Is(err, sql.ErrNoRows) {
 		return a, storage.ErrNotFound
 	}
@@ -151,7 +183,11 @@ func (s *Store) AcceptTerms(ctx context.Context, userID string, urls []string) e
 }
 
 func (s *Store) AcceptedTerms(ctx context.Context, userID string) ([]string, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT url FROM accepted_terms WHERE user_id = $1 ORDER BY url`, userID)
+	st, err := s.stmt(ctx, `SELECT url FROM accepted_terms WHERE user_id = $1 ORDER BY url`)
+	if err != nil {
+		return nil, fmt.Errorf("accepted terms: %w", err)
+	}
+	rows, err := st.QueryContext(ctx, userID)
 	if err != nil {
 		return nil, fmt.Errorf("accepted terms: %w", err)
 	}
@@ -403,29 +439,39 @@ func (s *Store) Bind(ctx context.Context, req storage.BindRequest) error {
 		if req.Deliver == nil {
 			return s.appendBindAudit(ctx, tx, req, nil)
 		}
-		invites, err := pendingInvites(ctx, tx, b.ThreePID, b.CreatedAt)
+		invites, err := queueInvites(ctx, tx, b, req.Deliver)
 		if err != nil {
 			return err
 		}
-		if len(invites) == 0 {
-			return s.appendBindAudit(ctx, tx, req, nil)
-		}
-		deliveries, err := req.Deliver(invites)
-		if err != nil {
-			return fmt.Errorf("build onbind: %w", err)
-		}
-		for _, inv := range invites {
-			if _, err := tx.ExecContext(ctx, `UPDATE invites SET delivered_at = $1 WHERE token = $2`, ms(b.CreatedAt), inv.Token); err != nil {
-				return fmt.Errorf("mark invite delivered: %w", err)
-			}
-		}
-		for _, d := range deliveries {
-			if err := insertDelivery(ctx, tx, d); err != nil {
-				return err
-			}
-		}
 		return s.appendBindAudit(ctx, tx, req, invites)
 	})
+}
+
+// queueInvites marks the invites pending for b's 3PID delivered and queues the onbind
+// deliveries deliver builds for them, inside the binding's transaction; it returns the invites.
+func queueInvites(ctx context.Context, tx *sql.Tx, b storage.Binding, deliver func([]storage.Invite) ([]storage.OnBindDelivery, error)) ([]storage.Invite, error) {
+	invites, err := pendingInvites(ctx, tx, b.ThreePID, b.CreatedAt)
+	if err != nil {
+		return nil, err
+	}
+	if len(invites) == 0 {
+		return nil, nil
+	}
+	deliveries, err := deliver(invites)
+	if err != nil {
+		return nil, fmt.Errorf("build onbind: %w", err)
+	}
+	for _, inv := range invites {
+		if _, err := tx.ExecContext(ctx, `UPDATE invites SET delivered_at = $1 WHERE token = $2`, ms(b.CreatedAt), inv.Token); err != nil {
+			return nil, fmt.Errorf("mark invite delivered: %w", err)
+		}
+	}
+	for _, d := range deliveries {
+		if err := insertDelivery(ctx, tx, d); err != nil {
+			return nil, err
+		}
+	}
+	return invites, nil
 }
 
 // appendBindAudit appends the records of a binding and the invites it delivered, last in
@@ -530,7 +576,7 @@ const foldedHashesQuery = `SELECT f.hash, MIN(b.mxid) FROM binding_folded_hashes
 const foldedHashesGroup = ` GROUP BY f.hash HAVING COUNT(*) = 1`
 
 func (s *Store) LookupHashes(ctx context.Context, hashes []string) (map[string]string, error) {
-	out := make(map[string]string)
+	out := make(map[string]string, len(hashes))
 	if err := s.queryHashes(ctx, lookupHashesQuery, "", hashes, out); err != nil {
 		return nil, err
 	}
@@ -546,24 +592,42 @@ func (s *Store) LookupHashes(ctx context.Context, hashes []string) (map[string]s
 	return out, nil
 }
 
-// queryHashes runs query (ending in "WHERE hash ") for hashes in batches, adding hash → MXID to out.
+// lookupSizes are the IN-list lengths SQLite lookups are prepared for; a chunk is padded to
+// the next one by repeating its last hash (SQLite drops duplicates from an IN list).
+var lookupSizes = []int{1, 2, 4, 8, 16, 32, 64, inChunk}
+
+// queryHashes runs query (ending in "WHERE hash ") for hashes in batches, adding hash → MXID to
+// out, on statements prepared once.
 func (s *Store) queryHashes(ctx context.Context, query, suffix string, hashes []string, out map[string]string) error {
 	for len(hashes) > 0 {
-		var rows *sql.Rows
+		var st *sql.Stmt
+		var args []any
 		var err error
 		if s.db.Engine == Postgres {
 			// One round trip with an array parameter, whatever the batch size.
-			rows, err = s.db.QueryContext(ctx, query+`= ANY($1)`+suffix, hashes)
+			st, err = s.stmt(ctx, query+`= ANY($1)`+suffix)
+			args = []any{hashes}
 			hashes = nil
 		} else {
 			chunk := hashes[:min(len(hashes), inChunk)]
 			hashes = hashes[len(chunk):]
-			args := make([]any, len(chunk))
-			for i, h := range chunk {
-				args[i] = h
+			size := lookupSizes[0]
+			for _, n := range lookupSizes {
+				if size = n; n >= len(chunk) {
+					break
+				}
 			}
-			rows, err = s.db.QueryContext(ctx, query+`IN (`+placeholders(1, len(chunk))+`)`+suffix, args...)
+			args = make([]any, size)
+			for i := range args {
+				args[i] = chunk[min(i, len(chunk)-1)]
+			}
+			// ? rather than $N: SQLite finds a named parameter by a linear search.
+			st, err = s.stmt(ctx, query+`IN (`+strings.TrimSuffix(strings.Repeat("?,", size), ",")+`)`+suffix)
 		}
+		if err != nil {
+			return fmt.Errorf("lookup hashes: %w", err)
+		}
+		rows, err := st.QueryContext(ctx, args...)
 		if err != nil {
 			return fmt.Errorf("lookup hashes: %w", err)
 		}

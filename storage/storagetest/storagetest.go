@@ -28,6 +28,7 @@ func Run(t *testing.T, newStore func(t *testing.T) storage.Storage) {
 		{"FoldedHashes", testFoldedHashes},
 		{"BindQueuesInvites", testBindQueuesInvites},
 		{"BindRollsBack", testBindRollsBack},
+		{"ImportBindings", testImportBindings},
 		{"Deliveries", testDeliveries},
 		{"EphemeralKeys", testEphemeralKeys},
 		{"InviteLimits", testInviteLimits},

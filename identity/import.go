@@ -1,0 +1,103 @@
+package identity
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/ozo-platform/ozo-identity/audit"
+	"github.com/ozo-platform/ozo-identity/storage"
+	"github.com/ozo-platform/ozo-identity/threepid"
+)
+
+// ImportEntry is one binding of a bulk import (the CLI's file, the admin batch endpoint).
+type ImportEntry struct {
+	Medium  string `json:"medium"`
+	Address string `json:"address"`
+	MXID    string `json:"mxid"`
+}
+
+// ImportError says why the entry at Index was not imported.
+type ImportError struct {
+	Index   int    `json:"index"`
+	Code    string `json:"errcode"`
+	Message string `json:"error"`
+}
+
+// ImportReport accounts for every entry of a batch: Created + Updated + Unchanged + Superseded +
+// len(Invalid) is the number of entries.
+type ImportReport struct {
+	storage.ImportResult
+	// Superseded entries were followed by a later entry for the same 3PID, which won.
+	Superseded int
+	Invalid    []ImportError
+}
+
+// Add sums reports of consecutive batches.
+func (r *ImportReport) Add(o ImportReport) {
+	r.Created += o.Created
+	r.Updated += o.Updated
+	r.Unchanged += o.Unchanged
+	r.Superseded += o.Superseded
+	r.Invalid = append(r.Invalid, o.Invalid...)
+}
+
+// ImportBindings binds entries in one transaction with the rules of AdminBind: the 3PID is
+// normalised, a 3PID bound to another MXID is rebound (the later entry wins, as a second bind
+// would), one already bound to the same MXID is left as it is, so re-importing changes nothing.
+// Invalid entries are reported and skipped; with strict, any invalid entry imports nothing.
+func (s *Service) ImportBindings(ctx context.Context, entries []ImportEntry, source string, strict bool) (ImportReport, error) {
+	var rep ImportReport
+	now := s.now().UTC().Truncate(time.Millisecond)
+	pepper := s.Pepper()
+	items := make([]storage.ImportBinding, 0, len(entries))
+	for i, e := range entries {
+		tp, err := threepid.Normalize(e.Medium, e.Address)
+		if err == nil && !ValidMXID(e.MXID) {
+			err = errorf(CodeInvalidParam, "mxid is not a Matrix user ID")
+		}
+		if err != nil {
+			var ie *Error
+			if !errors.As(normalizeErr(err), &ie) {
+				return rep, err
+			}
+			rep.Invalid = append(rep.Invalid, ImportError{Index: i, Code: ie.Code, Message: ie.Message})
+			continue
+		}
+		items = append(items, storage.ImportBinding{
+			Binding: storage.Binding{ThreePID: tp, MXID: e.MXID, CreatedAt: now, NotBefore: now,
+				NotAfter: now.Add(bindingLifetime), Source: source},
+			Hashes:       threepid.LookupHashes(tp, pepper),
+			FoldedHashes: threepid.FoldedLookupHashes(tp, pepper),
+		})
+	}
+	if len(items) == 0 || strict && len(rep.Invalid) > 0 {
+		return rep, nil
+	}
+	queued := false
+	scope := audit.ScopeFrom(ctx)
+	res, err := s.store.ImportBindings(ctx, items, func(b storage.Binding, invites []storage.Invite) ([]storage.OnBindDelivery, error) {
+		assoc, err := s.association(b)
+		if err != nil {
+			return nil, err
+		}
+		ds, err := s.onBindDeliveries(b, assoc, invites)
+		if err != nil {
+			return nil, err
+		}
+		queued = queued || len(ds) > 0
+		return ds, nil
+	}, func(b storage.Binding, delivered []storage.Invite) []audit.Record {
+		return bindRecords(scope, b, delivered, "source="+source+" import")
+	})
+	if err != nil {
+		return rep, err
+	}
+	// Not MarkRecorded: the caller's record of the whole batch (what it did) follows.
+	if queued {
+		s.Wake()
+	}
+	rep.ImportResult = res
+	rep.Superseded = len(items) - res.Created - res.Updated - res.Unchanged
+	return rep, nil
+}

@@ -1,0 +1,345 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+
+	"github.com/ozo-platform/ozo-identity/audit"
+	"github.com/ozo-platform/ozo-identity/storage"
+)
+
+// Rows per statement on SQLite: well under its 32,766 parameters, and large enough that the
+// per-statement cost vanishes. PostgreSQL takes whole columns as arrays in one statement.
+const (
+	importSelectRows  = 500
+	importBindingRows = 400
+	importHashRows    = 1000
+	importCacheKiB    = 32 << 10
+)
+
+// ImportBindings is Bind for many bindings at once: a few statements per thousand bindings
+// instead of four statements and a transaction each.
+func (s *Store) ImportBindings(ctx context.Context, items []storage.ImportBinding, deliver func(storage.Binding, []storage.Invite) ([]storage.OnBindDelivery, error),
+	record func(storage.Binding, []storage.Invite) []audit.Record) (storage.ImportResult, error) {
+	items = lastPerThreePID(items)
+	im := importer{pg: s.db.Engine == Postgres}
+	var res storage.ImportResult
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		im.tx = tx
+		res = storage.ImportResult{}
+		if !im.pg {
+			// Thousands of random-keyed hash rows overflow a connection's small page cache,
+			// which then spills to the WAL many times per transaction. SQLite has one writer at
+			// a time, so one larger cache on the writing connection is a bounded cost.
+			if _, err := tx.ExecContext(ctx, fmt.Sprintf(`PRAGMA cache_size = -%d`, importCacheKiB)); err != nil {
+				return fmt.Errorf("import cache: %w", err)
+			}
+			defer tx.ExecContext(context.WithoutCancel(ctx), fmt.Sprintf(`PRAGMA cache_size = -%d`, sqliteCacheKiB))
+		}
+		existing, err := im.boundMXIDs(ctx, items)
+		if err != nil {
+			return err
+		}
+		var changed []storage.ImportBinding
+		for _, it := range items {
+			mxid, ok := existing[it.Binding.ThreePID]
+			switch {
+			case !ok:
+				res.Created++
+			case mxid != it.Binding.MXID:
+				res.Updated++
+			default:
+				res.Unchanged++
+				continue
+			}
+			changed = append(changed, it)
+		}
+		if err := im.upsertBindings(ctx, changed); err != nil {
+			return err
+		}
+		if err := im.upsertHashes(ctx, changed); err != nil {
+			return err
+		}
+		if err := im.insertFoldedHashes(ctx, changed); err != nil {
+			return err
+		}
+		delivered := map[storage.ThreePID][]storage.Invite{}
+		if deliver != nil {
+			waiting, err := im.withPendingInvites(ctx, changed)
+			if err != nil {
+				return err
+			}
+			for _, it := range changed {
+				if !waiting[it.Binding.ThreePID] {
+					continue
+				}
+				b := it.Binding
+				invites, err := queueInvites(ctx, tx, b, func(inv []storage.Invite) ([]storage.OnBindDelivery, error) { return deliver(b, inv) })
+				if err != nil {
+					return err
+				}
+				delivered[b.ThreePID] = invites
+			}
+		}
+		if record == nil {
+			return nil
+		}
+		// One record per changed binding, appended with them: an import that cannot be
+		// recorded imports nothing.
+		var recs []audit.Record
+		for _, it := range changed {
+			recs = append(recs, record(it.Binding, delivered[it.Binding.ThreePID])...)
+		}
+		return s.appendAudit(ctx, tx, recs)
+	})
+	return res, err
+}
+
+// lastPerThreePID keeps the last item of each 3PID, in order: one statement may not upsert a
+// row twice.
+func lastPerThreePID(items []storage.ImportBinding) []storage.ImportBinding {
+	last := make(map[storage.ThreePID]int, len(items))
+	for i, it := range items {
+		last[it.Binding.ThreePID] = i
+	}
+	if len(last) == len(items) {
+		return items
+	}
+	out := make([]storage.ImportBinding, 0, len(last))
+	for i, it := range items {
+		if last[it.Binding.ThreePID] == i {
+			out = append(out, it)
+		}
+	}
+	return out
+}
+
+// importer writes one import transaction. PostgreSQL gets arrays (= ANY, unnest): one
+// statement and one plan whatever the batch size. SQLite gets multi-row statements with ?
+// parameters: it finds a $N parameter by a linear search, so thousands of them cost
+// quadratic time.
+type importer struct {
+	tx *sql.Tx
+	pg bool
+}
+
+// p is the i-th of the statement's parameters.
+func (im importer) p(i int) string {
+	if im.pg {
+		return fmt.Sprintf("$%d", i)
+	}
+	return "?"
+}
+
+// in completes query, ending in the column to match, with "= ANY($k)" or "IN (?, …)".
+func (im importer) in(query string, fixed []any, values []string) (string, []any) {
+	if im.pg {
+		return query + fmt.Sprintf("= ANY($%d)", len(fixed)+1), append(fixed, values)
+	}
+	args := fixed
+	for _, v := range values {
+		args = append(args, v)
+	}
+	return query + "IN (" + strings.TrimSuffix(strings.Repeat("?,", len(values)), ",") + ")", args
+}
+
+// valueRows returns "(?, ?, ?), (?, ?, ?), …" for rows of width columns.
+func valueRows(rows, width int) string {
+	row := "(" + strings.TrimSuffix(strings.Repeat("?, ", width), ", ") + ")"
+	return strings.TrimSuffix(strings.Repeat(row+", ", rows), ", ")
+}
+
+// byMedium groups the items' addresses by medium, for "medium = ? AND address IN (…)" on the
+// primary key.
+func byMedium(items []storage.ImportBinding) map[string][]string {
+	out := map[string][]string{}
+	for _, it := range items {
+		out[it.Binding.Medium] = append(out[it.Binding.Medium], it.Binding.Address)
+	}
+	return out
+}
+
+// chunks calls fn with consecutive chunks of at most n values; PostgreSQL takes them whole.
+func (im importer) chunks(values []string, n int, fn func([]string) error) error {
+	if im.pg {
+		n = len(values)
+	}
+	for len(values) > 0 {
+		c := values[:min(n, len(values))]
+		values = values[len(c):]
+		if err := fn(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (im importer) boundMXIDs(ctx context.Context, items []storage.ImportBinding) (map[storage.ThreePID]string, error) {
+	out := make(map[storage.ThreePID]string, len(items))
+	for medium, addresses := range byMedium(items) {
+		err := im.chunks(addresses, importSelectRows, func(chunk []string) error {
+			q, args := im.in(`SELECT address, mxid FROM bindings WHERE medium = `+im.p(1)+` AND address `, []any{medium}, chunk)
+			rows, err := im.tx.QueryContext(ctx, q, args...)
+			if err != nil {
+				return fmt.Errorf("read bindings: %w", err)
+			}
+			defer rows.Close()
+			for rows.Next() {
+				var address, mxid string
+				if err := rows.Scan(&address, &mxid); err != nil {
+					return fmt.Errorf("read bindings: %w", err)
+				}
+				out[storage.ThreePID{Medium: medium, Address: address}] = mxid
+			}
+			return rows.Err()
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+const upsertBindingTail = ` ON CONFLICT (medium, address) DO UPDATE SET mxid = excluded.mxid, created_at = excluded.created_at,
+	not_before = excluded.not_before, not_after = excluded.not_after, source = excluded.source`
+
+func (im importer) upsertBindings(ctx context.Context, items []storage.ImportBinding) error {
+	if len(items) == 0 {
+		return nil
+	}
+	const head = `INSERT INTO bindings (medium, address, mxid, created_at, not_before, not_after, source) `
+	if im.pg {
+		var medium, address, mxid, source []string
+		var created, notBefore, notAfter []int64
+		for _, it := range items {
+			b := it.Binding
+			medium, address, mxid, source = append(medium, b.Medium), append(address, b.Address), append(mxid, b.MXID), append(source, b.Source)
+			created, notBefore, notAfter = append(created, ms(b.CreatedAt)), append(notBefore, ms(b.NotBefore)), append(notAfter, ms(b.NotAfter))
+		}
+		if _, err := im.tx.ExecContext(ctx, head+`SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[])`+
+			upsertBindingTail, medium, address, mxid, created, notBefore, notAfter, source); err != nil {
+			return fmt.Errorf("store bindings: %w", err)
+		}
+		return nil
+	}
+	for len(items) > 0 {
+		chunk := items[:min(importBindingRows, len(items))]
+		items = items[len(chunk):]
+		args := make([]any, 0, 7*len(chunk))
+		for _, it := range chunk {
+			b := it.Binding
+			args = append(args, b.Medium, b.Address, b.MXID, ms(b.CreatedAt), ms(b.NotBefore), ms(b.NotAfter), b.Source)
+		}
+		if _, err := im.tx.ExecContext(ctx, head+`VALUES `+valueRows(len(chunk), 7)+upsertBindingTail, args...); err != nil {
+			return fmt.Errorf("store bindings: %w", err)
+		}
+	}
+	return nil
+}
+
+func (im importer) upsertHashes(ctx context.Context, items []storage.ImportBinding) error {
+	var hashes, medium, address []string
+	seen := map[string]bool{}
+	for _, it := range items {
+		for _, h := range it.Hashes {
+			if !seen[h] {
+				seen[h] = true
+				hashes, medium, address = append(hashes, h), append(medium, it.Binding.Medium), append(address, it.Binding.Address)
+			}
+		}
+	}
+	if len(hashes) == 0 {
+		return nil
+	}
+	const head = `INSERT INTO binding_hashes (hash, medium, address) `
+	const tail = ` ON CONFLICT (hash) DO UPDATE SET medium = excluded.medium, address = excluded.address`
+	if im.pg {
+		if _, err := im.tx.ExecContext(ctx, head+`SELECT * FROM unnest($1::text[], $2::text[], $3::text[])`+tail, hashes, medium, address); err != nil {
+			return fmt.Errorf("store lookup hashes: %w", err)
+		}
+		return nil
+	}
+	for start := 0; start < len(hashes); start += importHashRows {
+		end := min(start+importHashRows, len(hashes))
+		args := make([]any, 0, 3*(end-start))
+		for i := start; i < end; i++ {
+			args = append(args, hashes[i], medium[i], address[i])
+		}
+		if _, err := im.tx.ExecContext(ctx, head+`VALUES `+valueRows(end-start, 3)+tail, args...); err != nil {
+			return fmt.Errorf("store lookup hashes: %w", err)
+		}
+	}
+	return nil
+}
+
+// insertFoldedHashes adds the lower-cased 3PIDs' hashes; several bindings may share one (it
+// then answers none of them), so rows are added, never moved.
+func (im importer) insertFoldedHashes(ctx context.Context, items []storage.ImportBinding) error {
+	var hashes, medium, address []string
+	for _, it := range items {
+		for _, h := range it.FoldedHashes {
+			hashes, medium, address = append(hashes, h), append(medium, it.Binding.Medium), append(address, it.Binding.Address)
+		}
+	}
+	if len(hashes) == 0 {
+		return nil
+	}
+	const head = `INSERT INTO binding_folded_hashes (hash, medium, address) `
+	const tail = ` ON CONFLICT DO NOTHING`
+	if im.pg {
+		if _, err := im.tx.ExecContext(ctx, head+`SELECT * FROM unnest($1::text[], $2::text[], $3::text[])`+tail, hashes, medium, address); err != nil {
+			return fmt.Errorf("store folded lookup hashes: %w", err)
+		}
+		return nil
+	}
+	for start := 0; start < len(hashes); start += importHashRows {
+		end := min(start+importHashRows, len(hashes))
+		args := make([]any, 0, 3*(end-start))
+		for i := start; i < end; i++ {
+			args = append(args, hashes[i], medium[i], address[i])
+		}
+		if _, err := im.tx.ExecContext(ctx, head+`VALUES `+valueRows(end-start, 3)+tail, args...); err != nil {
+			return fmt.Errorf("store folded lookup hashes: %w", err)
+		}
+	}
+	return nil
+}
+
+// withPendingInvites reports which of the items' 3PIDs have invites waiting: invites are rare,
+// so most imports find none and queue nothing.
+func (im importer) withPendingInvites(ctx context.Context, items []storage.ImportBinding) (map[storage.ThreePID]bool, error) {
+	out := map[storage.ThreePID]bool{}
+	if len(items) == 0 {
+		return out, nil
+	}
+	// The earliest binding time finds every candidate; queueInvites checks each exactly.
+	at := ms(items[0].Binding.CreatedAt)
+	for _, it := range items {
+		at = min(at, ms(it.Binding.CreatedAt))
+	}
+	for medium, addresses := range byMedium(items) {
+		err := im.chunks(addresses, importSelectRows, func(chunk []string) error {
+			q, args := im.in(`SELECT DISTINCT address FROM invites WHERE delivered_at = 0 AND expires_at > `+im.p(1)+
+				` AND medium = `+im.p(2)+` AND address `, []any{at, medium}, chunk)
+			rows, err := im.tx.QueryContext(ctx, q, args...)
+			if err != nil {
+				return fmt.Errorf("pending invites: %w", err)
+			}
+			defer rows.Close()
+			for rows.Next() {
+				var address string
+				if err := rows.Scan(&address); err != nil {
+					return fmt.Errorf("pending invites: %w", err)
+				}
+				out[storage.ThreePID{Medium: medium, Address: address}] = true
+			}
+			return rows.Err()
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,122 @@
+package storagetest
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/ozo-platform/ozo-identity/storage"
+)
+
+func importItem(medium, address, mxid string) storage.ImportBinding {
+	return storage.ImportBinding{Binding: binding(medium, address, mxid), Hashes: []string{"h:" + medium + ":" + address}}
+}
+
+func testImportBindings(t *testing.T, s storage.Storage) {
+	// An earlier binding by a bind stays as it is when the import agrees with it.
+	must(t, s.Bind(ctx, storage.BindRequest{Binding: binding("email", "kept@example.org", "@kept:hs1"), Hashes: []string{"h:email:kept@example.org"}}))
+	before, err := s.GetBinding(ctx, storage.ThreePID{Medium: "email", Address: "kept@example.org"})
+	must(t, err)
+
+	// More than one statement's worth of rows, on more than one medium.
+	var items []storage.ImportBinding
+	for i := range 1100 {
+		items = append(items, importItem("email", fmt.Sprintf("u%d@example.org", i), fmt.Sprintf("@u%d:hs1", i)))
+	}
+	for i := range 300 {
+		items = append(items, importItem("uzi", fmt.Sprintf("%09d", i), fmt.Sprintf("@p%d:hs1", i)))
+	}
+	items = append(items, importItem("email", "kept@example.org", "@kept:hs1"))
+	time.Sleep(2 * time.Millisecond) // so that an update would show in created_at
+	res, err := s.ImportBindings(ctx, items, nil, nil)
+	must(t, err)
+	if res != (storage.ImportResult{Created: 1400, Unchanged: 1}) {
+		t.Fatalf("first import: %+v", res)
+	}
+	if got, _ := s.GetBinding(ctx, before.ThreePID); !got.CreatedAt.Equal(before.CreatedAt) || got.Source != before.Source {
+		t.Fatalf("unchanged binding was rewritten: %+v, was %+v", got, before)
+	}
+	m, err := s.LookupHashes(ctx, []string{"h:email:u1099@example.org", "h:uzi:000000299", "h:email:kept@example.org"})
+	must(t, err)
+	if len(m) != 3 || m["h:email:u1099@example.org"] != "@u1099:hs1" || m["h:uzi:000000299"] != "@p299:hs1" {
+		t.Fatalf("lookups after import: %v", m)
+	}
+
+	// Folded hashes are stored too: a lower-cased hash answers while one binding has it.
+	idp := importItem("idp", "hospital:Dr.Jansen", "@jansen:hs1")
+	idp.FoldedHashes = []string{"f:idp:hospital:dr.jansen"}
+	res, err = s.ImportBindings(ctx, []storage.ImportBinding{idp}, nil, nil)
+	must(t, err)
+	if m, _ := s.LookupHashes(ctx, []string{"f:idp:hospital:dr.jansen"}); m["f:idp:hospital:dr.jansen"] != "@jansen:hs1" || res.Created != 1 {
+		t.Fatalf("folded hash after import: %v (%+v)", m, res)
+	}
+	items = append(items, idp)
+
+	// Importing the same again changes nothing.
+	res, err = s.ImportBindings(ctx, items, nil, nil)
+	must(t, err)
+	if res != (storage.ImportResult{Unchanged: 1402}) {
+		t.Fatalf("re-import: %+v", res)
+	}
+
+	// Another MXID for a bound 3PID wins, like a second bind; within a batch the later entry wins.
+	res, err = s.ImportBindings(ctx, []storage.ImportBinding{
+		importItem("email", "u1@example.org", "@other:hs2"),
+		importItem("email", "u2@example.org", "@first:hs2"),
+		importItem("email", "u2@example.org", "@second:hs2"),
+	}, nil, nil)
+	must(t, err)
+	if res != (storage.ImportResult{Updated: 2}) {
+		t.Fatalf("rebinding import: %+v", res)
+	}
+	m, _ = s.LookupHashes(ctx, []string{"h:email:u1@example.org", "h:email:u2@example.org", "h:email:u3@example.org"})
+	if m["h:email:u1@example.org"] != "@other:hs2" || m["h:email:u2@example.org"] != "@second:hs2" || m["h:email:u3@example.org"] != "@u3:hs1" {
+		t.Fatalf("after rebinding import: %v", m)
+	}
+
+	// A pending invite for an imported 3PID is delivered, as a bind delivers it.
+	now := time.Now()
+	tp := storage.ThreePID{Medium: "email", Address: "invited@example.org"}
+	must(t, s.CreateInvite(ctx, storage.Invite{Token: "inv1", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1",
+		CreatedAt: now, ExpiresAt: now.Add(time.Hour)}, storage.InviteLimits{}))
+	var delivered []string
+	deliver := func(b storage.Binding, invs []storage.Invite) ([]storage.OnBindDelivery, error) {
+		delivered = append(delivered, b.Address)
+		return []storage.OnBindDelivery{{ID: "d-" + b.Address, ServerName: "hs3", Body: []byte(`{}`), NextAttemptAt: now,
+			ExpiresAt: now.Add(time.Hour), CreatedAt: now}}, nil
+	}
+	res, err = s.ImportBindings(ctx, []storage.ImportBinding{importItem("email", "invited@example.org", "@inv:hs3"),
+		importItem("email", "plain@example.org", "@plain:hs3")}, deliver, nil)
+	must(t, err)
+	if res.Created != 2 || len(delivered) != 1 || delivered[0] != "invited@example.org" {
+		t.Fatalf("import with a pending invite: %+v, delivered for %v", res, delivered)
+	}
+	if p, _ := s.PendingInvites(ctx, tp); len(p) != 0 {
+		t.Fatalf("invite still pending after import: %v", p)
+	}
+	if ds, _ := s.ListDeliveries(ctx); len(ds) != 1 || ds[0].ID != "d-invited@example.org" {
+		t.Fatalf("queued deliveries: %+v", ds)
+	}
+
+	// A failure rolls the whole batch back.
+	tp2 := storage.ThreePID{Medium: "email", Address: "late@example.org"}
+	must(t, s.CreateInvite(ctx, storage.Invite{Token: "inv2", ThreePID: tp2, RoomID: "!r:hs1", Sender: "@a:hs1",
+		CreatedAt: now, ExpiresAt: now.Add(time.Hour)}, storage.InviteLimits{}))
+	boom := errors.New("boom")
+	_, err = s.ImportBindings(ctx, []storage.ImportBinding{importItem("email", "new@example.org", "@new:hs3"),
+		importItem("email", "u5@example.org", "@moved:hs3"), importItem("email", tp2.Address, "@late:hs3")},
+		func(storage.Binding, []storage.Invite) ([]storage.OnBindDelivery, error) { return nil, boom }, nil)
+	if !errors.Is(err, boom) {
+		t.Fatalf("failing import: %v", err)
+	}
+	if _, err := s.GetBinding(ctx, storage.ThreePID{Medium: "email", Address: "new@example.org"}); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatal("a failed import left a binding")
+	}
+	if m, _ := s.LookupHashes(ctx, []string{"h:email:u5@example.org"}); m["h:email:u5@example.org"] != "@u5:hs1" {
+		t.Fatalf("a failed import changed a binding: %v", m)
+	}
+	if p, _ := s.PendingInvites(ctx, tp2); len(p) != 1 {
+		t.Fatal("a failed import lost a pending invite")
+	}
+}
