@@ -228,7 +228,6 @@ func pathParams(r *http.Request, a, b string) (string, string, error) {
 	return ua, ub, err
 }
 
-
 // MaxImportBatch bounds the bindings of one POST /bindings/batch, one transaction.
 const MaxImportBatch = 10000
 
