@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"crypto/subtle"
 	"fmt"
 	"net/http"
@@ -54,11 +55,13 @@ func (s *Server) adminAuth(next http.Handler) http.Handler {
 			rec := scope.Record(audit.ActionAdminCall, audit.OutcomeRefused)
 			rec.Actor = audit.Agent{Kind: audit.AgentAnonymous, ID: who}
 			rec.Detail = fmt.Sprintf("status=%d %s", status, code)
+			// A client hanging up does not take the record of its attempt with it.
+			ctx := context.WithoutCancel(r.Context())
 			var err error
 			if s.cfg.Audit.Lookups != nil {
-				err = s.cfg.Audit.Lookups.Refused(r.Context(), rec)
+				err = s.cfg.Audit.Lookups.Refused(ctx, rec)
 			} else if s.cfg.Audit.Store != nil {
-				err = s.cfg.Audit.Store.AppendAudit(r.Context(), rec)
+				err = s.cfg.Audit.Store.AppendAudit(ctx, rec)
 			}
 			if err != nil {
 				s.log.ErrorContext(r.Context(), "audit record of a refused admin call not written", "err", err)
@@ -96,7 +99,7 @@ func (s *Server) adminAuth(next http.Handler) http.Handler {
 		if !scope.Recorded() {
 			rec := scope.Record(audit.ActionAdminCall, outcomeOf(buf.status))
 			rec.Detail = strings.TrimSpace(fmt.Sprintf("status=%d %s", buf.status, scope.Target))
-			if err := s.cfg.Audit.Store.AppendAudit(r.Context(), rec); err != nil {
+			if err := s.cfg.Audit.Store.AppendAudit(context.WithoutCancel(r.Context()), rec); err != nil {
 				// Fail closed: an admin call that cannot be recorded is not answered.
 				s.log.ErrorContext(r.Context(), "audit record not written", "err", err)
 				w.Header().Del("Content-Length")
