@@ -143,7 +143,8 @@ func (r Record) AuditEvent(o Observer) AuditEvent {
 	k := kinds[r.Action]
 	ev := AuditEvent{ResourceType: "AuditEvent", ID: fmt.Sprintf("%s-%d", idSafe(o.ServerName), r.Seq),
 		Type: k.typ, Subtype: []Coding{k.subtype}, Action: k.action, Recorded: r.At.UTC().Format(time.RFC3339Nano)}
-	if k.profile != "" && r.Outcome == OutcomeSuccess {
+	// The BALP profiles describe successful calls from a client whose address is known.
+	if k.profile != "" && r.Outcome == OutcomeSuccess && r.Source != "" {
 		ev.Meta = &Meta{Profile: []string{balp + k.profile}}
 	}
 	switch r.Outcome {
