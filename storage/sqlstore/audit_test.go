@@ -315,3 +315,49 @@ func TestAuditSameTransaction(t *testing.T) {
 		})
 	}
 }
+
+// TestAuditPushClaimsConcurrently: replicas claiming at once each get a different batch.
+func TestAuditPushClaimsConcurrently(t *testing.T) {
+	for _, engine := range dbtest.Engines {
+		t.Run(string(engine), func(t *testing.T) {
+			s, _, _ := newAuditStore(t, engine)
+			ctx := t.Context()
+			for i := range 40 {
+				s.AppendAudit(ctx, adminRecord(i))
+			}
+			now := time.Now()
+			if n, err := s.EnqueueAuditPush(ctx, 2, now); err != nil || n != 20 {
+				t.Fatalf("queued %d: %v", n, err)
+			}
+			var mu sync.Mutex
+			claimed := map[int64]int{}
+			var wg sync.WaitGroup
+			for range 6 {
+				wg.Go(func() {
+					for {
+						b, ok, err := s.ClaimAuditPush(context.Background(), now, now.Add(time.Hour))
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						if !ok {
+							return
+						}
+						mu.Lock()
+						claimed[b.ID]++
+						mu.Unlock()
+					}
+				})
+			}
+			wg.Wait()
+			if len(claimed) != 20 {
+				t.Fatalf("%d batches claimed: %v", len(claimed), claimed)
+			}
+			for id, n := range claimed {
+				if n != 1 {
+					t.Errorf("batch %d claimed %d times", id, n)
+				}
+			}
+		})
+	}
+}
