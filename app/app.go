@@ -312,7 +312,7 @@ func (a *App) SyncDirectories(ctx context.Context) ([]mcsd.DirectoryReport, erro
 }
 
 func (a *App) logReports(reports []mcsd.DirectoryReport, err error) ([]mcsd.DirectoryReport, error) {
-	a.recordDirectorySync(context.Background(), reports)
+	a.RecordDirectorySync(context.Background(), reports)
 	for _, r := range reports {
 		switch {
 		case r.Skipped != "":

@@ -101,8 +101,8 @@ func (a *App) VerifyAudit(ctx context.Context, cp *audit.Checkpoint) (audit.Repo
 	return v.Finish()
 }
 
-// recordDirectorySync appends a record per directory of a sync.
-func (a *App) recordDirectorySync(ctx context.Context, reports []mcsd.DirectoryReport) {
+// RecordDirectorySync appends an audit record per directory a sync worked on.
+func (a *App) RecordDirectorySync(ctx context.Context, reports []mcsd.DirectoryReport) {
 	var recs []audit.Record
 	for _, r := range reports {
 		if r.Skipped != "" {

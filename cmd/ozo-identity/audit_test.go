@@ -23,6 +23,7 @@ import (
 	"github.com/ozo-platform/ozo-identity/app"
 	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/config"
+	"github.com/ozo-platform/ozo-identity/lookup/mcsd/mcsdtest"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore/dbtest"
 )
@@ -260,4 +261,32 @@ func TestAuditExportAndKeyCheck(t *testing.T) {
 			t.Fatalf("another key: %v", r.err)
 		}
 	})
+}
+
+// TestAuditDirectorySyncRecorded: a directory sync from the CLI leaves one record per directory,
+// with what it applied, and a failing directory is recorded as an error.
+func TestAuditDirectorySyncRecorded(t *testing.T) {
+	srv := mcsdtest.Start(t, mcsdtest.Options{})
+	env := directoryEnv(t, srv, t.TempDir())
+	srv.Directory("ziekenhuis-ijsselvallei").SetFailure(mcsdtest.Failure{Status: http.StatusInternalServerError})
+	runCLI(t, env, "directory", "sync")
+	cfg, _ := config.Load("", env)
+	a, err := app.New(t.Context(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	recs, _ := a.Store.ListAudit(t.Context(), time.Time{}, 0, 100)
+	got := map[string]audit.Outcome{}
+	for _, r := range recs {
+		if r.Action == audit.ActionDirectorySync && r.Actor.Kind == audit.AgentSystem && strings.Contains(r.Detail, "applied=") {
+			got[r.Resource] = r.Outcome
+		}
+	}
+	if len(got) != 4 || got[srv.LRZAURL()] != audit.OutcomeSuccess || got[srv.URL("ziekenhuis-ijsselvallei")] != audit.OutcomeError {
+		t.Fatalf("directory sync records %v", got)
+	}
+	if _, err := a.VerifyAudit(t.Context(), nil); err != nil {
+		t.Fatal(err)
+	}
 }
