@@ -11,8 +11,8 @@ import (
 
 	"github.com/ozo-platform/ozo-identity/api/apitest"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
-	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // POST /_ozo/admin/v1/directory/sync {full, uras} re-reads a directory whose index rows were
@@ -21,9 +21,9 @@ func TestAdminDirectorySync(t *testing.T) {
 	apitest.ForEachEngine(t, func(t *testing.T, e sqlstore.Engine) {
 		h, srv := directoryHarness(t, e)
 		ctx := context.Background()
-		uzi := storage.ThreePID{Medium: "uzi", Address: "900023457"} // at the GP practice, URA 17004512
+		uzi := threepid.ThreePID{Medium: "uzi", Address: "900023457"} // at the GP practice, URA 17004512
 		resolves := func() string {
-			got, err := h.App.Index.Resolve(ctx, []storage.ThreePID{uzi})
+			got, err := h.App.Index.Resolve(ctx, []threepid.ThreePID{uzi})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -17,17 +17,16 @@ import (
 
 	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
-	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // Directory is what the /_ozo/v1/directory endpoints need from the mCSD index.
 type Directory interface {
-	// Homeserver places a practitioner; an unknown UZI number gives storage.ErrNotFound.
+	// Homeserver places a practitioner; an unknown UZI number gives mcsd.ErrNotFound.
 	Homeserver(ctx context.Context, uzi string) (current, previous string, since time.Time, err error)
 	// Claims lists what each care provider claims when they disagree about a UZI number; nil otherwise.
 	Claims(ctx context.Context, uzi string) ([]mcsd.Claim, error)
-	Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error)
+	Resolve(ctx context.Context, tps []threepid.ThreePID) (map[threepid.ThreePID]string, error)
 	SearchPractitioners(ctx context.Context, q mcsd.PractitionerQuery) (mcsd.PractitionerPage, error)
 	SearchOrganizations(ctx context.Context, q mcsd.OrganizationQuery) (mcsd.OrganizationPage, error)
 }
@@ -125,7 +124,7 @@ func (s *Server) directoryHomeserver(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	current, previous, since, err := s.cfg.Directory.Homeserver(r.Context(), tp.Address)
-	if errors.Is(err, storage.ErrNotFound) {
+	if errors.Is(err, mcsd.ErrNotFound) {
 		matrixError(w, http.StatusNotFound, identity.CodeNotFound, "the directory does not place this practitioner")
 		return
 	}
@@ -133,7 +132,7 @@ func (s *Server) directoryHomeserver(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	found, err := s.cfg.Directory.Resolve(r.Context(), []storage.ThreePID{tp})
+	found, err := s.cfg.Directory.Resolve(r.Context(), []threepid.ThreePID{tp})
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ozo-platform/ozo-identity/identity"
+	"github.com/ozo-platform/ozo-identity/internal/matrixid"
 	"github.com/ozo-platform/ozo-identity/ratelimit"
 )
 
@@ -97,7 +98,7 @@ func (s *Server) maxLookup(budgets ...int) int {
 func (s *Server) chargeLookup(w http.ResponseWriter, r *http.Request, n int) bool {
 	user := account(r).UserID
 	return s.limitN(w, r, "lookup:account:"+user, n, s.cfg.RateLimits.LookupPerAccount) &&
-		s.limitN(w, r, "lookup:server:"+identity.ServerOf(user), n, s.cfg.RateLimits.LookupPerServer)
+		s.limitN(w, r, "lookup:server:"+matrixid.ServerOf(user), n, s.cfg.RateLimits.LookupPerServer)
 }
 
 // chargeClientLookup charges n addresses of an unauthenticated v1 lookup to the client

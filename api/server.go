@@ -17,7 +17,7 @@ import (
 	"github.com/ozo-platform/ozo-identity/api/web"
 	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/identity"
-	"github.com/ozo-platform/ozo-identity/storage"
+	"github.com/ozo-platform/ozo-identity/internal/matrixid"
 )
 
 // Homeservers is what the API needs from the homeserver client.
@@ -238,7 +238,7 @@ func (s *Server) authenticated(withTerms bool) func(http.Handler) http.Handler {
 				return
 			}
 			// A homeserver taken off the allow-list loses access at once, not when its tokens expire.
-			if !identity.HomeserverAllowed(s.cfg.AllowedHomeserver, identity.ServerOf(acct.UserID)) {
+			if !identity.HomeserverAllowed(s.cfg.AllowedHomeserver, matrixid.ServerOf(acct.UserID)) {
 				matrixError(w, http.StatusForbidden, identity.CodeForbidden, "your homeserver may no longer use this identity server")
 				return
 			}
@@ -259,8 +259,8 @@ func (s *Server) authenticated(withTerms bool) func(http.Handler) http.Handler {
 	}
 }
 
-func account(r *http.Request) storage.Account {
-	a, _ := r.Context().Value(accountKey).(storage.Account)
+func account(r *http.Request) identity.AccessToken {
+	a, _ := r.Context().Value(accountKey).(identity.AccessToken)
 	return a
 }
 

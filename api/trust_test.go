@@ -17,8 +17,8 @@ import (
 	"github.com/ozo-platform/ozo-identity/api/apitest"
 	"github.com/ozo-platform/ozo-identity/config"
 	"github.com/ozo-platform/ozo-identity/email/smtptest"
-	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // The regression tests of issue 10 items 3, 4, 6, 14 and 16: each performs the attack and then
@@ -50,7 +50,7 @@ func (e earlierState) check(t *testing.T, h *apitest.Harness) {
 	if err != nil || inv.Sender != e.alice.MXID {
 		t.Fatalf("earlier invite: %+v %v", inv, err)
 	}
-	pending, err := h.App.Store.PendingInvites(t.Context(), storage.ThreePID{Medium: "email", Address: "pending.before@zorg.example.nl"})
+	pending, err := h.App.Store.PendingInvites(t.Context(), threepid.ThreePID{Medium: "email", Address: "pending.before@zorg.example.nl"})
 	if err != nil || len(pending) != 1 {
 		t.Fatalf("earlier invite no longer pending: %v %v", pending, err)
 	}
@@ -77,7 +77,7 @@ func TestInviteSenderSpoofing(t *testing.T) {
 		if n := len(h.Mail.To(victim)); n != 0 {
 			t.Fatalf("%d mails sent for a spoofed sender", n)
 		}
-		if p, _ := h.App.Store.PendingInvites(t.Context(), storage.ThreePID{Medium: "email", Address: victim}); len(p) != 0 {
+		if p, _ := h.App.Store.PendingInvites(t.Context(), threepid.ThreePID{Medium: "email", Address: victim}); len(p) != 0 {
 			t.Fatalf("spoofed invite stored: %+v", p)
 		}
 
@@ -488,7 +488,7 @@ func TestMailNotInClearByDefault(t *testing.T) {
 		if n := len(plain.Messages()); n != 0 {
 			t.Fatalf("%d mails went out in clear", n)
 		}
-		if p, _ := h.App.Store.PendingInvites(t.Context(), storage.ThreePID{Medium: "email", Address: "invitee@zorg.example.nl"}); len(p) != 0 {
+		if p, _ := h.App.Store.PendingInvites(t.Context(), threepid.ThreePID{Medium: "email", Address: "invitee@zorg.example.nl"}); len(p) != 0 {
 			t.Fatalf("an invite whose mail failed was kept: %+v", p)
 		}
 		before.check(t, h)

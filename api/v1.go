@@ -12,7 +12,7 @@ import (
 
 	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/identity"
-	"github.com/ozo-platform/ozo-identity/storage"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // routesV1 serves what older homeservers still call (Dendrite v0.15 uses only v1, without tokens).
@@ -64,11 +64,11 @@ func (s *Server) v1Gate(next http.Handler) http.Handler {
 
 // v1Association returns the signed association for a resolved 3PID: the stored binding, or one
 // made now for an MXID found in the directories.
-func (s *Server) v1Association(r *http.Request, tp storage.ThreePID, mxid string) (identity.Association, error) {
+func (s *Server) v1Association(r *http.Request, tp threepid.ThreePID, mxid string) (identity.Association, error) {
 	b, err := s.svc.Store().GetBinding(r.Context(), tp)
-	if errors.Is(err, storage.ErrNotFound) || err == nil && b.MXID != mxid {
+	if errors.Is(err, identity.ErrNotFound) || err == nil && b.MXID != mxid {
 		now := time.Now().UTC().Truncate(time.Millisecond)
-		b = storage.Binding{ThreePID: tp, MXID: mxid, CreatedAt: now, NotBefore: now, NotAfter: now.Add(24 * time.Hour)}
+		b = identity.Binding{ThreePID: tp, MXID: mxid, CreatedAt: now, NotBefore: now, NotAfter: now.Add(24 * time.Hour)}
 	} else if err != nil {
 		return nil, err
 	}

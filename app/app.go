@@ -26,10 +26,10 @@ import (
 	"github.com/ozo-platform/ozo-identity/email"
 	"github.com/ozo-platform/ozo-identity/homeserver"
 	"github.com/ozo-platform/ozo-identity/identity"
+	"github.com/ozo-platform/ozo-identity/internal/httpguard"
 	"github.com/ozo-platform/ozo-identity/lookup"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
 	"github.com/ozo-platform/ozo-identity/ratelimit"
-	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
 
@@ -52,6 +52,19 @@ type App struct {
 	// Chain keys the audit trail; Lookups counts lookups and refused admin calls for it.
 	Chain   *audit.Chain
 	Lookups *audit.Aggregator
+}
+
+// OpenDatabase opens and migrates the database, for commands that need it without the service.
+func OpenDatabase(ctx context.Context, cfg config.Config, log *slog.Logger) (*sqlstore.DB, error) {
+	db, err := sqlstore.OpenPool(ctx, cfg.Database.URL, cfg.DataDir, DBPool(cfg.Database))
+	if err != nil {
+		return nil, err
+	}
+	if err := db.Migrate(ctx, log); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
 }
 
 // New opens and migrates the database and builds every component. Nothing listens yet.
@@ -142,7 +155,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		return nil, err
 	}
 	metrics := api.NewMetrics()
-	svc := identity.New(store, signer, pepper, mailer, nil, identity.Options{
+	svc := identity.New(store, signer, pepper, mailKinds{mailer}, nil, identity.Options{
 		OnPepper:          index.Rehash,
 		OnBindGivenUp:     metrics.OnBindGivenUp,
 		PublicBaseURL:     cfg.PublicBaseURL,
@@ -156,7 +169,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 
 		WebClientLocations: cfg.Invites.WebClientLocations,
 		NextLinkHosts:      cfg.Validation.NextLinkHosts,
-		InviteLimits: storage.InviteLimits{PerThreePID: cfg.Invites.MaxPendingPerThreePID,
+		InviteLimits: identity.InviteLimits{PerThreePID: cfg.Invites.MaxPendingPerThreePID,
 			PerSender: cfg.Invites.MaxPendingPerSender},
 		MaxMailsPerSession: cfg.Validation.MaxMailsPerSession,
 		MaxMailsPerAddress: cfg.Validation.MaxMailsPerAddress,
@@ -265,7 +278,7 @@ func directory(cfg config.Config, index *mcsd.Index, log *slog.Logger) (*mcsd.Sy
 	if err != nil {
 		return nil, mcsd.Options{}, nil, fmt.Errorf("directory.ca_file: %w", err)
 	}
-	client := homeserver.NewHTTPClient(homeserver.Options{AllowedNetworks: allowed, TLSConfig: tlsCfg,
+	client := httpguard.New(httpguard.Options{AllowedNetworks: allowed, TLSConfig: tlsCfg,
 		Timeout: cfg.Directory.RequestTimeout, MaxResponseBytes: 64 << 20})
 	var static []mcsd.StaticDirectory
 	for _, d := range cfg.Directory.Directories {
@@ -280,7 +293,7 @@ func directory(cfg config.Config, index *mcsd.Index, log *slog.Logger) (*mcsd.Sy
 	var peers []namedPeer
 	for _, p := range cfg.Directory.Peers {
 		peers = append(peers, namedPeer{name: p.URL, peer: lookup.NewPeer(lookup.PeerOptions{BaseURL: p.URL, Token: p.Token,
-			Client: homeserver.NewHTTPClient(homeserver.Options{AllowedNetworks: allowed, TLSConfig: tlsCfg, Timeout: 10 * time.Second})})})
+			Client: httpguard.New(httpguard.Options{AllowedNetworks: allowed, TLSConfig: tlsCfg, Timeout: 10 * time.Second})})})
 	}
 	return syncer, opts, peers, nil
 }
@@ -454,3 +467,10 @@ func (a *App) Serve(ctx context.Context, ln net.Listener, tlsConfig *tls.Config)
 
 // Close releases the database.
 func (a *App) Close() error { return a.DB.Close() }
+
+// mailKinds lets identity name its mails without importing email.
+type mailKinds struct{ m *email.Mailer }
+
+func (k mailKinds) Send(ctx context.Context, kind identity.MailKind, to string, vars map[string]string) error {
+	return k.m.Send(ctx, email.Kind(kind), to, vars)
+}

@@ -19,10 +19,11 @@ import (
 	"time"
 
 	"github.com/ozo-platform/ozo-identity/config"
+	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/internal/pkitest"
-	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore/dbtest"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // TestElementFlowsWithMatrixJSSDK drives ozo-identity with matrix-js-sdk 43 (e2e/js, run on the
@@ -59,7 +60,7 @@ func runElementFlows(t *testing.T, node, script string, engine sqlstore.Engine) 
 	}
 	const bobEmail, carolUZI, carolIDP = "bob.jansen@example.org", "987654321", "zorgnet:Carol.DeVries"
 	// An operator binds Carol's UZI number and her idp subject (with capitals).
-	for _, tp := range []storage.ThreePID{{Medium: "uzi", Address: carolUZI}, {Medium: "idp", Address: carolIDP}} {
+	for _, tp := range []threepid.ThreePID{{Medium: "uzi", Address: carolUZI}, {Medium: "idp", Address: carolIDP}} {
 		status, resp := is.call(t, nil, http.MethodPost, "/_ozo/admin/v1/bindings", "Bearer "+is.AdminToken,
 			map[string]string{"medium": tp.Medium, "address": tp.Address, "mxid": users["carol"]["userId"]})
 		if status != http.StatusOK {
@@ -120,10 +121,10 @@ func runElementFlows(t *testing.T, node, script string, engine sqlstore.Engine) 
 		t.Errorf("Dendrite's store-invite fields: %v (docs/homeservers.md says: sender_display_name, no room_name)", inv.Extra)
 	}
 	// What the identity server holds afterwards: Bob's email unbound, Carol's bindings intact.
-	if got, err := is.App.Store.GetBinding(t.Context(), storage.ThreePID{Medium: "email", Address: bobEmail}); !errors.Is(err, storage.ErrNotFound) {
+	if got, err := is.App.Store.GetBinding(t.Context(), threepid.ThreePID{Medium: "email", Address: bobEmail}); !errors.Is(err, identity.ErrNotFound) {
 		t.Errorf("bob's email after unbind: %+v %v", got, err)
 	}
-	for _, tp := range []storage.ThreePID{{Medium: "uzi", Address: carolUZI}, {Medium: "idp", Address: carolIDP}} {
+	for _, tp := range []threepid.ThreePID{{Medium: "uzi", Address: carolUZI}, {Medium: "idp", Address: carolIDP}} {
 		if b, err := is.App.Store.GetBinding(t.Context(), tp); err != nil || b.MXID != users["carol"]["userId"] {
 			t.Errorf("binding %v: %+v %v", tp, b, err)
 		}

@@ -24,20 +24,22 @@ import (
 	"maunium.net/go/mautrix/federation"
 
 	"go.mau.fi/util/exhttp"
+
+	"github.com/ozo-platform/ozo-identity/internal/httpguard"
 )
 
 const (
 	// DefaultTimeout bounds one whole operation: resolution, connection and response.
-	DefaultTimeout = 10 * time.Second
+	DefaultTimeout = httpguard.DefaultTimeout
 	// DefaultMaxResponseBytes caps every response body read from a homeserver.
-	DefaultMaxResponseBytes = 64 << 10
+	DefaultMaxResponseBytes = httpguard.DefaultMaxResponseBytes
 )
 
 // Errors returned by Client. Every error wraps exactly one of the "kind" sentinels below
 // (plus, for X-Matrix failures, ErrUnauthorized), so callers can map them to responses.
 var (
 	ErrInvalidServerName = errors.New("invalid server name")
-	ErrNotAllowed        = errors.New("destination not allowed")
+	ErrNotAllowed        = httpguard.ErrNotAllowed
 	ErrTokenRejected     = errors.New("access token rejected by homeserver")
 	ErrForeignUser       = errors.New("homeserver vouched for a user of another server")
 	ErrUnreachable       = errors.New("homeserver unreachable")
@@ -47,6 +49,9 @@ var (
 	ErrRejected          = errors.New("homeserver rejected the request") // other 4xx
 	ErrBadResponse       = errors.New("invalid response from homeserver")
 	ErrInvalidBody       = errors.New("body is not valid JSON")
+	// ErrResponseTooLarge and ErrPinMismatch are the guard's (package internal/httpguard).
+	ErrResponseTooLarge = httpguard.ErrResponseTooLarge
+	ErrPinMismatch      = httpguard.ErrPinMismatch
 )
 
 // IsRetryable reports whether the failed operation may succeed when tried again later:
@@ -56,7 +61,7 @@ func IsRetryable(err error) bool {
 		errors.Is(err, ErrServerError) || errors.Is(err, ErrRateLimited)
 }
 
-// Options configures a Client (and NewHTTPClient).
+// Options configures a Client.
 type Options struct {
 	// AllowedNetworks are outbound targets allowed despite being loopback, private or
 	// otherwise non-global (tests, homeservers on an internal network).
@@ -81,6 +86,19 @@ type Options struct {
 	PinnedCerts map[string][32]byte
 }
 
+// guard is the part of o the SSRF guard takes.
+func (o Options) guard() httpguard.Options {
+	return httpguard.Options{AllowedNetworks: o.AllowedNetworks, TLSConfig: o.TLSConfig, Timeout: o.Timeout,
+		MaxResponseBytes: o.MaxResponseBytes, Resolver: o.Resolver, UserAgent: o.UserAgent, PinnedCerts: o.PinnedCerts}
+}
+
+// withDefaults fills in the zero fields as the guard does.
+func (o Options) withDefaults() Options {
+	g := o.guard().WithDefaults()
+	o.Timeout, o.MaxResponseBytes, o.UserAgent = g.Timeout, g.MaxResponseBytes, g.UserAgent
+	return o
+}
+
 // Client talks to homeservers. It is safe for concurrent use.
 type Client struct {
 	opts Options
@@ -102,7 +120,7 @@ func New(opts Options, log *slog.Logger) *Client {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Client{opts: opts, log: log, dial: newDialer(opts)}
+	c := &Client{opts: opts, log: log, dial: httpguard.NewDialer(opts.guard())}
 
 	settings := exhttp.ClientSettings{
 		TLSHandshakeTimeout:   opts.Timeout,
@@ -112,20 +130,20 @@ func New(opts Options, log *slog.Logger) *Client {
 	}
 	c.resolver = newResolvingTransport(newResolutionCache(maxCacheEntries), c.dialContext, settings)
 	srt := c.resolver
-	srt.transport.MaxResponseHeaderBytes = maxHeaderBytes
+	srt.transport.MaxResponseHeaderBytes = httpguard.MaxHeaderBytes
 	if len(opts.PinnedCerts) > 0 {
-		srt.transport.DialTLSContext = dialTLSFunc(opts.TLSConfig, opts.PinnedCerts, srt.dialResolved)
+		srt.transport.DialTLSContext = httpguard.DialTLS(opts.TLSConfig, opts.PinnedCerts, srt.dialResolved)
 	}
 	// mautrix fetches .well-known with http.DefaultClient unless told otherwise: give it
 	// the guarded client, with half the budget so a black-holed port 443 leaves time for
 	// the SRV / port 8448 fallback.
 	srt.opts = &federation.ResolveServerNameOpts{
-		HTTPClient: newHTTPClient(opts, c.dialContext, opts.Timeout/2),
+		HTTPClient: httpguard.NewClient(opts.guard(), c.dialContext, opts.Timeout/2),
 		DNSClient:  opts.Resolver,
 	}
 	c.fed = &federation.Client{
 		HTTP: &http.Client{
-			Transport: &limitTransport{next: srt, max: opts.MaxResponseBytes},
+			Transport: httpguard.LimitBodies(srt, opts.MaxResponseBytes),
 			Timeout:   opts.Timeout,
 			CheckRedirect: func(*http.Request, []*http.Request) error {
 				return http.ErrUseLastResponse // federation requests never follow redirects

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"slices"
 	"strings"
-
-	"github.com/ozo-platform/ozo-identity/storage"
 )
 
 // UserInfoer verifies an OpenID token at the homeserver that issued it.
@@ -28,7 +26,7 @@ func (s *Service) Register(ctx context.Context, hs UserInfoer, allowed []string,
 		return "", err
 	}
 	token := randomToken(32)
-	if err := s.store.CreateAccount(ctx, storage.Account{TokenHash: hashToken(token), UserID: userID, CreatedAt: s.now()}); err != nil {
+	if err := s.store.CreateAccessToken(ctx, AccessToken{TokenHash: hashToken(token), UserID: userID, CreatedAt: s.now()}); err != nil {
 		return "", err
 	}
 	return token, nil
@@ -40,12 +38,12 @@ func HomeserverAllowed(allowed []string, serverName string) bool {
 }
 
 // Authenticate returns the account of an access token.
-func (s *Service) Authenticate(ctx context.Context, token string) (storage.Account, error) {
+func (s *Service) Authenticate(ctx context.Context, token string) (AccessToken, error) {
 	if token == "" {
-		return storage.Account{}, errorf(CodeUnauthorized, "an identity server access token is required")
+		return AccessToken{}, errorf(CodeUnauthorized, "an identity server access token is required")
 	}
-	a, err := s.store.GetAccount(ctx, hashToken(token))
-	if errors.Is(err, storage.ErrNotFound) {
+	a, err := s.store.GetAccessToken(ctx, hashToken(token))
+	if errors.Is(err, ErrNotFound) {
 		return a, errorf(CodeUnauthorized, "unrecognised access token")
 	}
 	return a, err
@@ -53,8 +51,8 @@ func (s *Service) Authenticate(ctx context.Context, token string) (storage.Accou
 
 // Logout revokes an access token.
 func (s *Service) Logout(ctx context.Context, token string) error {
-	err := s.store.DeleteAccount(ctx, hashToken(token))
-	if errors.Is(err, storage.ErrNotFound) {
+	err := s.store.DeleteAccessToken(ctx, hashToken(token))
+	if errors.Is(err, ErrNotFound) {
 		return errorf(CodeUnauthorized, "unrecognised access token")
 	}
 	return err

@@ -3,10 +3,10 @@ package identity
 import (
 	"context"
 	"errors"
+	"github.com/ozo-platform/ozo-identity/internal/matrixid"
 	"time"
 
 	"github.com/ozo-platform/ozo-identity/audit"
-	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
@@ -27,7 +27,7 @@ type ImportError struct {
 // ImportReport accounts for every entry of a batch: Created + Updated + Unchanged + Superseded +
 // len(Invalid) is the number of entries.
 type ImportReport struct {
-	storage.ImportResult
+	ImportResult
 	// Superseded entries were followed by a later entry for the same 3PID, which won.
 	Superseded int
 	Invalid    []ImportError
@@ -50,10 +50,10 @@ func (s *Service) ImportBindings(ctx context.Context, entries []ImportEntry, sou
 	var rep ImportReport
 	now := s.now().UTC().Truncate(time.Millisecond)
 	pepper := s.Pepper()
-	items := make([]storage.ImportBinding, 0, len(entries))
+	items := make([]ImportBinding, 0, len(entries))
 	for i, e := range entries {
 		tp, err := threepid.Normalize(e.Medium, e.Address)
-		if err == nil && !ValidMXID(e.MXID) {
+		if err == nil && !matrixid.ValidUserID(e.MXID) {
 			err = errorf(CodeInvalidParam, "mxid is not a Matrix user ID")
 		}
 		if err != nil {
@@ -64,8 +64,8 @@ func (s *Service) ImportBindings(ctx context.Context, entries []ImportEntry, sou
 			rep.Invalid = append(rep.Invalid, ImportError{Index: i, Code: ie.Code, Message: ie.Message})
 			continue
 		}
-		items = append(items, storage.ImportBinding{
-			Binding: storage.Binding{ThreePID: tp, MXID: e.MXID, CreatedAt: now, NotBefore: now,
+		items = append(items, ImportBinding{
+			Binding: Binding{ThreePID: tp, MXID: e.MXID, CreatedAt: now, NotBefore: now,
 				NotAfter: now.Add(bindingLifetime), Source: source},
 			Hashes:       threepid.LookupHashes(tp, pepper),
 			FoldedHashes: threepid.FoldedLookupHashes(tp, pepper),
@@ -76,7 +76,7 @@ func (s *Service) ImportBindings(ctx context.Context, entries []ImportEntry, sou
 	}
 	queued := false
 	scope := audit.ScopeFrom(ctx)
-	res, err := s.store.ImportBindings(ctx, items, func(b storage.Binding, invites []storage.Invite) ([]storage.OnBindDelivery, error) {
+	res, err := s.store.ImportBindings(ctx, items, func(b Binding, invites []Invite) ([]OnBindDelivery, error) {
 		assoc, err := s.association(b)
 		if err != nil {
 			return nil, err
@@ -87,7 +87,7 @@ func (s *Service) ImportBindings(ctx context.Context, entries []ImportEntry, sou
 		}
 		queued = queued || len(ds) > 0
 		return ds, nil
-	}, func(b storage.Binding, delivered []storage.Invite) []audit.Record {
+	}, func(b Binding, delivered []Invite) []audit.Record {
 		return bindRecords(scope, b, delivered, "source="+source+" import")
 	})
 	if err != nil {

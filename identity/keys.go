@@ -16,7 +16,6 @@ import (
 	"maunium.net/go/mautrix/federation"
 	"maunium.net/go/mautrix/id"
 
-	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
@@ -38,7 +37,7 @@ type Signer struct {
 
 // LoadSigner reads the key from file (Synapse's "ed25519 0 <seed>" format) when file is set, and
 // otherwise from the database, generating and storing one on first start.
-func LoadSigner(ctx context.Context, store storage.Storage, serverName, file string) (*Signer, error) {
+func LoadSigner(ctx context.Context, store Store, serverName, file string) (*Signer, error) {
 	var text string
 	if file != "" {
 		data, err := os.ReadFile(file)
@@ -168,7 +167,7 @@ func (s *Signer) VerifySigned(data []byte) error {
 }
 
 // LoadPepper returns the lookup pepper, generating and persisting it on first start.
-func LoadPepper(ctx context.Context, store storage.Storage) (string, error) {
+func LoadPepper(ctx context.Context, store Store) (string, error) {
 	b := make([]byte, 24)
 	if _, err := rand.Read(b); err != nil {
 		return "", fmt.Errorf("generate pepper: %w", err)
@@ -179,7 +178,7 @@ func LoadPepper(ctx context.Context, store storage.Storage) (string, error) {
 		return "", fmt.Errorf("store pepper: %w", err)
 	}
 	// Bindings made before folded lookup hashes existed get them once.
-	if _, err := store.GetSetting(ctx, settingFoldedHashes); errors.Is(err, storage.ErrNotFound) {
+	if _, err := store.GetSetting(ctx, settingFoldedHashes); errors.Is(err, ErrNotFound) {
 		if err := store.RehashBindings(ctx, hashesWith(pepper)); err != nil {
 			return "", fmt.Errorf("add folded lookup hashes: %w", err)
 		}
@@ -193,8 +192,8 @@ func LoadPepper(ctx context.Context, store storage.Storage) (string, error) {
 }
 
 // hashesWith computes a 3PID's exact and folded lookup hashes under pepper.
-func hashesWith(pepper string) func(storage.ThreePID) ([]string, []string) {
-	return func(tp storage.ThreePID) ([]string, []string) {
+func hashesWith(pepper string) func(threepid.ThreePID) ([]string, []string) {
+	return func(tp threepid.ThreePID) ([]string, []string) {
 		return threepid.LookupHashes(tp, pepper), threepid.FoldedLookupHashes(tp, pepper)
 	}
 }

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/ozo-platform/ozo-identity/audit"
-	"github.com/ozo-platform/ozo-identity/storage"
+	"github.com/ozo-platform/ozo-identity/internal/matrixid"
 )
 
 // OnBinder delivers /3pid/onbind calls to homeservers.
@@ -27,14 +27,14 @@ const (
 // onBindDeliveries builds the onbind calls for the invites pending on a new binding, in batches
 // bounded by count and bytes. Each invite's "signed" holds exactly mxid and token: homeservers
 // re-serialise just those two to verify it.
-func (s *Service) onBindDeliveries(b storage.Binding, assoc Association, invites []storage.Invite) ([]storage.OnBindDelivery, error) {
+func (s *Service) onBindDeliveries(b Binding, assoc Association, invites []Invite) ([]OnBindDelivery, error) {
 	maxInvites := cmp.Or(s.opts.OnBindMaxInvites, defaultOnBindMaxInvites)
 	maxBytes := cmp.Or(s.opts.OnBindMaxBytes, defaultOnBindMaxBytes)
 	base, err := json.Marshal(assoc)
 	if err != nil {
 		return nil, err
 	}
-	var out []storage.OnBindDelivery
+	var out []OnBindDelivery
 	var batch []json.RawMessage
 	size := len(base) + len(`,"invites":[]`)
 	flush := func() error {
@@ -76,7 +76,7 @@ func (s *Service) onBindDeliveries(b storage.Binding, assoc Association, invites
 }
 
 // onBindDelivery builds one onbind call: the signed association and a batch of invites.
-func (s *Service) onBindDelivery(b storage.Binding, assoc Association, invites []json.RawMessage) (storage.OnBindDelivery, error) {
+func (s *Service) onBindDelivery(b Binding, assoc Association, invites []json.RawMessage) (OnBindDelivery, error) {
 	body := map[string]any{}
 	for k, v := range assoc {
 		body[k] = v
@@ -84,16 +84,16 @@ func (s *Service) onBindDelivery(b storage.Binding, assoc Association, invites [
 	body["invites"] = invites
 	data, err := json.Marshal(body)
 	if err != nil {
-		return storage.OnBindDelivery{}, err
+		return OnBindDelivery{}, err
 	}
 	now := s.now()
-	return storage.OnBindDelivery{ID: randomToken(12), ServerName: ServerOf(b.MXID), Body: data,
+	return OnBindDelivery{ID: randomToken(12), ServerName: matrixid.ServerOf(b.MXID), Body: data,
 		NextAttemptAt: now, ExpiresAt: now.Add(s.opts.OnBindRetryFor), CreatedAt: now}, nil
 }
 
 // splitDelivery cuts a batch into one delivery per invite, so that an invite the homeserver
 // refuses fails on its own; ok is false for a delivery of one invite.
-func (s *Service) splitDelivery(d storage.OnBindDelivery) (parts []storage.OnBindDelivery, ok bool) {
+func (s *Service) splitDelivery(d OnBindDelivery) (parts []OnBindDelivery, ok bool) {
 	var body map[string]json.RawMessage
 	if err := json.Unmarshal(d.Body, &body); err != nil {
 		return nil, false
@@ -109,7 +109,7 @@ func (s *Service) splitDelivery(d storage.OnBindDelivery) (parts []storage.OnBin
 		if err != nil {
 			return nil, false
 		}
-		parts = append(parts, storage.OnBindDelivery{ID: randomToken(12), ServerName: d.ServerName, Body: data,
+		parts = append(parts, OnBindDelivery{ID: randomToken(12), ServerName: d.ServerName, Body: data,
 			NextAttemptAt: now, ExpiresAt: d.ExpiresAt, CreatedAt: d.CreatedAt})
 	}
 	return parts, true
@@ -165,7 +165,7 @@ func (s *Service) deliverDue(ctx context.Context, hs OnBinder, permanent func(er
 	}
 }
 
-func (s *Service) attempt(ctx context.Context, hs OnBinder, permanent func(error) bool, d storage.OnBindDelivery) {
+func (s *Service) attempt(ctx context.Context, hs OnBinder, permanent func(error) bool, d OnBindDelivery) {
 	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	err := hs.OnBind(actx, d.ServerName, d.Body)
 	cancel()
@@ -219,7 +219,7 @@ func truncate(s string, n int) string {
 }
 
 // deliveryRecords are the audit records of the invites an onbind delivery carried.
-func deliveryRecords(d storage.OnBindDelivery, outcome audit.Outcome, detail string) []audit.Record {
+func deliveryRecords(d OnBindDelivery, outcome audit.Outcome, detail string) []audit.Record {
 	var body struct {
 		Medium  string `json:"medium"`
 		Address string `json:"address"`

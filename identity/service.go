@@ -20,16 +20,24 @@ import (
 	"maunium.net/go/mautrix/federation"
 
 	"github.com/ozo-platform/ozo-identity/audit"
-	"github.com/ozo-platform/ozo-identity/email"
+	"github.com/ozo-platform/ozo-identity/internal/matrixid"
 	"github.com/ozo-platform/ozo-identity/lookup"
-	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // Mailer sends the validation and invite mails.
 type Mailer interface {
-	Send(ctx context.Context, kind email.Kind, to string, vars map[string]string) error
+	Send(ctx context.Context, kind MailKind, to string, vars map[string]string) error
 }
+
+// MailKind names the mail to send; the mailer picks its templates by it.
+type MailKind string
+
+// The mails identity sends.
+const (
+	MailValidation MailKind = "validation"
+	MailInvite     MailKind = "invite"
+)
 
 // Resolver answers which MXID a 3PID belongs to; lookup.Chain builds the full chain.
 type Resolver = lookup.Resolver
@@ -49,7 +57,7 @@ type Options struct {
 	// the host of PublicBaseURL and of the web client locations.
 	NextLinkHosts []string
 	// InviteLimits caps pending invites per 3PID and per sender.
-	InviteLimits storage.InviteLimits
+	InviteLimits InviteLimits
 	// MaxMailsPerSession and MaxMailsPerAddress (per SessionLifetime) cap validation mails; 0 is no cap.
 	MaxMailsPerSession int
 	MaxMailsPerAddress int
@@ -76,7 +84,7 @@ type PolicyDocument struct{ Name, URL string }
 
 // Service implements the Identity Service API's behaviour.
 type Service struct {
-	store    storage.Storage
+	store    Store
 	signer   *Signer
 	mailer   Mailer
 	resolver Resolver
@@ -92,7 +100,7 @@ type Service struct {
 }
 
 // New builds the service; resolver may be nil to resolve from local bindings only.
-func New(store storage.Storage, signer *Signer, pepper string, mailer Mailer, resolver Resolver, opts Options, log *slog.Logger) *Service {
+func New(store Store, signer *Signer, pepper string, mailer Mailer, resolver Resolver, opts Options, log *slog.Logger) *Service {
 	if len(opts.WebClientLocations) == 0 && opts.WebClientLocation != "" {
 		opts.WebClientLocations = []string{opts.WebClientLocation}
 	}
@@ -116,7 +124,7 @@ func New(store storage.Storage, signer *Signer, pepper string, mailer Mailer, re
 func (s *Service) Signer() *Signer { return s.signer }
 
 // Store returns the storage the service uses.
-func (s *Service) Store() storage.Storage { return s.store }
+func (s *Service) Store() Store { return s.store }
 
 // Pepper returns the current lookup pepper.
 func (s *Service) Pepper() string {
@@ -171,23 +179,6 @@ func validSecret(s string) bool {
 	return true
 }
 
-// ValidMXID checks the shape of a Matrix user ID: @localpart:server.
-func ValidMXID(mxid string) bool {
-	if len(mxid) > 255 || !strings.HasPrefix(mxid, "@") {
-		return false
-	}
-	local, server, ok := strings.Cut(mxid[1:], ":")
-	if !ok || local == "" || server == "" {
-		return false
-	}
-	for _, c := range mxid {
-		if c < 0x21 || c > 0x7e {
-			return false
-		}
-	}
-	return true
-}
-
 // ValidRoomID checks the shape of a room ID: "!opaque:server" with a valid server name, or room
 // version 12's "!" and 43 characters of unpadded URL-safe base64 (the create event's hash, no
 // server name), which current homeservers send. The opaque part holds no control characters or
@@ -227,12 +218,6 @@ func checkText(field, v string, freeText bool) error {
 	return nil
 }
 
-// ServerOf returns the server name part of a Matrix ID.
-func ServerOf(mxid string) string {
-	_, server, _ := strings.Cut(mxid, ":")
-	return server
-}
-
 func normalizeErr(err error) error {
 	switch {
 	case errors.Is(err, threepid.ErrInvalidEmail):
@@ -267,7 +252,7 @@ func (s *Service) RequestEmailToken(ctx context.Context, clientSecret, address s
 		// Checked before mailing so that a refused attempt sends nothing; AddSessionToken checks
 		// again atomically.
 		if q := s.opts.MaxMailsPerSession; q > 0 && sess.MailsSent >= q {
-			return "", mailLimitErr(storage.ErrSessionMailLimit)
+			return "", mailLimitErr(ErrSessionMailLimit)
 		}
 		if q := s.opts.MaxMailsPerAddress; q > 0 {
 			n, err := s.store.MailsSent(ctx, tp, s.mailQuota(now).Since)
@@ -275,7 +260,7 @@ func (s *Service) RequestEmailToken(ctx context.Context, clientSecret, address s
 				return "", err
 			}
 			if n >= q {
-				return "", mailLimitErr(storage.ErrAddressMailLimit)
+				return "", mailLimitErr(ErrAddressMailLimit)
 			}
 		}
 		// Mail first: a failed send records nothing, so the client's retry with the same send_attempt sends again.
@@ -284,21 +269,21 @@ func (s *Service) RequestEmailToken(ctx context.Context, clientSecret, address s
 			return "", err
 		}
 		err := s.store.AddSessionToken(ctx, sess.SID, sendAttempt, hashToken(token), now.Add(s.opts.TokenLifetime), s.mailQuota(now))
-		if errors.Is(err, storage.ErrLimitExceeded) {
+		if errors.Is(err, ErrLimitExceeded) {
 			return "", mailLimitErr(err)
 		}
 		return sess.SID, err
-	case !errors.Is(err, storage.ErrNotFound):
+	case !errors.Is(err, ErrNotFound):
 		return "", err
 	}
-	sess = storage.Session{SID: randomToken(12), ClientSecret: clientSecret, ThreePID: tp, SendAttempt: sendAttempt,
+	sess = Session{SID: randomToken(12), ClientSecret: clientSecret, ThreePID: tp, SendAttempt: sendAttempt,
 		NextLink: nextLink, CreatedAt: now, MailsSent: 1}
 	token := randomToken(24)
 	if err := s.store.CreateSession(ctx, sess, hashToken(token), now.Add(s.opts.TokenLifetime), s.mailQuota(now)); err != nil {
-		if errors.Is(err, storage.ErrLimitExceeded) {
+		if errors.Is(err, ErrLimitExceeded) {
 			return "", mailLimitErr(err)
 		}
-		if errors.Is(err, storage.ErrAlreadyExists) {
+		if errors.Is(err, ErrAlreadyExists) {
 			// A concurrent request with the same secret won; answer with its session.
 			if again, err := s.store.FindSession(ctx, clientSecret, tp); err == nil {
 				return again.SID, nil
@@ -317,13 +302,13 @@ func (s *Service) RequestEmailToken(ctx context.Context, clientSecret, address s
 }
 
 // mailQuota counts the mails of the sessions still alive, so the address budget renews as they expire.
-func (s *Service) mailQuota(now time.Time) storage.MailQuota {
-	return storage.MailQuota{PerSession: s.opts.MaxMailsPerSession, PerAddress: s.opts.MaxMailsPerAddress,
+func (s *Service) mailQuota(now time.Time) MailQuota {
+	return MailQuota{PerSession: s.opts.MaxMailsPerSession, PerAddress: s.opts.MaxMailsPerAddress,
 		Since: now.Add(-s.opts.SessionLifetime)}
 }
 
 func mailLimitErr(err error) error {
-	if errors.Is(err, storage.ErrSessionMailLimit) {
+	if errors.Is(err, ErrSessionMailLimit) {
 		return errorf(CodeLimitExceeded, "this validation session has sent its maximum number of mails; use the newest mail or start a new session later")
 	}
 	return errorf(CodeLimitExceeded, "too many validation mails to this address; try again later")
@@ -366,7 +351,7 @@ func (s *Service) sendValidation(ctx context.Context, sid, clientSecret, to, tok
 	if clientIP != "" {
 		vars["ipaddress"] = clientIP
 	}
-	if err := s.mailer.Send(ctx, email.KindValidation, to, vars); err != nil {
+	if err := s.mailer.Send(ctx, MailValidation, to, vars); err != nil {
 		s.log.Warn("validation mail failed", "sid", sid, "err", err)
 		return errorf(CodeEmailSendError, "could not send the validation email")
 	}
@@ -374,12 +359,12 @@ func (s *Service) sendValidation(ctx context.Context, sid, clientSecret, to, tok
 }
 
 // liveSession loads a session and checks the client secret and expiry.
-func (s *Service) liveSession(ctx context.Context, sid, clientSecret string) (storage.Session, error) {
+func (s *Service) liveSession(ctx context.Context, sid, clientSecret string) (Session, error) {
 	if !validSecret(sid) || !validSecret(clientSecret) {
-		return storage.Session{}, errorf(CodeInvalidParam, "sid and client_secret must be 1-255 characters of [0-9a-zA-Z.=_-]")
+		return Session{}, errorf(CodeInvalidParam, "sid and client_secret must be 1-255 characters of [0-9a-zA-Z.=_-]")
 	}
 	sess, err := s.store.GetSession(ctx, sid)
-	if errors.Is(err, storage.ErrNotFound) || err == nil && sess.ClientSecret != clientSecret {
+	if errors.Is(err, ErrNotFound) || err == nil && sess.ClientSecret != clientSecret {
 		return sess, errorf(CodeNoValidSession, "no validation session with this sid and client_secret")
 	}
 	if err != nil {
@@ -401,7 +386,7 @@ func (s *Service) SubmitToken(ctx context.Context, sid, clientSecret, token stri
 		token = token[:255]
 	}
 	ok, sess, err := s.store.CheckSessionToken(ctx, sess.SID, hashToken(token), s.now(), s.opts.MaxFailedAttempts)
-	if errors.Is(err, storage.ErrTooManyAttempts) {
+	if errors.Is(err, ErrTooManyAttempts) {
 		return "", errorf(CodeLimitExceeded, "too many wrong tokens for this session; start a new one")
 	}
 	if err != nil {
@@ -414,7 +399,7 @@ func (s *Service) SubmitToken(ctx context.Context, sid, clientSecret, token stri
 }
 
 // Validated returns the validated 3PID of a session.
-func (s *Service) Validated(ctx context.Context, sid, clientSecret string) (storage.Session, error) {
+func (s *Service) Validated(ctx context.Context, sid, clientSecret string) (Session, error) {
 	sess, err := s.liveSession(ctx, sid, clientSecret)
 	if err != nil {
 		return sess, err
@@ -428,7 +413,7 @@ func (s *Service) Validated(ctx context.Context, sid, clientSecret string) (stor
 // Association is a signed 3PID association as the spec's bind and v1 lookup return it.
 type Association = map[string]any
 
-func (s *Service) association(b storage.Binding) (Association, error) {
+func (s *Service) association(b Binding) (Association, error) {
 	a := Association{
 		"address":    b.Address,
 		"medium":     b.Medium,
@@ -444,12 +429,12 @@ func (s *Service) association(b storage.Binding) (Association, error) {
 }
 
 // Association returns the signed association of a binding, for v1 lookup.
-func (s *Service) Association(b storage.Binding) (Association, error) { return s.association(b) }
+func (s *Service) Association(b Binding) (Association, error) { return s.association(b) }
 
 // Bind binds the session's validated 3PID to mxid. The caller (an account) may only bind its own MXID;
 // callerUserID is empty for the unauthenticated v1 API, which the network gate protects.
 func (s *Service) Bind(ctx context.Context, sid, clientSecret, mxid, callerUserID string) (Association, error) {
-	if !ValidMXID(mxid) {
+	if !matrixid.ValidUserID(mxid) {
 		return nil, errorf(CodeInvalidParam, "mxid is not a Matrix user ID")
 	}
 	if callerUserID != "" && callerUserID != mxid {
@@ -468,7 +453,7 @@ func (s *Service) AdminBind(ctx context.Context, medium, address, mxid, source s
 	if err != nil {
 		return nil, normalizeErr(err)
 	}
-	if !ValidMXID(mxid) {
+	if !matrixid.ValidUserID(mxid) {
 		return nil, errorf(CodeInvalidParam, "mxid is not a Matrix user ID")
 	}
 	return s.bind(ctx, tp, mxid, source)
@@ -477,23 +462,23 @@ func (s *Service) AdminBind(ctx context.Context, medium, address, mxid, source s
 // bindingLifetime is how long a signed association is valid; homeservers re-check after it.
 const bindingLifetime = 100 * 365 * 24 * time.Hour
 
-func (s *Service) bind(ctx context.Context, tp storage.ThreePID, mxid, source string) (Association, error) {
+func (s *Service) bind(ctx context.Context, tp threepid.ThreePID, mxid, source string) (Association, error) {
 	now := s.now().UTC().Truncate(time.Millisecond)
-	b := storage.Binding{ThreePID: tp, MXID: mxid, CreatedAt: now, NotBefore: now, NotAfter: now.Add(bindingLifetime), Source: source}
+	b := Binding{ThreePID: tp, MXID: mxid, CreatedAt: now, NotBefore: now, NotAfter: now.Add(bindingLifetime), Source: source}
 	assoc, err := s.association(b)
 	if err != nil {
 		return nil, err
 	}
 	queued := false
 	scope := audit.ScopeFrom(ctx)
-	err = s.store.Bind(ctx, storage.BindRequest{
-		Audit: func(delivered []storage.Invite) []audit.Record {
+	err = s.store.Bind(ctx, BindRequest{
+		Audit: func(delivered []Invite) []audit.Record {
 			return bindRecords(scope, b, delivered, "source="+source)
 		},
 		Binding:      b,
 		Hashes:       threepid.LookupHashes(tp, s.Pepper()),
 		FoldedHashes: threepid.FoldedLookupHashes(tp, s.Pepper()),
-		Deliver: func(invites []storage.Invite) ([]storage.OnBindDelivery, error) {
+		Deliver: func(invites []Invite) ([]OnBindDelivery, error) {
 			ds, err := s.onBindDeliveries(b, assoc, invites)
 			if err != nil {
 				return nil, err
@@ -513,19 +498,19 @@ func (s *Service) bind(ctx context.Context, tp storage.ThreePID, mxid, source st
 }
 
 // bindRecords are the audit records of binding b and of the invites it delivered.
-func bindRecords(scope *audit.Scope, b storage.Binding, delivered []storage.Invite, detail string) []audit.Record {
+func bindRecords(scope *audit.Scope, b Binding, delivered []Invite, detail string) []audit.Record {
 	recs := []audit.Record{bindRecord(scope, audit.ActionBind, b.ThreePID, b.MXID, detail)}
 	for _, inv := range delivered {
 		r := scope.Record(audit.ActionInviteDelivered, audit.OutcomeSuccess)
 		r.Medium, r.Address, r.Resource, r.OnBehalfOf = b.Medium, b.Address, inv.RoomID, inv.Sender
-		r.Detail = "bound to " + b.MXID + "; onbind queued for " + ServerOf(b.MXID)
+		r.Detail = "bound to " + b.MXID + "; onbind queued for " + matrixid.ServerOf(b.MXID)
 		recs = append(recs, r)
 	}
 	return recs
 }
 
 // bindRecord is the audit record of a binding change of tp to mxid.
-func bindRecord(scope *audit.Scope, action audit.Action, tp storage.ThreePID, mxid, detail string) audit.Record {
+func bindRecord(scope *audit.Scope, action audit.Action, tp threepid.ThreePID, mxid, detail string) audit.Record {
 	r := scope.Record(action, audit.OutcomeSuccess)
 	r.Medium, r.Address, r.Resource, r.Detail = tp.Medium, tp.Address, mxid, detail
 	if r.OnBehalfOf == "" && r.Actor.ID != mxid {
@@ -541,7 +526,7 @@ func (s *Service) Unbind(ctx context.Context, sid, clientSecret, medium, address
 	if err != nil {
 		return normalizeErr(err)
 	}
-	if !ValidMXID(mxid) {
+	if !matrixid.ValidUserID(mxid) {
 		return errorf(CodeInvalidParam, "mxid is not a Matrix user ID")
 	}
 	switch {
@@ -554,14 +539,14 @@ func (s *Service) Unbind(ctx context.Context, sid, clientSecret, medium, address
 			return errorf(CodeForbidden, "the session validated a different 3PID")
 		}
 	case originServer != "":
-		if ServerOf(mxid) != originServer {
+		if matrixid.ServerOf(mxid) != originServer {
 			return errorf(CodeForbidden, "a homeserver may only unbind its own users")
 		}
 	default:
 		return errorf(CodeForbidden, "unbind needs a validated session or a signed request from the user's homeserver")
 	}
 	scope := audit.ScopeFrom(ctx)
-	if err := s.store.DeleteBinding(ctx, tp, mxid, bindRecord(scope, audit.ActionUnbind, tp, mxid, "")); errors.Is(err, storage.ErrNotFound) {
+	if err := s.store.DeleteBinding(ctx, tp, mxid, bindRecord(scope, audit.ActionUnbind, tp, mxid, "")); errors.Is(err, ErrNotFound) {
 		return errorf(CodeNotFound, "this 3PID is not bound to this Matrix ID")
 	} else if err != nil {
 		return err
@@ -578,13 +563,13 @@ func (s *Service) AdminUnbind(ctx context.Context, medium, address string) error
 	}
 	scope := audit.ScopeFrom(ctx)
 	b, err := s.store.GetBinding(ctx, tp)
-	if errors.Is(err, storage.ErrNotFound) {
+	if errors.Is(err, ErrNotFound) {
 		return errorf(CodeNotFound, "this 3PID is not bound")
 	} else if err != nil {
 		return err
 	}
 	// Bound to b.MXID: a binding changed in between is left alone and reported not found.
-	if err := s.store.DeleteBinding(ctx, tp, b.MXID, bindRecord(scope, audit.ActionUnbind, tp, b.MXID, "")); errors.Is(err, storage.ErrNotFound) {
+	if err := s.store.DeleteBinding(ctx, tp, b.MXID, bindRecord(scope, audit.ActionUnbind, tp, b.MXID, "")); errors.Is(err, ErrNotFound) {
 		return errorf(CodeNotFound, "this 3PID is not bound")
 	} else if err != nil {
 		return err
@@ -617,8 +602,8 @@ func (s *Service) Lookup(ctx context.Context, algorithm, pepper string, addresse
 		}
 		return out, nil
 	}
-	byTP := make(map[storage.ThreePID][]string)
-	var tps []storage.ThreePID
+	byTP := make(map[threepid.ThreePID][]string)
+	var tps []threepid.ThreePID
 	for _, a := range addresses {
 		i := strings.LastIndexByte(a, ' ')
 		if i < 0 {
@@ -646,12 +631,12 @@ func (s *Service) Lookup(ctx context.Context, algorithm, pepper string, addresse
 }
 
 // LookupOne resolves a single 3PID (v1 lookup, invites): its MXID or "".
-func (s *Service) LookupOne(ctx context.Context, medium, address string) (storage.ThreePID, string, error) {
+func (s *Service) LookupOne(ctx context.Context, medium, address string) (threepid.ThreePID, string, error) {
 	tp, err := threepid.Normalize(medium, address)
 	if err != nil {
 		return tp, "", normalizeErr(err)
 	}
-	found, err := s.resolver.Resolve(ctx, []storage.ThreePID{tp})
+	found, err := s.resolver.Resolve(ctx, []threepid.ThreePID{tp})
 	if err != nil {
 		return tp, "", err
 	}
@@ -691,7 +676,7 @@ func (s *Service) StoreInvite(ctx context.Context, req InviteRequest) (StoredInv
 			return StoredInvite{}, err
 		}
 	}
-	if !ValidMXID(req.Sender) {
+	if !matrixid.ValidUserID(req.Sender) {
 		return StoredInvite{}, errorf(CodeInvalidParam, "sender is not a Matrix user ID")
 	}
 	// The mail names the sender; over v2 only the token's own user may be named.
@@ -735,16 +720,16 @@ func (s *Service) StoreInvite(ctx context.Context, req InviteRequest) (StoredInv
 	}
 	ephemeral := base64.RawStdEncoding.EncodeToString(pub)
 	now := s.now()
-	inv := storage.Invite{Token: randomToken(24), ThreePID: tp, RoomID: req.RoomID, Sender: req.Sender,
+	inv := Invite{Token: randomToken(24), ThreePID: tp, RoomID: req.RoomID, Sender: req.Sender,
 		CreatedAt: now, ExpiresAt: now.Add(s.opts.InviteLifetime), Extra: extra, EphemeralKey: ephemeral}
 	// Stored (with its key, under the caps) before the mail, so a refused invite mails nobody.
 	scope := audit.ScopeFrom(ctx)
 	rec := scope.Record(audit.ActionInviteStored, audit.OutcomeSuccess)
 	rec.Medium, rec.Address, rec.Resource, rec.OnBehalfOf = tp.Medium, tp.Address, inv.RoomID, inv.Sender
 	switch err := s.store.CreateInvite(ctx, inv, s.opts.InviteLimits, rec); {
-	case errors.Is(err, storage.ErrThreePIDInviteLimit):
+	case errors.Is(err, ErrThreePIDInviteLimit):
 		return StoredInvite{}, errorf(CodeLimitExceeded, "this 3PID has too many pending invites; they are delivered when it is bound")
-	case errors.Is(err, storage.ErrSenderInviteLimit):
+	case errors.Is(err, ErrSenderInviteLimit):
 		return StoredInvite{}, errorf(CodeLimitExceeded, "you have too many pending invites; wait until some are accepted or expire")
 	case err != nil:
 		return StoredInvite{}, err
@@ -764,7 +749,7 @@ func (s *Service) StoreInvite(ctx context.Context, req InviteRequest) (StoredInv
 		}
 		// An invite whose mail failed is not kept: the homeserver's invite fails with
 		// M_EMAIL_SEND_ERROR instead of leaving a room event nobody was told of.
-		if err := s.mailer.Send(ctx, email.KindInvite, tp.Address, vars); err != nil {
+		if err := s.mailer.Send(ctx, MailInvite, tp.Address, vars); err != nil {
 			s.log.Warn("invite mail failed", "room_id", inv.RoomID, "err", err)
 			if derr := s.store.DeleteInvite(ctx, inv.Token, inv.EphemeralKey); derr != nil {
 				s.log.Warn("remove invite after failed mail", "err", derr)
@@ -776,7 +761,7 @@ func (s *Service) StoreInvite(ctx context.Context, req InviteRequest) (StoredInv
 }
 
 // RedactedDisplayName is what room members see for a 3PID invite: enough to recognise, not to harvest.
-func RedactedDisplayName(tp storage.ThreePID) string {
+func RedactedDisplayName(tp threepid.ThreePID) string {
 	switch tp.Medium {
 	case threepid.MediumEmail:
 		local, domain, _ := strings.Cut(tp.Address, "@")
@@ -801,14 +786,14 @@ func (s *Service) SignEd25519(ctx context.Context, mxid, token, privateKey strin
 	if mxid == "" || token == "" || privateKey == "" {
 		return nil, errorf(CodeMissingParams, "mxid, token and private_key are required")
 	}
-	if !ValidMXID(mxid) {
+	if !matrixid.ValidUserID(mxid) {
 		return nil, errorf(CodeInvalidParam, "mxid is not a Matrix user ID")
 	}
 	if err := checkText("token", token, false); err != nil {
 		return nil, err
 	}
 	inv, err := s.store.GetInvite(ctx, token)
-	if errors.Is(err, storage.ErrNotFound) || err == nil && !inv.ExpiresAt.After(s.now()) {
+	if errors.Is(err, ErrNotFound) || err == nil && !inv.ExpiresAt.After(s.now()) {
 		return nil, errorf(CodeNotFound, "no invite with this token")
 	} else if err != nil {
 		return nil, err

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/ozo-platform/ozo-identity/identity"
-	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore/dbtest"
 	"github.com/ozo-platform/ozo-identity/threepid"
@@ -81,12 +80,12 @@ func TestSignInviteStoredBeforeKeyKept(t *testing.T) {
 				base64.RawStdEncoding.EncodeToString(pub), now.UnixMilli(), now.Add(time.Hour).UnixMilli()); err != nil {
 				t.Fatal(err)
 			}
-			tp := storage.ThreePID{Medium: "email", Address: "bob@example.org"}
-			for _, inv := range []storage.Invite{
+			tp := threepid.ThreePID{Medium: "email", Address: "bob@example.org"}
+			for _, inv := range []identity.Invite{
 				{Token: "old", ThreePID: tp, RoomID: "!r:hs", Sender: "@alice:hs", CreatedAt: now, ExpiresAt: now.Add(time.Hour)},
 				{Token: "expired", ThreePID: tp, RoomID: "!r:hs", Sender: "@alice:hs", CreatedAt: now.Add(-2 * time.Hour), ExpiresAt: now.Add(-time.Hour)},
 			} {
-				if err := store.CreateInvite(ctx, inv, storage.InviteLimits{}); err != nil {
+				if err := store.CreateInvite(ctx, inv, identity.InviteLimits{}); err != nil {
 					t.Fatal(err)
 				}
 			}

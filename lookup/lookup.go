@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 
-	"github.com/ozo-platform/ozo-identity/storage"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // Resolver maps 3PIDs to MXIDs. 3PIDs are canonical (threepid.Normalize); hashes are v2 lookup
@@ -16,7 +16,7 @@ import (
 // an empty MXID means it knows the 3PID but withholds it (care providers' directories disagree),
 // and the chain then asks no later link, which might have been misled the same way.
 type Resolver interface {
-	Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error)
+	Resolve(ctx context.Context, tps []threepid.ThreePID) (map[threepid.ThreePID]string, error)
 	ResolveHashes(ctx context.Context, hashes []string) (map[string]string, error)
 }
 
@@ -27,8 +27,8 @@ func Chain(links ...Resolver) Resolver { return chain(links) }
 
 type chain []Resolver
 
-func (c chain) Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error) {
-	out := make(map[storage.ThreePID]string)
+func (c chain) Resolve(ctx context.Context, tps []threepid.ThreePID) (map[threepid.ThreePID]string, error) {
+	out := make(map[threepid.ThreePID]string)
 	rest := tps
 	for i, link := range c {
 		if len(rest) == 0 {
@@ -95,7 +95,7 @@ type optional struct {
 	log  *slog.Logger
 }
 
-func (o optional) Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error) {
+func (o optional) Resolve(ctx context.Context, tps []threepid.ThreePID) (map[threepid.ThreePID]string, error) {
 	found, err := o.r.Resolve(ctx, tps)
 	if err != nil {
 		o.log.WarnContext(ctx, "optional lookup failed; skipped", "link", o.name, "count", len(tps), "err", err)
@@ -113,9 +113,9 @@ func (o optional) ResolveHashes(ctx context.Context, hashes []string) (map[strin
 	return found, nil
 }
 
-// BindingStore is the part of storage.Storage that the local-bindings link needs.
+// BindingStore is the part of identity.Store that the local-bindings link needs.
 type BindingStore interface {
-	LookupThreePIDs(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error)
+	LookupThreePIDs(ctx context.Context, tps []threepid.ThreePID) (map[threepid.ThreePID]string, error)
 	LookupHashes(ctx context.Context, hashes []string) (map[string]string, error)
 }
 
@@ -124,7 +124,7 @@ func Bindings(s BindingStore) Resolver { return bindings{s} }
 
 type bindings struct{ s BindingStore }
 
-func (b bindings) Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error) {
+func (b bindings) Resolve(ctx context.Context, tps []threepid.ThreePID) (map[threepid.ThreePID]string, error) {
 	return b.s.LookupThreePIDs(ctx, tps)
 }
 

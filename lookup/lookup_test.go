@@ -13,10 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/lookup"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd/mcsdtest"
-	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore/dbtest"
 	"github.com/ozo-platform/ozo-identity/threepid"
@@ -28,13 +28,13 @@ type peerIS struct {
 	token string
 	mu    sync.Mutex
 	pep   string
-	binds map[storage.ThreePID]string
+	binds map[threepid.ThreePID]string
 	fail  int // answer lookups with this status
 	extra map[string]string
 	calls int
 }
 
-func newPeerIS(t *testing.T, binds map[storage.ThreePID]string) *peerIS {
+func newPeerIS(t *testing.T, binds map[threepid.ThreePID]string) *peerIS {
 	p := &peerIS{token: "peer-token", pep: "peer-pepper-1", binds: binds}
 	p.Server = httptest.NewTLSServer(http.HandlerFunc(p.serve))
 	t.Cleanup(p.Close)
@@ -95,14 +95,14 @@ func (p *peerIS) serve(w http.ResponseWriter, r *http.Request) {
 
 type failing struct{}
 
-func (failing) Resolve(context.Context, []storage.ThreePID) (map[storage.ThreePID]string, error) {
+func (failing) Resolve(context.Context, []threepid.ThreePID) (map[threepid.ThreePID]string, error) {
 	return nil, errors.New("link down")
 }
 func (failing) ResolveHashes(context.Context, []string) (map[string]string, error) {
 	return nil, errors.New("link down")
 }
 
-func uzi(n string) storage.ThreePID { return storage.ThreePID{Medium: "uzi", Address: n} }
+func uzi(n string) threepid.ThreePID { return threepid.ThreePID{Medium: "uzi", Address: n} }
 
 func TestChain(t *testing.T) {
 	for _, engine := range dbtest.Engines {
@@ -114,8 +114,8 @@ func TestChain(t *testing.T) {
 			const pepper = "local-pepper"
 
 			// Link 1: a practitioner who logged in here is bound locally.
-			local := storage.Binding{ThreePID: uzi("900012345"), MXID: "@marieke:ozo.example.nl", CreatedAt: time.Now(), Source: "sso"}
-			if err := store.Bind(ctx, storage.BindRequest{Binding: local, Hashes: threepid.LookupHashes(local.ThreePID, pepper)}); err != nil {
+			local := identity.Binding{ThreePID: uzi("900012345"), MXID: "@marieke:ozo.example.nl", CreatedAt: time.Now(), Source: "sso"}
+			if err := store.Bind(ctx, identity.BindRequest{Binding: local, Hashes: threepid.LookupHashes(local.ThreePID, pepper)}); err != nil {
 				t.Fatal(err)
 			}
 			// Link 2: the mCSD index.
@@ -128,7 +128,7 @@ func TestChain(t *testing.T) {
 				t.Fatal(err)
 			}
 			// Link 3: a peer identity server of another vendor.
-			peer := newPeerIS(t, map[storage.ThreePID]string{
+			peer := newPeerIS(t, map[threepid.ThreePID]string{
 				uzi("900099999"):                     "@gp:peer.example.nl",
 				uzi("900023457"):                     "@mulder:peer.example.nl", // mCSD answers first
 				{Medium: "email", Address: "a@b.nl"}: "@a:peer.example.nl",
@@ -141,12 +141,12 @@ func TestChain(t *testing.T) {
 				lookup.Optional("peer", lookup.NewPeer(lookup.PeerOptions{BaseURL: peer.URL, Token: peer.token, Client: peer.Client()}), log),
 			)
 
-			email := storage.ThreePID{Medium: "email", Address: "a@b.nl"}
-			got, err := chain.Resolve(ctx, []storage.ThreePID{uzi("900012345"), uzi("900023457"), uzi("900099999"), uzi("900000001"), email})
+			email := threepid.ThreePID{Medium: "email", Address: "a@b.nl"}
+			got, err := chain.Resolve(ctx, []threepid.ThreePID{uzi("900012345"), uzi("900023457"), uzi("900099999"), uzi("900000001"), email})
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := map[storage.ThreePID]string{
+			want := map[threepid.ThreePID]string{
 				uzi("900012345"): "@marieke:ozo.example.nl", // local binding beats mCSD
 				uzi("900023457"): "@e.mulder:" + srv.Homeserver("hs2"),
 				uzi("900099999"): "@gp:peer.example.nl",
@@ -161,7 +161,7 @@ func TestChain(t *testing.T) {
 			}
 
 			// Hashed lookups: local bindings and the mCSD index; not the peer (other pepper).
-			h := func(tp storage.ThreePID, i int) string { return threepid.LookupHashes(tp, pepper)[i] }
+			h := func(tp threepid.ThreePID, i int) string { return threepid.LookupHashes(tp, pepper)[i] }
 			hashes := []string{h(uzi("900012345"), 0), h(uzi("900023457"), 1), h(uzi("900099999"), 0), "unknown"}
 			gotH, err := chain.ResolveHashes(ctx, hashes)
 			if err != nil {
@@ -175,14 +175,14 @@ func TestChain(t *testing.T) {
 			peer.mu.Lock()
 			peer.pep = "peer-pepper-2"
 			peer.mu.Unlock()
-			if got, err := chain.Resolve(ctx, []storage.ThreePID{uzi("900099999")}); err != nil || got[uzi("900099999")] != "@gp:peer.example.nl" {
+			if got, err := chain.Resolve(ctx, []threepid.ThreePID{uzi("900099999")}); err != nil || got[uzi("900099999")] != "@gp:peer.example.nl" {
 				t.Errorf("after pepper rotation: %v %v", got, err)
 			}
 			// A peer answering what was not asked is ignored.
 			peer.mu.Lock()
 			peer.extra = map[string]string{"someone-else": "@evil:peer.example.nl"}
 			peer.mu.Unlock()
-			if got, err := chain.Resolve(ctx, []storage.ThreePID{uzi("900088888")}); err != nil || len(got) != 0 {
+			if got, err := chain.Resolve(ctx, []threepid.ThreePID{uzi("900088888")}); err != nil || len(got) != 0 {
 				t.Errorf("unasked mapping taken: %v %v", got, err)
 			}
 
@@ -190,7 +190,7 @@ func TestChain(t *testing.T) {
 			peer.mu.Lock()
 			peer.fail = 500
 			peer.mu.Unlock()
-			got, err = chain.Resolve(ctx, []storage.ThreePID{uzi("900023457"), uzi("900099999")})
+			got, err = chain.Resolve(ctx, []threepid.ThreePID{uzi("900023457"), uzi("900099999")})
 			if err != nil || got[uzi("900023457")] == "" || got[uzi("900099999")] != "" {
 				t.Errorf("with the peer down: %v %v", got, err)
 			}
@@ -201,7 +201,7 @@ func TestChain(t *testing.T) {
 			peer.mu.Lock()
 			calls := peer.calls
 			peer.mu.Unlock()
-			if _, err := chain.Resolve(ctx, []storage.ThreePID{uzi("900012345")}); err != nil {
+			if _, err := chain.Resolve(ctx, []threepid.ThreePID{uzi("900012345")}); err != nil {
 				t.Fatal(err)
 			}
 			peer.mu.Lock()
@@ -211,7 +211,7 @@ func TestChain(t *testing.T) {
 			peer.mu.Unlock()
 
 			// A failing required link fails the lookup.
-			if _, err := lookup.Chain(lookup.Bindings(store), failing{}).Resolve(ctx, []storage.ThreePID{uzi("900000001")}); err == nil {
+			if _, err := lookup.Chain(lookup.Bindings(store), failing{}).Resolve(ctx, []threepid.ThreePID{uzi("900000001")}); err == nil {
 				t.Error("a required link's error was swallowed")
 			}
 			if _, err := lookup.Chain(lookup.Bindings(store), failing{}).ResolveHashes(ctx, []string{"x"}); err == nil {
@@ -219,7 +219,7 @@ func TestChain(t *testing.T) {
 			}
 			// A wrong token at the peer is an error of that link.
 			bad := lookup.NewPeer(lookup.PeerOptions{BaseURL: peer.URL, Token: "wrong", Client: peer.Client()})
-			if _, err := bad.Resolve(ctx, []storage.ThreePID{uzi("900099999")}); err == nil || !strings.Contains(err.Error(), "M_UNAUTHORIZED") {
+			if _, err := bad.Resolve(ctx, []threepid.ThreePID{uzi("900099999")}); err == nil || !strings.Contains(err.Error(), "M_UNAUTHORIZED") {
 				t.Errorf("wrong peer token: %v", err)
 			}
 		})
@@ -238,8 +238,8 @@ func TestChainWithConflictingDirectory(t *testing.T) {
 			db := dbtest.Open(t, engine)
 			store := sqlstore.New(db)
 			const pepper = "local-pepper"
-			bound := storage.Binding{ThreePID: uzi("900012345"), MXID: "@marieke:ozo.example.nl", CreatedAt: time.Now(), Source: "admin"}
-			if err := store.Bind(ctx, storage.BindRequest{Binding: bound, Hashes: threepid.LookupHashes(bound.ThreePID, pepper)}); err != nil {
+			bound := identity.Binding{ThreePID: uzi("900012345"), MXID: "@marieke:ozo.example.nl", CreatedAt: time.Now(), Source: "admin"}
+			if err := store.Bind(ctx, identity.BindRequest{Binding: bound, Hashes: threepid.LookupHashes(bound.ThreePID, pepper)}); err != nil {
 				t.Fatal(err)
 			}
 			srv := mcsdtest.Start(t, mcsdtest.Options{})
@@ -274,15 +274,15 @@ func TestChainWithConflictingDirectory(t *testing.T) {
 			if _, err := mcsd.NewSyncer(idx, mcsd.Options{LRZA: srv.LRZAURL(), Client: srv.Client()}).SyncAll(ctx); err != nil {
 				t.Fatal(err)
 			}
-			peer := newPeerIS(t, map[storage.ThreePID]string{uzi("900023457"): "@mallory:evil.example"})
+			peer := newPeerIS(t, map[threepid.ThreePID]string{uzi("900023457"): "@mallory:evil.example"})
 			chain := lookup.Chain(lookup.Bindings(store), idx,
 				lookup.Optional("peer", lookup.NewPeer(lookup.PeerOptions{BaseURL: peer.URL, Token: peer.token, Client: peer.Client()}), slog.New(slog.DiscardHandler)))
 
-			got, err := chain.Resolve(ctx, []storage.ThreePID{uzi("900012345"), uzi("900023457"), uzi("900034567")})
+			got, err := chain.Resolve(ctx, []threepid.ThreePID{uzi("900012345"), uzi("900023457"), uzi("900034567")})
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := map[storage.ThreePID]string{
+			want := map[threepid.ThreePID]string{
 				uzi("900012345"): "@marieke:ozo.example.nl", // the binding, over both directories
 				uzi("900034567"): "@f.kok:" + srv.Homeserver("hs1"),
 			}

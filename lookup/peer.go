@@ -13,8 +13,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
-	"github.com/ozo-platform/ozo-identity/storage"
+	"github.com/ozo-platform/ozo-identity/internal/matrixid"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
@@ -124,9 +123,9 @@ func (p *Peer) hashDetails(ctx context.Context) (algo, pepper string, err error)
 }
 
 // Resolve asks the peer about the 3PIDs of the configured media.
-func (p *Peer) Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error) {
-	out := make(map[storage.ThreePID]string)
-	var want []storage.ThreePID
+func (p *Peer) Resolve(ctx context.Context, tps []threepid.ThreePID) (map[threepid.ThreePID]string, error) {
+	out := make(map[threepid.ThreePID]string)
+	var want []threepid.ThreePID
 	for _, tp := range tps {
 		if slices.Contains(p.opts.Media, tp.Medium) {
 			want = append(want, tp)
@@ -165,8 +164,8 @@ func (p *Peer) Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage
 	return out, nil
 }
 
-func (p *Peer) lookup(ctx context.Context, tps []storage.ThreePID, algo, pepper string) (map[storage.ThreePID]string, error) {
-	byAddr := make(map[string]storage.ThreePID)
+func (p *Peer) lookup(ctx context.Context, tps []threepid.ThreePID, algo, pepper string) (map[threepid.ThreePID]string, error) {
+	byAddr := make(map[string]threepid.ThreePID)
 	var addrs []string
 	for _, tp := range tps {
 		var keys []string
@@ -189,10 +188,10 @@ func (p *Peer) lookup(ctx context.Context, tps []storage.ThreePID, algo, pepper 
 		map[string]any{"addresses": addrs, "algorithm": algo, "pepper": pepper}, &resp); err != nil {
 		return nil, err
 	}
-	out := make(map[storage.ThreePID]string)
+	out := make(map[threepid.ThreePID]string)
 	for k, mxid := range resp.Mappings {
 		tp, asked := byAddr[k]
-		if !asked || !mcsd.ValidUserID(mxid) {
+		if !asked || !matrixid.ValidUserID(mxid) {
 			continue // never take an answer to a question we did not ask
 		}
 		out[tp] = mxid

@@ -11,9 +11,13 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
-
-	"github.com/ozo-platform/ozo-identity/storage"
 )
+
+// ThreePID is a third-party identifier in canonical form (see Normalize).
+type ThreePID struct {
+	Medium  string
+	Address string
+}
 
 // Media ozo-identity binds. uzi and ura are Dutch healthcare identifiers; idp is "<idp-id>:<subject>".
 const (
@@ -62,18 +66,18 @@ func MediumNames(canonical string) []string {
 
 // Normalize validates a 3PID and returns it in canonical form: canonical medium, trimmed,
 // e-mail lower-cased, UZI 9 digits and URA 8 digits with leading zeros kept.
-func Normalize(medium, address string) (storage.ThreePID, error) {
+func Normalize(medium, address string) (ThreePID, error) {
 	canon := CanonicalMedium(medium)
 	if canon == "" {
-		return storage.ThreePID{}, fmt.Errorf("%w: %q", ErrUnsupportedMedium, medium)
+		return ThreePID{}, fmt.Errorf("%w: %q", ErrUnsupportedMedium, medium)
 	}
 	address = strings.TrimSpace(address)
 	// Invalid UTF-8 cannot be stored (PostgreSQL refuses it) and has no canonical form.
 	if !utf8.ValidString(address) {
 		if canon == MediumEmail {
-			return storage.ThreePID{}, fmt.Errorf("%w: not valid UTF-8", ErrInvalidEmail)
+			return ThreePID{}, fmt.Errorf("%w: not valid UTF-8", ErrInvalidEmail)
 		}
-		return storage.ThreePID{}, fmt.Errorf("%w: not valid UTF-8", ErrInvalidAddress)
+		return ThreePID{}, fmt.Errorf("%w: not valid UTF-8", ErrInvalidAddress)
 	}
 	var err error
 	switch canon {
@@ -87,9 +91,9 @@ func Normalize(medium, address string) (storage.ThreePID, error) {
 		err = idpAddress(address)
 	}
 	if err != nil {
-		return storage.ThreePID{}, err
+		return ThreePID{}, err
 	}
-	return storage.ThreePID{Medium: canon, Address: address}, nil
+	return ThreePID{Medium: canon, Address: address}, nil
 }
 
 func normalizeEmail(address string) (string, error) {
@@ -154,16 +158,16 @@ func LookupHash(address, medium, pepper string) string {
 // (it lower-cases every address before hashing), or nil when lower-casing changes nothing. They
 // may be shared by several 3PIDs (idp subjects are case-sensitive), so they are answered only
 // when unambiguous.
-func FoldedLookupHashes(tp storage.ThreePID, pepper string) []string {
+func FoldedLookupHashes(tp ThreePID, pepper string) []string {
 	lower := strings.ToLower(tp.Address)
 	if lower == tp.Address {
 		return nil
 	}
-	return LookupHashes(storage.ThreePID{Medium: tp.Medium, Address: lower}, pepper)
+	return LookupHashes(ThreePID{Medium: tp.Medium, Address: lower}, pepper)
 }
 
 // LookupHashes returns the hashes of a canonical 3PID under every accepted name of its medium.
-func LookupHashes(tp storage.ThreePID, pepper string) []string {
+func LookupHashes(tp ThreePID, pepper string) []string {
 	names := MediumNames(tp.Medium)
 	out := make([]string, len(names))
 	for i, m := range names {

@@ -17,9 +17,9 @@ import (
 
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd/mcsdtest"
-	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore/dbtest"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 var (
@@ -118,9 +118,9 @@ func newSyncFixture(t *testing.T, engine sqlstore.Engine) *syncFixture {
 }
 
 // expected is what the test directories resolve to once synced (see lookup/mcsd's tests).
-func (f *syncFixture) expected() map[storage.ThreePID]string {
+func (f *syncFixture) expected() map[threepid.ThreePID]string {
 	hs := f.srv.Homeserver
-	return map[storage.ThreePID]string{
+	return map[threepid.ThreePID]string{
 		{Medium: "uzi", Address: "900012345"}: "@m.vandenberg:" + hs("hs1"),
 		{Medium: "uzi", Address: "900012346"}: "@j.jansen:" + hs("hs1"),
 		{Medium: "uzi", Address: "900023456"}: "@h.dekker:" + hs("hs2"),
@@ -136,7 +136,7 @@ func (f *syncFixture) expected() map[storage.ThreePID]string {
 func (f *syncFixture) checkIndex(t *testing.T, when string, counts map[string]int) map[string]int {
 	t.Helper()
 	want := f.expected()
-	var tps []storage.ThreePID
+	var tps []threepid.ThreePID
 	for tp := range want {
 		tps = append(tps, tp)
 	}

@@ -16,7 +16,6 @@ import (
 	"github.com/ozo-platform/ozo-identity/app"
 	"github.com/ozo-platform/ozo-identity/config"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
-	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
 
 // maxRejectionsShown is how many rejection reasons the summary lists per directory; the status
@@ -52,7 +51,7 @@ func directorySync(ctx context.Context, cfg config.Config, f syncFlags, stdout, 
 	syncer := a.NewSyncer(func(o *mcsd.Options) {
 		o.IgnoreBackoff = f.force
 		o.Wait = f.wait
-		o.OnWait = func(held *sqlstore.LeaseHeldError) {
+		o.OnWait = func(held *mcsd.LeaseHeldError) {
 			fmt.Fprintf(stderr, "waiting: %s is running another directory sync of this database (since %s) …\n",
 				clean(held.Holder, 200), held.Acquired.UTC().Format(time.RFC3339))
 		}
@@ -210,14 +209,11 @@ func writeSyncSummary(w io.Writer, reports []mcsd.DirectoryReport, now time.Time
 
 // directoryStatus prints what the database knows of every directory.
 func directoryStatus(ctx context.Context, cfg config.Config, asJSON bool, stdout io.Writer, log *slog.Logger) error {
-	db, err := sqlstore.OpenPool(ctx, cfg.Database.URL, cfg.DataDir, app.DBPool(cfg.Database))
+	db, err := app.OpenDatabase(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	if err := db.Migrate(ctx, log); err != nil {
-		return err
-	}
 	idx := mcsd.NewIndex(db)
 	status, err := idx.Status(ctx)
 	if err != nil {

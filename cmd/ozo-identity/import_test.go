@@ -13,9 +13,10 @@ import (
 	"time"
 
 	"github.com/ozo-platform/ozo-identity/audit"
-	"github.com/ozo-platform/ozo-identity/storage"
+	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore/dbtest"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // importEnv points the CLI at a fresh database of engine; dataDir holds SQLite's file.
@@ -51,8 +52,8 @@ func runImport(ctx context.Context, env []string, args ...string) (stdout, stder
 
 func mxidOf(t *testing.T, s *sqlstore.Store, medium, address string) string {
 	t.Helper()
-	b, err := s.GetBinding(context.Background(), storage.ThreePID{Medium: medium, Address: address})
-	if errors.Is(err, storage.ErrNotFound) {
+	b, err := s.GetBinding(context.Background(), threepid.ThreePID{Medium: medium, Address: address})
+	if errors.Is(err, identity.ErrNotFound) {
 		return ""
 	}
 	if err != nil {
@@ -87,8 +88,8 @@ func TestImportNDJSON(t *testing.T) {
 			}
 			// An earlier binding outside the file stays.
 			s := open()
-			if err := s.Bind(context.Background(), storage.BindRequest{Binding: storage.Binding{
-				ThreePID: storage.ThreePID{Medium: "email", Address: "kept@example.org"}, MXID: "@kept:hs.example",
+			if err := s.Bind(context.Background(), identity.BindRequest{Binding: identity.Binding{
+				ThreePID: threepid.ThreePID{Medium: "email", Address: "kept@example.org"}, MXID: "@kept:hs.example",
 				CreatedAt: time.Now(), NotAfter: time.Now().Add(time.Hour), Source: "bind"}}); err != nil {
 				t.Fatal(err)
 			}

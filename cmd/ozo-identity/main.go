@@ -24,7 +24,6 @@ import (
 
 	"github.com/ozo-platform/ozo-identity/app"
 	"github.com/ozo-platform/ozo-identity/config"
-	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
 
 func main() {
@@ -208,14 +207,11 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 	case "serve":
 		return serve(ctx, cfg, log)
 	case "migrate":
-		db, err := sqlstore.OpenPool(ctx, cfg.Database.URL, cfg.DataDir, app.DBPool(cfg.Database))
+		db, err := app.OpenDatabase(ctx, cfg, log)
 		if err != nil {
 			return err
 		}
 		defer db.Close()
-		if err := db.Migrate(ctx, log); err != nil {
-			return err
-		}
 		log.Info("database is up to date", "engine", string(db.Engine))
 		return nil
 	case "directory sync":

@@ -1,6 +1,8 @@
 package mcsd
 
 import (
+	"github.com/ozo-platform/ozo-identity/internal/sqlin"
+
 	"context"
 	"database/sql"
 	"fmt"
@@ -77,7 +79,7 @@ func (x *Index) applyTx(ctx context.Context, tx *sql.Tx, dir, typ string, run in
 				if i > 0 {
 					q.WriteByte(',')
 				}
-				q.WriteString("(" + placeholders(len(args)+1, len(resourceCols)) + ")")
+				q.WriteString("(" + sqlin.Placeholders(len(args)+1, len(resourceCols)) + ")")
 				args = append(args, dir, typ, r.ID, r.VersionID, r.TS, run, b2i(r.Deleted), b2i(r.Active && !r.Deleted),
 					r.PeriodStart, r.PeriodEnd, r.Name, r.Search, r.URA, r.OrgRef, r.PractitionerRef, r.LocationRef,
 					r.Codes, r.CodeText, r.MXID, r.Homeserver, r.Kind, r.Address, r.City, r.Issue)
@@ -140,7 +142,7 @@ func (x *Index) applyTx(ctx context.Context, tx *sql.Tx, dir, typ string, run in
 		for start := 0; start < len(ids); start += inChunk {
 			part := ids[start:min(len(ids), start+inChunk)]
 			args := append([]any{dir, typ}, part...)
-			in := placeholders(3, len(part))
+			in := sqlin.Placeholders(3, len(part))
 			if _, err := tx.ExecContext(ctx, `DELETE FROM mcsd_refs WHERE dir = $1 AND from_type = $2 AND from_id IN (`+in+`)`, args...); err != nil {
 				return fmt.Errorf("replace references: %w", err)
 			}
@@ -173,7 +175,7 @@ func insertTuples(ctx context.Context, tx *sql.Tx, prefix string, width int, val
 			if i > 0 {
 				q.WriteByte(',')
 			}
-			q.WriteString("(" + placeholders(i+1, width) + ")")
+			q.WriteString("(" + sqlin.Placeholders(i+1, width) + ")")
 		}
 		q.WriteString(` ON CONFLICT DO NOTHING`)
 		if _, err := tx.ExecContext(ctx, q.String(), part...); err != nil {
@@ -212,7 +214,7 @@ func sweepTx(ctx context.Context, tx *sql.Tx, dir string, tr typeResult, run int
 	for start := 0; start < len(gone); start += inChunk {
 		part := gone[start:min(len(gone), start+inChunk)]
 		args := append([]any{dir, tr.typ, run}, part...)
-		in := placeholders(4, len(part))
+		in := sqlin.Placeholders(4, len(part))
 		res, err := tx.ExecContext(ctx, `UPDATE mcsd_resources SET deleted = 1, active = 0, seen_run = $3
 			WHERE dir = $1 AND type = $2 AND deleted = 0 AND id IN (`+in+`)`, args...)
 		if err != nil {
@@ -220,7 +222,7 @@ func sweepTx(ctx context.Context, tx *sql.Tx, dir string, tr typeResult, run int
 		}
 		k, _ := res.RowsAffected()
 		n += int(k)
-		in = placeholders(3, len(part))
+		in = sqlin.Placeholders(3, len(part))
 		for _, q := range []string{
 			`DELETE FROM mcsd_refs WHERE dir = $1 AND from_type = $2 AND from_id IN (` + in + `)`,
 			`DELETE FROM mcsd_identifiers WHERE dir = $1 AND type = $2 AND id IN (` + in + `)`,

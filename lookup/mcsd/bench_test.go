@@ -16,9 +16,9 @@ import (
 
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd/mcsdtest"
-	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore/dbtest"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 const (
@@ -221,8 +221,8 @@ func benchRun(b *testing.B, srv *mcsdtest.Server, incremental bool) {
 					peak, rss := measure(func() { fetched = benchSync(b, s) })
 					report(b, fetched, time.Since(start), base, peak, rss)
 				}
-				tp := storage.ThreePID{Medium: "uzi", Address: "100000000"}
-				got, err := mcsd.NewIndex(db).Resolve(context.Background(), []storage.ThreePID{tp})
+				tp := threepid.ThreePID{Medium: "uzi", Address: "100000000"}
+				got, err := mcsd.NewIndex(db).Resolve(context.Background(), []threepid.ThreePID{tp})
 				if err != nil || got[tp] != "@u100000000:hs1.example.nl" {
 					b.Fatalf("after the full sync: %v %v", got, err)
 				}

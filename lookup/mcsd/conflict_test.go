@@ -14,7 +14,6 @@ import (
 
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd/mcsdtest"
-	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
@@ -119,7 +118,7 @@ func TestConflictingDirectoryCannotTakeOverUZI(t *testing.T) {
 		})
 		publishVictim(t, e.srv)
 		e.sync(s)
-		tp := storage.ThreePID{Medium: "uzi", Address: victimUZI}
+		tp := threepid.ThreePID{Medium: "uzi", Address: victimUZI}
 		hashes := threepid.LookupHashes(tp, pepper)
 		hashed := func() map[string]string {
 			t.Helper()

@@ -9,7 +9,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
@@ -31,7 +30,7 @@ type Conflict struct {
 
 // orgNames returns the names of the care providers behind the claims of conflicting resolutions,
 // by URA: the LRZA's name first, else that of an accepted Organization in a provider directory.
-func (x *Index) orgNames(ctx context.Context, res map[storage.ThreePID]resolution) (map[string]string, error) {
+func (x *Index) orgNames(ctx context.Context, res map[threepid.ThreePID]resolution) (map[string]string, error) {
 	var uras []string
 	for _, r := range res {
 		if !r.conflict {
@@ -135,7 +134,7 @@ func (x *Index) Claims(ctx context.Context, uzi string) ([]Claim, error) {
 	if err != nil {
 		return nil, err
 	}
-	res, err := x.candidates(ctx, x.db, []storage.ThreePID{tp}, true)
+	res, err := x.candidates(ctx, x.db, []threepid.ThreePID{tp}, true)
 	if err != nil {
 		return nil, err
 	}

@@ -16,7 +16,7 @@
 // not grow with the size of a directory.
 //
 // One sync of a database runs at a time, across processes and replicas: SyncAll holds the lease
-// LeaseName (sqlstore.Lease) and renews it while it works. Even so, a run only deletes what its
+// LeaseName (a Lease from the Store) and renews it while it works. Even so, a run only deletes what its
 // own reading proves gone: the tombstones its history listed, and, after a full read, the
 // resources it did not list that are not newer than its snapshot. Those deletions, the
 // watermarks and the derived candidates of a directory are stored in one transaction, which a

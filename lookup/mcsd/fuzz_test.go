@@ -3,6 +3,7 @@ package mcsd
 import (
 	"bytes"
 	"encoding/json"
+	"github.com/ozo-platform/ozo-identity/internal/matrixid"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -139,10 +140,10 @@ func checkRow(t *testing.T, r row, typ string) {
 	if r.Deleted {
 		return
 	}
-	if r.MXID != "" && !ValidUserID(r.MXID) {
+	if r.MXID != "" && !matrixid.ValidUserID(r.MXID) {
 		t.Fatalf("invalid MXID %q", r.MXID)
 	}
-	if r.Homeserver != "" && !ValidServerName(r.Homeserver) {
+	if r.Homeserver != "" && !matrixid.ValidServerName(r.Homeserver) {
 		t.Fatalf("invalid homeserver %q", r.Homeserver)
 	}
 	if r.URA != "" && !allDigits(r.URA, 8) {

@@ -12,8 +12,8 @@ import (
 
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd/mcsdtest"
-	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // A second sync of the same database refuses while the lease is held, waits with Wait, and
@@ -67,8 +67,8 @@ func TestSyncLease(t *testing.T) {
 	})
 }
 
-func tps(medium, address string) []storage.ThreePID {
-	return []storage.ThreePID{{Medium: medium, Address: address}}
+func tps(medium, address string) []threepid.ThreePID {
+	return []threepid.ThreePID{{Medium: medium, Address: address}}
 }
 
 func dirID(base string) string {

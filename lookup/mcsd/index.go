@@ -8,27 +8,25 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/ozo-platform/ozo-identity/storage"
-	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
+	"github.com/ozo-platform/ozo-identity/internal/matrixid"
+	"github.com/ozo-platform/ozo-identity/internal/sqlin"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
+
+// ErrNotFound: the index has nothing for the number asked about.
+var ErrNotFound = errors.New("mcsd: not found")
 
 // Index is the mCSD index in the database: what the synced directories publish, checked against
 // the anti-spoofing rules, and the resolution candidates derived from it. It is a lookup.Resolver
 // for the media uzi and ura, hashed or not.
 type Index struct {
-	db  *sqlstore.DB
+	db  Store
 	now func() time.Time
-	// wmu queues this index's writers in-process on SQLite, which has one writer at a time, so
-	// that many directories syncing at once wait for each other here rather than in SQLite's
-	// busy handler, whose timeout would fail them.
-	wmu sync.Mutex
 
 	smu   sync.Mutex
 	stmts map[string]*sql.Stmt // statements run for every directory, parsed once
@@ -40,7 +38,7 @@ type Index struct {
 }
 
 // NewIndex returns the index kept in db, which must be migrated.
-func NewIndex(db *sqlstore.DB) *Index {
+func NewIndex(db Store) *Index {
 	return &Index{db: db, now: time.Now, stmts: map[string]*sql.Stmt{}}
 }
 
@@ -58,7 +56,7 @@ func (x *Index) analyzeIfStale(ctx context.Context) error {
 	if x.written.Load() < analyzeEvery {
 		return nil // another worker just did it
 	}
-	defer x.lockWrites()() // SQLite writes its statistics into a table
+	defer x.db.WriteLock()() // SQLite writes its statistics into a table
 	for _, t := range []string{"mcsd_resources", "mcsd_refs", "mcsd_identifiers", "mcsd_role_uzis", "mcsd_addresses", "mcsd_hashes"} {
 		if _, err := x.db.ExecContext(ctx, `ANALYZE `+t); err != nil {
 			return fmt.Errorf("analyze %s: %w", t, err)
@@ -105,66 +103,14 @@ func directoryID(baseURL string) string {
 // inChunk bounds the parameters of one statement well below both engines' limits.
 const inChunk = 400
 
-func placeholders(start, n int) string {
-	var b strings.Builder
-	for i := range n {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteByte('$')
-		b.WriteString(strconv.Itoa(start + i))
-	}
-	return b.String()
-}
-
-func (x *Index) lockWrites() func() {
-	if x.db.Engine != sqlstore.SQLite {
-		return func() {}
-	}
-	x.wmu.Lock()
-	return x.wmu.Unlock
-}
-
 // exec runs one write statement.
 func (x *Index) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
-	if x.db.Engine == sqlstore.SQLite {
-		defer x.lockWrites()()
-		return x.db.ExecContext(ctx, q, args...)
-	}
-	var res sql.Result
-	err := x.tx(ctx, func(tx *sql.Tx) error {
-		var err error
-		res, err = tx.ExecContext(ctx, q, args...)
-		return err
-	})
-	return res, err
+	return x.db.ExecWrite(ctx, q, args...)
 }
 
-// tx runs fn in a transaction. On PostgreSQL the commit does not wait for the WAL to reach disk:
-// the index can always be fetched again, and because commits are lost only as a suffix, a stored
-// watermark is never ahead of the resources it covers.
+// tx runs fn in a write transaction of the store.
 func (x *Index) tx(ctx context.Context, fn func(*sql.Tx) error) error {
-	defer x.lockWrites()()
-	tx, err := x.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("begin: %w", err)
-	}
-	if x.db.Engine == sqlstore.Postgres {
-		// Custom plans too: the tables grow from empty during a first sync, and a generic plan
-		// made while they were small would keep scanning them whole.
-		if _, err := tx.ExecContext(ctx, `SELECT set_config('synchronous_commit', 'off', true), set_config('plan_cache_mode', 'force_custom_plan', true)`); err != nil {
-			tx.Rollback()
-			return fmt.Errorf("begin: %w", err)
-		}
-	}
-	if err := fn(tx); err != nil {
-		tx.Rollback()
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	return nil
+	return x.db.WriteTx(ctx, fn)
 }
 
 // candidate is one way mCSD says a 3PID reaches a Matrix user or homeserver.
@@ -248,8 +194,8 @@ func resolveClaims(byProvider map[string]candidate) resolution {
 // candidates that name a homeserver without a user.
 func (x *Index) candidates(ctx context.Context, q interface {
 	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
-}, tps []storage.ThreePID, withHomeserverOnly bool) (map[storage.ThreePID]resolution, error) {
-	byTP := make(map[storage.ThreePID]map[string]candidate)
+}, tps []threepid.ThreePID, withHomeserverOnly bool) (map[threepid.ThreePID]resolution, error) {
+	byTP := make(map[threepid.ThreePID]map[string]candidate)
 	now := x.now().UnixMilli()
 	byMedium := map[string][]string{}
 	for _, tp := range tps {
@@ -260,45 +206,34 @@ func (x *Index) candidates(ctx context.Context, q interface {
 		filter = ""
 	}
 	for medium, addrs := range byMedium {
-		for len(addrs) > 0 {
-			chunk := addrs[:min(len(addrs), inChunk)]
-			addrs = addrs[len(chunk):]
-			args := []any{now, medium}
-			for _, a := range chunk {
-				args = append(args, a)
+		err := sqlin.Scan(ctx, q, addrs, inChunk, []any{now, medium}, func(in string) string {
+			return `SELECT address, mxid, homeserver, pref, updated, source_id, dir, ura
+				FROM mcsd_addresses WHERE ` + filter + `(not_before = 0 OR not_before <= $1) AND (not_after = 0 OR not_after > $1)
+				AND medium = $2 AND address IN (` + in + `)`
+		}, func(rows *sql.Rows) error {
+			tp := threepid.ThreePID{Medium: medium}
+			var c candidate
+			if err := rows.Scan(&tp.Address, &c.mxid, &c.homeserver, &c.pref, &c.updated, &c.sourceID, &c.dir, &c.ura); err != nil {
+				return err
 			}
-			rows, err := q.QueryContext(ctx, `SELECT address, mxid, homeserver, pref, updated, source_id, dir, ura
-				FROM mcsd_addresses WHERE `+filter+`(not_before = 0 OR not_before <= $1) AND (not_after = 0 OR not_after > $1)
-				AND medium = $2 AND address IN (`+placeholders(3, len(chunk))+`)`, args...)
-			if err != nil {
-				return nil, fmt.Errorf("query mcsd candidates: %w", err)
+			if c.mxid != "" {
+				c.homeserver = matrixid.ServerOf(c.mxid)
 			}
-			for rows.Next() {
-				tp := storage.ThreePID{Medium: medium}
-				var c candidate
-				if err := rows.Scan(&tp.Address, &c.mxid, &c.homeserver, &c.pref, &c.updated, &c.sourceID, &c.dir, &c.ura); err != nil {
-					rows.Close()
-					return nil, fmt.Errorf("query mcsd candidates: %w", err)
-				}
-				if c.mxid != "" {
-					c.homeserver = ServerOf(c.mxid)
-				}
-				m := byTP[tp]
-				if m == nil {
-					m = map[string]candidate{}
-					byTP[tp] = m
-				}
-				if cur, ok := m[c.provider()]; !ok || better(c, cur) {
-					m[c.provider()] = c
-				}
+			m := byTP[tp]
+			if m == nil {
+				m = map[string]candidate{}
+				byTP[tp] = m
 			}
-			rows.Close()
-			if err := rows.Err(); err != nil {
-				return nil, fmt.Errorf("query mcsd candidates: %w", err)
+			if cur, ok := m[c.provider()]; !ok || better(c, cur) {
+				m[c.provider()] = c
 			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("query mcsd candidates: %w", err)
 		}
 	}
-	out := make(map[storage.ThreePID]resolution, len(byTP))
+	out := make(map[threepid.ThreePID]resolution, len(byTP))
 	for tp, m := range byTP {
 		out[tp] = resolveClaims(m)
 	}
@@ -308,14 +243,14 @@ func (x *Index) candidates(ctx context.Context, q interface {
 // Resolve answers uzi and ura 3PIDs from the index; other media are not in mCSD. A 3PID that
 // care providers resolve to different users (a conflict) is answered with "": withheld, so that
 // no later link of the lookup chain answers it either.
-func (x *Index) Resolve(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error) {
-	var want []storage.ThreePID
+func (x *Index) Resolve(ctx context.Context, tps []threepid.ThreePID) (map[threepid.ThreePID]string, error) {
+	var want []threepid.ThreePID
 	for _, tp := range tps {
 		if tp.Medium == threepid.MediumUZI || tp.Medium == threepid.MediumURA {
 			want = append(want, tp)
 		}
 	}
-	out := make(map[storage.ThreePID]string)
+	out := make(map[threepid.ThreePID]string)
 	if len(want) == 0 {
 		return out, nil
 	}
@@ -335,38 +270,26 @@ func (x *Index) Resolve(ctx context.Context, tps []storage.ThreePID) (map[storag
 
 // ResolveHashes answers v2 lookup hashes made with the pepper last given to Rehash.
 func (x *Index) ResolveHashes(ctx context.Context, hashes []string) (map[string]string, error) {
-	byTP := make(map[storage.ThreePID][]string)
-	for len(hashes) > 0 {
-		chunk := hashes[:min(len(hashes), inChunk)]
-		hashes = hashes[len(chunk):]
-		args := make([]any, len(chunk))
-		for i, h := range chunk {
-			args[i] = h
+	byTP := make(map[threepid.ThreePID][]string)
+	err := sqlin.Scan(ctx, x.db, hashes, inChunk, nil, func(in string) string {
+		return `SELECT DISTINCT hash, medium, address FROM mcsd_hashes WHERE hash IN (` + in + `)`
+	}, func(rows *sql.Rows) error {
+		var h string
+		var tp threepid.ThreePID
+		if err := rows.Scan(&h, &tp.Medium, &tp.Address); err != nil {
+			return err
 		}
-		rows, err := x.db.QueryContext(ctx, `SELECT DISTINCT hash, medium, address FROM mcsd_hashes
-			WHERE hash IN (`+placeholders(1, len(chunk))+`)`, args...)
-		if err != nil {
-			return nil, fmt.Errorf("lookup mcsd hashes: %w", err)
-		}
-		for rows.Next() {
-			var h string
-			var tp storage.ThreePID
-			if err := rows.Scan(&h, &tp.Medium, &tp.Address); err != nil {
-				rows.Close()
-				return nil, fmt.Errorf("lookup mcsd hashes: %w", err)
-			}
-			byTP[tp] = append(byTP[tp], h)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return nil, fmt.Errorf("lookup mcsd hashes: %w", err)
-		}
+		byTP[tp] = append(byTP[tp], h)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("lookup mcsd hashes: %w", err)
 	}
 	out := make(map[string]string)
 	if len(byTP) == 0 {
 		return out, nil
 	}
-	tps := make([]storage.ThreePID, 0, len(byTP))
+	tps := make([]threepid.ThreePID, 0, len(byTP))
 	for tp := range byTP {
 		tps = append(tps, tp)
 	}
@@ -385,14 +308,7 @@ func (x *Index) ResolveHashes(ctx context.Context, hashes []string) (map[string]
 // lockPepper reads the pepper and holds it for the transaction: Rehash takes it exclusively, so
 // hashes written by a directory's derivation are always made with the pepper that is current.
 func (x *Index) lockPepper(ctx context.Context, tx *sql.Tx, exclusive bool) (string, error) {
-	q := `SELECT value FROM mcsd_state WHERE name = 'pepper'`
-	if x.db.Engine == sqlstore.Postgres {
-		if exclusive {
-			q += ` FOR UPDATE`
-		} else {
-			q += ` FOR SHARE`
-		}
-	}
+	q := `SELECT value FROM mcsd_state WHERE name = 'pepper'` + x.db.RowLock(exclusive)
 	var pepper string
 	if err := tx.QueryRowContext(ctx, q).Scan(&pepper); err != nil {
 		return "", fmt.Errorf("read pepper: %w", err)
@@ -467,11 +383,11 @@ func fillHashes(ctx context.Context, tx *sql.Tx, dir, pepper string) error {
 		q.WriteString(`INSERT INTO mcsd_hashes (dir, hash, medium, address) VALUES `)
 		n := 0
 		for _, k := range page {
-			for _, h := range threepid.LookupHashes(storage.ThreePID{Medium: k.medium, Address: k.address}, pepper) {
+			for _, h := range threepid.LookupHashes(threepid.ThreePID{Medium: k.medium, Address: k.address}, pepper) {
 				if n > 0 {
 					q.WriteByte(',')
 				}
-				fmt.Fprintf(&q, "(%s)", placeholders(len(vals)+1, 4))
+				fmt.Fprintf(&q, "(%s)", sqlin.Placeholders(len(vals)+1, 4))
 				vals = append(vals, k.dir, h, k.medium, k.address)
 				n++
 			}
@@ -485,7 +401,7 @@ func fillHashes(ctx context.Context, tx *sql.Tx, dir, pepper string) error {
 
 // Homeserver says on which homeserver mCSD places the practitioner with this UZI number now and,
 // when a directory moved them, the homeserver they came from and since when they are on the
-// current one. Without any placement it returns storage.ErrNotFound.
+// current one. Without any placement it returns ErrNotFound.
 func (x *Index) Homeserver(ctx context.Context, uzi string) (current, previous string, since time.Time, err error) {
 	tp, err := threepid.Normalize(threepid.MediumUZI, uzi)
 	if err != nil {
@@ -495,7 +411,7 @@ func (x *Index) Homeserver(ctx context.Context, uzi string) (current, previous s
 	err = x.db.QueryRowContext(ctx, `SELECT homeserver, prev_homeserver, since FROM mcsd_placements WHERE uzi = $1`,
 		tp.Address).Scan(&current, &previous, &sinceMS)
 	if errors.Is(err, sql.ErrNoRows) || err == nil && current == "" && previous == "" {
-		return "", "", time.Time{}, fmt.Errorf("homeserver of uzi %s: %w", tp.Address, storage.ErrNotFound)
+		return "", "", time.Time{}, fmt.Errorf("homeserver of uzi %s: %w", tp.Address, ErrNotFound)
 	}
 	if err != nil {
 		return "", "", time.Time{}, fmt.Errorf("homeserver of uzi %s: %w", tp.Address, err)
@@ -620,17 +536,10 @@ func (x *Index) Status(ctx context.Context) ([]DirectoryStatus, error) {
 }
 
 func (x *Index) scanEach(ctx context.Context, q string, args []any, fn func(*sql.Rows) error) error {
-	rows, err := x.db.QueryContext(ctx, q, args...)
-	if err != nil {
+	if err := sqlin.Each(ctx, x.db, q, args, fn); err != nil {
 		return fmt.Errorf("mcsd status: %w", err)
 	}
-	defer rows.Close()
-	for rows.Next() {
-		if err := fn(rows); err != nil {
-			return fmt.Errorf("mcsd status: %w", err)
-		}
-	}
-	return rows.Err()
+	return nil
 }
 
 func fromMS(v int64) time.Time {

@@ -1,13 +1,14 @@
 package mcsd
 
 import (
+	"github.com/ozo-platform/ozo-identity/internal/sqlin"
+
 	"context"
 	"database/sql"
 	"fmt"
+	"github.com/ozo-platform/ozo-identity/threepid"
 	"strconv"
 	"time"
-
-	"github.com/ozo-platform/ozo-identity/storage"
 )
 
 // Move is a practitioner whom mCSD now places on another homeserver (design.md §10: the caller
@@ -64,10 +65,10 @@ func (x *Index) updatePlacements(ctx context.Context, hooks placementHooks) (int
 			break
 		}
 		after = uzis[len(uzis)-1]
-		tps := make([]storage.ThreePID, len(uzis))
+		tps := make([]threepid.ThreePID, len(uzis))
 		args := make([]any, len(uzis))
 		for i, u := range uzis {
-			tps[i] = storage.ThreePID{Medium: "uzi", Address: u}
+			tps[i] = threepid.ThreePID{Medium: "uzi", Address: u}
 			args[i] = u
 		}
 		best, err := x.candidates(ctx, x.db, tps, true)
@@ -76,7 +77,7 @@ func (x *Index) updatePlacements(ctx context.Context, hooks placementHooks) (int
 		}
 		cur := make(map[string]placement)
 		if err := x.scanEach(ctx, `SELECT uzi, homeserver, mxid, since, prev_homeserver, prev_mxid FROM mcsd_placements
-			WHERE uzi IN (`+placeholders(1, len(uzis))+`)`, args, func(r *sql.Rows) error {
+			WHERE uzi IN (`+sqlin.Placeholders(1, len(uzis))+`)`, args, func(r *sql.Rows) error {
 			var u string
 			var p placement
 			err := r.Scan(&u, &p.homeserver, &p.mxid, &p.since, &p.prevHomeserver, &p.prevMXID)
@@ -94,7 +95,7 @@ func (x *Index) updatePlacements(ctx context.Context, hooks placementHooks) (int
 		err = x.tx(ctx, func(tx *sql.Tx) error {
 			pageMoves, newConflicts, resolved = pageMoves[:0], newConflicts[:0], resolved[:0]
 			for _, u := range uzis {
-				res, ok := best[storage.ThreePID{Medium: "uzi", Address: u}]
+				res, ok := best[threepid.ThreePID{Medium: "uzi", Address: u}]
 				isNew, wasResolved, err := recordConflict(ctx, tx, u, res, ok, names, now)
 				if err != nil {
 					return err
@@ -125,7 +126,7 @@ func (x *Index) updatePlacements(ctx context.Context, hooks placementHooks) (int
 					return fmt.Errorf("store placement: %w", err)
 				}
 			}
-			if _, err := tx.ExecContext(ctx, `DELETE FROM mcsd_dirty WHERE medium = 'uzi' AND address IN (`+placeholders(1, len(uzis))+`)`, args...); err != nil {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM mcsd_dirty WHERE medium = 'uzi' AND address IN (`+sqlin.Placeholders(1, len(uzis))+`)`, args...); err != nil {
 				return fmt.Errorf("clear changed 3pids: %w", err)
 			}
 			return nil

@@ -1,11 +1,15 @@
 package mcsd
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/ozo-platform/ozo-identity/internal/matrixid"
+)
 
 // TestResolveClaims: between care providers nothing is chosen by preference or recency.
 func TestResolveClaims(t *testing.T) {
 	user := func(ura, mxid string, pref int, updated int64) candidate {
-		return candidate{ura: ura, mxid: mxid, homeserver: ServerOf(mxid), pref: pref, updated: updated, sourceID: "r-" + ura, dir: "d-" + ura}
+		return candidate{ura: ura, mxid: mxid, homeserver: matrixid.ServerOf(mxid), pref: pref, updated: updated, sourceID: "r-" + ura, dir: "d-" + ura}
 	}
 	server := func(ura, hs string, updated int64) candidate {
 		return candidate{ura: ura, homeserver: hs, pref: 5, updated: updated, sourceID: "r-" + ura, dir: "d-" + ura}

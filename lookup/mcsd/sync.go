@@ -14,8 +14,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
 
 // Options configure a Syncer. Zero values take the defaults in brackets.
@@ -58,7 +56,7 @@ type Options struct {
 	// Wait for a sync that holds the lease (another process, replica or run) instead of
 	// returning ErrSyncRunning; OnWait, if set, hears who holds it before the wait starts.
 	Wait   bool
-	OnWait func(*sqlstore.LeaseHeldError)
+	OnWait func(*LeaseHeldError)
 	// LeaseTTL is how long the sync lease outlives its holder's last renewal [1m]; a holder
 	// that dies keeps others out that long.
 	LeaseTTL time.Duration
@@ -197,11 +195,11 @@ func (s *Syncer) SyncAll(ctx context.Context) ([]DirectoryReport, error) {
 
 // Lease takes the lease of the directory sync of this database without syncing, so that a caller
 // can answer before the sync runs; SyncHeld then runs it. Without Options.Wait, a lease held
-// elsewhere is an error wrapping ErrSyncRunning and a *sqlstore.LeaseHeldError.
-func (s *Syncer) Lease(ctx context.Context) (*sqlstore.Lease, error) {
-	holder := sqlstore.NewHolder()
+// elsewhere is an error wrapping ErrSyncRunning and a *LeaseHeldError.
+func (s *Syncer) Lease(ctx context.Context) (Lease, error) {
+	holder := NewHolder()
 	l, err := s.idx.db.AcquireLease(ctx, LeaseName, holder, s.opts.LeaseTTL)
-	var held *sqlstore.LeaseHeldError
+	var held *LeaseHeldError
 	if errors.As(err, &held) && s.opts.Wait {
 		if s.opts.OnWait != nil {
 			s.opts.OnWait(held)
@@ -216,7 +214,7 @@ func (s *Syncer) Lease(ctx context.Context) (*sqlstore.Lease, error) {
 
 // SyncHeld runs one sync under l, a lease from Lease, renewing it, and releases it after. A
 // lease lost midway (its holder stalled past the ttl) stops the sync like a cancellation.
-func (s *Syncer) SyncHeld(ctx context.Context, l *sqlstore.Lease) ([]DirectoryReport, error) {
+func (s *Syncer) SyncHeld(ctx context.Context, l Lease) ([]DirectoryReport, error) {
 	var reports []DirectoryReport
 	err := l.Hold(ctx, func(ctx context.Context) error {
 		var err error

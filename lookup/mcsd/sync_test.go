@@ -12,7 +12,6 @@ import (
 
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd/mcsdtest"
-	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore/dbtest"
 	"github.com/ozo-platform/ozo-identity/threepid"
@@ -74,8 +73,8 @@ func (e *env) sync(s *mcsd.Syncer) map[string]mcsd.DirectoryReport {
 
 func (e *env) resolve(medium, address string) string {
 	e.t.Helper()
-	tp := storage.ThreePID{Medium: medium, Address: address}
-	got, err := e.idx.Resolve(context.Background(), []storage.ThreePID{tp})
+	tp := threepid.ThreePID{Medium: medium, Address: address}
+	got, err := e.idx.Resolve(context.Background(), []threepid.ThreePID{tp})
 	if err != nil {
 		e.t.Fatalf("Resolve %v: %v", tp, err)
 	}
@@ -319,7 +318,7 @@ func TestIncrementalSync(t *testing.T) {
 		if cur, _, _, err := e.idx.Homeserver(context.Background(), "900012348"); err != nil || cur != e.hs("hs1") {
 			t.Errorf("Homeserver from the organisation's homeserver Endpoint: %q %v", cur, err)
 		}
-		if _, _, _, err := e.idx.Homeserver(context.Background(), "999999999"); !errors.Is(err, storage.ErrNotFound) {
+		if _, _, _, err := e.idx.Homeserver(context.Background(), "999999999"); !errors.Is(err, mcsd.ErrNotFound) {
 			t.Errorf("Homeserver of an unknown UZI: %v", err)
 		}
 		if _, _, _, err := e.idx.Homeserver(context.Background(), "12345"); err == nil {
@@ -592,7 +591,7 @@ func TestHashedLookupAndRehash(t *testing.T) {
 		s := e.syncer()
 		e.sync(s) // hashes are made during the sync with the stored pepper
 		hashes := func(medium, address, pepper string) []string {
-			return threepid.LookupHashes(storage.ThreePID{Medium: medium, Address: address}, pepper)
+			return threepid.LookupHashes(threepid.ThreePID{Medium: medium, Address: address}, pepper)
 		}
 		check := func(pepper string, want map[string]string) {
 			t.Helper()

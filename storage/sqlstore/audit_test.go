@@ -15,9 +15,10 @@ import (
 	"time"
 
 	"github.com/ozo-platform/ozo-identity/audit"
-	"github.com/ozo-platform/ozo-identity/storage"
+	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore/dbtest"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 func newAuditStore(t *testing.T, engine sqlstore.Engine) (*sqlstore.Store, *sqlstore.DB, *audit.Chain) {
@@ -292,20 +293,20 @@ func TestAuditSameTransaction(t *testing.T) {
 		t.Run(string(engine), func(t *testing.T) {
 			ctx := t.Context()
 			bare := sqlstore.New(dbtest.Open(t, engine))
-			tp := storage.ThreePID{Medium: "uzi", Address: "123456789"}
+			tp := threepid.ThreePID{Medium: "uzi", Address: "123456789"}
 			now := time.Now()
-			b := storage.Binding{ThreePID: tp, MXID: "@a:hs", CreatedAt: now, NotBefore: now, NotAfter: now.Add(time.Hour)}
-			rec := func([]storage.Invite) []audit.Record {
+			b := identity.Binding{ThreePID: tp, MXID: "@a:hs", CreatedAt: now, NotBefore: now, NotAfter: now.Add(time.Hour)}
+			rec := func([]identity.Invite) []audit.Record {
 				return []audit.Record{{Action: audit.ActionBind, Outcome: audit.OutcomeSuccess, Actor: audit.Agent{Kind: audit.AgentAdmin}, Medium: tp.Medium, Address: tp.Address}}
 			}
-			if err := bare.Bind(ctx, storage.BindRequest{Binding: b, Audit: rec}); !errors.Is(err, sqlstore.ErrNoAuditChain) {
+			if err := bare.Bind(ctx, identity.BindRequest{Binding: b, Audit: rec}); !errors.Is(err, sqlstore.ErrNoAuditChain) {
 				t.Fatalf("bind without a chain key: %v", err)
 			}
-			if _, err := bare.GetBinding(ctx, tp); !errors.Is(err, storage.ErrNotFound) {
+			if _, err := bare.GetBinding(ctx, tp); !errors.Is(err, identity.ErrNotFound) {
 				t.Fatalf("bound without its record: %v", err)
 			}
 			s, _, chain := newAuditStore(t, engine)
-			if err := s.Bind(ctx, storage.BindRequest{Binding: b, Audit: rec}); err != nil {
+			if err := s.Bind(ctx, identity.BindRequest{Binding: b, Audit: rec}); err != nil {
 				t.Fatal(err)
 			}
 			recs, _ := s.ListAudit(ctx, time.Time{}, 0, 10)

@@ -7,7 +7,8 @@ import (
 	"strings"
 
 	"github.com/ozo-platform/ozo-identity/audit"
-	"github.com/ozo-platform/ozo-identity/storage"
+	"github.com/ozo-platform/ozo-identity/identity"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // Rows per statement on SQLite: well under its 32,766 parameters, and large enough that the
@@ -21,14 +22,14 @@ const (
 
 // ImportBindings is Bind for many bindings at once: a few statements per thousand bindings
 // instead of four statements and a transaction each.
-func (s *Store) ImportBindings(ctx context.Context, items []storage.ImportBinding, deliver func(storage.Binding, []storage.Invite) ([]storage.OnBindDelivery, error),
-	record func(storage.Binding, []storage.Invite) []audit.Record) (storage.ImportResult, error) {
+func (s *Store) ImportBindings(ctx context.Context, items []identity.ImportBinding, deliver func(identity.Binding, []identity.Invite) ([]identity.OnBindDelivery, error),
+	record func(identity.Binding, []identity.Invite) []audit.Record) (identity.ImportResult, error) {
 	items = lastPerThreePID(items)
 	im := importer{pg: s.db.Engine == Postgres}
-	var res storage.ImportResult
+	var res identity.ImportResult
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		im.tx = tx
-		res = storage.ImportResult{}
+		res = identity.ImportResult{}
 		if !im.pg {
 			// Thousands of random-keyed hash rows overflow a connection's small page cache,
 			// which then spills to the WAL many times per transaction. SQLite has one writer at
@@ -42,7 +43,7 @@ func (s *Store) ImportBindings(ctx context.Context, items []storage.ImportBindin
 		if err != nil {
 			return err
 		}
-		var changed []storage.ImportBinding
+		var changed []identity.ImportBinding
 		for _, it := range items {
 			mxid, ok := existing[it.Binding.ThreePID]
 			switch {
@@ -65,7 +66,7 @@ func (s *Store) ImportBindings(ctx context.Context, items []storage.ImportBindin
 		if err := im.insertFoldedHashes(ctx, changed); err != nil {
 			return err
 		}
-		delivered := map[storage.ThreePID][]storage.Invite{}
+		delivered := map[threepid.ThreePID][]identity.Invite{}
 		if deliver != nil {
 			waiting, err := im.withPendingInvites(ctx, changed)
 			if err != nil {
@@ -76,7 +77,7 @@ func (s *Store) ImportBindings(ctx context.Context, items []storage.ImportBindin
 					continue
 				}
 				b := it.Binding
-				invites, err := queueInvites(ctx, tx, b, func(inv []storage.Invite) ([]storage.OnBindDelivery, error) { return deliver(b, inv) })
+				invites, err := queueInvites(ctx, tx, b, func(inv []identity.Invite) ([]identity.OnBindDelivery, error) { return deliver(b, inv) })
 				if err != nil {
 					return err
 				}
@@ -99,15 +100,15 @@ func (s *Store) ImportBindings(ctx context.Context, items []storage.ImportBindin
 
 // lastPerThreePID keeps the last item of each 3PID, in order: one statement may not upsert a
 // row twice.
-func lastPerThreePID(items []storage.ImportBinding) []storage.ImportBinding {
-	last := make(map[storage.ThreePID]int, len(items))
+func lastPerThreePID(items []identity.ImportBinding) []identity.ImportBinding {
+	last := make(map[threepid.ThreePID]int, len(items))
 	for i, it := range items {
 		last[it.Binding.ThreePID] = i
 	}
 	if len(last) == len(items) {
 		return items
 	}
-	out := make([]storage.ImportBinding, 0, len(last))
+	out := make([]identity.ImportBinding, 0, len(last))
 	for i, it := range items {
 		if last[it.Binding.ThreePID] == i {
 			out = append(out, it)
@@ -153,7 +154,7 @@ func valueRows(rows, width int) string {
 
 // byMedium groups the items' addresses by medium, for "medium = ? AND address IN (…)" on the
 // primary key.
-func byMedium(items []storage.ImportBinding) map[string][]string {
+func byMedium(items []identity.ImportBinding) map[string][]string {
 	out := map[string][]string{}
 	for _, it := range items {
 		out[it.Binding.Medium] = append(out[it.Binding.Medium], it.Binding.Address)
@@ -176,8 +177,8 @@ func (im importer) chunks(values []string, n int, fn func([]string) error) error
 	return nil
 }
 
-func (im importer) boundMXIDs(ctx context.Context, items []storage.ImportBinding) (map[storage.ThreePID]string, error) {
-	out := make(map[storage.ThreePID]string, len(items))
+func (im importer) boundMXIDs(ctx context.Context, items []identity.ImportBinding) (map[threepid.ThreePID]string, error) {
+	out := make(map[threepid.ThreePID]string, len(items))
 	for medium, addresses := range byMedium(items) {
 		err := im.chunks(addresses, importSelectRows, func(chunk []string) error {
 			q, args := im.in(`SELECT address, mxid FROM bindings WHERE medium = `+im.p(1)+` AND address `, []any{medium}, chunk)
@@ -191,7 +192,7 @@ func (im importer) boundMXIDs(ctx context.Context, items []storage.ImportBinding
 				if err := rows.Scan(&address, &mxid); err != nil {
 					return fmt.Errorf("read bindings: %w", err)
 				}
-				out[storage.ThreePID{Medium: medium, Address: address}] = mxid
+				out[threepid.ThreePID{Medium: medium, Address: address}] = mxid
 			}
 			return rows.Err()
 		})
@@ -205,7 +206,7 @@ func (im importer) boundMXIDs(ctx context.Context, items []storage.ImportBinding
 const upsertBindingTail = ` ON CONFLICT (medium, address) DO UPDATE SET mxid = excluded.mxid, created_at = excluded.created_at,
 	not_before = excluded.not_before, not_after = excluded.not_after, source = excluded.source`
 
-func (im importer) upsertBindings(ctx context.Context, items []storage.ImportBinding) error {
+func (im importer) upsertBindings(ctx context.Context, items []identity.ImportBinding) error {
 	if len(items) == 0 {
 		return nil
 	}
@@ -239,7 +240,7 @@ func (im importer) upsertBindings(ctx context.Context, items []storage.ImportBin
 	return nil
 }
 
-func (im importer) upsertHashes(ctx context.Context, items []storage.ImportBinding) error {
+func (im importer) upsertHashes(ctx context.Context, items []identity.ImportBinding) error {
 	var hashes, medium, address []string
 	seen := map[string]bool{}
 	for _, it := range items {
@@ -276,7 +277,7 @@ func (im importer) upsertHashes(ctx context.Context, items []storage.ImportBindi
 
 // insertFoldedHashes adds the lower-cased 3PIDs' hashes; several bindings may share one (it
 // then answers none of them), so rows are added, never moved.
-func (im importer) insertFoldedHashes(ctx context.Context, items []storage.ImportBinding) error {
+func (im importer) insertFoldedHashes(ctx context.Context, items []identity.ImportBinding) error {
 	var hashes, medium, address []string
 	for _, it := range items {
 		for _, h := range it.FoldedHashes {
@@ -309,8 +310,8 @@ func (im importer) insertFoldedHashes(ctx context.Context, items []storage.Impor
 
 // withPendingInvites reports which of the items' 3PIDs have invites waiting: invites are rare,
 // so most imports find none and queue nothing.
-func (im importer) withPendingInvites(ctx context.Context, items []storage.ImportBinding) (map[storage.ThreePID]bool, error) {
-	out := map[storage.ThreePID]bool{}
+func (im importer) withPendingInvites(ctx context.Context, items []identity.ImportBinding) (map[threepid.ThreePID]bool, error) {
+	out := map[threepid.ThreePID]bool{}
 	if len(items) == 0 {
 		return out, nil
 	}
@@ -333,7 +334,7 @@ func (im importer) withPendingInvites(ctx context.Context, items []storage.Impor
 				if err := rows.Scan(&address); err != nil {
 					return fmt.Errorf("pending invites: %w", err)
 				}
-				out[storage.ThreePID{Medium: medium, Address: address}] = true
+				out[threepid.ThreePID{Medium: medium, Address: address}] = true
 			}
 			return rows.Err()
 		})

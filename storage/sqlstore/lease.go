@@ -1,13 +1,12 @@
 package sqlstore
 
 import (
+	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
+
 	"context"
-	"crypto/rand"
 	"database/sql"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"time"
 )
@@ -15,16 +14,8 @@ import (
 // ErrLeaseLost says a lease expired and another holder may have taken it: stop the work.
 var ErrLeaseLost = errors.New("lease lost")
 
-// LeaseHeldError says another holder has the lease.
-type LeaseHeldError struct {
-	Name, Holder      string
-	Acquired, Expires time.Time
-}
-
-func (e *LeaseHeldError) Error() string {
-	return fmt.Sprintf("lease %q is held by %s since %s (expires %s unless renewed)", e.Name, e.Holder,
-		e.Acquired.UTC().Format(time.RFC3339), e.Expires.UTC().Format(time.RFC3339))
-}
+// LeaseHeldError says another holder has the lease (the error type of the mcsd.Leaser port).
+type LeaseHeldError = mcsd.LeaseHeldError
 
 // Lease is one holder's claim on a named job in the database, valid across processes sharing it
 // (replicas on PostgreSQL, processes on one SQLite file). It lasts ttl past its last renewal, so
@@ -38,17 +29,8 @@ type Lease struct {
 	expires time.Time
 }
 
-// NewHolder names a holder uniquely: host and process for the operator, random so that two
-// claims from one process are two holders.
-func NewHolder() string {
-	host, _ := os.Hostname()
-	b := make([]byte, 4)
-	rand.Read(b)
-	return fmt.Sprintf("%s/pid-%d/%s", host, os.Getpid(), hex.EncodeToString(b))
-}
-
 // AcquireLease takes the lease name for holder for ttl, or returns a *LeaseHeldError.
-func (db *DB) AcquireLease(ctx context.Context, name, holder string, ttl time.Duration) (*Lease, error) {
+func (db *DB) AcquireLease(ctx context.Context, name, holder string, ttl time.Duration) (mcsd.Lease, error) {
 	if ttl <= 0 {
 		return nil, errors.New("lease: ttl must be positive")
 	}
@@ -78,7 +60,7 @@ func (db *DB) AcquireLease(ctx context.Context, name, holder string, ttl time.Du
 }
 
 // WaitLease takes the lease, trying again every poll while another holder has it, until ctx ends.
-func (db *DB) WaitLease(ctx context.Context, name, holder string, ttl, poll time.Duration) (*Lease, error) {
+func (db *DB) WaitLease(ctx context.Context, name, holder string, ttl, poll time.Duration) (mcsd.Lease, error) {
 	for {
 		l, err := db.AcquireLease(ctx, name, holder, ttl)
 		var held *LeaseHeldError

@@ -1,4 +1,4 @@
-// Package sqlstore implements storage.Storage on SQLite (embedded default) and PostgreSQL.
+// Package sqlstore implements identity.Store on SQLite (embedded default) and PostgreSQL.
 // Both engines run the same SQL: $N placeholders and types both understand.
 package sqlstore
 
@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // PostgreSQL driver "pgx"
@@ -20,6 +21,7 @@ import (
 	"github.com/pressly/goose/v3/lock"
 	_ "modernc.org/sqlite" // pure-Go SQLite driver "sqlite"
 
+	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
 	"github.com/ozo-platform/ozo-identity/migrations"
 )
 
@@ -35,7 +37,11 @@ const (
 type DB struct {
 	*sql.DB
 	Engine Engine
+	// wmu queues this process's writers to the mCSD index on SQLite (WriteLock).
+	wmu sync.Mutex
 }
+
+var _ mcsd.Store = (*DB)(nil)
 
 // Pool sizes the connection pool; the zero value of a field means the engine's default.
 type Pool struct {

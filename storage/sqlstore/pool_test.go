@@ -7,9 +7,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ozo-platform/ozo-identity/storage"
+	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore/dbtest"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // Under concurrency the pool must keep its connections: with database/sql's default of two idle
@@ -94,8 +95,8 @@ func TestPoolKeepsConnectionsUnderConcurrency(t *testing.T) {
 func TestSQLiteCacheIsSharedNotPerConnection(t *testing.T) {
 	db := dbtest.Open(t, sqlstore.SQLite)
 	// An import enlarges its connection's cache for the transaction only.
-	if _, err := sqlstore.New(db).ImportBindings(t.Context(), []storage.ImportBinding{{Binding: storage.Binding{
-		ThreePID: storage.ThreePID{Medium: "email", Address: "a@example.org"}, MXID: "@a:hs", Source: "import"}}}, nil, nil); err != nil {
+	if _, err := sqlstore.New(db).ImportBindings(t.Context(), []identity.ImportBinding{{Binding: identity.Binding{
+		ThreePID: threepid.ThreePID{Medium: "email", Address: "a@example.org"}, MXID: "@a:hs", Source: "import"}}}, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	var conns []interface{ Close() error }
@@ -132,10 +133,10 @@ func TestLookupHashesEverySize(t *testing.T) {
 	for _, engine := range dbtest.Engines {
 		t.Run(string(engine), func(t *testing.T) {
 			s := sqlstore.New(dbtest.Open(t, engine))
-			var items []storage.ImportBinding
+			var items []identity.ImportBinding
 			for i := range 150 {
-				items = append(items, storage.ImportBinding{Binding: storage.Binding{
-					ThreePID: storage.ThreePID{Medium: "email", Address: fmt.Sprintf("u%d@example.org", i)},
+				items = append(items, identity.ImportBinding{Binding: identity.Binding{
+					ThreePID: threepid.ThreePID{Medium: "email", Address: fmt.Sprintf("u%d@example.org", i)},
 					MXID:     fmt.Sprintf("@u%d:hs", i), CreatedAt: time.Now(), Source: "import"},
 					Hashes: []string{fmt.Sprintf("h%d", i)}})
 			}

@@ -11,10 +11,11 @@ import (
 	"time"
 
 	"github.com/ozo-platform/ozo-identity/audit"
-	"github.com/ozo-platform/ozo-identity/storage"
+	"github.com/ozo-platform/ozo-identity/identity"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
-// Store implements storage.Storage.
+// Store implements identity.Store.
 type Store struct {
 	db    *DB
 	chain *audit.Chain // see SetAuditChain
@@ -23,7 +24,7 @@ type Store struct {
 	stmts map[string]*sql.Stmt
 }
 
-var _ storage.Storage = (*Store)(nil)
+var _ identity.Store = (*Store)(nil)
 
 // New returns a Store on a migrated database.
 func New(db *DB) *Store { return &Store{db: db, stmts: map[string]*sql.Stmt{}} }
@@ -84,9 +85,20 @@ func isUniqueViolation(err error) bool {
 
 // tx runs fn in a transaction, committing when fn returns nil.
 func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+	return inTx(ctx, s.db.DB, "", fn)
+}
+
+// inTx runs setup (unless empty), then fn in a transaction of db, committing when fn returns nil.
+func inTx(ctx context.Context, db *sql.DB, setup string, fn func(*sql.Tx) error) error {
+	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
+	}
+	if setup != "" {
+		if _, err := tx.ExecContext(ctx, setup); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("begin: %w", err)
+		}
 	}
 	if err := fn(tx); err != nil {
 		tx.Rollback()
@@ -102,7 +114,7 @@ func (s *Store) GetSetting(ctx context.Context, name string) (string, error) {
 	var v string
 	err := s.db.QueryRowContext(ctx, `SELECT value FROM settings WHERE name = $1`, name).Scan(&v)
 	if errors.Is(err, sql.ErrNoRows) {
-		return "", storage.ErrNotFound
+		return "", identity.ErrNotFound
 	}
 	if err != nil {
 		return "", fmt.Errorf("get setting %s: %w", name, err)
@@ -128,11 +140,11 @@ func (s *Store) SetSetting(ctx context.Context, name, value string) error {
 	return nil
 }
 
-func (s *Store) CreateAccount(ctx context.Context, a storage.Account) error {
+func (s *Store) CreateAccessToken(ctx context.Context, a identity.AccessToken) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO accounts (token_hash, user_id, created_at) VALUES ($1, $2, $3)`,
 		a.TokenHash, a.UserID, ms(a.CreatedAt))
 	if isUniqueViolation(err) {
-		return storage.ErrAlreadyExists
+		return identity.ErrAlreadyExists
 	}
 	if err != nil {
 		return fmt.Errorf("create account: %w", err)
@@ -140,8 +152,8 @@ func (s *Store) CreateAccount(ctx context.Context, a storage.Account) error {
 	return nil
 }
 
-func (s *Store) GetAccount(ctx context.Context, tokenHash string) (storage.Account, error) {
-	a := storage.Account{TokenHash: tokenHash}
+func (s *Store) GetAccessToken(ctx context.Context, tokenHash string) (identity.AccessToken, error) {
+	a := identity.AccessToken{TokenHash: tokenHash}
 	var created int64
 	st, err := s.stmt(ctx, `SELECT user_id, created_at FROM accounts WHERE token_hash = $1`)
 	if err != nil {
@@ -149,7 +161,7 @@ func (s *Store) GetAccount(ctx context.Context, tokenHash string) (storage.Accou
 	}
 	err = st.QueryRowContext(ctx, tokenHash).Scan(&a.UserID, &created)
 	if errors.Is(err, sql.ErrNoRows) {
-		return a, storage.ErrNotFound
+		return a, identity.ErrNotFound
 	}
 	if err != nil {
 		return a, fmt.Errorf("get account: %w", err)
@@ -158,13 +170,13 @@ func (s *Store) GetAccount(ctx context.Context, tokenHash string) (storage.Accou
 	return a, nil
 }
 
-func (s *Store) DeleteAccount(ctx context.Context, tokenHash string) error {
+func (s *Store) DeleteAccessToken(ctx context.Context, tokenHash string) error {
 	res, err := s.db.ExecContext(ctx, `DELETE FROM accounts WHERE token_hash = $1`, tokenHash)
 	if err != nil {
 		return fmt.Errorf("delete account: %w", err)
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
-		return storage.ErrNotFound
+		return identity.ErrNotFound
 	}
 	return nil
 }
@@ -205,13 +217,13 @@ func (s *Store) AcceptedTerms(ctx context.Context, userID string) ([]string, err
 
 const sessionColumns = `sid, client_secret, medium, address, send_attempt, next_link, created_at, validated_at, failed_attempts, mails_sent`
 
-func scanSession(row interface{ Scan(...any) error }) (storage.Session, error) {
-	var s storage.Session
+func scanSession(row interface{ Scan(...any) error }) (identity.Session, error) {
+	var s identity.Session
 	var created, validated int64
 	err := row.Scan(&s.SID, &s.ClientSecret, &s.ThreePID.Medium, &s.ThreePID.Address, &s.SendAttempt,
 		&s.NextLink, &created, &validated, &s.FailedAttempts, &s.MailsSent)
 	if errors.Is(err, sql.ErrNoRows) {
-		return s, storage.ErrNotFound
+		return s, identity.ErrNotFound
 	}
 	if err != nil {
 		return s, fmt.Errorf("scan session: %w", err)
@@ -242,7 +254,7 @@ func (s *Store) lock(ctx context.Context, tx *sql.Tx, class int, key string) err
 
 func mailsSent(ctx context.Context, q interface {
 	QueryRowContext(context.Context, string, ...any) *sql.Row
-}, tp storage.ThreePID, since time.Time) (int, error) {
+}, tp threepid.ThreePID, since time.Time) (int, error) {
 	var n int
 	if err := q.QueryRowContext(ctx, `SELECT COALESCE(SUM(mails_sent), 0) FROM validation_sessions
 		WHERE medium = $1 AND address = $2 AND created_at >= $3`, tp.Medium, tp.Address, ms(since)).Scan(&n); err != nil {
@@ -251,11 +263,11 @@ func mailsSent(ctx context.Context, q interface {
 	return n, nil
 }
 
-func (s *Store) MailsSent(ctx context.Context, tp storage.ThreePID, since time.Time) (int, error) {
+func (s *Store) MailsSent(ctx context.Context, tp threepid.ThreePID, since time.Time) (int, error) {
 	return mailsSent(ctx, s.db, tp, since)
 }
 
-func (s *Store) CreateSession(ctx context.Context, sess storage.Session, tokenHash string, tokenExpires time.Time, quota storage.MailQuota) error {
+func (s *Store) CreateSession(ctx context.Context, sess identity.Session, tokenHash string, tokenExpires time.Time, quota identity.MailQuota) error {
 	if sess.MailsSent == 0 {
 		sess.MailsSent = 1
 	}
@@ -269,7 +281,7 @@ func (s *Store) CreateSession(ctx context.Context, sess storage.Session, tokenHa
 				return err
 			}
 			if n+sess.MailsSent > quota.PerAddress {
-				return storage.ErrAddressMailLimit
+				return identity.ErrAddressMailLimit
 			}
 		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO validation_sessions (`+sessionColumns+`)
@@ -277,7 +289,7 @@ func (s *Store) CreateSession(ctx context.Context, sess storage.Session, tokenHa
 			sess.SID, sess.ClientSecret, sess.ThreePID.Medium, sess.ThreePID.Address, sess.SendAttempt,
 			sess.NextLink, ms(sess.CreatedAt), ms(sess.ValidatedAt), sess.FailedAttempts, sess.MailsSent)
 		if isUniqueViolation(err) {
-			return storage.ErrAlreadyExists
+			return identity.ErrAlreadyExists
 		}
 		if err != nil {
 			return fmt.Errorf("create session: %w", err)
@@ -290,16 +302,16 @@ func (s *Store) CreateSession(ctx context.Context, sess storage.Session, tokenHa
 	})
 }
 
-func (s *Store) GetSession(ctx context.Context, sid string) (storage.Session, error) {
+func (s *Store) GetSession(ctx context.Context, sid string) (identity.Session, error) {
 	return scanSession(s.db.QueryRowContext(ctx, `SELECT `+sessionColumns+` FROM validation_sessions WHERE sid = $1`, sid))
 }
 
-func (s *Store) FindSession(ctx context.Context, clientSecret string, tp storage.ThreePID) (storage.Session, error) {
+func (s *Store) FindSession(ctx context.Context, clientSecret string, tp threepid.ThreePID) (identity.Session, error) {
 	return scanSession(s.db.QueryRowContext(ctx, `SELECT `+sessionColumns+` FROM validation_sessions
 		WHERE client_secret = $1 AND medium = $2 AND address = $3`, clientSecret, tp.Medium, tp.Address))
 }
 
-func (s *Store) AddSessionToken(ctx context.Context, sid string, sendAttempt int64, tokenHash string, expires time.Time, quota storage.MailQuota) error {
+func (s *Store) AddSessionToken(ctx context.Context, sid string, sendAttempt int64, tokenHash string, expires time.Time, quota identity.MailQuota) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		sess, err := scanSession(tx.QueryRowContext(ctx, `SELECT `+sessionColumns+` FROM validation_sessions WHERE sid = $1`, sid))
 		if err != nil {
@@ -322,7 +334,7 @@ func (s *Store) AddSessionToken(ctx context.Context, sid string, sendAttempt int
 			return fmt.Errorf("update session: %w", err)
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
-			return storage.ErrSessionMailLimit
+			return identity.ErrSessionMailLimit
 		}
 		if quota.PerAddress > 0 {
 			n, err := mailsSent(ctx, tx, sess.ThreePID, quota.Since)
@@ -330,7 +342,7 @@ func (s *Store) AddSessionToken(ctx context.Context, sid string, sendAttempt int
 				return err
 			}
 			if n > quota.PerAddress {
-				return storage.ErrAddressMailLimit
+				return identity.ErrAddressMailLimit
 			}
 		}
 		// Only the newest mail's token works: an older mail, perhaps read by someone else, is void.
@@ -345,9 +357,9 @@ func (s *Store) AddSessionToken(ctx context.Context, sid string, sendAttempt int
 	})
 }
 
-func (s *Store) CheckSessionToken(ctx context.Context, sid, tokenHash string, now time.Time, maxFailed int) (bool, storage.Session, error) {
+func (s *Store) CheckSessionToken(ctx context.Context, sid, tokenHash string, now time.Time, maxFailed int) (bool, identity.Session, error) {
 	var ok bool
-	var sess storage.Session
+	var sess identity.Session
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		// A no-op update takes the row lock first (SQLite's immediate transaction already has the
 		// write lock), so concurrent guesses are counted one after another.
@@ -360,7 +372,7 @@ func (s *Store) CheckSessionToken(ctx context.Context, sid, tokenHash string, no
 			return err
 		}
 		if sess.FailedAttempts >= maxFailed {
-			return storage.ErrTooManyAttempts
+			return identity.ErrTooManyAttempts
 		}
 		var n int
 		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM session_tokens WHERE sid = $1 AND token_hash = $2 AND expires_at > $3`,
@@ -414,7 +426,7 @@ func (s *Store) DeleteExpiredSessions(ctx context.Context, createdBefore time.Ti
 	return n, err
 }
 
-func (s *Store) Bind(ctx context.Context, req storage.BindRequest) error {
+func (s *Store) Bind(ctx context.Context, req identity.BindRequest) error {
 	b := req.Binding
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO bindings (medium, address, mxid, created_at, not_before, not_after, source)
@@ -449,7 +461,7 @@ func (s *Store) Bind(ctx context.Context, req storage.BindRequest) error {
 
 // queueInvites marks the invites pending for b's 3PID delivered and queues the onbind
 // deliveries deliver builds for them, inside the binding's transaction; it returns the invites.
-func queueInvites(ctx context.Context, tx *sql.Tx, b storage.Binding, deliver func([]storage.Invite) ([]storage.OnBindDelivery, error)) ([]storage.Invite, error) {
+func queueInvites(ctx context.Context, tx *sql.Tx, b identity.Binding, deliver func([]identity.Invite) ([]identity.OnBindDelivery, error)) ([]identity.Invite, error) {
 	invites, err := pendingInvites(ctx, tx, b.ThreePID, b.CreatedAt)
 	if err != nil {
 		return nil, err
@@ -476,7 +488,7 @@ func queueInvites(ctx context.Context, tx *sql.Tx, b storage.Binding, deliver fu
 
 // appendBindAudit appends the records of a binding and the invites it delivered, last in
 // Bind's transaction.
-func (s *Store) appendBindAudit(ctx context.Context, tx *sql.Tx, req storage.BindRequest, delivered []storage.Invite) error {
+func (s *Store) appendBindAudit(ctx context.Context, tx *sql.Tx, req identity.BindRequest, delivered []identity.Invite) error {
 	if req.Audit == nil {
 		return nil
 	}
@@ -485,12 +497,12 @@ func (s *Store) appendBindAudit(ctx context.Context, tx *sql.Tx, req storage.Bin
 
 const bindingColumns = `medium, address, mxid, created_at, not_before, not_after, source`
 
-func scanBinding(row interface{ Scan(...any) error }) (storage.Binding, error) {
-	var b storage.Binding
+func scanBinding(row interface{ Scan(...any) error }) (identity.Binding, error) {
+	var b identity.Binding
 	var created, nb, na int64
 	err := row.Scan(&b.Medium, &b.Address, &b.MXID, &created, &nb, &na, &b.Source)
 	if errors.Is(err, sql.ErrNoRows) {
-		return b, storage.ErrNotFound
+		return b, identity.ErrNotFound
 	}
 	if err != nil {
 		return b, fmt.Errorf("scan binding: %w", err)
@@ -499,12 +511,12 @@ func scanBinding(row interface{ Scan(...any) error }) (storage.Binding, error) {
 	return b, nil
 }
 
-func (s *Store) GetBinding(ctx context.Context, tp storage.ThreePID) (storage.Binding, error) {
+func (s *Store) GetBinding(ctx context.Context, tp threepid.ThreePID) (identity.Binding, error) {
 	return scanBinding(s.db.QueryRowContext(ctx, `SELECT `+bindingColumns+` FROM bindings WHERE medium = $1 AND address = $2`,
 		tp.Medium, tp.Address))
 }
 
-func (s *Store) DeleteBinding(ctx context.Context, tp storage.ThreePID, mxid string, recs ...audit.Record) error {
+func (s *Store) DeleteBinding(ctx context.Context, tp threepid.ThreePID, mxid string, recs ...audit.Record) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		q := `DELETE FROM bindings WHERE medium = $1 AND address = $2`
 		args := []any{tp.Medium, tp.Address}
@@ -517,7 +529,7 @@ func (s *Store) DeleteBinding(ctx context.Context, tp storage.ThreePID, mxid str
 			return fmt.Errorf("delete binding: %w", err)
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
-			return storage.ErrNotFound
+			return identity.ErrNotFound
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM binding_hashes WHERE medium = $1 AND address = $2`, tp.Medium, tp.Address); err != nil {
 			return fmt.Errorf("delete lookup hashes: %w", err)
@@ -529,7 +541,7 @@ func (s *Store) DeleteBinding(ctx context.Context, tp storage.ThreePID, mxid str
 	})
 }
 
-func (s *Store) ListBindings(ctx context.Context, medium, after string, limit int) ([]storage.Binding, error) {
+func (s *Store) ListBindings(ctx context.Context, medium, after string, limit int) ([]identity.Binding, error) {
 	q := `SELECT ` + bindingColumns + ` FROM bindings WHERE address > $1`
 	args := []any{after}
 	if medium != "" {
@@ -542,7 +554,7 @@ func (s *Store) ListBindings(ctx context.Context, medium, after string, limit in
 		return nil, fmt.Errorf("list bindings: %w", err)
 	}
 	defer rows.Close()
-	var out []storage.Binding
+	var out []identity.Binding
 	for rows.Next() {
 		b, err := scanBinding(rows)
 		if err != nil {
@@ -555,17 +567,6 @@ func (s *Store) ListBindings(ctx context.Context, medium, after string, limit in
 
 // inChunk bounds the parameters per statement: larger IN lists cost more per address on SQLite.
 const inChunk = 100
-
-func placeholders(start, n int) string {
-	var b strings.Builder
-	for i := range n {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		fmt.Fprintf(&b, "$%d", start+i)
-	}
-	return b.String()
-}
 
 const lookupHashesQuery = `SELECT h.hash, b.mxid FROM binding_hashes h
 	JOIN bindings b ON b.medium = h.medium AND b.address = h.address WHERE h.hash `
@@ -647,7 +648,7 @@ func (s *Store) queryHashes(ctx context.Context, query, suffix string, hashes []
 	return nil
 }
 
-func replaceFoldedHashes(ctx context.Context, tx *sql.Tx, tp storage.ThreePID, hashes []string) error {
+func replaceFoldedHashes(ctx context.Context, tx *sql.Tx, tp threepid.ThreePID, hashes []string) error {
 	if _, err := tx.ExecContext(ctx, `DELETE FROM binding_folded_hashes WHERE medium = $1 AND address = $2`, tp.Medium, tp.Address); err != nil {
 		return fmt.Errorf("replace folded lookup hashes: %w", err)
 	}
@@ -660,8 +661,8 @@ func replaceFoldedHashes(ctx context.Context, tx *sql.Tx, tp storage.ThreePID, h
 	return nil
 }
 
-func (s *Store) LookupThreePIDs(ctx context.Context, tps []storage.ThreePID) (map[storage.ThreePID]string, error) {
-	out := make(map[storage.ThreePID]string)
+func (s *Store) LookupThreePIDs(ctx context.Context, tps []threepid.ThreePID) (map[threepid.ThreePID]string, error) {
+	out := make(map[threepid.ThreePID]string)
 	for len(tps) > 0 {
 		chunk := tps[:min(len(tps), inChunk/2)]
 		tps = tps[len(chunk):]
@@ -679,7 +680,7 @@ func (s *Store) LookupThreePIDs(ctx context.Context, tps []storage.ThreePID) (ma
 			return nil, fmt.Errorf("lookup 3pids: %w", err)
 		}
 		for rows.Next() {
-			var tp storage.ThreePID
+			var tp threepid.ThreePID
 			var mxid string
 			if err := rows.Scan(&tp.Medium, &tp.Address, &mxid); err != nil {
 				rows.Close()
@@ -695,7 +696,7 @@ func (s *Store) LookupThreePIDs(ctx context.Context, tps []storage.ThreePID) (ma
 	return out, nil
 }
 
-func (s *Store) RehashBindings(ctx context.Context, hashFn func(storage.ThreePID) (hashes, folded []string)) error {
+func (s *Store) RehashBindings(ctx context.Context, hashFn func(threepid.ThreePID) (hashes, folded []string)) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM binding_hashes`); err != nil {
 			return fmt.Errorf("clear lookup hashes: %w", err)
@@ -707,9 +708,9 @@ func (s *Store) RehashBindings(ctx context.Context, hashFn func(storage.ThreePID
 		if err != nil {
 			return fmt.Errorf("read bindings: %w", err)
 		}
-		var tps []storage.ThreePID
+		var tps []threepid.ThreePID
 		for rows.Next() {
-			var tp storage.ThreePID
+			var tp threepid.ThreePID
 			if err := rows.Scan(&tp.Medium, &tp.Address); err != nil {
 				rows.Close()
 				return fmt.Errorf("read bindings: %w", err)
@@ -740,7 +741,7 @@ func (s *Store) RehashBindings(ctx context.Context, hashFn func(storage.ThreePID
 	})
 }
 
-func (s *Store) CreateInvite(ctx context.Context, inv storage.Invite, limits storage.InviteLimits, recs ...audit.Record) error {
+func (s *Store) CreateInvite(ctx context.Context, inv identity.Invite, limits identity.InviteLimits, recs ...audit.Record) error {
 	extra, err := json.Marshal(inv.Extra)
 	if err != nil {
 		return fmt.Errorf("encode invite: %w", err)
@@ -765,7 +766,7 @@ func (s *Store) CreateInvite(ctx context.Context, inv storage.Invite, limits sto
 				return err
 			}
 			if n >= limits.PerThreePID {
-				return storage.ErrThreePIDInviteLimit
+				return identity.ErrThreePIDInviteLimit
 			}
 		}
 		if limits.PerSender > 0 {
@@ -777,14 +778,14 @@ func (s *Store) CreateInvite(ctx context.Context, inv storage.Invite, limits sto
 				return err
 			}
 			if n >= limits.PerSender {
-				return storage.ErrSenderInviteLimit
+				return identity.ErrSenderInviteLimit
 			}
 		}
 		_, err = tx.ExecContext(ctx, `INSERT INTO invites (token, medium, address, room_id, sender, extra, created_at, expires_at, ephemeral_key)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, inv.Token, inv.ThreePID.Medium, inv.ThreePID.Address, inv.RoomID,
 			inv.Sender, string(extra), ms(inv.CreatedAt), ms(inv.ExpiresAt), inv.EphemeralKey)
 		if isUniqueViolation(err) {
-			return storage.ErrAlreadyExists
+			return identity.ErrAlreadyExists
 		}
 		if err != nil {
 			return fmt.Errorf("create invite: %w", err)
@@ -801,13 +802,13 @@ func (s *Store) CreateInvite(ctx context.Context, inv storage.Invite, limits sto
 
 const inviteColumns = `token, medium, address, room_id, sender, extra, created_at, expires_at, ephemeral_key`
 
-func scanInvite(row interface{ Scan(...any) error }) (storage.Invite, error) {
-	var inv storage.Invite
+func scanInvite(row interface{ Scan(...any) error }) (identity.Invite, error) {
+	var inv identity.Invite
 	var extra string
 	var created, expires int64
 	err := row.Scan(&inv.Token, &inv.ThreePID.Medium, &inv.ThreePID.Address, &inv.RoomID, &inv.Sender, &extra, &created, &expires, &inv.EphemeralKey)
 	if errors.Is(err, sql.ErrNoRows) {
-		return inv, storage.ErrNotFound
+		return inv, identity.ErrNotFound
 	}
 	if err != nil {
 		return inv, fmt.Errorf("scan invite: %w", err)
@@ -819,7 +820,7 @@ func scanInvite(row interface{ Scan(...any) error }) (storage.Invite, error) {
 	return inv, nil
 }
 
-func (s *Store) GetInvite(ctx context.Context, token string) (storage.Invite, error) {
+func (s *Store) GetInvite(ctx context.Context, token string) (identity.Invite, error) {
 	return scanInvite(s.db.QueryRowContext(ctx, `SELECT `+inviteColumns+` FROM invites WHERE token = $1`, token))
 }
 
@@ -835,7 +836,7 @@ func (s *Store) DeleteInvite(ctx context.Context, token, ephemeralKey string) er
 	})
 }
 
-func (s *Store) PendingInvites(ctx context.Context, tp storage.ThreePID) ([]storage.Invite, error) {
+func (s *Store) PendingInvites(ctx context.Context, tp threepid.ThreePID) ([]identity.Invite, error) {
 	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: s.db.Engine == Postgres})
 	if err != nil {
 		return nil, fmt.Errorf("begin: %w", err)
@@ -844,7 +845,7 @@ func (s *Store) PendingInvites(ctx context.Context, tp storage.ThreePID) ([]stor
 	return pendingInvites(ctx, tx, tp, time.Now())
 }
 
-func pendingInvites(ctx context.Context, tx *sql.Tx, tp storage.ThreePID, now time.Time) ([]storage.Invite, error) {
+func pendingInvites(ctx context.Context, tx *sql.Tx, tp threepid.ThreePID, now time.Time) ([]identity.Invite, error) {
 	rows, err := tx.QueryContext(ctx, `SELECT `+inviteColumns+` FROM invites
 		WHERE medium = $1 AND address = $2 AND delivered_at = 0 AND expires_at > $3 ORDER BY created_at, token`,
 		tp.Medium, tp.Address, ms(now))
@@ -852,7 +853,7 @@ func pendingInvites(ctx context.Context, tx *sql.Tx, tp storage.ThreePID, now ti
 		return nil, fmt.Errorf("pending invites: %w", err)
 	}
 	defer rows.Close()
-	var out []storage.Invite
+	var out []identity.Invite
 	for rows.Next() {
 		inv, err := scanInvite(rows)
 		if err != nil {
@@ -890,8 +891,8 @@ func (s *Store) PruneInvites(ctx context.Context, now time.Time) (int64, int64, 
 
 const deliveryColumns = `id, server_name, body, attempts, next_attempt_at, expires_at, created_at, last_error`
 
-func scanDelivery(row interface{ Scan(...any) error }) (storage.OnBindDelivery, error) {
-	var d storage.OnBindDelivery
+func scanDelivery(row interface{ Scan(...any) error }) (identity.OnBindDelivery, error) {
+	var d identity.OnBindDelivery
 	var body string
 	var next, expires, created int64
 	if err := row.Scan(&d.ID, &d.ServerName, &body, &d.Attempts, &next, &expires, &created, &d.LastError); err != nil {
@@ -902,13 +903,13 @@ func scanDelivery(row interface{ Scan(...any) error }) (storage.OnBindDelivery, 
 	return d, nil
 }
 
-func (s *Store) queryDeliveries(ctx context.Context, q string, args ...any) ([]storage.OnBindDelivery, error) {
+func (s *Store) queryDeliveries(ctx context.Context, q string, args ...any) ([]identity.OnBindDelivery, error) {
 	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("deliveries: %w", err)
 	}
 	defer rows.Close()
-	var out []storage.OnBindDelivery
+	var out []identity.OnBindDelivery
 	for rows.Next() {
 		d, err := scanDelivery(rows)
 		if err != nil {
@@ -919,12 +920,12 @@ func (s *Store) queryDeliveries(ctx context.Context, q string, args ...any) ([]s
 	return out, rows.Err()
 }
 
-func (s *Store) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]storage.OnBindDelivery, error) {
+func (s *Store) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]identity.OnBindDelivery, error) {
 	return s.queryDeliveries(ctx, `SELECT `+deliveryColumns+` FROM onbind_queue WHERE next_attempt_at <= $1
 		ORDER BY next_attempt_at, id LIMIT `+fmt.Sprint(limit), ms(now))
 }
 
-func (s *Store) ListDeliveries(ctx context.Context) ([]storage.OnBindDelivery, error) {
+func (s *Store) ListDeliveries(ctx context.Context) ([]identity.OnBindDelivery, error) {
 	return s.queryDeliveries(ctx, `SELECT `+deliveryColumns+` FROM onbind_queue ORDER BY created_at, id`)
 }
 
@@ -947,14 +948,14 @@ func (s *Store) DeliveryDone(ctx context.Context, id string, recs ...audit.Recor
 	})
 }
 
-func (s *Store) ReplaceDelivery(ctx context.Context, id string, parts []storage.OnBindDelivery) error {
+func (s *Store) ReplaceDelivery(ctx context.Context, id string, parts []identity.OnBindDelivery) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM onbind_queue WHERE id = $1`, id)
 		if err != nil {
 			return fmt.Errorf("replace delivery: %w", err)
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
-			return storage.ErrNotFound
+			return identity.ErrNotFound
 		}
 		for _, d := range parts {
 			if err := insertDelivery(ctx, tx, d); err != nil {
@@ -965,7 +966,7 @@ func (s *Store) ReplaceDelivery(ctx context.Context, id string, parts []storage.
 	})
 }
 
-func insertDelivery(ctx context.Context, tx *sql.Tx, d storage.OnBindDelivery) error {
+func insertDelivery(ctx context.Context, tx *sql.Tx, d identity.OnBindDelivery) error {
 	if _, err := tx.ExecContext(ctx, `INSERT INTO onbind_queue (id, server_name, body, attempts, next_attempt_at, expires_at, created_at, last_error)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
 		d.ID, d.ServerName, string(d.Body), d.Attempts, ms(d.NextAttemptAt), ms(d.ExpiresAt), ms(d.CreatedAt), d.LastError); err != nil {

@@ -1,4 +1,4 @@
-package homeserver
+package httpguard
 
 import (
 	"bytes"
@@ -10,12 +10,12 @@ import (
 	"net"
 )
 
-// ErrPinMismatch: a pinned homeserver presented another certificate than the pinned one.
+// ErrPinMismatch: a pinned server presented another certificate than the pinned one.
 var ErrPinMismatch = errors.New("certificate does not match its pin")
 
-// dialTLSFunc dials, then does the TLS handshake itself so that a pinned destination is checked
+// DialTLS dials, then does the TLS handshake itself so that a pinned destination is checked
 // against its pin alone (self-signed, no subjectAltName) and every other one as usual.
-func dialTLSFunc(base *tls.Config, pins map[string][32]byte, dial func(context.Context, string, string) (net.Conn, error)) func(context.Context, string, string) (net.Conn, error) {
+func DialTLS(base *tls.Config, pins map[string][32]byte, dial func(context.Context, string, string) (net.Conn, error)) func(context.Context, string, string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		host, _, err := net.SplitHostPort(addr)
 		if err != nil {

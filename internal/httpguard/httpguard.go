@@ -1,7 +1,11 @@
-package homeserver
+// Package httpguard owns the SSRF-guarded HTTP client every outbound call uses (homeservers,
+// mCSD directories, peer identity servers): public addresses only, checked at dial time, no
+// proxies, no redirects, bounded time, headers and bodies, optional certificate pins.
+package httpguard
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +15,16 @@ import (
 	"syscall"
 	"time"
 )
+
+const (
+	// DefaultTimeout bounds one whole operation: resolution, connection and response.
+	DefaultTimeout = 10 * time.Second
+	// DefaultMaxResponseBytes caps every response body.
+	DefaultMaxResponseBytes = 64 << 10
+)
+
+// ErrNotAllowed: the destination is not a public address nor in Options.AllowedNetworks.
+var ErrNotAllowed = errors.New("destination not allowed")
 
 // ErrResponseTooLarge is returned when reading a response body past the configured limit.
 var ErrResponseTooLarge = errors.New("response body too large")
@@ -79,7 +93,28 @@ func dialControl(allowed []netip.Prefix) func(context.Context, string, string, s
 	}
 }
 
-func (o Options) withDefaults() Options {
+// Options configures a guarded client.
+type Options struct {
+	// AllowedNetworks are outbound targets allowed despite being loopback, private or
+	// otherwise non-global (tests, servers on an internal network).
+	AllowedNetworks []netip.Prefix
+	// TLSConfig is used for every outbound connection; nil means system roots.
+	TLSConfig *tls.Config
+	// Timeout bounds one whole operation; 0 means DefaultTimeout.
+	Timeout time.Duration
+	// MaxResponseBytes caps response bodies; 0 means DefaultMaxResponseBytes.
+	MaxResponseBytes int64
+	// Resolver resolves host names; nil means net.DefaultResolver.
+	Resolver *net.Resolver
+	// UserAgent is sent on outbound requests; empty means "ozo-identity".
+	UserAgent string
+	// PinnedCerts maps "host:port" or "host" to the SHA-256 of the one certificate (or of its
+	// SubjectPublicKeyInfo) accepted there instead of the usual verification.
+	PinnedCerts map[string][32]byte
+}
+
+// WithDefaults fills in the zero fields.
+func (o Options) WithDefaults() Options {
 	if o.Timeout <= 0 {
 		o.Timeout = DefaultTimeout
 	}
@@ -92,7 +127,8 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-func newDialer(o Options) *net.Dialer {
+// NewDialer dials only addresses the guard allows, checked after DNS resolution.
+func NewDialer(o Options) *net.Dialer {
 	return &net.Dialer{
 		Timeout:        o.Timeout,
 		KeepAlive:      30 * time.Second,
@@ -101,15 +137,16 @@ func newDialer(o Options) *net.Dialer {
 	}
 }
 
-// NewHTTPClient returns a plain HTTP client with the same guard as Client: connections only
-// to public addresses (or AllowedNetworks), no proxies, no redirects, the configured timeout,
-// and response bodies that fail with ErrResponseTooLarge past MaxResponseBytes.
-func NewHTTPClient(opts Options) *http.Client {
-	opts = opts.withDefaults()
-	return newHTTPClient(opts, newDialer(opts).DialContext, opts.Timeout)
+// New returns a plain HTTP client with the guard: connections only to public addresses (or
+// AllowedNetworks), no proxies, no redirects, the configured timeout, and response bodies that
+// fail with ErrResponseTooLarge past MaxResponseBytes.
+func New(opts Options) *http.Client {
+	opts = opts.WithDefaults()
+	return NewClient(opts, NewDialer(opts).DialContext, opts.Timeout)
 }
 
-func newHTTPClient(o Options, dial func(context.Context, string, string) (net.Conn, error), timeout time.Duration) *http.Client {
+// NewClient is New over another dial function (one that resolves Matrix server names first).
+func NewClient(o Options, dial func(context.Context, string, string) (net.Conn, error), timeout time.Duration) *http.Client {
 	tr := &http.Transport{
 		Proxy:                  nil, // a proxy would make the dial-time check meaningless
 		DialContext:            dial,
@@ -117,14 +154,14 @@ func newHTTPClient(o Options, dial func(context.Context, string, string) (net.Co
 		TLSHandshakeTimeout:    timeout,
 		ResponseHeaderTimeout:  timeout,
 		IdleConnTimeout:        90 * time.Second,
-		MaxResponseHeaderBytes: maxHeaderBytes,
+		MaxResponseHeaderBytes: MaxHeaderBytes,
 		ForceAttemptHTTP2:      true,
 	}
 	if len(o.PinnedCerts) > 0 {
-		tr.DialTLSContext = dialTLSFunc(o.TLSConfig, o.PinnedCerts, dial)
+		tr.DialTLSContext = DialTLS(o.TLSConfig, o.PinnedCerts, dial)
 	}
 	return &http.Client{
-		Transport: &limitTransport{next: tr, max: o.MaxResponseBytes},
+		Transport: LimitBodies(tr, o.MaxResponseBytes),
 		Timeout:   timeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error {
 			return errRedirect
@@ -132,10 +169,16 @@ func newHTTPClient(o Options, dial func(context.Context, string, string) (net.Co
 	}
 }
 
-const maxHeaderBytes = 64 << 10
+// MaxHeaderBytes caps response headers.
+const MaxHeaderBytes = 64 << 10
 
 // limitTransport caps every response body, including error bodies that mautrix would
 // otherwise read up to 512 KiB.
+// LimitBodies makes response bodies of next fail with ErrResponseTooLarge past max bytes.
+func LimitBodies(next http.RoundTripper, max int64) http.RoundTripper {
+	return &limitTransport{next: next, max: max}
+}
+
 type limitTransport struct {
 	next http.RoundTripper
 	max  int64

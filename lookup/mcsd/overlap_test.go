@@ -1,4 +1,4 @@
-package mcsd
+package mcsd_test
 
 import (
 	"context"
@@ -6,9 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd/mcsdtest"
-	"github.com/ozo-platform/ozo-identity/storage"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore/dbtest"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // Two runs that overlap despite the lease (it expired under a stalled holder, or a bug) must
@@ -19,21 +20,21 @@ func TestOverlappingRunsLoseNothing(t *testing.T) {
 		t.Run(string(engine), func(t *testing.T) {
 			db := dbtest.Open(t, engine)
 			srv := mcsdtest.Start(t, mcsdtest.Options{PageSize: 4})
-			idx := NewIndex(db)
-			syncer := func(full bool) *Syncer {
-				return NewSyncer(idx, Options{LRZA: srv.LRZAURL(), Client: srv.Client(), Concurrency: 3,
+			idx := mcsd.NewIndex(db)
+			syncer := func(full bool) *mcsd.Syncer {
+				return mcsd.NewSyncer(idx, mcsd.Options{LRZA: srv.LRZAURL(), Client: srv.Client(), Concurrency: 3,
 					RequestTimeout: 5 * time.Second, PageSize: 3, IgnoreBackoff: true, Full: full, MaxDeleteMin: 1})
 			}
 			ctx := context.Background()
-			if _, err := syncer(false).syncAll(ctx); err != nil {
+			if _, err := syncer(false).SyncAllUnleased(ctx); err != nil {
 				t.Fatal(err)
 			}
 			uzis := []string{"900012345", "900012346", "900023456", "900023457", "900023458", "900034567", "900034568"}
-			var tps []storage.ThreePID
+			var tps []threepid.ThreePID
 			for _, u := range uzis {
-				tps = append(tps, storage.ThreePID{Medium: "uzi", Address: u})
+				tps = append(tps, threepid.ThreePID{Medium: "uzi", Address: u})
 			}
-			tps = append(tps, storage.ThreePID{Medium: "ura", Address: "17004512"})
+			tps = append(tps, threepid.ThreePID{Medium: "ura", Address: "17004512"})
 			want, err := idx.Resolve(ctx, tps)
 			if err != nil || len(want) != len(tps) {
 				t.Fatalf("after the first sync: %v, %d of %d resolve", err, len(want), len(tps))
@@ -59,7 +60,7 @@ func TestOverlappingRunsLoseNothing(t *testing.T) {
 					go func() {
 						defer wg.Done()
 						// Even rounds: two full re-reads; odd rounds: a full and an incremental run.
-						reps, err := syncer(i == 0 || round%2 == 0).syncAll(ctx)
+						reps, err := syncer(i == 0 || round%2 == 0).SyncAllUnleased(ctx)
 						if err != nil {
 							t.Errorf("round %d run %d: %v", round, i, err)
 						}
@@ -87,7 +88,7 @@ func TestOverlappingRunsLoseNothing(t *testing.T) {
 				}
 				// And the next ordinary sync still sees the directories' changes: no watermark
 				// ran ahead of what was stored.
-				if _, err := syncer(false).syncAll(ctx); err != nil {
+				if _, err := syncer(false).SyncAllUnleased(ctx); err != nil {
 					t.Fatal(err)
 				}
 			}

@@ -1,5 +1,5 @@
-// Package storagetest is the conformance suite every storage.Storage implementation must pass.
-package storagetest
+// Package identitytest is the conformance suite every identity.Store implementation must pass.
+package identitytest
 
 import (
 	"context"
@@ -11,14 +11,15 @@ import (
 	"time"
 
 	"github.com/ozo-platform/ozo-identity/audit"
-	"github.com/ozo-platform/ozo-identity/storage"
+	"github.com/ozo-platform/ozo-identity/identity"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // Run runs the whole suite; newStore returns an empty store for each subtest.
-func Run(t *testing.T, newStore func(t *testing.T) storage.Storage) {
+func Run(t *testing.T, newStore func(t *testing.T) identity.Store) {
 	tests := []struct {
 		name string
-		fn   func(t *testing.T, s storage.Storage)
+		fn   func(t *testing.T, s identity.Store)
 	}{
 		{"Settings", testSettings},
 		{"Accounts", testAccounts},
@@ -50,8 +51,8 @@ func must(t *testing.T, err error) {
 	}
 }
 
-func testSettings(t *testing.T, s storage.Storage) {
-	if _, err := s.GetSetting(ctx, "pepper"); !errors.Is(err, storage.ErrNotFound) {
+func testSettings(t *testing.T, s identity.Store) {
+	if _, err := s.GetSetting(ctx, "pepper"); !errors.Is(err, identity.ErrNotFound) {
 		t.Fatalf("missing setting: got %v, want ErrNotFound", err)
 	}
 	// Concurrent first starts must agree on one value.
@@ -80,27 +81,27 @@ func testSettings(t *testing.T, s storage.Storage) {
 	}
 }
 
-func testAccounts(t *testing.T, s storage.Storage) {
-	a := storage.Account{TokenHash: "h1", UserID: "@alice:hs1", CreatedAt: time.Now()}
-	must(t, s.CreateAccount(ctx, a))
-	if err := s.CreateAccount(ctx, a); !errors.Is(err, storage.ErrAlreadyExists) {
+func testAccounts(t *testing.T, s identity.Store) {
+	a := identity.AccessToken{TokenHash: "h1", UserID: "@alice:hs1", CreatedAt: time.Now()}
+	must(t, s.CreateAccessToken(ctx, a))
+	if err := s.CreateAccessToken(ctx, a); !errors.Is(err, identity.ErrAlreadyExists) {
 		t.Fatalf("duplicate token: %v", err)
 	}
-	got, err := s.GetAccount(ctx, "h1")
+	got, err := s.GetAccessToken(ctx, "h1")
 	must(t, err)
 	if got.UserID != "@alice:hs1" {
 		t.Fatalf("account: %+v", got)
 	}
-	must(t, s.DeleteAccount(ctx, "h1"))
-	if _, err := s.GetAccount(ctx, "h1"); !errors.Is(err, storage.ErrNotFound) {
+	must(t, s.DeleteAccessToken(ctx, "h1"))
+	if _, err := s.GetAccessToken(ctx, "h1"); !errors.Is(err, identity.ErrNotFound) {
 		t.Fatalf("deleted account: %v", err)
 	}
-	if err := s.DeleteAccount(ctx, "h1"); !errors.Is(err, storage.ErrNotFound) {
+	if err := s.DeleteAccessToken(ctx, "h1"); !errors.Is(err, identity.ErrNotFound) {
 		t.Fatalf("delete twice: %v", err)
 	}
 }
 
-func testTerms(t *testing.T, s storage.Storage) {
+func testTerms(t *testing.T, s identity.Store) {
 	must(t, s.AcceptTerms(ctx, "@a:hs", []string{"https://x/b", "https://x/a"}))
 	must(t, s.AcceptTerms(ctx, "@a:hs", []string{"https://x/a"}))
 	got, err := s.AcceptedTerms(ctx, "@a:hs")
@@ -113,12 +114,12 @@ func testTerms(t *testing.T, s storage.Storage) {
 	}
 }
 
-func testSessions(t *testing.T, s storage.Storage) {
+func testSessions(t *testing.T, s identity.Store) {
 	now := time.Now()
-	tp := storage.ThreePID{Medium: "email", Address: "bob@example.org"}
-	sess := storage.Session{SID: "s1", ClientSecret: "cs", ThreePID: tp, SendAttempt: 1, CreatedAt: now}
-	must(t, s.CreateSession(ctx, sess, "tok1", now.Add(time.Hour), storage.MailQuota{}))
-	if err := s.CreateSession(ctx, storage.Session{SID: "s2", ClientSecret: "cs", ThreePID: tp, CreatedAt: now}, "x", now, storage.MailQuota{}); !errors.Is(err, storage.ErrAlreadyExists) {
+	tp := threepid.ThreePID{Medium: "email", Address: "bob@example.org"}
+	sess := identity.Session{SID: "s1", ClientSecret: "cs", ThreePID: tp, SendAttempt: 1, CreatedAt: now}
+	must(t, s.CreateSession(ctx, sess, "tok1", now.Add(time.Hour), identity.MailQuota{}))
+	if err := s.CreateSession(ctx, identity.Session{SID: "s2", ClientSecret: "cs", ThreePID: tp, CreatedAt: now}, "x", now, identity.MailQuota{}); !errors.Is(err, identity.ErrAlreadyExists) {
 		t.Fatalf("same secret and 3pid twice: %v", err)
 	}
 	found, err := s.FindSession(ctx, "cs", tp)
@@ -126,7 +127,7 @@ func testSessions(t *testing.T, s storage.Storage) {
 	if found.SID != "s1" || found.SendAttempt != 1 {
 		t.Fatalf("find: %+v", found)
 	}
-	must(t, s.AddSessionToken(ctx, "s1", 2, "tok-expired", now.Add(-time.Second), storage.MailQuota{}))
+	must(t, s.AddSessionToken(ctx, "s1", 2, "tok-expired", now.Add(-time.Second), identity.MailQuota{}))
 	ok, got, err := s.CheckSessionToken(ctx, "s1", "wrong", now, 10)
 	must(t, err)
 	if ok || got.FailedAttempts != 1 || !got.ValidatedAt.IsZero() {
@@ -135,7 +136,7 @@ func testSessions(t *testing.T, s storage.Storage) {
 	if ok, _, _ := s.CheckSessionToken(ctx, "s1", "tok-expired", now, 10); ok {
 		t.Fatal("expired token accepted")
 	}
-	must(t, s.AddSessionToken(ctx, "s1", 3, "tok3", now.Add(time.Hour), storage.MailQuota{}))
+	must(t, s.AddSessionToken(ctx, "s1", 3, "tok3", now.Add(time.Hour), identity.MailQuota{}))
 	// Only the newest token works: the first mail's token was replaced.
 	if ok, _, _ := s.CheckSessionToken(ctx, "s1", "tok1", now, 10); ok {
 		t.Fatal("a replaced token still validates the session")
@@ -149,11 +150,11 @@ func testSessions(t *testing.T, s storage.Storage) {
 	if stored.ValidatedAt.IsZero() || stored.FailedAttempts != 3 {
 		t.Fatalf("stored: %+v", stored)
 	}
-	if _, _, err := s.CheckSessionToken(ctx, "nope", "tok1", now, 10); !errors.Is(err, storage.ErrNotFound) {
+	if _, _, err := s.CheckSessionToken(ctx, "nope", "tok1", now, 10); !errors.Is(err, identity.ErrNotFound) {
 		t.Fatalf("unknown sid: %v", err)
 	}
 	// The attempt limit holds under concurrent guesses.
-	must(t, s.CreateSession(ctx, storage.Session{SID: "s3", ClientSecret: "cs3", ThreePID: tp, CreatedAt: now.Add(time.Hour)}, "t3", now.Add(time.Hour), storage.MailQuota{}))
+	must(t, s.CreateSession(ctx, identity.Session{SID: "s3", ClientSecret: "cs3", ThreePID: tp, CreatedAt: now.Add(time.Hour)}, "t3", now.Add(time.Hour), identity.MailQuota{}))
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	counted, refused := 0, 0
@@ -167,7 +168,7 @@ func testSessions(t *testing.T, s storage.Storage) {
 			switch {
 			case err == nil:
 				counted++
-			case errors.Is(err, storage.ErrTooManyAttempts):
+			case errors.Is(err, identity.ErrTooManyAttempts):
 				refused++
 			default:
 				t.Error(err)
@@ -178,11 +179,11 @@ func testSessions(t *testing.T, s storage.Storage) {
 	if counted != 3 || refused != 17 {
 		t.Fatalf("concurrent guesses: %d checked, %d refused; want 3 and 17", counted, refused)
 	}
-	if ok, _, err := s.CheckSessionToken(ctx, "s3", "t3", now, 3); ok || !errors.Is(err, storage.ErrTooManyAttempts) {
+	if ok, _, err := s.CheckSessionToken(ctx, "s3", "t3", now, 3); ok || !errors.Is(err, identity.ErrTooManyAttempts) {
 		t.Fatalf("right token after the limit: ok=%v err=%v", ok, err)
 	}
 	must(t, s.DeleteSession(ctx, "s3"))
-	if _, err := s.GetSession(ctx, "s3"); !errors.Is(err, storage.ErrNotFound) {
+	if _, err := s.GetSession(ctx, "s3"); !errors.Is(err, identity.ErrNotFound) {
 		t.Fatalf("deleted session: %v", err)
 	}
 	n, err := s.DeleteExpiredSessions(ctx, now.Add(time.Second))
@@ -190,20 +191,20 @@ func testSessions(t *testing.T, s storage.Storage) {
 	if n != 1 {
 		t.Fatalf("deleted %d sessions", n)
 	}
-	if _, err := s.GetSession(ctx, "s1"); !errors.Is(err, storage.ErrNotFound) {
+	if _, err := s.GetSession(ctx, "s1"); !errors.Is(err, identity.ErrNotFound) {
 		t.Fatalf("expired session kept: %v", err)
 	}
 }
 
-func binding(medium, address, mxid string) storage.Binding {
+func binding(medium, address, mxid string) identity.Binding {
 	now := time.Now().UTC().Truncate(time.Millisecond)
-	return storage.Binding{ThreePID: storage.ThreePID{Medium: medium, Address: address}, MXID: mxid,
+	return identity.Binding{ThreePID: threepid.ThreePID{Medium: medium, Address: address}, MXID: mxid,
 		CreatedAt: now, NotBefore: now, NotAfter: now.Add(time.Hour), Source: "bind"}
 }
 
-func testBindAndLookup(t *testing.T, s storage.Storage) {
+func testBindAndLookup(t *testing.T, s identity.Store) {
 	b := binding("uzi", "012345678", "@dave:hs2")
-	must(t, s.Bind(ctx, storage.BindRequest{Binding: b, Hashes: []string{"h-uzi", "h-uzi_nr"}}))
+	must(t, s.Bind(ctx, identity.BindRequest{Binding: b, Hashes: []string{"h-uzi", "h-uzi_nr"}}))
 	got, err := s.GetBinding(ctx, b.ThreePID)
 	must(t, err)
 	if got.MXID != "@dave:hs2" || !got.NotAfter.Equal(b.NotAfter) {
@@ -216,12 +217,12 @@ func testBindAndLookup(t *testing.T, s storage.Storage) {
 	}
 	// Rebinding moves the 3PID to the new MXID and replaces its hashes.
 	b2 := binding("uzi", "012345678", "@dave:hs3")
-	must(t, s.Bind(ctx, storage.BindRequest{Binding: b2, Hashes: []string{"h2"}}))
+	must(t, s.Bind(ctx, identity.BindRequest{Binding: b2, Hashes: []string{"h2"}}))
 	m, _ = s.LookupHashes(ctx, []string{"h-uzi", "h2"})
 	if len(m) != 1 || m["h2"] != "@dave:hs3" {
 		t.Fatalf("after rebind: %v", m)
 	}
-	tps, err := s.LookupThreePIDs(ctx, []storage.ThreePID{b.ThreePID, {Medium: "email", Address: "none@x.org"}})
+	tps, err := s.LookupThreePIDs(ctx, []threepid.ThreePID{b.ThreePID, {Medium: "email", Address: "none@x.org"}})
 	must(t, err)
 	if len(tps) != 1 || tps[b.ThreePID] != "@dave:hs3" {
 		t.Fatalf("3pid lookup: %v", tps)
@@ -235,11 +236,11 @@ func testBindAndLookup(t *testing.T, s storage.Storage) {
 	if m, err := s.LookupHashes(ctx, many); err != nil || len(m) != 1 {
 		t.Fatalf("big batch: %v %v", m, err)
 	}
-	must(t, s.RehashBindings(ctx, func(tp storage.ThreePID) ([]string, []string) { return []string{"new-" + tp.Address}, nil }))
+	must(t, s.RehashBindings(ctx, func(tp threepid.ThreePID) ([]string, []string) { return []string{"new-" + tp.Address}, nil }))
 	if m, _ := s.LookupHashes(ctx, []string{"h2", "new-012345678"}); len(m) != 1 || m["new-012345678"] == "" {
 		t.Fatalf("after rehash: %v", m)
 	}
-	if err := s.DeleteBinding(ctx, b.ThreePID, "@someone:else"); !errors.Is(err, storage.ErrNotFound) {
+	if err := s.DeleteBinding(ctx, b.ThreePID, "@someone:else"); !errors.Is(err, identity.ErrNotFound) {
 		t.Fatalf("delete with wrong mxid: %v", err)
 	}
 	if _, err := s.GetBinding(ctx, b.ThreePID); err != nil {
@@ -256,17 +257,17 @@ func testBindAndLookup(t *testing.T, s storage.Storage) {
 	}
 }
 
-func testBindQueuesInvites(t *testing.T, s storage.Storage) {
+func testBindQueuesInvites(t *testing.T, s identity.Store) {
 	now := time.Now()
-	tp := storage.ThreePID{Medium: "email", Address: "bob@example.org"}
+	tp := threepid.ThreePID{Medium: "email", Address: "bob@example.org"}
 	for i, tok := range []string{"t1", "t2"} {
-		must(t, s.CreateInvite(ctx, storage.Invite{Token: tok, ThreePID: tp, RoomID: fmt.Sprintf("!r%d:hs1", i),
+		must(t, s.CreateInvite(ctx, identity.Invite{Token: tok, ThreePID: tp, RoomID: fmt.Sprintf("!r%d:hs1", i),
 			Sender: "@alice:hs1", CreatedAt: now.Add(time.Duration(i) * time.Millisecond), ExpiresAt: now.Add(time.Hour),
-			Extra: map[string]string{"room_name": "Zorgteam"}, EphemeralKey: "eph-" + tok}, storage.InviteLimits{}))
+			Extra: map[string]string{"room_name": "Zorgteam"}, EphemeralKey: "eph-" + tok}, identity.InviteLimits{}))
 	}
-	must(t, s.CreateInvite(ctx, storage.Invite{Token: "old", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1",
-		CreatedAt: now.Add(-2 * time.Hour), ExpiresAt: now.Add(-time.Hour)}, storage.InviteLimits{}))
-	if err := s.CreateInvite(ctx, storage.Invite{Token: "t1", ThreePID: tp}, storage.InviteLimits{}); !errors.Is(err, storage.ErrAlreadyExists) {
+	must(t, s.CreateInvite(ctx, identity.Invite{Token: "old", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1",
+		CreatedAt: now.Add(-2 * time.Hour), ExpiresAt: now.Add(-time.Hour)}, identity.InviteLimits{}))
+	if err := s.CreateInvite(ctx, identity.Invite{Token: "t1", ThreePID: tp}, identity.InviteLimits{}); !errors.Is(err, identity.ErrAlreadyExists) {
 		t.Fatalf("duplicate invite token: %v", err)
 	}
 	inv, err := s.GetInvite(ctx, "t1")
@@ -279,10 +280,10 @@ func testBindQueuesInvites(t *testing.T, s storage.Storage) {
 	if len(pending) != 2 || pending[0].Token != "t1" {
 		t.Fatalf("pending (expired must not count): %+v", pending)
 	}
-	var seen []storage.Invite
-	req := storage.BindRequest{Binding: binding("email", tp.Address, "@bob:hs2"), Deliver: func(invs []storage.Invite) ([]storage.OnBindDelivery, error) {
+	var seen []identity.Invite
+	req := identity.BindRequest{Binding: binding("email", tp.Address, "@bob:hs2"), Deliver: func(invs []identity.Invite) ([]identity.OnBindDelivery, error) {
 		seen = invs
-		return []storage.OnBindDelivery{{ID: "d1", ServerName: "hs2", Body: []byte(`{"invites":[]}`), NextAttemptAt: now, ExpiresAt: now.Add(time.Hour), CreatedAt: now}}, nil
+		return []identity.OnBindDelivery{{ID: "d1", ServerName: "hs2", Body: []byte(`{"invites":[]}`), NextAttemptAt: now, ExpiresAt: now.Add(time.Hour), CreatedAt: now}}, nil
 	}}
 	must(t, s.Bind(ctx, req))
 	if len(seen) != 2 {
@@ -298,17 +299,17 @@ func testBindQueuesInvites(t *testing.T, s storage.Storage) {
 	}
 }
 
-func testBindRollsBack(t *testing.T, s storage.Storage) {
+func testBindRollsBack(t *testing.T, s identity.Store) {
 	now := time.Now()
-	tp := storage.ThreePID{Medium: "email", Address: "carol@example.org"}
-	must(t, s.CreateInvite(ctx, storage.Invite{Token: "t", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1", CreatedAt: now, ExpiresAt: now.Add(time.Hour)}, storage.InviteLimits{}))
+	tp := threepid.ThreePID{Medium: "email", Address: "carol@example.org"}
+	must(t, s.CreateInvite(ctx, identity.Invite{Token: "t", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1", CreatedAt: now, ExpiresAt: now.Add(time.Hour)}, identity.InviteLimits{}))
 	boom := errors.New("boom")
-	err := s.Bind(ctx, storage.BindRequest{Binding: binding("email", tp.Address, "@carol:hs2"), Hashes: []string{"hc"},
-		Deliver: func([]storage.Invite) ([]storage.OnBindDelivery, error) { return nil, boom }})
+	err := s.Bind(ctx, identity.BindRequest{Binding: binding("email", tp.Address, "@carol:hs2"), Hashes: []string{"hc"},
+		Deliver: func([]identity.Invite) ([]identity.OnBindDelivery, error) { return nil, boom }})
 	if !errors.Is(err, boom) {
 		t.Fatalf("bind error: %v", err)
 	}
-	if _, err := s.GetBinding(ctx, tp); !errors.Is(err, storage.ErrNotFound) {
+	if _, err := s.GetBinding(ctx, tp); !errors.Is(err, identity.ErrNotFound) {
 		t.Fatal("failed bind left a binding")
 	}
 	if p, _ := s.PendingInvites(ctx, tp); len(p) != 1 {
@@ -316,12 +317,12 @@ func testBindRollsBack(t *testing.T, s storage.Storage) {
 	}
 }
 
-func testDeliveries(t *testing.T, s storage.Storage) {
+func testDeliveries(t *testing.T, s identity.Store) {
 	now := time.Now().Truncate(time.Millisecond)
-	tp := storage.ThreePID{Medium: "email", Address: "d@example.org"}
-	must(t, s.CreateInvite(ctx, storage.Invite{Token: "t", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1", CreatedAt: now, ExpiresAt: now.Add(time.Hour)}, storage.InviteLimits{}))
-	must(t, s.Bind(ctx, storage.BindRequest{Binding: binding("email", tp.Address, "@d:hs2"), Deliver: func([]storage.Invite) ([]storage.OnBindDelivery, error) {
-		return []storage.OnBindDelivery{
+	tp := threepid.ThreePID{Medium: "email", Address: "d@example.org"}
+	must(t, s.CreateInvite(ctx, identity.Invite{Token: "t", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1", CreatedAt: now, ExpiresAt: now.Add(time.Hour)}, identity.InviteLimits{}))
+	must(t, s.Bind(ctx, identity.BindRequest{Binding: binding("email", tp.Address, "@d:hs2"), Deliver: func([]identity.Invite) ([]identity.OnBindDelivery, error) {
+		return []identity.OnBindDelivery{
 			{ID: "a", ServerName: "hs2", Body: []byte("{}"), NextAttemptAt: now, ExpiresAt: now.Add(time.Hour), CreatedAt: now},
 			{ID: "b", ServerName: "hs2", Body: []byte("{}"), NextAttemptAt: now.Add(time.Minute), ExpiresAt: now.Add(time.Hour), CreatedAt: now},
 		}, nil
@@ -352,13 +353,13 @@ func testDeliveries(t *testing.T, s storage.Storage) {
 	}
 }
 
-func testEphemeralKeys(t *testing.T, s storage.Storage) {
+func testEphemeralKeys(t *testing.T, s identity.Store) {
 	now := time.Now()
-	tp := storage.ThreePID{Medium: "uzi", Address: "000000111"}
-	must(t, s.CreateInvite(ctx, storage.Invite{Token: "live", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1",
-		CreatedAt: now, ExpiresAt: now.Add(time.Hour), EphemeralKey: "pk1"}, storage.InviteLimits{}))
-	must(t, s.CreateInvite(ctx, storage.Invite{Token: "gone", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1",
-		CreatedAt: now.Add(-2 * time.Hour), ExpiresAt: now.Add(-time.Hour), EphemeralKey: "pk-old"}, storage.InviteLimits{}))
+	tp := threepid.ThreePID{Medium: "uzi", Address: "000000111"}
+	must(t, s.CreateInvite(ctx, identity.Invite{Token: "live", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1",
+		CreatedAt: now, ExpiresAt: now.Add(time.Hour), EphemeralKey: "pk1"}, identity.InviteLimits{}))
+	must(t, s.CreateInvite(ctx, identity.Invite{Token: "gone", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1",
+		CreatedAt: now.Add(-2 * time.Hour), ExpiresAt: now.Add(-time.Hour), EphemeralKey: "pk-old"}, identity.InviteLimits{}))
 	if ok, err := s.EphemeralKeyExists(ctx, "pk1"); err != nil || !ok {
 		t.Fatalf("pk1: %v %v", ok, err)
 	}
@@ -366,20 +367,20 @@ func testEphemeralKeys(t *testing.T, s storage.Storage) {
 		t.Fatal("unknown key exists")
 	}
 	// A failing insert stores neither the invite nor its key.
-	if err := s.CreateInvite(ctx, storage.Invite{Token: "live", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1",
-		CreatedAt: now, ExpiresAt: now.Add(time.Hour), EphemeralKey: "pk-orphan"}, storage.InviteLimits{}); !errors.Is(err, storage.ErrAlreadyExists) {
+	if err := s.CreateInvite(ctx, identity.Invite{Token: "live", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1",
+		CreatedAt: now, ExpiresAt: now.Add(time.Hour), EphemeralKey: "pk-orphan"}, identity.InviteLimits{}); !errors.Is(err, identity.ErrAlreadyExists) {
 		t.Fatalf("duplicate token: %v", err)
 	}
 	if ok, _ := s.EphemeralKeyExists(ctx, "pk-orphan"); ok {
 		t.Fatal("a refused invite left its ephemeral key")
 	}
-	must(t, s.CreateInvite(ctx, storage.Invite{Token: "unmailed", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1",
-		CreatedAt: now, ExpiresAt: now.Add(time.Hour), EphemeralKey: "pk-unmailed"}, storage.InviteLimits{}))
+	must(t, s.CreateInvite(ctx, identity.Invite{Token: "unmailed", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1",
+		CreatedAt: now, ExpiresAt: now.Add(time.Hour), EphemeralKey: "pk-unmailed"}, identity.InviteLimits{}))
 	must(t, s.DeleteInvite(ctx, "unmailed", "pk-unmailed"))
 	if ok, _ := s.EphemeralKeyExists(ctx, "pk-unmailed"); ok {
 		t.Fatal("deleted invite's key kept")
 	}
-	if _, err := s.GetInvite(ctx, "unmailed"); !errors.Is(err, storage.ErrNotFound) {
+	if _, err := s.GetInvite(ctx, "unmailed"); !errors.Is(err, identity.ErrNotFound) {
 		t.Fatalf("deleted invite: %v", err)
 	}
 	inv, keys, err := s.PruneInvites(ctx, now)
@@ -390,7 +391,7 @@ func testEphemeralKeys(t *testing.T, s storage.Storage) {
 	if ok, _ := s.EphemeralKeyExists(ctx, "pk-old"); ok {
 		t.Fatal("expired key kept")
 	}
-	if _, err := s.GetInvite(ctx, "gone"); !errors.Is(err, storage.ErrNotFound) {
+	if _, err := s.GetInvite(ctx, "gone"); !errors.Is(err, identity.ErrNotFound) {
 		t.Fatalf("expired invite kept: %v", err)
 	}
 	if _, err := s.GetInvite(ctx, "live"); err != nil {
@@ -403,12 +404,12 @@ func testEphemeralKeys(t *testing.T, s storage.Storage) {
 
 // Pending invites are capped per 3PID and per sender, also under concurrent inserts; delivered
 // and expired invites do not count.
-func testInviteLimits(t *testing.T, s storage.Storage) {
+func testInviteLimits(t *testing.T, s identity.Store) {
 	now := time.Now()
-	victim := storage.ThreePID{Medium: "uzi", Address: "000000111"}
-	limits := storage.InviteLimits{PerThreePID: 5, PerSender: 3}
-	mk := func(tok string, tp storage.ThreePID, sender string) storage.Invite {
-		return storage.Invite{Token: tok, ThreePID: tp, RoomID: "!r:hs1", Sender: sender, CreatedAt: now,
+	victim := threepid.ThreePID{Medium: "uzi", Address: "000000111"}
+	limits := identity.InviteLimits{PerThreePID: 5, PerSender: 3}
+	mk := func(tok string, tp threepid.ThreePID, sender string) identity.Invite {
+		return identity.Invite{Token: tok, ThreePID: tp, RoomID: "!r:hs1", Sender: sender, CreatedAt: now,
 			ExpiresAt: now.Add(time.Hour), EphemeralKey: "pk-" + tok}
 	}
 	must(t, s.CreateInvite(ctx, mk("legit", victim, "@alice:hs1"), limits))
@@ -425,9 +426,9 @@ func testInviteLimits(t *testing.T, s storage.Storage) {
 			switch {
 			case err == nil:
 				stored++
-			case errors.Is(err, storage.ErrThreePIDInviteLimit):
+			case errors.Is(err, identity.ErrThreePIDInviteLimit):
 				byThreePID++
-			case errors.Is(err, storage.ErrSenderInviteLimit):
+			case errors.Is(err, identity.ErrSenderInviteLimit):
 				bySender++
 			default:
 				t.Error(err)
@@ -445,30 +446,30 @@ func testInviteLimits(t *testing.T, s storage.Storage) {
 		}
 	}
 	for i := range 3 {
-		must(t, s.CreateInvite(ctx, mk(fmt.Sprint("s", i), storage.ThreePID{Medium: "email", Address: fmt.Sprint(i, "@x.org")}, "@bob:hs1"), limits))
+		must(t, s.CreateInvite(ctx, mk(fmt.Sprint("s", i), threepid.ThreePID{Medium: "email", Address: fmt.Sprint(i, "@x.org")}, "@bob:hs1"), limits))
 	}
-	if err := s.CreateInvite(ctx, mk("s3", storage.ThreePID{Medium: "email", Address: "3@x.org"}, "@bob:hs1"), limits); !errors.Is(err, storage.ErrSenderInviteLimit) {
+	if err := s.CreateInvite(ctx, mk("s3", threepid.ThreePID{Medium: "email", Address: "3@x.org"}, "@bob:hs1"), limits); !errors.Is(err, identity.ErrSenderInviteLimit) {
 		t.Fatalf("fourth invite from one sender: %v", err)
 	}
 	// Delivering the 3PID's invites frees its slots; the legitimate invite was among those delivered.
-	var seen []storage.Invite
-	must(t, s.Bind(ctx, storage.BindRequest{Binding: binding("uzi", victim.Address, "@drecht:hs-a"),
-		Deliver: func(invs []storage.Invite) ([]storage.OnBindDelivery, error) { seen = invs; return nil, nil }}))
-	if len(seen) != 5 || !slices.ContainsFunc(seen, func(inv storage.Invite) bool { return inv.Token == "legit" }) {
+	var seen []identity.Invite
+	must(t, s.Bind(ctx, identity.BindRequest{Binding: binding("uzi", victim.Address, "@drecht:hs-a"),
+		Deliver: func(invs []identity.Invite) ([]identity.OnBindDelivery, error) { seen = invs; return nil, nil }}))
+	if len(seen) != 5 || !slices.ContainsFunc(seen, func(inv identity.Invite) bool { return inv.Token == "legit" }) {
 		t.Fatalf("bind saw %d invites %v, want 5 with the legitimate one", len(seen), seen)
 	}
 	must(t, s.CreateInvite(ctx, mk("after", victim, "@carol:hs1"), limits))
 }
 
 // Mails are capped per session and per address; the cap holds for new sessions too.
-func testMailQuota(t *testing.T, s storage.Storage) {
+func testMailQuota(t *testing.T, s identity.Store) {
 	now := time.Now()
-	tp := storage.ThreePID{Medium: "email", Address: "victim@example.org"}
-	quota := storage.MailQuota{PerSession: 3, PerAddress: 5, Since: now.Add(-time.Hour)}
-	must(t, s.CreateSession(ctx, storage.Session{SID: "a", ClientSecret: "ca", ThreePID: tp, SendAttempt: 1, CreatedAt: now}, "a1", now.Add(time.Hour), quota))
+	tp := threepid.ThreePID{Medium: "email", Address: "victim@example.org"}
+	quota := identity.MailQuota{PerSession: 3, PerAddress: 5, Since: now.Add(-time.Hour)}
+	must(t, s.CreateSession(ctx, identity.Session{SID: "a", ClientSecret: "ca", ThreePID: tp, SendAttempt: 1, CreatedAt: now}, "a1", now.Add(time.Hour), quota))
 	must(t, s.AddSessionToken(ctx, "a", 2, "a2", now.Add(time.Hour), quota))
 	must(t, s.AddSessionToken(ctx, "a", 3, "a3", now.Add(time.Hour), quota))
-	if err := s.AddSessionToken(ctx, "a", 4, "a4", now.Add(time.Hour), quota); !errors.Is(err, storage.ErrSessionMailLimit) {
+	if err := s.AddSessionToken(ctx, "a", 4, "a4", now.Add(time.Hour), quota); !errors.Is(err, identity.ErrSessionMailLimit) {
 		t.Fatalf("fourth mail of a session: %v", err)
 	}
 	if sess, _ := s.GetSession(ctx, "a"); sess.SendAttempt != 3 || sess.MailsSent != 3 {
@@ -477,43 +478,43 @@ func testMailQuota(t *testing.T, s storage.Storage) {
 	if ok, _, _ := s.CheckSessionToken(ctx, "a", "a4", now, 10); ok {
 		t.Fatal("the refused mail's token works")
 	}
-	must(t, s.CreateSession(ctx, storage.Session{SID: "b", ClientSecret: "cb", ThreePID: tp, SendAttempt: 1, CreatedAt: now}, "b1", now.Add(time.Hour), quota))
+	must(t, s.CreateSession(ctx, identity.Session{SID: "b", ClientSecret: "cb", ThreePID: tp, SendAttempt: 1, CreatedAt: now}, "b1", now.Add(time.Hour), quota))
 	must(t, s.AddSessionToken(ctx, "b", 2, "b2", now.Add(time.Hour), quota))
 	if n, err := s.MailsSent(ctx, tp, quota.Since); err != nil || n != 5 {
 		t.Fatalf("mails sent: %d %v", n, err)
 	}
-	if err := s.AddSessionToken(ctx, "b", 3, "b3", now.Add(time.Hour), quota); !errors.Is(err, storage.ErrAddressMailLimit) {
+	if err := s.AddSessionToken(ctx, "b", 3, "b3", now.Add(time.Hour), quota); !errors.Is(err, identity.ErrAddressMailLimit) {
 		t.Fatalf("sixth mail to the address: %v", err)
 	}
-	if err := s.CreateSession(ctx, storage.Session{SID: "c", ClientSecret: "cc", ThreePID: tp, SendAttempt: 1, CreatedAt: now}, "c1", now.Add(time.Hour), quota); !errors.Is(err, storage.ErrAddressMailLimit) {
+	if err := s.CreateSession(ctx, identity.Session{SID: "c", ClientSecret: "cc", ThreePID: tp, SendAttempt: 1, CreatedAt: now}, "c1", now.Add(time.Hour), quota); !errors.Is(err, identity.ErrAddressMailLimit) {
 		t.Fatalf("new session over the address quota: %v", err)
 	}
 	// Another address is not affected, and the newest token of b still validates.
-	must(t, s.CreateSession(ctx, storage.Session{SID: "d", ClientSecret: "cd", ThreePID: storage.ThreePID{Medium: "email", Address: "other@example.org"}, CreatedAt: now}, "d1", now.Add(time.Hour), quota))
+	must(t, s.CreateSession(ctx, identity.Session{SID: "d", ClientSecret: "cd", ThreePID: threepid.ThreePID{Medium: "email", Address: "other@example.org"}, CreatedAt: now}, "d1", now.Add(time.Hour), quota))
 	if ok, _, err := s.CheckSessionToken(ctx, "b", "b2", now, 10); err != nil || !ok {
 		t.Fatalf("newest token of b: %v %v", ok, err)
 	}
 }
 
 // A batch refused by the homeserver is swapped for smaller ones in one step.
-func testReplaceDelivery(t *testing.T, s storage.Storage) {
+func testReplaceDelivery(t *testing.T, s identity.Store) {
 	now := time.Now().Truncate(time.Millisecond)
-	tp := storage.ThreePID{Medium: "email", Address: "r@example.org"}
-	must(t, s.CreateInvite(ctx, storage.Invite{Token: "t", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1", CreatedAt: now, ExpiresAt: now.Add(time.Hour)}, storage.InviteLimits{}))
-	d := func(id string) storage.OnBindDelivery {
-		return storage.OnBindDelivery{ID: id, ServerName: "hs2", Body: []byte(`{"id":"` + id + `"}`), NextAttemptAt: now, ExpiresAt: now.Add(time.Hour), CreatedAt: now}
+	tp := threepid.ThreePID{Medium: "email", Address: "r@example.org"}
+	must(t, s.CreateInvite(ctx, identity.Invite{Token: "t", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1", CreatedAt: now, ExpiresAt: now.Add(time.Hour)}, identity.InviteLimits{}))
+	d := func(id string) identity.OnBindDelivery {
+		return identity.OnBindDelivery{ID: id, ServerName: "hs2", Body: []byte(`{"id":"` + id + `"}`), NextAttemptAt: now, ExpiresAt: now.Add(time.Hour), CreatedAt: now}
 	}
-	must(t, s.Bind(ctx, storage.BindRequest{Binding: binding("email", tp.Address, "@r:hs2"),
-		Deliver: func([]storage.Invite) ([]storage.OnBindDelivery, error) {
-			return []storage.OnBindDelivery{d("big")}, nil
+	must(t, s.Bind(ctx, identity.BindRequest{Binding: binding("email", tp.Address, "@r:hs2"),
+		Deliver: func([]identity.Invite) ([]identity.OnBindDelivery, error) {
+			return []identity.OnBindDelivery{d("big")}, nil
 		}}))
-	must(t, s.ReplaceDelivery(ctx, "big", []storage.OnBindDelivery{d("part1"), d("part2")}))
+	must(t, s.ReplaceDelivery(ctx, "big", []identity.OnBindDelivery{d("part1"), d("part2")}))
 	all, err := s.ListDeliveries(ctx)
 	must(t, err)
 	if len(all) != 2 || all[0].ID == "big" || all[1].ID == "big" {
 		t.Fatalf("after replace: %+v", all)
 	}
-	if err := s.ReplaceDelivery(ctx, "big", []storage.OnBindDelivery{d("part3")}); !errors.Is(err, storage.ErrNotFound) {
+	if err := s.ReplaceDelivery(ctx, "big", []identity.OnBindDelivery{d("part3")}); !errors.Is(err, identity.ErrNotFound) {
 		t.Fatalf("replacing a gone delivery: %v", err)
 	}
 	if all, _ := s.ListDeliveries(ctx); len(all) != 2 {
@@ -522,48 +523,48 @@ func testReplaceDelivery(t *testing.T, s storage.Storage) {
 }
 
 // testAuditFailsClosed: a change whose audit record cannot be written is not made.
-func testAuditFailsClosed(t *testing.T, s storage.Storage) {
+func testAuditFailsClosed(t *testing.T, s identity.Store) {
 	bad := []audit.Record{{Action: "made-up", Outcome: audit.OutcomeSuccess, Actor: audit.Agent{Kind: audit.AgentAdmin}}}
 	b := binding("uzi", "123456789", "@alice:hs1")
-	err := s.Bind(ctx, storage.BindRequest{Binding: b, Hashes: []string{"h-uzi"},
-		Audit: func([]storage.Invite) []audit.Record { return bad }})
+	err := s.Bind(ctx, identity.BindRequest{Binding: b, Hashes: []string{"h-uzi"},
+		Audit: func([]identity.Invite) []audit.Record { return bad }})
 	if err == nil {
 		t.Fatal("a binding whose record could not be written was made")
 	}
-	if _, err := s.GetBinding(ctx, b.ThreePID); !errors.Is(err, storage.ErrNotFound) {
+	if _, err := s.GetBinding(ctx, b.ThreePID); !errors.Is(err, identity.ErrNotFound) {
 		t.Fatalf("binding after a failed record: %v", err)
 	}
 	if m, _ := s.LookupHashes(ctx, []string{"h-uzi"}); len(m) != 0 {
 		t.Fatalf("lookup hash after a failed record: %v", m)
 	}
-	must(t, s.Bind(ctx, storage.BindRequest{Binding: b, Hashes: []string{"h-uzi"}}))
+	must(t, s.Bind(ctx, identity.BindRequest{Binding: b, Hashes: []string{"h-uzi"}}))
 	if err := s.DeleteBinding(ctx, b.ThreePID, "", bad...); err == nil {
 		t.Fatal("an unbind whose record could not be written was made")
 	}
 	if got, err := s.GetBinding(ctx, b.ThreePID); err != nil || got.MXID != b.MXID {
 		t.Fatalf("binding after a failed unbind record: %+v %v", got, err)
 	}
-	inv := storage.Invite{Token: "tok-audit", ThreePID: storage.ThreePID{Medium: "email", Address: "a@example.org"},
+	inv := identity.Invite{Token: "tok-audit", ThreePID: threepid.ThreePID{Medium: "email", Address: "a@example.org"},
 		RoomID: "!r:hs1", Sender: "@bob:hs1", CreatedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour)}
-	if err := s.CreateInvite(ctx, inv, storage.InviteLimits{}, bad...); err == nil {
+	if err := s.CreateInvite(ctx, inv, identity.InviteLimits{}, bad...); err == nil {
 		t.Fatal("an invite whose record could not be written was stored")
 	}
-	if _, err := s.GetInvite(ctx, inv.Token); !errors.Is(err, storage.ErrNotFound) {
+	if _, err := s.GetInvite(ctx, inv.Token); !errors.Is(err, identity.ErrNotFound) {
 		t.Fatalf("invite after a failed record: %v", err)
 	}
 }
 
 // testFoldedHashes: a folded hash finds its binding only while exactly one binding has it, never
 // shadows an exact hash, and goes with unbind and rehash.
-func testFoldedHashes(t *testing.T, s storage.Storage) {
+func testFoldedHashes(t *testing.T, s identity.Store) {
 	upper := binding("idp", "zorg:Alice", "@alice:hs1")
-	must(t, s.Bind(ctx, storage.BindRequest{Binding: upper, Hashes: []string{"h-Alice"}, FoldedHashes: []string{"h-alice"}}))
+	must(t, s.Bind(ctx, identity.BindRequest{Binding: upper, Hashes: []string{"h-Alice"}, FoldedHashes: []string{"h-alice"}}))
 	if m, _ := s.LookupHashes(ctx, []string{"h-Alice", "h-alice"}); len(m) != 2 || m["h-alice"] != "@alice:hs1" {
 		t.Fatalf("one binding with the folded hash: %v", m)
 	}
 	// A second binding folding to the same hash makes it ambiguous: neither is answered.
 	other := binding("idp", "zorg:ALICE", "@mallory:hs2")
-	must(t, s.Bind(ctx, storage.BindRequest{Binding: other, Hashes: []string{"h-ALICE"}, FoldedHashes: []string{"h-alice"}}))
+	must(t, s.Bind(ctx, identity.BindRequest{Binding: other, Hashes: []string{"h-ALICE"}, FoldedHashes: []string{"h-alice"}}))
 	if m, _ := s.LookupHashes(ctx, []string{"h-alice"}); len(m) != 0 {
 		t.Fatalf("ambiguous folded hash answered: %v", m)
 	}
@@ -576,11 +577,11 @@ func testFoldedHashes(t *testing.T, s storage.Storage) {
 	}
 	// An exact binding of the lower-case address wins over the fold.
 	lower := binding("idp", "zorg:alice", "@real:hs1")
-	must(t, s.Bind(ctx, storage.BindRequest{Binding: lower, Hashes: []string{"h-alice"}}))
+	must(t, s.Bind(ctx, identity.BindRequest{Binding: lower, Hashes: []string{"h-alice"}}))
 	if m, _ := s.LookupHashes(ctx, []string{"h-alice"}); m["h-alice"] != "@real:hs1" {
 		t.Fatalf("exact hash shadowed by a fold: %v", m)
 	}
-	must(t, s.RehashBindings(ctx, func(tp storage.ThreePID) ([]string, []string) {
+	must(t, s.RehashBindings(ctx, func(tp threepid.ThreePID) ([]string, []string) {
 		if tp.Address == "zorg:Alice" {
 			return []string{"n-Alice"}, []string{"n-alice"}
 		}

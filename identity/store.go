@@ -1,6 +1,7 @@
-// Package storage defines what ozo-identity keeps durably, independent of the database engine.
-// Implementations live in sub-packages and all pass the suite in storage/storagetest.
-package storage
+package identity
+
+// The port identity needs: what the identity server keeps durably, independent of the database
+// engine. storage/sqlstore implements it; every implementation passes identity/identitytest.
 
 import (
 	"context"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ozo-platform/ozo-identity/audit"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // Errors shared by every implementation so callers can map them to Matrix error codes.
@@ -29,15 +31,9 @@ var (
 	ErrAddressMailLimit = fmt.Errorf("%w: validation mails to this address", ErrLimitExceeded)
 )
 
-// ThreePID is a third-party identifier in canonical form (see threepid.Normalize).
-type ThreePID struct {
-	Medium  string
-	Address string
-}
-
 // Binding associates a 3PID with a Matrix user ID.
 type Binding struct {
-	ThreePID
+	threepid.ThreePID
 	MXID      string
 	CreatedAt time.Time
 	NotBefore time.Time
@@ -50,7 +46,7 @@ type Binding struct {
 type Session struct {
 	SID            string
 	ClientSecret   string
-	ThreePID       ThreePID
+	ThreePID       threepid.ThreePID
 	SendAttempt    int64
 	NextLink       string
 	CreatedAt      time.Time
@@ -77,7 +73,7 @@ type InviteLimits struct {
 // Invite is a pending room invite for a 3PID that has no binding yet (store-invite).
 type Invite struct {
 	Token     string
-	ThreePID  ThreePID
+	ThreePID  threepid.ThreePID
 	RoomID    string
 	Sender    string
 	CreatedAt time.Time
@@ -101,8 +97,8 @@ type OnBindDelivery struct {
 	LastError     string
 }
 
-// Account is an identity-server access token issued by account/register.
-type Account struct {
+// AccessToken is an identity-server access token issued by account/register.
+type AccessToken struct {
 	TokenHash string
 	UserID    string
 	CreatedAt time.Time
@@ -137,8 +133,8 @@ type ImportResult struct {
 	Created, Updated, Unchanged int
 }
 
-// Storage is the durable state of the identity server.
-type Storage interface {
+// Store is the durable state of the identity server.
+type Store interface {
 	// Settings hold generated, persisted values such as the lookup pepper and the signing key.
 	GetSetting(ctx context.Context, name string) (string, error)
 	// SetSettingIfAbsent stores value unless name is set, and returns what is stored, so that
@@ -146,9 +142,9 @@ type Storage interface {
 	SetSettingIfAbsent(ctx context.Context, name, value string) (string, error)
 	SetSetting(ctx context.Context, name, value string) error
 
-	CreateAccount(ctx context.Context, a Account) error
-	GetAccount(ctx context.Context, tokenHash string) (Account, error)
-	DeleteAccount(ctx context.Context, tokenHash string) error
+	CreateAccessToken(ctx context.Context, a AccessToken) error
+	GetAccessToken(ctx context.Context, tokenHash string) (AccessToken, error)
+	DeleteAccessToken(ctx context.Context, tokenHash string) error
 	AcceptTerms(ctx context.Context, userID string, urls []string) error
 	AcceptedTerms(ctx context.Context, userID string) ([]string, error)
 
@@ -156,9 +152,9 @@ type Storage interface {
 	// quota.PerAddress mails already (ErrAddressMailLimit), atomically across replicas.
 	CreateSession(ctx context.Context, s Session, tokenHash string, tokenExpires time.Time, quota MailQuota) error
 	GetSession(ctx context.Context, sid string) (Session, error)
-	FindSession(ctx context.Context, clientSecret string, tp ThreePID) (Session, error)
+	FindSession(ctx context.Context, clientSecret string, tp threepid.ThreePID) (Session, error)
 	// MailsSent sums the validation mails sent to tp by sessions created at or after since.
-	MailsSent(ctx context.Context, tp ThreePID, since time.Time) (int, error)
+	MailsSent(ctx context.Context, tp threepid.ThreePID, since time.Time) (int, error)
 	// AddSessionToken replaces the session's tokens with a new one (only the newest mail works),
 	// records the send attempt it answered and counts the mail, within quota
 	// (ErrSessionMailLimit, ErrAddressMailLimit).
@@ -173,16 +169,16 @@ type Storage interface {
 	// Bind stores the binding, replaces its lookup hashes, marks pending invites for the 3PID
 	// delivered and queues their onbind deliveries, all or nothing.
 	Bind(ctx context.Context, req BindRequest) error
-	GetBinding(ctx context.Context, tp ThreePID) (Binding, error)
+	GetBinding(ctx context.Context, tp threepid.ThreePID) (Binding, error)
 	// DeleteBinding removes the binding of tp if it is bound to mxid (any mxid when empty),
 	// appending recs to the audit chain in the same transaction.
-	DeleteBinding(ctx context.Context, tp ThreePID, mxid string, recs ...audit.Record) error
+	DeleteBinding(ctx context.Context, tp threepid.ThreePID, mxid string, recs ...audit.Record) error
 	ListBindings(ctx context.Context, medium, after string, limit int) ([]Binding, error)
 	// LookupHashes maps lookup hashes to MXIDs; unknown hashes are absent from the result. A hash
 	// that is no binding's exact hash is answered from the folded hashes when exactly one binding
 	// has it.
 	LookupHashes(ctx context.Context, hashes []string) (map[string]string, error)
-	LookupThreePIDs(ctx context.Context, tps []ThreePID) (map[ThreePID]string, error)
+	LookupThreePIDs(ctx context.Context, tps []threepid.ThreePID) (map[threepid.ThreePID]string, error)
 	// ImportBindings stores many bindings in one transaction, each as Bind would: a 3PID bound to
 	// another MXID is rebound (the later one wins), one bound to the same MXID is left untouched.
 	// Pending invites of created or rebound 3PIDs are delivered through deliver, as Bind does.
@@ -193,7 +189,7 @@ type Storage interface {
 		record func(b Binding, delivered []Invite) []audit.Record) (ImportResult, error)
 	// RehashBindings recomputes every binding's lookup hashes (exact and folded, as in
 	// BindRequest) with hashFn, for a new pepper.
-	RehashBindings(ctx context.Context, hashFn func(ThreePID) (hashes, folded []string)) error
+	RehashBindings(ctx context.Context, hashFn func(threepid.ThreePID) (hashes, folded []string)) error
 
 	// CreateInvite stores the invite and its ephemeral key together, unless the 3PID or the sender
 	// already has its limit of pending invites (ErrThreePIDInviteLimit, ErrSenderInviteLimit).
@@ -202,7 +198,7 @@ type Storage interface {
 	GetInvite(ctx context.Context, token string) (Invite, error)
 	// DeleteInvite removes an invite and its ephemeral key (its mail could not be sent).
 	DeleteInvite(ctx context.Context, token, ephemeralKey string) error
-	PendingInvites(ctx context.Context, tp ThreePID) ([]Invite, error)
+	PendingInvites(ctx context.Context, tp threepid.ThreePID) ([]Invite, error)
 	EphemeralKeyExists(ctx context.Context, publicKey string) (bool, error)
 	// PruneInvites deletes invites and ephemeral keys that expired before now.
 	PruneInvites(ctx context.Context, now time.Time) (invites, keys int64, err error)

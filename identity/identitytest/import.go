@@ -1,4 +1,4 @@
-package storagetest
+package identitytest
 
 import (
 	"errors"
@@ -6,21 +6,22 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ozo-platform/ozo-identity/storage"
+	"github.com/ozo-platform/ozo-identity/identity"
+	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
-func importItem(medium, address, mxid string) storage.ImportBinding {
-	return storage.ImportBinding{Binding: binding(medium, address, mxid), Hashes: []string{"h:" + medium + ":" + address}}
+func importItem(medium, address, mxid string) identity.ImportBinding {
+	return identity.ImportBinding{Binding: binding(medium, address, mxid), Hashes: []string{"h:" + medium + ":" + address}}
 }
 
-func testImportBindings(t *testing.T, s storage.Storage) {
+func testImportBindings(t *testing.T, s identity.Store) {
 	// An earlier binding by a bind stays as it is when the import agrees with it.
-	must(t, s.Bind(ctx, storage.BindRequest{Binding: binding("email", "kept@example.org", "@kept:hs1"), Hashes: []string{"h:email:kept@example.org"}}))
-	before, err := s.GetBinding(ctx, storage.ThreePID{Medium: "email", Address: "kept@example.org"})
+	must(t, s.Bind(ctx, identity.BindRequest{Binding: binding("email", "kept@example.org", "@kept:hs1"), Hashes: []string{"h:email:kept@example.org"}}))
+	before, err := s.GetBinding(ctx, threepid.ThreePID{Medium: "email", Address: "kept@example.org"})
 	must(t, err)
 
 	// More than one statement's worth of rows, on more than one medium.
-	var items []storage.ImportBinding
+	var items []identity.ImportBinding
 	for i := range 1100 {
 		items = append(items, importItem("email", fmt.Sprintf("u%d@example.org", i), fmt.Sprintf("@u%d:hs1", i)))
 	}
@@ -31,7 +32,7 @@ func testImportBindings(t *testing.T, s storage.Storage) {
 	time.Sleep(2 * time.Millisecond) // so that an update would show in created_at
 	res, err := s.ImportBindings(ctx, items, nil, nil)
 	must(t, err)
-	if res != (storage.ImportResult{Created: 1400, Unchanged: 1}) {
+	if res != (identity.ImportResult{Created: 1400, Unchanged: 1}) {
 		t.Fatalf("first import: %+v", res)
 	}
 	if got, _ := s.GetBinding(ctx, before.ThreePID); !got.CreatedAt.Equal(before.CreatedAt) || got.Source != before.Source {
@@ -46,7 +47,7 @@ func testImportBindings(t *testing.T, s storage.Storage) {
 	// Folded hashes are stored too: a lower-cased hash answers while one binding has it.
 	idp := importItem("idp", "hospital:Dr.Jansen", "@jansen:hs1")
 	idp.FoldedHashes = []string{"f:idp:hospital:dr.jansen"}
-	res, err = s.ImportBindings(ctx, []storage.ImportBinding{idp}, nil, nil)
+	res, err = s.ImportBindings(ctx, []identity.ImportBinding{idp}, nil, nil)
 	must(t, err)
 	if m, _ := s.LookupHashes(ctx, []string{"f:idp:hospital:dr.jansen"}); m["f:idp:hospital:dr.jansen"] != "@jansen:hs1" || res.Created != 1 {
 		t.Fatalf("folded hash after import: %v (%+v)", m, res)
@@ -56,18 +57,18 @@ func testImportBindings(t *testing.T, s storage.Storage) {
 	// Importing the same again changes nothing.
 	res, err = s.ImportBindings(ctx, items, nil, nil)
 	must(t, err)
-	if res != (storage.ImportResult{Unchanged: 1402}) {
+	if res != (identity.ImportResult{Unchanged: 1402}) {
 		t.Fatalf("re-import: %+v", res)
 	}
 
 	// Another MXID for a bound 3PID wins, like a second bind; within a batch the later entry wins.
-	res, err = s.ImportBindings(ctx, []storage.ImportBinding{
+	res, err = s.ImportBindings(ctx, []identity.ImportBinding{
 		importItem("email", "u1@example.org", "@other:hs2"),
 		importItem("email", "u2@example.org", "@first:hs2"),
 		importItem("email", "u2@example.org", "@second:hs2"),
 	}, nil, nil)
 	must(t, err)
-	if res != (storage.ImportResult{Updated: 2}) {
+	if res != (identity.ImportResult{Updated: 2}) {
 		t.Fatalf("rebinding import: %+v", res)
 	}
 	m, _ = s.LookupHashes(ctx, []string{"h:email:u1@example.org", "h:email:u2@example.org", "h:email:u3@example.org"})
@@ -77,16 +78,16 @@ func testImportBindings(t *testing.T, s storage.Storage) {
 
 	// A pending invite for an imported 3PID is delivered, as a bind delivers it.
 	now := time.Now()
-	tp := storage.ThreePID{Medium: "email", Address: "invited@example.org"}
-	must(t, s.CreateInvite(ctx, storage.Invite{Token: "inv1", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1",
-		CreatedAt: now, ExpiresAt: now.Add(time.Hour)}, storage.InviteLimits{}))
+	tp := threepid.ThreePID{Medium: "email", Address: "invited@example.org"}
+	must(t, s.CreateInvite(ctx, identity.Invite{Token: "inv1", ThreePID: tp, RoomID: "!r:hs1", Sender: "@a:hs1",
+		CreatedAt: now, ExpiresAt: now.Add(time.Hour)}, identity.InviteLimits{}))
 	var delivered []string
-	deliver := func(b storage.Binding, invs []storage.Invite) ([]storage.OnBindDelivery, error) {
+	deliver := func(b identity.Binding, invs []identity.Invite) ([]identity.OnBindDelivery, error) {
 		delivered = append(delivered, b.Address)
-		return []storage.OnBindDelivery{{ID: "d-" + b.Address, ServerName: "hs3", Body: []byte(`{}`), NextAttemptAt: now,
+		return []identity.OnBindDelivery{{ID: "d-" + b.Address, ServerName: "hs3", Body: []byte(`{}`), NextAttemptAt: now,
 			ExpiresAt: now.Add(time.Hour), CreatedAt: now}}, nil
 	}
-	res, err = s.ImportBindings(ctx, []storage.ImportBinding{importItem("email", "invited@example.org", "@inv:hs3"),
+	res, err = s.ImportBindings(ctx, []identity.ImportBinding{importItem("email", "invited@example.org", "@inv:hs3"),
 		importItem("email", "plain@example.org", "@plain:hs3")}, deliver, nil)
 	must(t, err)
 	if res.Created != 2 || len(delivered) != 1 || delivered[0] != "invited@example.org" {
@@ -100,17 +101,17 @@ func testImportBindings(t *testing.T, s storage.Storage) {
 	}
 
 	// A failure rolls the whole batch back.
-	tp2 := storage.ThreePID{Medium: "email", Address: "late@example.org"}
-	must(t, s.CreateInvite(ctx, storage.Invite{Token: "inv2", ThreePID: tp2, RoomID: "!r:hs1", Sender: "@a:hs1",
-		CreatedAt: now, ExpiresAt: now.Add(time.Hour)}, storage.InviteLimits{}))
+	tp2 := threepid.ThreePID{Medium: "email", Address: "late@example.org"}
+	must(t, s.CreateInvite(ctx, identity.Invite{Token: "inv2", ThreePID: tp2, RoomID: "!r:hs1", Sender: "@a:hs1",
+		CreatedAt: now, ExpiresAt: now.Add(time.Hour)}, identity.InviteLimits{}))
 	boom := errors.New("boom")
-	_, err = s.ImportBindings(ctx, []storage.ImportBinding{importItem("email", "new@example.org", "@new:hs3"),
+	_, err = s.ImportBindings(ctx, []identity.ImportBinding{importItem("email", "new@example.org", "@new:hs3"),
 		importItem("email", "u5@example.org", "@moved:hs3"), importItem("email", tp2.Address, "@late:hs3")},
-		func(storage.Binding, []storage.Invite) ([]storage.OnBindDelivery, error) { return nil, boom }, nil)
+		func(identity.Binding, []identity.Invite) ([]identity.OnBindDelivery, error) { return nil, boom }, nil)
 	if !errors.Is(err, boom) {
 		t.Fatalf("failing import: %v", err)
 	}
-	if _, err := s.GetBinding(ctx, storage.ThreePID{Medium: "email", Address: "new@example.org"}); !errors.Is(err, storage.ErrNotFound) {
+	if _, err := s.GetBinding(ctx, threepid.ThreePID{Medium: "email", Address: "new@example.org"}); !errors.Is(err, identity.ErrNotFound) {
 		t.Fatal("a failed import left a binding")
 	}
 	if m, _ := s.LookupHashes(ctx, []string{"h:email:u5@example.org"}); m["h:email:u5@example.org"] != "@u5:hs1" {
