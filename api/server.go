@@ -46,6 +46,8 @@ type Config struct {
 	// Pages serves every HTML page; nil builds one with a per-process key (sessions do not
 	// survive a restart nor cross replicas).
 	Pages *web.Handler
+	// SSO validates 3PIDs by logins at care providers' IdPs and Dezi; nil disables it.
+	SSO *identity.SSO
 	// Audit keeps the audit trail of lookups and admin calls.
 	Audit Audit
 }
@@ -89,6 +91,10 @@ func New(svc *identity.Service, hs Homeservers, cfg Config, metrics *Metrics, lo
 	r.Route("/_ozo/admin/v1", s.routesAdmin)
 	if cfg.Directory != nil {
 		r.Route("/_ozo/v1/directory", s.routesDirectory)
+	}
+	if cfg.SSO != nil {
+		r.Route("/_ozo/v1/validate/sso", s.routesSSOStart)
+		r.Route("/_ozo/v1/sso", s.routesSSO)
 	}
 	r.Handle(web.PagePrefix+"*", s.pages)
 	s.router = r
@@ -150,6 +156,9 @@ func corsRoute(r *http.Request) bool {
 	p := r.URL.Path
 	if !strings.HasPrefix(p, "/_matrix/identity/") && !strings.HasPrefix(p, "/_ozo/v1/") {
 		return false
+	}
+	if strings.HasPrefix(p, "/_ozo/v1/sso/") && !strings.HasSuffix(p, "/metadata") {
+		return false // the IdPs' way back into the SSO pages
 	}
 	return !((r.Method == http.MethodGet || r.Method == http.MethodHead) && isSubmitTokenPage(p))
 }

@@ -186,8 +186,16 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	if err != nil {
 		return nil, fmt.Errorf("derive page key: %w", err)
 	}
-	pages, err := web.New(web.Config{Key: webKey, SubmitTemplate: cfg.Validation.SubmitPage, Tokens: svc,
-		Log: log.With("component", "web")})
+	ssoSvc, err := newSSO(ctx, cfg, svc, store, log)
+	if err != nil {
+		return nil, err
+	}
+	webCfg := web.Config{Key: webKey, SubmitTemplate: cfg.Validation.SubmitPage, Tokens: svc,
+		Log: log.With("component", "web")}
+	if ssoSvc != nil {
+		webCfg.SSO = ssoSvc
+	}
+	pages, err := web.New(webCfg)
 	if err != nil {
 		return nil, err
 	}
@@ -255,6 +263,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		Directory:     index,
 		DirectorySync: dirSync,
 		Pages:         pages,
+		SSO:           ssoSvc,
 		Audit: api.Audit{Store: store, Lookups: lookups,
 			Observer: audit.Observer{ServerName: cfg.ServerName, BaseURL: cfg.PublicBaseURL}},
 	}, metrics, log.With("component", "api"))

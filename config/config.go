@@ -50,6 +50,7 @@ type Config struct {
 	Directory   Directory   `yaml:"directory"`
 	Redis       Redis       `yaml:"redis"`
 	RateLimits  RateLimits  `yaml:"rate_limits"`
+	SSO         SSO         `yaml:"sso"`
 	Audit       Audit       `yaml:"audit"`
 }
 
@@ -305,6 +306,7 @@ func Defaults() Config {
 			AdminFailuresPerClient: 10},
 		Directory: Directory{SyncInterval: 15 * time.Minute, Concurrency: 8, RequestTimeout: 30 * time.Second,
 			MaxDeleteShare: 0.5, MaxDeleteMin: 10, SyncLeaseTTL: time.Minute},
+		SSO: SSO{LoginLifetime: 10 * time.Minute, StartsPerAccount: 10, Timeout: 15 * time.Second},
 		Audit: Audit{LookupInterval: time.Minute, CheckpointInterval: 24 * time.Hour,
 			Push: AuditPush{BundleType: "batch", BatchSize: 100, Interval: 30 * time.Second}},
 	}
@@ -671,6 +673,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Validation.MaxFailedAttempts <= 0 {
 		errs = append(errs, errors.New("validation.max_failed_attempts must be positive"))
+	}
+	if err := c.SSO.validate(); err != nil {
+		errs = append(errs, err)
 	}
 	for name, p := range c.Terms.Policies {
 		if p.Version == "" || len(p.Languages) == 0 {

@@ -31,7 +31,10 @@ var envSamples = map[string]string{
 	"audit.push.url":               "https://arr.env.example/fhir",
 	"audit.push.bundle_type":       "transaction",
 	"audit.push.interval":          "10s",
-	"homeservers.pinned_certs":     `{"hs.env.example:8448": "sha256/2b4c342f5433ebe591a1da77e013d1b72475562d48578dca8b84bac6651c3cb9"}`,
+	"sso.login_lifetime":           "7m",
+	"sso.idps": `[{"id": "umcx", "name": "UMC X", "type": "saml", "uras": ["17004512"], "saml": {"metadata_url": "https://idp.env.example/metadata"}},
+		{"id": "dezi", "type": "dezi", "dezi": {"issuer": "https://dezi.env.example", "client_id": "c", "decryption_key_file": "/k.pem", "jku_allow_list": ["https://dezi.env.example/keys/"]}}]`,
+	"homeservers.pinned_certs": `{"hs.env.example:8448": "sha256/2b4c342f5433ebe591a1da77e013d1b72475562d48578dca8b84bac6651c3cb9"}`,
 	"terms.policies": `{"privacy_policy": {"version": "3.0", "languages": {"nl": {"name": "Privacy", "url": "https://env.example/privacy-nl"}}},
 		"terms_of_service": {"version": "1", "languages": {"en": {"name": "Terms", "url": "https://env.example/terms"}}}}`,
 }

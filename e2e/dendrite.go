@@ -51,6 +51,8 @@ type Options struct {
 	CA *pkitest.CA
 	// StartTimeout bounds the wait for all homeservers to serve; 0 means 30s.
 	StartTimeout time.Duration
+	// AppServices are application-service registrations (YAML) every homeserver loads.
+	AppServices []string
 }
 
 // Federation is a set of running homeservers that federate with each other.
@@ -111,7 +113,7 @@ func StartFederation(t testing.TB, opts Options) *Federation {
 		if err := os.Mkdir(hs.Dir, 0o700); err != nil {
 			t.Fatalf("e2e: %v", err)
 		}
-		hs.start(t, bin, ca, ports[2*i], ports[2*i+1], opts.IdentityServers)
+		hs.start(t, bin, ca, ports[2*i], ports[2*i+1], opts.IdentityServers, opts.AppServices)
 		fed.Homeservers = append(fed.Homeservers, hs)
 	}
 
@@ -201,13 +203,25 @@ func freePorts(t testing.TB, n int) []int {
 	return ports
 }
 
-func (hs *Homeserver) start(t testing.TB, bin string, ca *pkitest.CA, clientPort, fedPort int, idServers []string) {
+func (hs *Homeserver) start(t testing.TB, bin string, ca *pkitest.CA, clientPort, fedPort int, idServers, appServices []string) {
 	t.Helper()
 	keyFile := filepath.Join(hs.Dir, "matrix_key.pem")
 	writeMatrixKey(t, keyFile)
 	certFile, tlsKeyFile := ca.WriteLeaf(t, hs.Dir)
 	cfgFile := filepath.Join(hs.Dir, "dendrite.yaml")
-	cfg, err := yaml.Marshal(dendriteConfig(hs.ServerName, hs.Dir, keyFile, idServers))
+	conf := dendriteConfig(hs.ServerName, hs.Dir, keyFile, idServers)
+	var asFiles []string
+	for i, reg := range appServices {
+		f := filepath.Join(hs.Dir, fmt.Sprintf("appservice-%d.yaml", i))
+		if err := os.WriteFile(f, []byte(reg), 0o600); err != nil {
+			t.Fatalf("e2e: %v", err)
+		}
+		asFiles = append(asFiles, f)
+	}
+	if len(asFiles) > 0 {
+		conf["app_service_api"] = map[string]any{"config_files": asFiles}
+	}
+	cfg, err := yaml.Marshal(conf)
 	if err != nil {
 		t.Fatalf("e2e: marshal dendrite config: %v", err)
 	}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -97,6 +98,9 @@ type Service struct {
 
 	// wake nudges the onbind worker after a bind queued deliveries.
 	wake chan struct{}
+
+	// ssoStore knows the sessions SSO logins validated (NewSSO sets it); nil without SSO.
+	ssoStore SSOStore
 }
 
 // New builds the service; resolver may be nil to resolve from local bindings only.
@@ -444,7 +448,29 @@ func (s *Service) Bind(ctx context.Context, sid, clientSecret, mxid, callerUserI
 	if err != nil {
 		return nil, err
 	}
-	return s.bind(ctx, sess.ThreePID, mxid, "bind")
+	owner, tps, isSSO, err := s.ssoThreePIDs(ctx, sess.SID)
+	if err != nil {
+		return nil, err
+	}
+	if !isSSO {
+		return s.bind(ctx, sess.ThreePID, mxid, "bind")
+	}
+	// A login proves a person, not an account: what it proved goes only to the account whose
+	// token started it, so a login link sent to someone else binds nothing to the sender.
+	if callerUserID == "" || owner != mxid {
+		return nil, errorf(CodeForbidden, "this session was validated by a login started by another Matrix user")
+	}
+	var first Association
+	for _, tp := range tps {
+		a, err := s.bind(ctx, tp, mxid, "sso")
+		if err != nil {
+			return nil, err
+		}
+		if first == nil {
+			first = a
+		}
+	}
+	return first, nil
 }
 
 // AdminBind binds a 3PID without validation, for provisioning through the admin API or SSO.
@@ -531,11 +557,11 @@ func (s *Service) Unbind(ctx context.Context, sid, clientSecret, medium, address
 	}
 	switch {
 	case sid != "" || clientSecret != "":
-		sess, err := s.Validated(ctx, sid, clientSecret)
+		_, tps, err := s.ValidatedThreePIDs(ctx, sid, clientSecret)
 		if err != nil {
 			return err
 		}
-		if sess.ThreePID != tp {
+		if !slices.Contains(tps, tp) {
 			return errorf(CodeForbidden, "the session validated a different 3PID")
 		}
 	case originServer != "":

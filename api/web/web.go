@@ -34,7 +34,9 @@ type Config struct {
 	SubmitTemplate string
 	// Tokens checks the mailed validation tokens.
 	Tokens TokenSubmitter
-	Log    *slog.Logger
+	// SSO runs practitioners' logins (the sso pages); nil leaves them out.
+	SSO SSOLogins
+	Log *slog.Logger
 }
 
 // Handler renders pages and serves their static files and form targets.
@@ -42,6 +44,7 @@ type Handler struct {
 	pages      map[string]map[string]*template.Template // language → page → layout+page, "t" bound to the language
 	submit     *submitPage
 	tokens     TokenSubmitter
+	sso        SSOLogins
 	sessionKey []byte
 	csrfKey    []byte
 	log        *slog.Logger
@@ -61,7 +64,7 @@ func New(cfg Config) (*Handler, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	h := &Handler{pages: map[string]map[string]*template.Template{}, tokens: cfg.Tokens, log: log}
+	h := &Handler{pages: map[string]map[string]*template.Template{}, tokens: cfg.Tokens, sso: cfg.SSO, log: log}
 	var err error
 	if h.sessionKey, err = hkdf.Key(sha256.New, cfg.Key, nil, "ozo-identity web session v1", 32); err != nil {
 		return nil, fmt.Errorf("web: derive session key: %w", err)
@@ -99,6 +102,8 @@ func New(cfg Config) (*Handler, error) {
 	h.static = http.StripPrefix(StaticPrefix, http.FileServerFS(static))
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+PagePrefix+"validate/email", h.confirmEmail)
+	mux.HandleFunc("GET "+SSOLoginPath, h.ssoLogin)
+	mux.HandleFunc("POST "+SSOLoginPath, h.ssoBegin)
 	mux.Handle("GET "+StaticPrefix, h.staticFiles())
 	mux.HandleFunc(PagePrefix, func(w http.ResponseWriter, r *http.Request) {
 		h.Error(w, r, http.StatusNotFound, "error.notfound", nil)
