@@ -102,19 +102,31 @@ func LoadKey(env, file string) (key []byte, created bool, err error) {
 	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
 		return nil, false, fmt.Errorf("create audit key directory: %w", err)
 	}
-	// O_EXCL: two processes starting together must not each write their own key.
-	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, os.ErrExist) {
-		return LoadKey("", file)
-	}
+	// Written whole to a temporary file, then linked into place: two processes starting
+	// together neither each keep their own key nor read a half-written one.
+	tmp, err := os.CreateTemp(filepath.Dir(file), ".audit-key-*")
 	if err != nil {
 		return nil, false, fmt.Errorf("write audit key: %w", err)
 	}
-	if _, err := f.WriteString(base64.StdEncoding.EncodeToString(k) + "\n"); err != nil {
-		f.Close()
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
 		return nil, false, fmt.Errorf("write audit key: %w", err)
 	}
-	if err := f.Close(); err != nil {
+	if _, err := tmp.WriteString(base64.StdEncoding.EncodeToString(k) + "\n"); err != nil {
+		tmp.Close()
+		return nil, false, fmt.Errorf("write audit key: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return nil, false, fmt.Errorf("write audit key: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return nil, false, fmt.Errorf("write audit key: %w", err)
+	}
+	if err := os.Link(tmp.Name(), file); errors.Is(err, os.ErrExist) {
+		return LoadKey("", file)
+	} else if err != nil {
 		return nil, false, fmt.Errorf("write audit key: %w", err)
 	}
 	return k, true, nil

@@ -3,7 +3,9 @@ package audit_test
 import (
 	"bytes"
 	"encoding/json"
+	"os"
 	"strings"
+	"sync"
 	"testing"
 	"unicode/utf8"
 
@@ -45,5 +47,27 @@ func TestValidateRefusesUnknownAction(t *testing.T) {
 	r := audit.Record{Action: "read-everything", Outcome: audit.OutcomeSuccess, Actor: audit.Agent{Kind: audit.AgentAdmin}}
 	if r.Validate() == nil {
 		t.Fatal("an action outside the closed set was accepted")
+	}
+}
+
+// TestLoadKeyConcurrently: processes starting together on one data directory all get the one
+// key that ends up in the file (a half-written file was once read as a short key).
+func TestLoadKeyConcurrently(t *testing.T) {
+	file := t.TempDir() + "/sub/audit.key"
+	keys := make([][]byte, 16)
+	errs := make([]error, 16)
+	var wg sync.WaitGroup
+	for i := range keys {
+		wg.Go(func() { keys[i], _, errs[i] = audit.LoadKey("", file) })
+	}
+	wg.Wait()
+	for i := range keys {
+		if errs[i] != nil || !bytes.Equal(keys[i], keys[0]) || len(keys[i]) != 32 {
+			t.Fatalf("process %d: %x %v (first %x)", i, keys[i], errs[i], keys[0])
+		}
+	}
+	info, err := os.Stat(file)
+	if err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v %v", info, err)
 	}
 }
