@@ -26,6 +26,7 @@ func (s *Server) routesAdmin(r chi.Router) {
 	r.Delete("/bindings/{medium}/{address}", s.adminDeleteBinding)
 	r.Get("/audit", s.adminAuditList)
 	r.Post("/directory/sync", s.adminDirectorySync)
+	s.routesAdminAccounts(r)
 }
 
 // statusRecorder remembers the status a handler wrote, for metrics.

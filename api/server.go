@@ -18,6 +18,7 @@ import (
 	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/internal/matrixid"
+	"github.com/ozo-platform/ozo-identity/ozoaccount"
 )
 
 // Homeservers is what the API needs from the homeserver client.
@@ -48,6 +49,9 @@ type Config struct {
 	Pages *web.Handler
 	// SSO validates 3PIDs by logins at care providers' IdPs and Dezi; nil disables it.
 	SSO *identity.SSO
+	// Accounts serves OZO accounts (/_ozo/v1/accounts, /_ozo/admin/v1/accounts and
+	// /_ozo/admin/v1/fhir); nil leaves them out.
+	Accounts *ozoaccount.Service
 	// Audit keeps the audit trail of lookups and admin calls.
 	Audit Audit
 }
@@ -96,7 +100,10 @@ func New(svc *identity.Service, hs Homeservers, cfg Config, metrics *Metrics, lo
 		r.Route("/_ozo/v1/validate/sso", s.routesSSOStart)
 		r.Route("/_ozo/v1/sso", s.routesSSO)
 	}
-	r.Handle(web.PagePrefix+"*", s.pages)
+	if cfg.Accounts != nil {
+		r.Route("/_ozo/v1/accounts", s.routesAccounts)
+	}
+	r.Handle(web.PagePrefix+"*", s.limitAccountPages(s.pages))
 	s.router = r
 	return s
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/ozo-platform/ozo-identity/internal/httpguard"
 	"github.com/ozo-platform/ozo-identity/lookup"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
+	"github.com/ozo-platform/ozo-identity/ozoaccount"
 	"github.com/ozo-platform/ozo-identity/ratelimit"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
@@ -45,7 +46,9 @@ type App struct {
 	Index   *mcsd.Index
 	workers sync.WaitGroup
 	Syncer  *mcsd.Syncer
-	log     *slog.Logger
+	// Accounts are the OZO accounts of family caregivers and patients.
+	Accounts *ozoaccount.Service
+	log      *slog.Logger
 
 	syncerOpts mcsd.Options // what Syncer was built with, for NewSyncer
 	adminSync  *adminSync
@@ -190,7 +193,12 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	if err != nil {
 		return nil, err
 	}
+	accounts, err := ozoAccounts(cfg, db, mailer, svc, signer, log.With("component", "ozoaccount"))
+	if err != nil {
+		return nil, err
+	}
 	webCfg := web.Config{Key: webKey, SubmitTemplate: cfg.Validation.SubmitPage, Tokens: svc,
+		Accounts: accounts, ClientURLs: cfg.OZOAccounts.ClientURLs, MinPasswordLength: cfg.OZOAccounts.MinPasswordLength,
 		Log: log.With("component", "web")}
 	if ssoSvc != nil {
 		webCfg.SSO = ssoSvc
@@ -264,11 +272,12 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		DirectorySync: dirSync,
 		Pages:         pages,
 		SSO:           ssoSvc,
+		Accounts:      accounts,
 		Audit: api.Audit{Store: store, Lookups: lookups,
 			Observer: audit.Observer{ServerName: cfg.ServerName, BaseURL: cfg.PublicBaseURL}},
 	}, metrics, log.With("component", "api"))
 	a := &App{Config: cfg, DB: db, Store: store, Service: svc, API: srv, Metrics: metrics, HS: hs,
-		Index: index, Syncer: syncer, syncerOpts: syncerOpts, adminSync: admSync, log: log,
+		Index: index, Syncer: syncer, Accounts: accounts, syncerOpts: syncerOpts, adminSync: admSync, log: log,
 		Chain: chain, Lookups: lookups}
 	admSync.app = a
 	return a, nil
@@ -471,6 +480,7 @@ func (a *App) Serve(ctx context.Context, ln net.Listener, tlsConfig *tls.Config)
 	err := srv.Shutdown(shutdown)
 	// Let an onbind attempt or directory sync in flight finish writing its outcome (they stop with ctx).
 	a.workers.Wait()
+	a.Accounts.Wait() // reset mails being sent
 	return err
 }
 

@@ -51,7 +51,58 @@ type Config struct {
 	Redis       Redis       `yaml:"redis"`
 	RateLimits  RateLimits  `yaml:"rate_limits"`
 	SSO         SSO         `yaml:"sso"`
+	OZOAccounts OZOAccounts `yaml:"ozo_accounts"`
 	Audit       Audit       `yaml:"audit"`
+}
+
+// OZOAccounts configures the accounts of family caregivers and patients (email + password + TOTP).
+type OZOAccounts struct {
+	// Argon2 are the password hash's costs; the default is OWASP's recommendation, and weaker
+	// settings than OWASP's equivalent ones are refused.
+	Argon2 Argon2 `yaml:"argon2"`
+	// MinPasswordLength in characters.
+	MinPasswordLength int `yaml:"min_password_length"`
+	// ActivationLifetime is how long an invitation's activation link works; ResetLifetime a reset link's.
+	ActivationLifetime time.Duration `yaml:"activation_lifetime"`
+	ResetLifetime      time.Duration `yaml:"reset_lifetime"`
+	// LoginTicketLifetime is how long a right password waits for the second factor.
+	LoginTicketLifetime time.Duration `yaml:"login_ticket_lifetime"`
+	// Issuer names the account in authenticator apps.
+	Issuer string `yaml:"issuer"`
+	// ClientURLs are the OZO app's pages that may receive the Matrix access token after a login
+	// on the login page (?redirect_uri=, in the URL fragment); exact URLs, https (http only on
+	// loopback).
+	ClientURLs []string      `yaml:"client_urls"`
+	Lockout    LoginLockout  `yaml:"lockout"`
+	Homeserver OZOHomeserver `yaml:"homeserver"`
+}
+
+// Argon2 are argon2id's costs.
+type Argon2 struct {
+	MemoryKiB   int `yaml:"memory_kib"`
+	Iterations  int `yaml:"iterations"`
+	Parallelism int `yaml:"parallelism"`
+}
+
+// LoginLockout: after FreeAttempts failed passwords or codes within Window, each further one
+// locks the email for BaseDelay, doubling up to MaxDelay.
+type LoginLockout struct {
+	FreeAttempts int           `yaml:"free_attempts"`
+	BaseDelay    time.Duration `yaml:"base_delay"`
+	MaxDelay     time.Duration `yaml:"max_delay"`
+	Window       time.Duration `yaml:"window"`
+}
+
+// OZOHomeserver is the platform's own homeserver, where OZO accounts get their Matrix user
+// through an application-service registration. Without client_url no Matrix users are made.
+type OZOHomeserver struct {
+	ClientURL  string `yaml:"client_url"`
+	ServerName string `yaml:"server_name"`
+	ASToken    string `yaml:"as_token"`
+	// UserPrefix starts the localparts of the users made: the application service's exclusive namespace.
+	UserPrefix string `yaml:"user_prefix"`
+	// CAFile adds a CA to trust for an https client_url.
+	CAFile string `yaml:"ca_file"`
 }
 
 // Audit configures the audit trail (NEN 7513): the chain key, checkpoints, retention and the
@@ -304,6 +355,17 @@ func Defaults() Config {
 		Redis:       Redis{KeyPrefix: "ozo-identity:"},
 		RateLimits: RateLimits{LookupPerAccount: 300, LookupPerServer: 3000, DirectoryPerAccount: 60, PerClient: 60,
 			AdminFailuresPerClient: 10},
+		OZOAccounts: OZOAccounts{
+			// OWASP Password Storage Cheat Sheet: argon2id, m=19 MiB, t=2, p=1.
+			Argon2:              Argon2{MemoryKiB: 19 * 1024, Iterations: 2, Parallelism: 1},
+			MinPasswordLength:   12,
+			ActivationLifetime:  7 * 24 * time.Hour,
+			ResetLifetime:       time.Hour,
+			LoginTicketLifetime: 5 * time.Minute,
+			Issuer:              "OZO",
+			Lockout:             LoginLockout{FreeAttempts: 5, BaseDelay: 30 * time.Second, MaxDelay: time.Hour, Window: 24 * time.Hour},
+			Homeserver:          OZOHomeserver{UserPrefix: "ozo_"},
+		},
 		Directory: Directory{SyncInterval: 15 * time.Minute, Concurrency: 8, RequestTimeout: 30 * time.Second,
 			MaxDeleteShare: 0.5, MaxDeleteMin: 10, SyncLeaseTTL: time.Minute},
 		SSO: SSO{LoginLifetime: 10 * time.Minute, StartsPerAccount: 10, Timeout: 15 * time.Second},
@@ -677,6 +739,7 @@ func (c *Config) Validate() error {
 	if err := c.SSO.validate(); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, c.OZOAccounts.validate()...)
 	for name, p := range c.Terms.Policies {
 		if p.Version == "" || len(p.Languages) == 0 {
 			errs = append(errs, fmt.Errorf("terms.policies.%s needs a version and at least one language", name))
@@ -688,6 +751,50 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func (o OZOAccounts) validate() []error {
+	var errs []error
+	a := o.Argon2
+	// OWASP's equivalent argon2id settings run from m=46 MiB with t=1 to m=7 MiB with t=5:
+	// refuse less memory than 7 MiB or less memory × passes than that.
+	if a.Iterations < 1 || a.Parallelism < 1 || a.Parallelism > 255 || a.MemoryKiB < 7*1024 ||
+		a.MemoryKiB*a.Iterations < 7*1024*5 || a.MemoryKiB > 4<<20 || a.Iterations > 100 {
+		errs = append(errs, fmt.Errorf("ozo_accounts.argon2 %+v is weaker than OWASP's recommendation (memory_kib ≥ 7168 and memory_kib × iterations ≥ 35840) or out of range", a))
+	}
+	if o.MinPasswordLength < 8 {
+		errs = append(errs, errors.New("ozo_accounts.min_password_length must be at least 8"))
+	}
+	if o.ActivationLifetime <= 0 || o.ResetLifetime <= 0 || o.LoginTicketLifetime <= 0 {
+		errs = append(errs, errors.New("ozo_accounts lifetimes must be positive"))
+	}
+	l := o.Lockout
+	if l.FreeAttempts < 1 || l.BaseDelay <= 0 || l.MaxDelay < l.BaseDelay || l.Window <= 0 {
+		errs = append(errs, errors.New("ozo_accounts.lockout needs free_attempts ≥ 1, base_delay > 0, max_delay ≥ base_delay and window > 0"))
+	}
+	for _, u := range o.ClientURLs {
+		pu, err := url.Parse(u)
+		var loopback bool
+		if err == nil {
+			a, aerr := netip.ParseAddr(pu.Hostname())
+			loopback = pu.Hostname() == "localhost" || aerr == nil && a.IsLoopback()
+		}
+		if err != nil || pu.Host == "" || pu.Fragment != "" || !(pu.Scheme == "https" || pu.Scheme == "http" && loopback) {
+			errs = append(errs, fmt.Errorf("ozo_accounts.client_urls: %q must be an absolute https URL without fragment (http only on loopback)", u))
+		}
+	}
+	if h := o.Homeserver; h.ClientURL != "" {
+		if pu, err := url.Parse(h.ClientURL); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" {
+			errs = append(errs, fmt.Errorf("ozo_accounts.homeserver.client_url %q must be an absolute http(s) URL", h.ClientURL))
+		}
+		if h.ServerName == "" || h.ASToken == "" {
+			errs = append(errs, errors.New("ozo_accounts.homeserver needs server_name and as_token with client_url"))
+		}
+		if h.UserPrefix == "" || strings.ContainsAny(h.UserPrefix, ":@ ") {
+			errs = append(errs, errors.New("ozo_accounts.homeserver.user_prefix must be a non-empty localpart prefix"))
+		}
+	}
+	return errs
 }
 
 func directoryURLs(d Directory) []string {

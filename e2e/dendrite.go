@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -51,8 +52,21 @@ type Options struct {
 	CA *pkitest.CA
 	// StartTimeout bounds the wait for all homeservers to serve; 0 means 30s.
 	StartTimeout time.Duration
-	// AppServices are application-service registrations (YAML) every homeserver loads.
-	AppServices []string
+	// AppService, when set, is registered on one homeserver (app_service_api.config_files):
+	// the OZO homeserver, where OZO accounts get their Matrix users.
+	AppService *AppService
+}
+
+// AppService is an application-service registration owning the users whose localparts start
+// with UserPrefix, exclusively. It pushes no events (no URL).
+type AppService struct {
+	// Homeserver is the index in Federation.Homeservers it is registered on.
+	Homeserver      int
+	ID              string
+	ASToken         string
+	HSToken         string
+	SenderLocalpart string
+	UserPrefix      string
 }
 
 // Federation is a set of running homeservers that federate with each other.
@@ -113,7 +127,11 @@ func StartFederation(t testing.TB, opts Options) *Federation {
 		if err := os.Mkdir(hs.Dir, 0o700); err != nil {
 			t.Fatalf("e2e: %v", err)
 		}
-		hs.start(t, bin, ca, ports[2*i], ports[2*i+1], opts.IdentityServers, opts.AppServices)
+		var as *AppService
+		if opts.AppService != nil && opts.AppService.Homeserver == i {
+			as = opts.AppService
+		}
+		hs.start(t, bin, ca, ports[2*i], ports[2*i+1], opts.IdentityServers, as)
 		fed.Homeservers = append(fed.Homeservers, hs)
 	}
 
@@ -203,25 +221,17 @@ func freePorts(t testing.TB, n int) []int {
 	return ports
 }
 
-func (hs *Homeserver) start(t testing.TB, bin string, ca *pkitest.CA, clientPort, fedPort int, idServers, appServices []string) {
+func (hs *Homeserver) start(t testing.TB, bin string, ca *pkitest.CA, clientPort, fedPort int, idServers []string, as *AppService) {
 	t.Helper()
 	keyFile := filepath.Join(hs.Dir, "matrix_key.pem")
 	writeMatrixKey(t, keyFile)
 	certFile, tlsKeyFile := ca.WriteLeaf(t, hs.Dir)
 	cfgFile := filepath.Join(hs.Dir, "dendrite.yaml")
-	conf := dendriteConfig(hs.ServerName, hs.Dir, keyFile, idServers)
-	var asFiles []string
-	for i, reg := range appServices {
-		f := filepath.Join(hs.Dir, fmt.Sprintf("appservice-%d.yaml", i))
-		if err := os.WriteFile(f, []byte(reg), 0o600); err != nil {
-			t.Fatalf("e2e: %v", err)
-		}
-		asFiles = append(asFiles, f)
+	dc := dendriteConfig(hs.ServerName, hs.Dir, keyFile, idServers)
+	if as != nil {
+		dc["app_service_api"] = map[string]any{"config_files": []string{writeAppService(t, hs.Dir, hs.ServerName, as)}}
 	}
-	if len(asFiles) > 0 {
-		conf["app_service_api"] = map[string]any{"config_files": asFiles}
-	}
-	cfg, err := yaml.Marshal(conf)
+	cfg, err := yaml.Marshal(dc)
 	if err != nil {
 		t.Fatalf("e2e: marshal dendrite config: %v", err)
 	}
@@ -413,6 +423,34 @@ func dendriteConfig(serverName, dir, keyFile string, idServers []string) map[str
 		"tracing": map[string]any{"enabled": false},
 		"logging": []any{map[string]any{"type": "std", "level": "info"}},
 	}
+}
+
+// writeAppService writes the registration file of as for serverName and returns its path.
+func writeAppService(t testing.TB, dir, serverName string, as *AppService) string {
+	t.Helper()
+	reg := map[string]any{
+		"id":               as.ID,
+		"url":              "",
+		"as_token":         as.ASToken,
+		"hs_token":         as.HSToken,
+		"sender_localpart": as.SenderLocalpart,
+		"rate_limited":     false,
+		"namespaces": map[string]any{
+			"users": []any{map[string]any{"exclusive": true,
+				"regex": "@" + regexp.QuoteMeta(as.UserPrefix) + ".*:" + regexp.QuoteMeta(serverName)}},
+			"aliases": []any{},
+			"rooms":   []any{},
+		},
+	}
+	data, err := yaml.Marshal(reg)
+	if err != nil {
+		t.Fatalf("e2e: marshal appservice registration: %v", err)
+	}
+	path := filepath.Join(dir, "appservice-"+as.ID+".yaml")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatalf("e2e: write appservice registration: %v", err)
+	}
+	return path
 }
 
 // writeMatrixKey writes a signing key in Dendrite's format: a PEM block of type

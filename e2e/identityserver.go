@@ -54,6 +54,8 @@ type ISOptions struct {
 	Directory *config.Directory
 	// Terms are the policies users must accept; nil means none.
 	Terms map[string]config.Policy
+	// Configure, when set, changes the configuration last (before validation).
+	Configure func(*config.Config)
 }
 
 // StartIdentityServer builds ozo-identity from its configuration, as the
@@ -100,6 +102,9 @@ func StartIdentityServer(t testing.TB, ca *pkitest.CA, opts ISOptions) *Identity
 	cfg.Terms.Policies = opts.Terms
 	if opts.Directory != nil {
 		cfg.Directory = *opts.Directory
+	}
+	if opts.Configure != nil {
+		opts.Configure(&cfg)
 	}
 	if err := cfg.Validate(); err != nil {
 		ln.Close()

@@ -59,6 +59,11 @@ type Kind string
 const (
 	KindValidation Kind = "validation"
 	KindInvite     Kind = "invite"
+	// KindAccountInvite invites a family caregiver or patient to activate their OZO account
+	// (also sent to enrol a new second factor); KindAccountReset carries a password reset link.
+	// Both are in Dutch or English by the variable lang.
+	KindAccountInvite Kind = "account_invite"
+	KindAccountReset  Kind = "account_reset"
 )
 
 // Config configures SMTP delivery and the templates.
@@ -213,7 +218,7 @@ func New(cfg Config, log *slog.Logger) (*Mailer, error) {
 			return nil, fmt.Errorf("email: template for unknown kind %q", kind)
 		}
 	}
-	for _, kind := range []Kind{KindValidation, KindInvite} {
+	for _, kind := range []Kind{KindValidation, KindInvite, KindAccountInvite, KindAccountReset} {
 		t, err := loadTemplate(kind, cfg.Templates[kind])
 		if err != nil {
 			return nil, err
@@ -299,10 +304,27 @@ func (m *Mailer) selfTest(kind Kind) error {
 		vars["room_name"], vars["sender_display_name"] = "Sample room", "Alice"
 		vars["verified_sender"] = "@alice:example.org"
 		vars["ephemeral_private_key"] = "samplekey"
+	case KindAccountInvite, KindAccountReset:
+		delete(vars, "token")
+		vars["link"] = "https://id.example.org/_ozo/v1/accounts/activate?token=sampletoken"
+		vars["display_name"], vars["expires"] = "Alice", "2026-01-02 15:04 UTC"
 	}
-	for _, roomType := range []string{"", "m.space"} {
-		if kind == KindInvite {
-			vars["room_type"] = roomType
+	for _, variant := range []string{"", "m.space", "en", "nl"} {
+		switch kind {
+		case KindInvite:
+			if variant != "" && variant != "m.space" {
+				continue
+			}
+			vars["room_type"] = variant
+		case KindAccountInvite, KindAccountReset:
+			if variant == "" || variant == "m.space" {
+				continue
+			}
+			vars["lang"] = variant
+		default:
+			if variant != "" {
+				continue
+			}
 		}
 		if _, err := m.Render(kind, "recipient@example.org", vars); err != nil {
 			return err
@@ -419,6 +441,13 @@ func (m *Mailer) substitutions(kind Kind, to string, vars map[string]string) (ma
 		}
 	case KindInvite:
 		m.deriveInvite(subs)
+	case KindAccountInvite, KindAccountReset:
+		if err := checkURL(subs["link"]); err != nil {
+			return nil, fmt.Errorf("link: %w", err)
+		}
+		if subs["lang"] != "en" {
+			subs["lang"] = "nl"
+		}
 	}
 	return subs, nil
 }

@@ -39,6 +39,14 @@ var specs = map[Kind]kindSpec{
 			"signurl", "invite_link", "subject_header_value",
 		},
 	},
+	KindAccountInvite: {
+		inputs:   []string{"link", "display_name", "lang", "expires", "reenrol"},
+		required: []string{"link"},
+	},
+	KindAccountReset: {
+		inputs:   []string{"link", "display_name", "lang", "expires"},
+		required: []string{"link"},
+	},
 }
 
 // baseVars is every variable a template of this kind may use, without the

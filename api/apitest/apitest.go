@@ -82,7 +82,7 @@ func New(t testing.TB, engine sqlstore.Engine, configure ...func(*config.Config)
 	h.HS = NewHomeserver(t, h.CA)
 	h.Client = &http.Client{
 		Transport: &http.Transport{TLSClientConfig: h.CA.ClientTLSConfig(), ForceAttemptHTTP2: true},
-		Timeout:   30 * time.Second,
+		Timeout:   90 * time.Second, // a 10,000-address lookup under -race on a busy machine takes tens of seconds
 		CheckRedirect: func(*http.Request, []*http.Request) error {
 			return http.ErrUseLastResponse
 		},

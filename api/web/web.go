@@ -36,7 +36,14 @@ type Config struct {
 	Tokens TokenSubmitter
 	// SSO runs practitioners' logins (the sso pages); nil leaves them out.
 	SSO SSOLogins
-	Log *slog.Logger
+	// Accounts serves the OZO account pages (activation, login, reset); nil leaves them out.
+	Accounts Accounts
+	// ClientURLs are the clients (the OZO app) an OZO login may hand its Matrix access token
+	// to, as ?redirect_uri= of the login page; exact URLs.
+	ClientURLs []string
+	// MinPasswordLength is shown on the password forms.
+	MinPasswordLength int
+	Log               *slog.Logger
 }
 
 // Handler renders pages and serves their static files and form targets.
@@ -50,6 +57,10 @@ type Handler struct {
 	log        *slog.Logger
 	static     http.Handler
 	served     http.Handler // mux behind Pages
+
+	accounts    Accounts
+	clientURLs  []string
+	minPassword int
 }
 
 // New parses the embedded templates and derives the cookie keys.
@@ -64,7 +75,8 @@ func New(cfg Config) (*Handler, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	h := &Handler{pages: map[string]map[string]*template.Template{}, tokens: cfg.Tokens, sso: cfg.SSO, log: log}
+	h := &Handler{pages: map[string]map[string]*template.Template{}, tokens: cfg.Tokens, sso: cfg.SSO, log: log,
+		accounts: cfg.Accounts, clientURLs: cfg.ClientURLs, minPassword: cfg.MinPasswordLength}
 	var err error
 	if h.sessionKey, err = hkdf.Key(sha256.New, cfg.Key, nil, "ozo-identity web session v1", 32); err != nil {
 		return nil, fmt.Errorf("web: derive session key: %w", err)
@@ -105,6 +117,9 @@ func New(cfg Config) (*Handler, error) {
 	mux.HandleFunc("GET "+SSOLoginPath, h.ssoLogin)
 	mux.HandleFunc("POST "+SSOLoginPath, h.ssoBegin)
 	mux.Handle("GET "+StaticPrefix, h.staticFiles())
+	if h.accounts != nil {
+		h.mountAccounts(mux)
+	}
 	mux.HandleFunc(PagePrefix, func(w http.ResponseWriter, r *http.Request) {
 		h.Error(w, r, http.StatusNotFound, "error.notfound", nil)
 	})

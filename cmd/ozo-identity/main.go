@@ -4,6 +4,7 @@
 //	ozo-identity migrate          [--config FILE] [--data-dir DIR]
 //	ozo-identity directory sync   [--config FILE] [--data-dir DIR] [--force] [--wait] [--allow-mass-delete] [--full [URA|URL|lrza …]]
 //	ozo-identity directory status [--config FILE] [--data-dir DIR] [--json]
+//	ozo-identity admin account    create|list|show|disable|enable|delete|reset-2fa|resend …
 //	ozo-identity admin bindings import FILE [--config FILE] [--data-dir DIR] [--format ndjson|csv] [--strict] [--batch N] [--restart]
 //	ozo-identity audit checkpoint [--config FILE] [--data-dir DIR] [--out FILE]
 //	ozo-identity audit verify     [--config FILE] [--data-dir DIR] [--checkpoint FILE]
@@ -47,6 +48,8 @@ commands:
                      is kept). One sync of a database at a time: while another runs (serve's
                      schedule, a replica, another CLI) it exits non-zero, or waits with --wait
   directory status   show every known directory: last success, errors, backoff, watermarks, counts
+  admin account      provision OZO accounts of family caregivers and patients:
+                     create|list|show|disable|enable|delete|reset-2fa|resend (see admin account -h)
   admin bindings import FILE
                      bind the 3PIDs of FILE: NDJSON ({"medium","address","mxid"} per line) or CSV
                      with a header medium,address,mxid; transactions of --batch lines, a later
@@ -94,6 +97,13 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 		return nil
 	}
 	cmd, rest := args[0], args[1:]
+	if cmd == "admin" && len(rest) > 0 && rest[0] == "account" {
+		if len(rest) > 1 && (rest[1] == "-h" || rest[1] == "--help") {
+			fmt.Fprint(stderr, accountUsage)
+			return nil
+		}
+		return adminAccount(ctx, rest[1:], env, stdout, stderr)
+	}
 	switch cmd {
 	case "serve", "migrate":
 	case "directory":
@@ -109,7 +119,7 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 	case "admin":
 		if len(rest) < 2 || rest[0] != "bindings" || rest[1] != "import" {
 			fmt.Fprint(stderr, usage)
-			return fmt.Errorf("admin: unknown subcommand (want: admin bindings import FILE)")
+			return fmt.Errorf("admin: unknown subcommand (want: admin bindings import FILE, or admin account …)")
 		}
 		cmd, rest = "admin bindings import", rest[2:]
 	case "audit":

@@ -81,7 +81,7 @@ func TestHostileDirectory(t *testing.T) {
 					s := mcsd.NewSyncer(mcsd.NewIndex(db), mcsd.Options{
 						Client:         srv.Client(),
 						Directories:    []mcsd.StaticDirectory{{BaseURL: base, URAs: []string{"12345678"}}},
-						RequestTimeout: 500 * time.Millisecond,
+						RequestTimeout: 2 * time.Second, // the 1 MiB page must arrive in time under -race on a busy machine
 						MaxPageBytes:   1 << 20,
 						MaxPages:       20,
 					})

@@ -1,0 +1,200 @@
+package api
+
+import (
+	"encoding/base64"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/ozo-platform/ozo-identity/api/web"
+	"github.com/ozo-platform/ozo-identity/identity"
+	"github.com/ozo-platform/ozo-identity/ozoaccount"
+)
+
+// routesAccounts is the JSON API of OZO accounts (the OZO app, and the pages' fallback):
+// activation, login with both factors, password reset. Every call is limited per client
+// address; failed passwords and codes also lock the email out (ozoaccount).
+func (s *Server) routesAccounts(r chi.Router) {
+	r.Use(s.limitClient("accounts"))
+	r.Post("/activate", s.accountActivate)
+	r.Post("/activate/confirm", s.accountActivateConfirm)
+	r.Post("/login", s.accountLogin)
+	r.Post("/login/second_factor", s.accountSecondFactor)
+	r.Post("/password/request_reset", s.accountRequestReset)
+	r.Post("/password/reset", s.accountReset)
+}
+
+// limitAccountPages bounds the account pages' form posts per client address, as the JSON API
+// is bounded: the per-email lockout does not stop one client trying a password on many emails.
+func (s *Server) limitAccountPages(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, web.PagePrefix+"account/") &&
+			s.cfg.RateLimits.Limiter != nil && s.cfg.RateLimits.PerClient > 0 {
+			ok, retry, err := s.cfg.RateLimits.Limiter.AllowN(r.Context(), "client:accounts:"+clientKey(s.clientAddr(r)), 1,
+				s.cfg.RateLimits.PerClient, time.Minute)
+			if err != nil || !ok {
+				w.Header().Set("Retry-After", strconv.Itoa(int(retry.Seconds())+1))
+				s.pages.Error(w, r, http.StatusTooManyRequests, "error.toomany", err)
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// writeAccountError answers an ozoaccount error as a Matrix error.
+func (s *Server) writeAccountError(w http.ResponseWriter, r *http.Request, err error) {
+	var locked *ozoaccount.LockedError
+	switch {
+	case errors.As(err, &locked):
+		retry := time.Until(locked.Until)
+		w.Header().Set("Retry-After", strconv.Itoa(int(retry.Seconds())+1))
+		writeJSON(w, http.StatusTooManyRequests, map[string]any{"errcode": identity.CodeLimitExceeded,
+			"error": "too many failed attempts; try again later", "retry_after_ms": retry.Milliseconds()})
+	case errors.Is(err, ozoaccount.ErrInvalidCredentials):
+		matrixError(w, http.StatusForbidden, identity.CodeForbidden, err.Error())
+	case errors.Is(err, ozoaccount.ErrEnrolmentRequired):
+		matrixError(w, http.StatusForbidden, identity.CodeForbidden, err.Error())
+	case errors.Is(err, ozoaccount.ErrInvalidLink):
+		matrixError(w, http.StatusForbidden, identity.CodeForbidden, err.Error())
+	case errors.Is(err, ozoaccount.ErrWrongCode):
+		matrixError(w, http.StatusForbidden, identity.CodeForbidden, "wrong code")
+	case errors.Is(err, ozoaccount.ErrWeakPassword):
+		matrixError(w, http.StatusBadRequest, "M_WEAK_PASSWORD", err.Error())
+	case errors.Is(err, ozoaccount.ErrEmailInUse):
+		matrixError(w, http.StatusBadRequest, identity.CodeThreePIDInUse, err.Error())
+	case errors.Is(err, ozoaccount.ErrInvalid):
+		matrixError(w, http.StatusBadRequest, identity.CodeInvalidParam, err.Error())
+	case errors.Is(err, ozoaccount.ErrNotFound):
+		matrixError(w, http.StatusNotFound, identity.CodeNotFound, "no such account")
+	case errors.Is(err, ozoaccount.ErrMailNotSent):
+		matrixError(w, http.StatusInternalServerError, identity.CodeEmailSendError, "the mail could not be sent")
+	default:
+		s.writeError(w, r, err)
+	}
+}
+
+func (s *Server) accountActivate(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Token    string `json:"token"`
+		Password string `json:"password"`
+	}
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := required(map[string]string{"token": req.Token, "password": req.Password}, "token", "password"); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	enrol, err := s.cfg.Accounts.BeginActivation(r.Context(), req.Token, req.Password)
+	if err != nil {
+		s.writeAccountError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"totp_secret": enrol.Secret, "otpauth_url": enrol.OTPAuthURL,
+		"qr_png": base64.StdEncoding.EncodeToString(enrol.QRPNG)})
+}
+
+func (s *Server) accountActivateConfirm(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Token string `json:"token"`
+		Code  string `json:"code"`
+	}
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := required(map[string]string{"token": req.Token, "code": req.Code}, "token", "code"); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	codes, a, err := s.cfg.Accounts.CompleteActivation(r.Context(), req.Token, req.Code)
+	if err != nil {
+		s.writeAccountError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"recovery_codes": codes, "user_id": a.MXID})
+}
+
+func (s *Server) accountLogin(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Email    string `json:"email"`
+		Password string `json:"password"`
+	}
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	ticket, err := s.cfg.Accounts.Login(r.Context(), req.Email, req.Password)
+	if err != nil {
+		s.writeAccountError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ticket": ticket})
+}
+
+func (s *Server) accountSecondFactor(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Ticket       string `json:"ticket"`
+		Code         string `json:"code"`
+		RecoveryCode string `json:"recovery_code"`
+	}
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if req.Ticket == "" || (req.Code == "") == (req.RecoveryCode == "") {
+		s.writeError(w, r, badRequest(identity.CodeMissingParams, "give ticket and either code or recovery_code"))
+		return
+	}
+	res, err := s.cfg.Accounts.SecondFactor(r.Context(), req.Ticket, req.Code, req.RecoveryCode)
+	if err != nil {
+		s.writeAccountError(w, r, err)
+		return
+	}
+	out := map[string]any{"user_id": res.UserID}
+	if res.AccessToken != "" {
+		out["access_token"], out["device_id"], out["home_server"] = res.AccessToken, res.DeviceID, res.HomeServer()
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) accountRequestReset(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Email string `json:"email"`
+	}
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := s.cfg.Accounts.RequestReset(r.Context(), req.Email); err != nil {
+		s.writeAccountError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{})
+}
+
+func (s *Server) accountReset(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Token    string `json:"token"`
+		Password string `json:"password"`
+	}
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := required(map[string]string{"token": req.Token, "password": req.Password}, "token", "password"); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := s.cfg.Accounts.ResetPassword(r.Context(), req.Token, req.Password); err != nil {
+		s.writeAccountError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{})
+}

@@ -1,0 +1,274 @@
+// Package storetest is the conformance suite every ozoaccount.Store implementation passes.
+package storetest
+
+import (
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ozo-platform/ozo-identity/ozoaccount"
+)
+
+// Run runs the suite; open returns a fresh, empty store for each subtest.
+func Run(t *testing.T, open func(t *testing.T) ozoaccount.Store) {
+	t.Run("Accounts", func(t *testing.T) { testAccounts(t, open(t)) })
+	t.Run("Tokens", func(t *testing.T) { testTokens(t, open(t)) })
+	t.Run("TOTPStepOnce", func(t *testing.T) { testTOTPStep(t, open(t)) })
+	t.Run("RecoveryCodes", func(t *testing.T) { testRecoveryCodes(t, open(t)) })
+	t.Run("Lockout", func(t *testing.T) { testLockout(t, open(t)) })
+}
+
+var t0 = time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+
+func account(id, email string) ozoaccount.Account {
+	return ozoaccount.Account{ID: id, Email: email, DisplayName: "Els de Vries", Kind: ozoaccount.KindRelatedPerson,
+		FHIRRef: "RelatedPerson/" + id, Status: ozoaccount.StatusInvited, Language: "nl", CreatedAt: t0, UpdatedAt: t0}
+}
+
+func testAccounts(t *testing.T, s ozoaccount.Store) {
+	ctx := t.Context()
+	a := account("a1", "els@example.nl")
+	if err := s.CreateAccount(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateAccount(ctx, account("a2", "els@example.nl")); !errors.Is(err, ozoaccount.ErrAlreadyExists) {
+		t.Fatalf("second account with the same email: %v, want ErrAlreadyExists", err)
+	}
+	sameRef := account("a3", "other@example.nl")
+	sameRef.FHIRRef = a.FHIRRef
+	if err := s.CreateAccount(ctx, sameRef); !errors.Is(err, ozoaccount.ErrAlreadyExists) {
+		t.Fatalf("second account of the same FHIR resource: %v, want ErrAlreadyExists", err)
+	}
+	for _, id := range []string{"n1", "n2"} { // admin-made accounts without a resource
+		noRef := account(id, id+"@example.nl")
+		noRef.FHIRRef = ""
+		if err := s.CreateAccount(ctx, noRef); err != nil {
+			t.Fatalf("account without FHIR reference: %v", err)
+		}
+	}
+	b := account("b1", "jan@example.nl")
+	b.Kind, b.FHIRRef = ozoaccount.KindPatient, "Patient/b1"
+	if err := s.CreateAccount(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetAccountByEmail(ctx, "els@example.nl")
+	if err != nil || got != a {
+		t.Fatalf("by email: %+v, %v; want %+v", got, err, a)
+	}
+	if got, err = s.GetAccountByFHIRRef(ctx, "Patient/b1"); err != nil || got.ID != "b1" || got.Kind != ozoaccount.KindPatient {
+		t.Fatalf("by FHIR reference: %+v, %v", got, err)
+	}
+	if _, err := s.GetAccount(ctx, "nobody"); !errors.Is(err, ozoaccount.ErrNotFound) {
+		t.Fatalf("unknown id: %v", err)
+	}
+	a.Status, a.PasswordHash, a.TOTPSecret, a.MXID = ozoaccount.StatusActive, "$argon2id$x", "SECRET", "@ozo_a1:hs"
+	a.ActivatedAt, a.UpdatedAt = t0.Add(time.Hour), t0.Add(time.Hour)
+	if err := s.UpdateAccount(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ = s.GetAccount(ctx, "a1"); got != a {
+		t.Fatalf("after update: %+v, want %+v", got, a)
+	}
+	clash := a
+	clash.Email = "jan@example.nl"
+	if err := s.UpdateAccount(ctx, clash); !errors.Is(err, ozoaccount.ErrAlreadyExists) {
+		t.Fatalf("update to another account's email: %v", err)
+	}
+	list, err := s.ListAccounts(ctx, "", 1)
+	if err != nil || len(list) != 1 || list[0].ID != "a1" {
+		t.Fatalf("list page 1: %+v, %v", list, err)
+	}
+	if list, _ = s.ListAccounts(ctx, "a1", 10); len(list) != 3 || list[0].ID != "b1" {
+		t.Fatalf("list page 2: %+v", list)
+	}
+	s.CreateToken(ctx, ozoaccount.Token{Hash: "h", AccountID: "a1", Purpose: ozoaccount.PurposeReset, CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)})
+	s.SetRecoveryCodes(ctx, "a1", []string{"r1"})
+	if err := s.DeleteAccount(ctx, "a1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetAccount(ctx, "a1"); !errors.Is(err, ozoaccount.ErrNotFound) {
+		t.Fatalf("deleted account still there: %v", err)
+	}
+	if _, err := s.GetToken(ctx, "h", ozoaccount.PurposeReset, t0); !errors.Is(err, ozoaccount.ErrNotFound) {
+		t.Fatalf("deleted account's token still there: %v", err)
+	}
+	if n, _ := s.RecoveryCodesLeft(ctx, "a1"); n != 0 {
+		t.Fatalf("deleted account's recovery codes still there: %d", n)
+	}
+	if err := s.DeleteAccount(ctx, "a1"); !errors.Is(err, ozoaccount.ErrNotFound) {
+		t.Fatalf("second delete: %v", err)
+	}
+	if got, _ := s.GetAccount(ctx, "b1"); got != b {
+		t.Fatalf("other account changed: %+v", got)
+	}
+}
+
+func testTokens(t *testing.T, s ozoaccount.Store) {
+	ctx := t.Context()
+	s.CreateAccount(ctx, account("a1", "els@example.nl"))
+	tok := ozoaccount.Token{Hash: "h1", AccountID: "a1", Purpose: ozoaccount.PurposeActivation, CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}
+	if err := s.CreateToken(ctx, tok); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetToken(ctx, "h1", ozoaccount.PurposeReset, t0); !errors.Is(err, ozoaccount.ErrNotFound) {
+		t.Fatalf("token of another purpose: %v", err)
+	}
+	if _, err := s.GetToken(ctx, "h1", ozoaccount.PurposeActivation, t0.Add(time.Hour)); !errors.Is(err, ozoaccount.ErrTokenExpired) {
+		t.Fatalf("at expiry: %v", err)
+	}
+	if _, err := s.UseToken(ctx, "h1", ozoaccount.PurposeActivation, t0.Add(2*time.Hour)); !errors.Is(err, ozoaccount.ErrTokenExpired) {
+		t.Fatalf("use after expiry: %v", err)
+	}
+	// Concurrent use: exactly one wins.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	wins := 0
+	for range 8 {
+		wg.Go(func() {
+			if got, err := s.UseToken(ctx, "h1", ozoaccount.PurposeActivation, t0.Add(time.Minute)); err == nil {
+				mu.Lock()
+				wins++
+				mu.Unlock()
+				if got.AccountID != "a1" {
+					t.Errorf("used token of %q", got.AccountID)
+				}
+			} else if !errors.Is(err, ozoaccount.ErrTokenUsed) {
+				t.Errorf("concurrent use: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	if wins != 1 {
+		t.Fatalf("%d concurrent uses succeeded, want 1", wins)
+	}
+	if _, err := s.GetToken(ctx, "h1", ozoaccount.PurposeActivation, t0.Add(time.Minute)); !errors.Is(err, ozoaccount.ErrTokenUsed) {
+		t.Fatalf("used token: %v", err)
+	}
+	s.CreateToken(ctx, ozoaccount.Token{Hash: "h2", AccountID: "a1", Purpose: ozoaccount.PurposeReset, CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)})
+	s.CreateToken(ctx, ozoaccount.Token{Hash: "h3", AccountID: "a1", Purpose: ozoaccount.PurposeLogin, CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)})
+	if err := s.DeleteTokens(ctx, "a1", ozoaccount.PurposeReset); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetToken(ctx, "h2", ozoaccount.PurposeReset, t0); !errors.Is(err, ozoaccount.ErrNotFound) {
+		t.Fatalf("deleted reset token: %v", err)
+	}
+	if _, err := s.GetToken(ctx, "h3", ozoaccount.PurposeLogin, t0); err != nil {
+		t.Fatalf("login token of the same account lost: %v", err)
+	}
+}
+
+func testTOTPStep(t *testing.T, s ozoaccount.Store) {
+	ctx := t.Context()
+	s.CreateAccount(ctx, account("a1", "els@example.nl"))
+	for _, c := range []struct {
+		step int64
+		want bool
+	}{{100, true}, {100, false}, {99, false}, {101, true}} {
+		if ok, err := s.UseTOTPStep(ctx, "a1", c.step); err != nil || ok != c.want {
+			t.Fatalf("step %d: %v, %v; want %v", c.step, ok, err, c.want)
+		}
+	}
+	if err := s.ResetTOTPStep(ctx, "a1"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := s.UseTOTPStep(ctx, "a1", 50); !ok {
+		t.Fatal("step refused after reset")
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	wins := 0
+	for range 8 {
+		wg.Go(func() {
+			if ok, err := s.UseTOTPStep(ctx, "a1", 200); err == nil && ok {
+				mu.Lock()
+				wins++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if wins != 1 {
+		t.Fatalf("the same step accepted %d times concurrently", wins)
+	}
+}
+
+func testRecoveryCodes(t *testing.T, s ozoaccount.Store) {
+	ctx := t.Context()
+	s.CreateAccount(ctx, account("a1", "els@example.nl"))
+	s.CreateAccount(ctx, account("b1", "jan@example.nl"))
+	if err := s.SetRecoveryCodes(ctx, "a1", []string{"c1", "c2"}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := s.UseRecoveryCode(ctx, "b1", "c1", t0); ok {
+		t.Fatal("another account's recovery code accepted")
+	}
+	if ok, err := s.UseRecoveryCode(ctx, "a1", "c1", t0); err != nil || !ok {
+		t.Fatalf("first use: %v, %v", ok, err)
+	}
+	if ok, _ := s.UseRecoveryCode(ctx, "a1", "c1", t0); ok {
+		t.Fatal("recovery code accepted twice")
+	}
+	if n, _ := s.RecoveryCodesLeft(ctx, "a1"); n != 1 {
+		t.Fatalf("codes left: %d, want 1", n)
+	}
+	s.SetRecoveryCodes(ctx, "a1", []string{"c3"})
+	if ok, _ := s.UseRecoveryCode(ctx, "a1", "c2", t0); ok {
+		t.Fatal("replaced recovery code accepted")
+	}
+}
+
+func testLockout(t *testing.T, s ozoaccount.Store) {
+	ctx := t.Context()
+	lockFor := func(n int) time.Duration {
+		if n < 3 {
+			return 0
+		}
+		return time.Duration(n) * time.Minute
+	}
+	if l, err := s.GetLockout(ctx, "k"); err != nil || l != (ozoaccount.Lockout{}) {
+		t.Fatalf("no failures: %+v, %v", l, err)
+	}
+	var l ozoaccount.Lockout
+	var err error
+	for i := range 3 {
+		if l, err = s.RecordFailure(ctx, "k", t0.Add(time.Duration(i)*time.Second), time.Hour, lockFor); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l.Failures != 3 || !l.LockedUntil.Equal(t0.Add(2*time.Second+3*time.Minute)) {
+		t.Fatalf("after 3 failures: %+v", l)
+	}
+	if got, _ := s.GetLockout(ctx, "k"); got != l {
+		t.Fatalf("stored lockout %+v, want %+v", got, l)
+	}
+	// Concurrent failures are all counted.
+	var wg sync.WaitGroup
+	for range 5 {
+		wg.Go(func() {
+			if _, err := s.RecordFailure(ctx, "k", t0.Add(time.Minute), time.Hour, lockFor); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if got, _ := s.GetLockout(ctx, "k"); got.Failures != 8 {
+		t.Fatalf("failures after 5 concurrent ones: %d, want 8", got.Failures)
+	}
+	// A failure after the window starts over.
+	if l, _ = s.RecordFailure(ctx, "k", t0.Add(3*time.Hour), time.Hour, lockFor); l.Failures != 1 || !l.LockedUntil.IsZero() {
+		t.Fatalf("after the window: %+v", l)
+	}
+	if l, _ := s.RecordFailure(ctx, "other", t0, time.Hour, lockFor); l.Failures != 1 {
+		t.Fatalf("another key: %+v", l)
+	}
+	if err := s.ClearFailures(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.GetLockout(ctx, "k"); got != (ozoaccount.Lockout{}) {
+		t.Fatalf("after clear: %+v", got)
+	}
+	if got, _ := s.GetLockout(ctx, "other"); got.Failures != 1 {
+		t.Fatalf("clearing one key cleared another: %+v", got)
+	}
+}
