@@ -12,6 +12,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
@@ -23,16 +24,15 @@ func (s *Server) routesAdmin(r chi.Router) {
 	r.With(bodyLimit(importBodyBytes(s.cfg.MaxBodyBytes))).Post("/bindings/batch", s.adminImportBindings)
 	r.Get("/bindings", s.adminListBindings)
 	r.Delete("/bindings/{medium}/{address}", s.adminDeleteBinding)
-	r.Get("/audit", s.adminAudit)
+	r.Get("/audit", s.adminAuditList)
 	r.Post("/directory/sync", s.adminDirectorySync)
 	s.routesAdminAccounts(r)
 }
 
-// statusRecorder remembers the status a handler wrote, for metrics and the audit log.
+// statusRecorder remembers the status a handler wrote, for metrics.
 type statusRecorder struct {
 	http.ResponseWriter
 	status int
-	target string
 }
 
 func (s *statusRecorder) WriteHeader(code int) {
@@ -40,50 +40,76 @@ func (s *statusRecorder) WriteHeader(code int) {
 	s.ResponseWriter.WriteHeader(code)
 }
 
+// adminAuth lets only the admin token through. Every call is audited: a refused one through
+// the aggregator (the first per client and interval at once, the rest counted, so guessing
+// cannot fill the database), an allowed one before its answer is sent, in the transaction of
+// the change it made or on its own.
 func (s *Server) adminAuth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if s.cfg.AdminToken == "" {
 			matrixError(w, http.StatusNotFound, "M_UNRECOGNIZED", "the admin API is not enabled (admin.token)")
 			return
 		}
-		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
-		actor := "admin"
+		scope := audit.ScopeFrom(r.Context())
 		client := s.clientAddr(r)
-		defer func() {
-			_, err := s.svc.Store().AppendAudit(r.Context(), identity.AuditRecord{
-				Actor: actor, Action: r.Method + " " + r.URL.Path, Target: rec.target,
-				Detail: fmt.Sprintf("status=%d client=%s", rec.status, client)})
-			if err != nil {
-				s.log.Error("audit record not written", "err", err)
+		refuse := func(who string, status int, code, msg string) {
+			rec := scope.Record(audit.ActionAdminCall, audit.OutcomeRefused)
+			rec.Actor = audit.Agent{Kind: audit.AgentAnonymous, ID: who}
+			rec.Detail = fmt.Sprintf("status=%d %s", status, code)
+			// A client hanging up does not take the record of its attempt with it.
+			ctx := context.WithoutCancel(r.Context())
+			var err error
+			if s.cfg.Audit.Lookups != nil {
+				err = s.cfg.Audit.Lookups.Refused(ctx, rec)
+			} else if s.cfg.Audit.Store != nil {
+				err = s.cfg.Audit.Store.AppendAudit(ctx, rec)
 			}
-		}()
+			if err != nil {
+				s.log.ErrorContext(r.Context(), "audit record of a refused admin call not written", "err", err)
+			}
+		}
 		// A token in the URL ends up in proxy and access logs: refuse it even when it is right.
 		if r.URL.Query().Has("access_token") {
-			actor = "anonymous"
-			matrixError(rec, http.StatusUnauthorized, identity.CodeUnauthorized, "the admin token goes in the Authorization header, not the URL")
+			refuse("token-in-url", http.StatusUnauthorized, identity.CodeUnauthorized, "")
+			matrixError(w, http.StatusUnauthorized, identity.CodeUnauthorized, "the admin token goes in the Authorization header, not the URL")
 			return
 		}
 		// Once a client address has sent too many wrong tokens it is refused without comparing
 		// the token at all, so guessing on cannot tell a right token from a wrong one.
 		failures := "admin:failures:" + clientKey(client)
 		if ok, retry := s.adminFailuresLeft(r, failures, 0); !ok {
-			actor = "locked-out"
-			tooMany(rec, retry)
+			refuse("locked-out", http.StatusTooManyRequests, "M_LIMIT_EXCEEDED", "")
+			tooMany(w, retry)
 			return
 		}
 		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		switch {
 		case !ok || strings.TrimSpace(token) == "":
-			actor = "anonymous"
-			matrixError(rec, http.StatusUnauthorized, identity.CodeUnauthorized, "the admin API needs a bearer token")
+			refuse("no-token", http.StatusUnauthorized, identity.CodeUnauthorized, "")
+			matrixError(w, http.StatusUnauthorized, identity.CodeUnauthorized, "the admin API needs a bearer token")
 			return
 		case subtle.ConstantTimeCompare([]byte(strings.TrimSpace(token)), []byte(s.cfg.AdminToken)) != 1:
-			actor = "wrong-token"
 			s.adminFailuresLeft(r, failures, 1)
-			matrixError(rec, http.StatusForbidden, identity.CodeForbidden, "wrong admin token")
+			refuse("wrong-token", http.StatusForbidden, identity.CodeForbidden, "")
+			matrixError(w, http.StatusForbidden, identity.CodeForbidden, "wrong admin token")
 			return
 		}
-		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), recorderKey, rec)))
+		scope.Actor = audit.Agent{Kind: audit.AgentAdmin}
+		buf := &bufferedResponse{header: w.Header(), status: http.StatusOK}
+		next.ServeHTTP(buf, r)
+		if !scope.Recorded() {
+			rec := scope.Record(audit.ActionAdminCall, outcomeOf(buf.status))
+			rec.Detail = strings.TrimSpace(fmt.Sprintf("status=%d %s", buf.status, scope.Target))
+			if err := s.cfg.Audit.Store.AppendAudit(context.WithoutCancel(r.Context()), rec); err != nil {
+				// Fail closed: an admin call that cannot be recorded is not answered.
+				s.log.ErrorContext(r.Context(), "audit record not written", "err", err)
+				w.Header().Del("Content-Length")
+				matrixError(w, http.StatusInternalServerError, identity.CodeUnknown, "the audit record could not be written")
+				return
+			}
+		}
+		w.WriteHeader(buf.status)
+		w.Write(buf.body.Bytes())
 	})
 }
 
@@ -107,10 +133,9 @@ func (s *Server) adminFailuresLeft(r *http.Request, key string, n int) (bool, ti
 	return ok, retry
 }
 
+// setAuditTarget names what an admin call concerned, for its audit record.
 func setAuditTarget(r *http.Request, target string) {
-	if rec, ok := r.Context().Value(recorderKey).(*statusRecorder); ok {
-		rec.target = target
-	}
+	audit.ScopeFrom(r.Context()).Target = "target=" + target
 }
 
 type bindingJSON struct {
@@ -205,32 +230,6 @@ func pathParams(r *http.Request, a, b string) (string, string, error) {
 	}
 	ub, err := url.PathUnescape(pb)
 	return ua, ub, err
-}
-
-func (s *Server) adminAudit(w http.ResponseWriter, r *http.Request) {
-	after, _ := strconv.ParseInt(r.URL.Query().Get("after"), 10, 64)
-	recs, err := s.svc.Store().ListAudit(r.Context(), after, 1000)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	prev := ""
-	if after > 0 {
-		if p, err := s.svc.Store().ListAudit(r.Context(), after-1, 1); err == nil && len(p) == 1 {
-			prev = p[0].Hash
-		}
-	}
-	chainErr := identity.VerifyAuditChain(recs, prev)
-	out := make([]map[string]any, 0, len(recs))
-	for _, rec := range recs {
-		out = append(out, map[string]any{"seq": rec.Seq, "at": rec.At.UnixMilli(), "actor": rec.Actor, "action": rec.Action,
-			"target": rec.Target, "detail": rec.Detail, "hash": rec.Hash})
-	}
-	resp := map[string]any{"records": out, "chain_intact": chainErr == nil}
-	if chainErr != nil {
-		resp["chain_error"] = chainErr.Error()
-	}
-	writeJSON(w, http.StatusOK, resp)
 }
 
 // MaxImportBatch bounds the bindings of one POST /bindings/batch, one transaction.

@@ -105,12 +105,16 @@ func (s *Server) directoryHomeserver(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, badRequest(identity.CodeInvalidParam, "address must be a UZI number of 9 digits"))
 		return
 	}
+	// Localising a UZI number tells where a practitioner works: it is audited as a lookup.
+	located := 0
+	defer func() { s.auditLookup(r, []string{tp.Medium}, 1, located) }()
 	claims, err := s.cfg.Directory.Claims(r.Context(), tp.Address)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
 	if len(claims) > 0 {
+		located = 1
 		resp := homeserverResponse{Medium: tp.Medium, Address: tp.Address, Conflict: true}
 		for _, c := range claims {
 			resp.Candidates = append(resp.Candidates, candidate{MXID: c.MXID, Homeserver: c.Homeserver,
@@ -133,6 +137,7 @@ func (s *Server) directoryHomeserver(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	located = 1
 	resp := homeserverResponse{Medium: tp.Medium, Address: tp.Address, Homeserver: current, MXID: found[tp]}
 	if previous != "" {
 		resp.Previous, resp.MovedAt = previous, since.UnixMilli()

@@ -15,6 +15,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/ozo-platform/ozo-identity/api/web"
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/internal/matrixid"
 	"github.com/ozo-platform/ozo-identity/ozoaccount"
@@ -51,6 +52,8 @@ type Config struct {
 	// Accounts serves OZO accounts (/_ozo/v1/accounts, /_ozo/admin/v1/accounts and
 	// /_ozo/admin/v1/fhir); nil leaves them out.
 	Accounts *ozoaccount.Service
+	// Audit keeps the audit trail of lookups and admin calls.
+	Audit Audit
 }
 
 // Server routes HTTP requests to the identity service.
@@ -77,7 +80,7 @@ func New(svc *identity.Service, hs Homeservers, cfg Config, metrics *Metrics, lo
 		s.pages = p
 	}
 	r := chi.NewRouter()
-	r.Use(s.requestID, s.recoverer, s.instrument, s.cors)
+	r.Use(s.requestID, s.recoverer, s.instrument, s.auditScope, s.cors)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		markUnmatched(r)
 		matrixError(w, http.StatusNotFound, "M_UNRECOGNIZED", "unrecognised request")
@@ -272,6 +275,7 @@ func (s *Server) authenticated(withTerms bool) func(http.Handler) http.Handler {
 					return
 				}
 			}
+			audit.ScopeFrom(r.Context()).Actor = audit.Agent{Kind: audit.AgentUser, ID: acct.UserID}
 			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), accountKey, acct)))
 		})
 	}

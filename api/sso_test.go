@@ -22,6 +22,7 @@ import (
 
 	"github.com/ozo-platform/ozo-identity/api/apitest"
 	"github.com/ozo-platform/ozo-identity/api/web"
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/config"
 	"github.com/ozo-platform/ozo-identity/dezi"
 	"github.com/ozo-platform/ozo-identity/dezi/dezitest"
@@ -322,6 +323,33 @@ func TestSSOValidation(t *testing.T) {
 				case <-deadline:
 					t.Fatal("the pending invite for the proven UZI number was not delivered")
 				}
+			}
+		})
+
+		t.Run("AuditRecords", func(t *testing.T) {
+			// Each login is recorded with the session it validated, under the IdP's subject on
+			// behalf of the account; the replayed callback is recorded as a refused login.
+			h.App.Lookups.Flush(t.Context())
+			recs := auditRecords(t, h)
+			logins := map[string]audit.Record{}
+			failures := 0
+			for _, r := range recs {
+				switch r.Action {
+				case audit.ActionLogin:
+					logins[r.Actor.ID] = r
+				case audit.ActionLoginFailure:
+					if r.Resource == "idp zkh" && strings.Contains(r.Detail, "reason=") {
+						failures++
+					}
+				}
+			}
+			alice, jan := logins["umcx:alice"], logins["zkh:u-7"]
+			if alice.Actor.Kind != audit.AgentIdP || alice.Medium != "idp" || alice.Address != "umcx:alice" ||
+				!strings.HasPrefix(alice.OnBehalfOf, "@alice:") || jan.Address != "zkh:u-7" || failures == 0 {
+				t.Fatalf("login records %+v, %d refused at zkh", logins, failures)
+			}
+			if _, err := h.App.VerifyAudit(t.Context(), nil); err != nil {
+				t.Fatal(err)
 			}
 		})
 	})

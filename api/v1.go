@@ -10,6 +10,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
@@ -55,6 +56,8 @@ func (s *Server) v1Gate(next http.Handler) http.Handler {
 			matrixError(w, http.StatusForbidden, identity.CodeForbidden, "the v1 identity API is only for configured homeservers; use /_matrix/identity/v2")
 			return
 		}
+		// The network gate vouches for a homeserver, not for which one.
+		audit.ScopeFrom(r.Context()).Actor = audit.Agent{Kind: audit.AgentHomeserver}
 		next.ServeHTTP(w, r)
 	})
 }
@@ -86,6 +89,7 @@ func (s *Server) v1Lookup(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	s.auditLookup(r, []string{tp.Medium}, 1, countFound(mxid))
 	if mxid == "" {
 		writeJSON(w, http.StatusOK, map[string]any{})
 		return
@@ -115,10 +119,21 @@ func (s *Server) v1BulkLookup(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := [][]string{}
+	media := map[string]bool{}
+	defer func() {
+		var ms []string
+		for m := range media {
+			ms = append(ms, m)
+		}
+		s.auditLookup(r, ms, len(req.ThreePIDs), len(out))
+	}()
 	for _, pair := range req.ThreePIDs {
 		if len(pair) != 2 {
 			s.writeError(w, r, badRequest(identity.CodeInvalidParam, "each threepid is [medium, address]"))
 			return
+		}
+		if len(media) < 8 && len(pair[0]) <= 16 {
+			media[pair[0]] = true
 		}
 		_, mxid, err := s.svc.LookupOne(r.Context(), pair[0], pair[1])
 		var ie *identity.Error
@@ -228,4 +243,11 @@ func (s *Server) v1SignEd25519(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, signed)
+}
+
+func countFound(mxid string) int {
+	if mxid == "" {
+		return 0
+	}
+	return 1
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/homeserver"
 	"github.com/ozo-platform/ozo-identity/identity"
 )
@@ -162,6 +163,7 @@ func (s *Server) lookup(w http.ResponseWriter, r *http.Request) {
 		s.metrics.lookupAddresses.Add(float64(len(req.Addresses)))
 		s.metrics.lookupBatch.Observe(float64(len(req.Addresses)))
 	}
+	s.auditLookup(r, lookupMedia(req.Algorithm, req.Addresses), len(req.Addresses), len(mappings))
 	writeJSON(w, http.StatusOK, map[string]any{"mappings": mappings})
 }
 
@@ -300,6 +302,9 @@ func (s *Server) unbind(w http.ResponseWriter, r *http.Request) {
 	var err error
 	if strings.HasPrefix(r.Header.Get("Authorization"), "X-Matrix") {
 		origin, body, err = s.hs.Authenticate(r)
+		if err == nil {
+			audit.ScopeFrom(r.Context()).Actor = audit.Agent{Kind: audit.AgentHomeserver, ID: origin}
+		}
 		if err != nil && !errors.Is(err, homeserver.ErrRequestTooLarge) && !errors.Is(err, homeserver.ErrInvalidBody) {
 			// One answer for every origin we cannot verify, whatever the reason (not allowed,
 			// unreachable, timed out, bad keys, bad signature): the status must not tell an
@@ -377,6 +382,10 @@ func (s *Server) doStoreInvite(w http.ResponseWriter, r *http.Request, fields ma
 	}
 	inv, err := s.svc.StoreInvite(r.Context(), identity.InviteRequest{Medium: fields["medium"], Address: fields["address"],
 		RoomID: fields["room_id"], Sender: fields["sender"], Caller: caller, Extra: extra})
+	// M_THREEPID_IN_USE tells the caller the address is bound: it is a lookup of one address.
+	if ie := (*identity.Error)(nil); errors.As(err, &ie) && ie.Code == identity.CodeThreePIDInUse {
+		s.auditLookup(r, []string{fields["medium"]}, 1, 1)
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return

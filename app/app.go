@@ -21,6 +21,7 @@ import (
 
 	"github.com/ozo-platform/ozo-identity/api"
 	"github.com/ozo-platform/ozo-identity/api/web"
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/config"
 	"github.com/ozo-platform/ozo-identity/email"
 	"github.com/ozo-platform/ozo-identity/homeserver"
@@ -52,6 +53,9 @@ type App struct {
 	syncerOpts  mcsd.Options // what Syncer was built with, for NewSyncer
 	adminSync   *adminSync
 	syncMetrics *syncMetrics
+	// Chain keys the audit trail; Lookups counts lookups and refused admin calls for it.
+	Chain   *audit.Chain
+	Lookups *audit.Aggregator
 }
 
 // OpenDatabase opens and migrates the database, for commands that need it without the service.
@@ -92,6 +96,12 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		return nil, err
 	}
 	store := sqlstore.New(db)
+	chain, err := auditChain(ctx, cfg, store, log)
+	if err != nil {
+		return nil, err
+	}
+	store.SetAuditChain(chain)
+	lookups := audit.NewAggregator(store, cfg.Audit.LookupInterval, log.With("component", "audit"))
 	signer, err := identity.LoadSigner(ctx, store, cfg.ServerName, cfg.SigningKeyFile)
 	if err != nil {
 		return nil, err
@@ -182,7 +192,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	if err != nil {
 		return nil, fmt.Errorf("derive page key: %w", err)
 	}
-	ssoSvc, err := newSSO(ctx, cfg, svc, store, log)
+	ssoSvc, err := newSSO(ctx, cfg, svc, store, lookups.Refused, log)
 	if err != nil {
 		return nil, err
 	}
@@ -266,9 +276,12 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		Pages:         pages,
 		SSO:           ssoSvc,
 		Accounts:      accounts,
+		Audit: api.Audit{Store: store, Lookups: lookups,
+			Observer: audit.Observer{ServerName: cfg.ServerName, BaseURL: cfg.PublicBaseURL}},
 	}, metrics, log.With("component", "api"))
 	a := &App{Config: cfg, DB: db, Store: store, Service: svc, API: srv, Metrics: metrics, HS: hs,
-		Index: index, Syncer: syncer, Accounts: accounts, syncerOpts: syncerOpts, adminSync: admSync, syncMetrics: syncMetrics, log: log}
+		Index: index, Syncer: syncer, Accounts: accounts, syncerOpts: syncerOpts, adminSync: admSync, syncMetrics: syncMetrics, log: log,
+		Chain: chain, Lookups: lookups}
 	admSync.app = a
 	return a, nil
 }
@@ -334,6 +347,7 @@ func (a *App) SyncDirectories(ctx context.Context) ([]mcsd.DirectoryReport, erro
 
 func (a *App) logReports(reports []mcsd.DirectoryReport, err error) ([]mcsd.DirectoryReport, error) {
 	a.syncMetrics.observe(reports)
+	a.RecordDirectorySync(context.Background(), reports)
 	for _, r := range reports {
 		switch {
 		case r.Skipped != "":
@@ -389,6 +403,7 @@ func (a *App) RunWorkers(ctx context.Context) {
 	if a.HasDirectories() && a.Config.Directory.SyncInterval > 0 {
 		a.workers.Go(func() { a.syncSchedule(ctx, a.Config.Directory.SyncInterval) })
 	}
+	a.auditWorkers(ctx)
 	a.workers.Go(func() {
 		a.Service.DeliverOnBinds(ctx, a.HS, func(err error) bool { return !homeserver.IsRetryable(err) }, 5*time.Second)
 	})
@@ -406,6 +421,7 @@ func (a *App) RunWorkers(ctx context.Context) {
 			} else if inv > 0 || keys > 0 {
 				a.log.Info("removed expired invites", "invites", inv, "ephemeral_keys", keys)
 			}
+			a.PruneAudit(ctx)
 			select {
 			case <-ctx.Done():
 				return

@@ -9,6 +9,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/config"
 	"github.com/ozo-platform/ozo-identity/dezi"
 	"github.com/ozo-platform/ozo-identity/identity"
@@ -20,7 +21,7 @@ import (
 // newSSO opens every configured IdP and wires SSO validation into svc; nil without IdPs. An IdP
 // that cannot be opened (metadata or discovery unreachable) is left out and logged, so one
 // care provider's outage does not stop the service; it is back after the next start.
-func newSSO(ctx context.Context, cfg config.Config, svc *identity.Service, store *sqlstore.Store, log *slog.Logger) (*identity.SSO, error) {
+func newSSO(ctx context.Context, cfg config.Config, svc *identity.Service, store *sqlstore.Store, refused func(context.Context, audit.Record) error, log *slog.Logger) (*identity.SSO, error) {
 	if len(cfg.SSO.IdPs) == 0 {
 		return nil, nil
 	}
@@ -62,7 +63,7 @@ func newSSO(ctx context.Context, cfg config.Config, svc *identity.Service, store
 		return nil, err
 	}
 	return identity.NewSSO(svc, store, reg, state, identity.SSOOptions{LoginLifetime: cfg.SSO.LoginLifetime,
-		StartsPerAccount: cfg.SSO.StartsPerAccount}, log), nil
+		StartsPerAccount: cfg.SSO.StartsPerAccount, AuditRefused: refused}, log), nil
 }
 
 // opener turns an IdP's configuration into its protocol package's typed configuration.

@@ -52,6 +52,7 @@ type Config struct {
 	RateLimits  RateLimits  `yaml:"rate_limits"`
 	SSO         SSO         `yaml:"sso"`
 	OZOAccounts OZOAccounts `yaml:"ozo_accounts"`
+	Audit       Audit       `yaml:"audit"`
 }
 
 // OZOAccounts configures the accounts of family caregivers and patients (email + password + TOTP).
@@ -102,6 +103,40 @@ type OZOHomeserver struct {
 	UserPrefix string `yaml:"user_prefix"`
 	// CAFile adds a CA to trust for an https client_url.
 	CAFile string `yaml:"ca_file"`
+}
+
+// Audit configures the audit trail (NEN 7513): the chain key, checkpoints, retention and the
+// push to an audit record repository.
+type Audit struct {
+	// KeyFile holds the chain's HMAC key (base64 or hex, 32 bytes or more); empty means
+	// <data_dir>/audit.key, generated with mode 0600 on first start. Back it up apart from the database.
+	KeyFile string `yaml:"key_file"`
+	// Key is the chain key itself, usually given as OZO_AUDIT_KEY; it wins over KeyFile.
+	Key string `yaml:"key"`
+	// LookupInterval is how long lookups are counted per caller before one record is written;
+	// a crash loses at most this interval of lookup counts.
+	LookupInterval time.Duration `yaml:"lookup_interval"`
+	// CheckpointInterval is how often serve exports a signed checkpoint into CheckpointDir; 0 disables.
+	CheckpointInterval time.Duration `yaml:"checkpoint_interval"`
+	// CheckpointDir receives the scheduled checkpoints; empty means <data_dir>/audit-checkpoints.
+	CheckpointDir string `yaml:"checkpoint_dir"`
+	// Retention removes records older than this, but only those an exported checkpoint covers;
+	// 0 keeps every record.
+	Retention time.Duration `yaml:"retention"`
+	Push      AuditPush     `yaml:"push"`
+}
+
+// AuditPush sends AuditEvents to an audit record repository (FHIR POST of a Bundle).
+type AuditPush struct {
+	// URL is the repository's FHIR base; empty disables the push.
+	URL string `yaml:"url"`
+	// BundleType is batch or transaction.
+	BundleType string `yaml:"bundle_type"`
+	// Token is sent as a bearer token when set.
+	Token     string        `yaml:"token"`
+	BatchSize int           `yaml:"batch_size"`
+	Interval  time.Duration `yaml:"interval"`
+	CAFile    string        `yaml:"ca_file"`
 }
 
 // Directory configures Generieke Functie Adressering: the LRZA and the providers' mCSD directories.
@@ -334,6 +369,8 @@ func Defaults() Config {
 		Directory: Directory{SyncInterval: 15 * time.Minute, Concurrency: 8, RequestTimeout: 30 * time.Second,
 			MaxDeleteShare: 0.5, MaxDeleteMin: 10, SyncLeaseTTL: time.Minute},
 		SSO: SSO{LoginLifetime: 10 * time.Minute, StartsPerAccount: 10, Timeout: 15 * time.Second},
+		Audit: Audit{LookupInterval: time.Minute, CheckpointInterval: 24 * time.Hour,
+			Push: AuditPush{BundleType: "batch", BatchSize: 100, Interval: 30 * time.Second}},
 	}
 }
 
@@ -629,6 +666,26 @@ func (c *Config) Validate() error {
 	}
 	if c.Directory.SyncLeaseTTL < 5*time.Second {
 		errs = append(errs, errors.New("directory.sync_lease_ttl must be at least 5s"))
+	}
+	if c.Audit.LookupInterval < time.Second || c.Audit.LookupInterval > time.Hour {
+		errs = append(errs, errors.New("audit.lookup_interval must be between 1s and 1h"))
+	}
+	if c.Audit.CheckpointInterval < 0 || c.Audit.Retention < 0 {
+		errs = append(errs, errors.New("audit.checkpoint_interval and audit.retention must not be negative"))
+	}
+	if c.Audit.Retention > 0 && c.Audit.Retention < 24*time.Hour {
+		errs = append(errs, errors.New("audit.retention must be at least 24h (or 0 to keep every record)"))
+	}
+	if c.Audit.Push.URL != "" {
+		if pu, err := url.Parse(c.Audit.Push.URL); err != nil || pu.Scheme != "https" && pu.Scheme != "http" || pu.Host == "" {
+			errs = append(errs, fmt.Errorf("audit.push.url %q must be an absolute http(s) URL", c.Audit.Push.URL))
+		}
+	}
+	if c.Audit.Push.BundleType != "batch" && c.Audit.Push.BundleType != "transaction" {
+		errs = append(errs, errors.New("audit.push.bundle_type must be batch or transaction"))
+	}
+	if c.Audit.Push.BatchSize < 1 || c.Audit.Push.BatchSize > 1000 || c.Audit.Push.Interval < time.Second {
+		errs = append(errs, errors.New("audit.push.batch_size must be 1-1000 and audit.push.interval at least 1s"))
 	}
 	if _, err := ParsePrefixes(c.V1.Networks); err != nil {
 		errs = append(errs, fmt.Errorf("v1.networks: %w", err))

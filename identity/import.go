@@ -6,6 +6,7 @@ import (
 	"github.com/ozo-platform/ozo-identity/internal/matrixid"
 	"time"
 
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
@@ -74,6 +75,7 @@ func (s *Service) ImportBindings(ctx context.Context, entries []ImportEntry, sou
 		return rep, nil
 	}
 	queued := false
+	scope := audit.ScopeFrom(ctx)
 	res, err := s.store.ImportBindings(ctx, items, func(b Binding, invites []Invite) ([]OnBindDelivery, error) {
 		assoc, err := s.association(b)
 		if err != nil {
@@ -85,10 +87,13 @@ func (s *Service) ImportBindings(ctx context.Context, entries []ImportEntry, sou
 		}
 		queued = queued || len(ds) > 0
 		return ds, nil
+	}, func(b Binding, delivered []Invite) []audit.Record {
+		return bindRecords(scope, b, delivered, "source="+source+" import")
 	})
 	if err != nil {
 		return rep, err
 	}
+	// Not MarkRecorded: the caller's record of the whole batch (what it did) follows.
 	if queued {
 		s.Wake()
 	}

@@ -75,6 +75,9 @@ func (s *Signer) Secret(purpose string) ([]byte, error) {
 // PublicKey returns the public key in unpadded standard base64.
 func (s *Signer) PublicKey() string { return string(s.key.Pub) }
 
+// SignMessage signs raw bytes (an audit checkpoint) with the long-term key.
+func (s *Signer) SignMessage(msg []byte) []byte { return ed25519.Sign(s.key.Priv, msg) }
+
 // Sign adds this server's signature to obj, following the Matrix signing-JSON rules.
 func (s *Signer) Sign(obj map[string]any) error {
 	return signWith(obj, s.ServerName, s.key)

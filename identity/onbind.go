@@ -5,8 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"github.com/ozo-platform/ozo-identity/internal/matrixid"
+	"fmt"
 	"time"
+
+	"github.com/ozo-platform/ozo-identity/audit"
+	"github.com/ozo-platform/ozo-identity/internal/matrixid"
 )
 
 // OnBinder delivers /3pid/onbind calls to homeservers.
@@ -170,7 +173,7 @@ func (s *Service) attempt(ctx context.Context, hs OnBinder, permanent func(error
 	switch {
 	case err == nil:
 		s.log.Info("onbind delivered", "server", d.ServerName, "attempts", d.Attempts+1)
-		if err := s.store.DeliveryDone(ctx, d.ID); err != nil {
+		if err := s.store.DeliveryDone(ctx, d.ID, deliveryRecords(d, audit.OutcomeSuccess, "onbind accepted by "+d.ServerName)...); err != nil {
 			s.log.Error("onbind done", "err", err)
 		}
 		return
@@ -195,7 +198,8 @@ func (s *Service) attempt(ctx context.Context, hs OnBinder, permanent func(error
 		if s.opts.OnBindGivenUp != nil {
 			s.opts.OnBindGivenUp(errcode, !permanent(err))
 		}
-		if err := s.store.DeliveryDone(ctx, d.ID); err != nil {
+		detail := fmt.Sprintf("onbind to %s given up after %d attempts: %s %s", d.ServerName, d.Attempts+1, errcode, message)
+		if err := s.store.DeliveryDone(ctx, d.ID, deliveryRecords(d, audit.OutcomeError, detail)...); err != nil {
 			s.log.Error("onbind give up", "err", err)
 		}
 		return
@@ -212,4 +216,30 @@ func truncate(s string, n int) string {
 		return s[:n]
 	}
 	return s
+}
+
+// deliveryRecords are the audit records of the invites an onbind delivery carried.
+func deliveryRecords(d OnBindDelivery, outcome audit.Outcome, detail string) []audit.Record {
+	var body struct {
+		Medium  string `json:"medium"`
+		Address string `json:"address"`
+		MXID    string `json:"mxid"`
+		Invites []struct {
+			RoomID string `json:"room_id"`
+			Sender string `json:"sender"`
+		} `json:"invites"`
+	}
+	json.Unmarshal(d.Body, &body) // the body is ours; a record is written even if it is not
+	var recs []audit.Record
+	for _, inv := range body.Invites {
+		recs = append(recs, audit.Record{Action: audit.ActionInviteDelivered, Outcome: outcome,
+			Actor: audit.Agent{Kind: audit.AgentSystem}, Medium: body.Medium, Address: body.Address,
+			Resource: inv.RoomID, OnBehalfOf: inv.Sender, Detail: detail + "; bound to " + body.MXID})
+	}
+	if len(recs) == 0 {
+		recs = append(recs, audit.Record{Action: audit.ActionInviteDelivered, Outcome: outcome,
+			Actor: audit.Agent{Kind: audit.AgentSystem}, Medium: body.Medium, Address: body.Address,
+			Resource: d.ServerName, Detail: detail})
+	}
+	return recs
 }

@@ -20,6 +20,7 @@ import (
 
 	"maunium.net/go/mautrix/federation"
 
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/internal/matrixid"
 	"github.com/ozo-platform/ozo-identity/lookup"
 	"github.com/ozo-platform/ozo-identity/threepid"
@@ -495,7 +496,11 @@ func (s *Service) bind(ctx context.Context, tp threepid.ThreePID, mxid, source s
 		return nil, err
 	}
 	queued := false
+	scope := audit.ScopeFrom(ctx)
 	err = s.store.Bind(ctx, BindRequest{
+		Audit: func(delivered []Invite) []audit.Record {
+			return bindRecords(scope, b, delivered, "source="+source)
+		},
 		Binding:      b,
 		Hashes:       threepid.LookupHashes(tp, s.Pepper()),
 		FoldedHashes: threepid.FoldedLookupHashes(tp, s.Pepper()),
@@ -511,10 +516,33 @@ func (s *Service) bind(ctx context.Context, tp threepid.ThreePID, mxid, source s
 	if err != nil {
 		return nil, err
 	}
+	scope.MarkRecorded()
 	if queued {
 		s.Wake()
 	}
 	return assoc, nil
+}
+
+// bindRecords are the audit records of binding b and of the invites it delivered.
+func bindRecords(scope *audit.Scope, b Binding, delivered []Invite, detail string) []audit.Record {
+	recs := []audit.Record{bindRecord(scope, audit.ActionBind, b.ThreePID, b.MXID, detail)}
+	for _, inv := range delivered {
+		r := scope.Record(audit.ActionInviteDelivered, audit.OutcomeSuccess)
+		r.Medium, r.Address, r.Resource, r.OnBehalfOf = b.Medium, b.Address, inv.RoomID, inv.Sender
+		r.Detail = "bound to " + b.MXID + "; onbind queued for " + matrixid.ServerOf(b.MXID)
+		recs = append(recs, r)
+	}
+	return recs
+}
+
+// bindRecord is the audit record of a binding change of tp to mxid.
+func bindRecord(scope *audit.Scope, action audit.Action, tp threepid.ThreePID, mxid, detail string) audit.Record {
+	r := scope.Record(action, audit.OutcomeSuccess)
+	r.Medium, r.Address, r.Resource, r.Detail = tp.Medium, tp.Address, mxid, detail
+	if r.OnBehalfOf == "" && r.Actor.ID != mxid {
+		r.OnBehalfOf = mxid
+	}
+	return r
 }
 
 // Unbind removes a binding. Authorised either by a validated session for the 3PID, or by the
@@ -543,11 +571,13 @@ func (s *Service) Unbind(ctx context.Context, sid, clientSecret, medium, address
 	default:
 		return errorf(CodeForbidden, "unbind needs a validated session or a signed request from the user's homeserver")
 	}
-	if err := s.store.DeleteBinding(ctx, tp, mxid); errors.Is(err, ErrNotFound) {
+	scope := audit.ScopeFrom(ctx)
+	if err := s.store.DeleteBinding(ctx, tp, mxid, bindRecord(scope, audit.ActionUnbind, tp, mxid, "")); errors.Is(err, ErrNotFound) {
 		return errorf(CodeNotFound, "this 3PID is not bound to this Matrix ID")
 	} else if err != nil {
 		return err
 	}
+	scope.MarkRecorded()
 	return nil
 }
 
@@ -557,11 +587,20 @@ func (s *Service) AdminUnbind(ctx context.Context, medium, address string) error
 	if err != nil {
 		return normalizeErr(err)
 	}
-	if err := s.store.DeleteBinding(ctx, tp, ""); errors.Is(err, ErrNotFound) {
+	scope := audit.ScopeFrom(ctx)
+	b, err := s.store.GetBinding(ctx, tp)
+	if errors.Is(err, ErrNotFound) {
 		return errorf(CodeNotFound, "this 3PID is not bound")
 	} else if err != nil {
 		return err
 	}
+	// Bound to b.MXID: a binding changed in between is left alone and reported not found.
+	if err := s.store.DeleteBinding(ctx, tp, b.MXID, bindRecord(scope, audit.ActionUnbind, tp, b.MXID, "")); errors.Is(err, ErrNotFound) {
+		return errorf(CodeNotFound, "this 3PID is not bound")
+	} else if err != nil {
+		return err
+	}
+	scope.MarkRecorded()
 	return nil
 }
 
@@ -710,7 +749,10 @@ func (s *Service) StoreInvite(ctx context.Context, req InviteRequest) (StoredInv
 	inv := Invite{Token: randomToken(24), ThreePID: tp, RoomID: req.RoomID, Sender: req.Sender,
 		CreatedAt: now, ExpiresAt: now.Add(s.opts.InviteLifetime), Extra: extra, EphemeralKey: ephemeral}
 	// Stored (with its key, under the caps) before the mail, so a refused invite mails nobody.
-	switch err := s.store.CreateInvite(ctx, inv, s.opts.InviteLimits); {
+	scope := audit.ScopeFrom(ctx)
+	rec := scope.Record(audit.ActionInviteStored, audit.OutcomeSuccess)
+	rec.Medium, rec.Address, rec.Resource, rec.OnBehalfOf = tp.Medium, tp.Address, inv.RoomID, inv.Sender
+	switch err := s.store.CreateInvite(ctx, inv, s.opts.InviteLimits, rec); {
 	case errors.Is(err, ErrThreePIDInviteLimit):
 		return StoredInvite{}, errorf(CodeLimitExceeded, "this 3PID has too many pending invites; they are delivered when it is bound")
 	case errors.Is(err, ErrSenderInviteLimit):

@@ -7,8 +7,10 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/sso"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
@@ -18,7 +20,8 @@ type SSOStore interface {
 	// CreateSSOSession stores sess (validated, its ThreePID the first of tps) with every 3PID
 	// the login proved and the user who started it; ErrAlreadyExists when the client
 	// secret already has a session for that first 3PID.
-	CreateSSOSession(ctx context.Context, sess Session, userID, idp string, tps []threepid.ThreePID) error
+	// recs are appended to the audit chain in the same transaction.
+	CreateSSOSession(ctx context.Context, sess Session, userID, idp string, tps []threepid.ThreePID, recs ...audit.Record) error
 	// SSOSession returns the starting user and proven 3PIDs of an SSO session, the session's own
 	// 3PID first; ErrNotFound for any other session.
 	SSOSession(ctx context.Context, sid string) (userID string, tps []threepid.ThreePID, err error)
@@ -30,6 +33,9 @@ type SSOOptions struct {
 	LoginLifetime time.Duration
 	// StartsPerAccount is how many logins one account may start per minute.
 	StartsPerAccount int
+	// AuditRefused records a refused login (bounded per source, as refused admin calls are);
+	// nil records none.
+	AuditRefused func(ctx context.Context, rec audit.Record) error
 }
 
 // SSO validates practitioners' 3PIDs by a login at their care provider's IdP or at Dezi.
@@ -214,11 +220,11 @@ func (s *SSO) FinishRedirect(ctx context.Context, idpID string, r *http.Request,
 	}
 	c, ok := idp.Connector.(sso.RedirectConnector)
 	if !ok || f.Proven != nil {
-		return s.fail(idpID, SSORefused, fmt.Errorf("%s is not a redirect IdP", idp.ID))
+		return s.fail(ctx, idpID, SSORefused, fmt.Errorf("%s is not a redirect IdP", idp.ID))
 	}
 	id, err := c.HandleCallback(ctx, f, r)
 	if err != nil {
-		return s.refused(idpID, err)
+		return s.refused(ctx, idpID, err)
 	}
 	return s.complete(ctx, idp, f, id)
 }
@@ -232,12 +238,12 @@ func (s *SSO) VerifySAML(ctx context.Context, idpID, relayState, samlResponse st
 	}
 	c, ok := idp.Connector.(sso.SAMLConnector)
 	if !ok || f.Proven != nil {
-		_, err := s.fail(idpID, SSORefused, fmt.Errorf("%s is not a SAML IdP", idp.ID))
+		_, err := s.fail(ctx, idpID, SSORefused, fmt.Errorf("%s is not a SAML IdP", idp.ID))
 		return "", err
 	}
 	id, err := c.HandlePOST(ctx, f, samlResponse)
 	if err != nil {
-		_, err := s.refused(idpID, err)
+		_, err := s.refused(ctx, idpID, err)
 		return "", err
 	}
 	f.Proven = &id
@@ -247,7 +253,7 @@ func (s *SSO) VerifySAML(ctx context.Context, idpID, relayState, samlResponse st
 		f.ExpiresAt = short
 	}
 	if err := s.state.PutFlow(ctx, f); err != nil {
-		_, err := s.fail(idpID, SSOInternal, err)
+		_, err := s.fail(ctx, idpID, SSOInternal, err)
 		return "", err
 	}
 	return f.State, nil
@@ -260,22 +266,33 @@ func (s *SSO) FinishSAML(ctx context.Context, idpID, handle, browser string) (SS
 		return SSOResult{}, err
 	}
 	if f.Proven == nil {
-		return s.fail(idpID, SSOExpired, errors.New("no verified SAML answer for this handle"))
+		return s.fail(ctx, idpID, SSOExpired, errors.New("no verified SAML answer for this handle"))
 	}
 	return s.complete(ctx, idp, f, *f.Proven)
 }
 
-func (s *SSO) fail(idpID, reason string, err error) (SSOResult, error) {
-	// Audit: every refused login belongs in the audit trail (issue 7); logged until audit/ lands.
+func (s *SSO) fail(ctx context.Context, idpID, reason string, err error) (SSOResult, error) {
 	s.log.Warn("sso login refused", "idp", idpID, "reason", reason, "err", err)
+	if s.opts.AuditRefused != nil {
+		outcome := audit.OutcomeRefused
+		if reason == SSOInternal {
+			outcome = audit.OutcomeError
+		}
+		rec := audit.ScopeFrom(ctx).Record(audit.ActionLoginFailure, outcome)
+		rec.Resource, rec.Detail = "idp "+idpID, "reason="+reason
+		// A browser that hangs up does not take the record of its refused login with it.
+		if aerr := s.opts.AuditRefused(context.WithoutCancel(ctx), rec); aerr != nil {
+			s.log.Error("audit record of a refused login not written", "err", aerr)
+		}
+	}
 	return SSOResult{}, &SSOError{Reason: reason, IdP: idpID, Err: err}
 }
 
-func (s *SSO) refused(idpID string, err error) (SSOResult, error) {
+func (s *SSO) refused(ctx context.Context, idpID string, err error) (SSOResult, error) {
 	if errors.Is(err, sso.ErrIdPReported) {
-		return s.fail(idpID, SSOIdPError, err)
+		return s.fail(ctx, idpID, SSOIdPError, err)
 	}
-	return s.fail(idpID, SSORefused, err)
+	return s.fail(ctx, idpID, SSORefused, err)
 }
 
 // take removes the flow of state (a state completes one login, whatever happens next) and
@@ -283,23 +300,23 @@ func (s *SSO) refused(idpID string, err error) (SSOResult, error) {
 func (s *SSO) take(ctx context.Context, idpID, state, browser string) (sso.IdP, sso.Flow, error) {
 	idp, ok := s.idps.Get(idpID)
 	if !ok {
-		_, err := s.fail(idpID, SSOUnknownIdP, errors.New("not configured"))
+		_, err := s.fail(ctx, idpID, SSOUnknownIdP, errors.New("not configured"))
 		return idp, sso.Flow{}, err
 	}
 	if state == "" || len(state) > 255 {
-		_, err := s.fail(idpID, SSOExpired, errors.New("no state"))
+		_, err := s.fail(ctx, idpID, SSOExpired, errors.New("no state"))
 		return idp, sso.Flow{}, err
 	}
 	f, err := s.state.TakeFlow(ctx, state)
 	switch {
 	case errors.Is(err, sso.ErrNotFound) || err == nil && f.Nonce == "":
-		_, err = s.fail(idpID, SSOExpired, errors.New("no such login"))
+		_, err = s.fail(ctx, idpID, SSOExpired, errors.New("no such login"))
 	case err != nil:
-		_, err = s.fail(idpID, SSOInternal, err)
+		_, err = s.fail(ctx, idpID, SSOInternal, err)
 	case f.IdP != idp.ID:
-		_, err = s.fail(idpID, SSORefused, fmt.Errorf("the login was started at %s", f.IdP))
+		_, err = s.fail(ctx, idpID, SSORefused, fmt.Errorf("the login was started at %s", f.IdP))
 	case browser != "" && f.Browser != browserHash(browser):
-		_, err = s.fail(idpID, SSOOtherBrowser, errors.New("the login was started in another browser"))
+		_, err = s.fail(ctx, idpID, SSOOtherBrowser, errors.New("the login was started in another browser"))
 	}
 	return idp, f, err
 }
@@ -307,7 +324,7 @@ func (s *SSO) take(ctx context.Context, idpID, state, browser string) (sso.IdP, 
 // complete validates the session for what id proves at idp.
 func (s *SSO) complete(ctx context.Context, idp sso.IdP, f sso.Flow, id sso.Identity) (SSOResult, error) {
 	if id.IdP != idp.ID || id.Subject == "" {
-		return s.fail(idp.ID, SSORefused, errors.New("the connector returned no subject for this IdP"))
+		return s.fail(ctx, idp.ID, SSORefused, errors.New("the connector returned no subject for this IdP"))
 	}
 	claims, refused := idp.Proven(id)
 	var tps []threepid.ThreePID
@@ -322,18 +339,24 @@ func (s *SSO) complete(ctx context.Context, idp sso.IdP, f sso.Flow, id sso.Iden
 		}
 	}
 	if len(tps) == 0 || tps[0].Medium != threepid.MediumIDP {
-		return s.fail(idp.ID, SSONothing, fmt.Errorf("no usable idp 3PID (%v)", refused))
+		return s.fail(ctx, idp.ID, SSONothing, fmt.Errorf("no usable idp 3PID (%v)", refused))
 	}
 	now := s.svc.now()
 	sess := Session{SID: f.SID, ClientSecret: f.ClientSecret, ThreePID: tps[0], NextLink: f.NextLink,
 		CreatedAt: now, ValidatedAt: now}
-	if err := s.store.CreateSSOSession(ctx, sess, f.UserID, idp.ID, tps); err != nil {
+	// The login's record is written with the session it validated.
+	rec := audit.ScopeFrom(ctx).Record(audit.ActionLogin, audit.OutcomeSuccess)
+	rec.Actor = audit.Agent{Kind: audit.AgentIdP, ID: idp.ID + ":" + id.Subject}
+	rec.OnBehalfOf, rec.Medium, rec.Address = f.UserID, tps[0].Medium, tps[0].Address
+	rec.Resource = "idp " + idp.ID
+	rec.Detail = fmt.Sprintf("sid=%s media=%s authn_level=%s refused_claims=%d", f.SID,
+		strings.Join(describeThreePIDs(tps), ","), id.AuthnLevel, len(refused))
+	if err := s.store.CreateSSOSession(ctx, sess, f.UserID, idp.ID, tps, rec); err != nil {
 		if errors.Is(err, ErrAlreadyExists) {
-			return s.fail(idp.ID, SSOExpired, errors.New("this client secret already validated this identity; start again with a new one"))
+			return s.fail(ctx, idp.ID, SSOExpired, errors.New("this client secret already validated this identity; start again with a new one"))
 		}
-		return s.fail(idp.ID, SSOInternal, err)
+		return s.fail(ctx, idp.ID, SSOInternal, err)
 	}
-	// Audit: the login and what it validated belong in the audit trail (issue 7).
 	s.log.Info("sso login validated", "idp", idp.ID, "user_id", f.UserID, "sid", f.SID,
 		"threepids", describeThreePIDs(tps), "refused", refused, "authn_level", id.AuthnLevel)
 	return SSOResult{SID: f.SID, NextLink: f.NextLink, IdP: idp, ThreePIDs: tps, Refused: refused, DisplayName: id.DisplayName}, nil

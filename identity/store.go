@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
@@ -103,18 +104,6 @@ type AccessToken struct {
 	CreatedAt time.Time
 }
 
-// AuditRecord is one entry of the append-only audit log.
-type AuditRecord struct {
-	Seq      int64
-	At       time.Time
-	Actor    string
-	Action   string
-	Target   string
-	Detail   string
-	PrevHash string
-	Hash     string
-}
-
 // BindRequest is everything Bind needs to make the binding and queue the pending invites in one step.
 type BindRequest struct {
 	Binding Binding
@@ -125,6 +114,9 @@ type BindRequest struct {
 	FoldedHashes []string
 	// Deliver builds the onbind deliveries for the invites found for the 3PID; called inside the transaction.
 	Deliver func(invites []Invite) ([]OnBindDelivery, error)
+	// Audit returns the records of the binding and of the invites it delivered, appended in the
+	// same transaction: when they cannot be written, nothing is bound.
+	Audit func(delivered []Invite) []audit.Record
 }
 
 // ImportBinding is one binding of a bulk import with its lookup hashes for the current pepper,
@@ -178,8 +170,9 @@ type Store interface {
 	// delivered and queues their onbind deliveries, all or nothing.
 	Bind(ctx context.Context, req BindRequest) error
 	GetBinding(ctx context.Context, tp threepid.ThreePID) (Binding, error)
-	// DeleteBinding removes the binding of tp if it is bound to mxid (any mxid when empty).
-	DeleteBinding(ctx context.Context, tp threepid.ThreePID, mxid string) error
+	// DeleteBinding removes the binding of tp if it is bound to mxid (any mxid when empty),
+	// appending recs to the audit chain in the same transaction.
+	DeleteBinding(ctx context.Context, tp threepid.ThreePID, mxid string, recs ...audit.Record) error
 	ListBindings(ctx context.Context, medium, after string, limit int) ([]Binding, error)
 	// LookupHashes maps lookup hashes to MXIDs; unknown hashes are absent from the result. A hash
 	// that is no binding's exact hash is answered from the folded hashes when exactly one binding
@@ -190,14 +183,18 @@ type Store interface {
 	// another MXID is rebound (the later one wins), one bound to the same MXID is left untouched.
 	// Pending invites of created or rebound 3PIDs are delivered through deliver, as Bind does.
 	// When a 3PID occurs twice, the later entry wins.
-	ImportBindings(ctx context.Context, items []ImportBinding, deliver func(b Binding, invites []Invite) ([]OnBindDelivery, error)) (ImportResult, error)
+	// record returns the audit records of each changed binding and the invites it delivered,
+	// appended in the same transaction.
+	ImportBindings(ctx context.Context, items []ImportBinding, deliver func(b Binding, invites []Invite) ([]OnBindDelivery, error),
+		record func(b Binding, delivered []Invite) []audit.Record) (ImportResult, error)
 	// RehashBindings recomputes every binding's lookup hashes (exact and folded, as in
 	// BindRequest) with hashFn, for a new pepper.
 	RehashBindings(ctx context.Context, hashFn func(threepid.ThreePID) (hashes, folded []string)) error
 
 	// CreateInvite stores the invite and its ephemeral key together, unless the 3PID or the sender
 	// already has its limit of pending invites (ErrThreePIDInviteLimit, ErrSenderInviteLimit).
-	CreateInvite(ctx context.Context, inv Invite, limits InviteLimits) error
+	// recs are appended to the audit chain in the same transaction.
+	CreateInvite(ctx context.Context, inv Invite, limits InviteLimits, recs ...audit.Record) error
 	GetInvite(ctx context.Context, token string) (Invite, error)
 	// DeleteInvite removes an invite and its ephemeral key (its mail could not be sent).
 	DeleteInvite(ctx context.Context, token, ephemeralKey string) error
@@ -211,15 +208,12 @@ type Store interface {
 	// ClaimDelivery postpones a due delivery to until so that one replica works on it; it reports
 	// whether this caller won it.
 	ClaimDelivery(ctx context.Context, id string, due, until time.Time) (bool, error)
-	DeliveryDone(ctx context.Context, id string) error
+	// DeliveryDone removes a delivery, appending recs to the audit chain in the same transaction.
+	DeliveryDone(ctx context.Context, id string, recs ...audit.Record) error
 	// ReplaceDelivery swaps a delivery for smaller ones (a batch split after a refusal), all or nothing.
 	ReplaceDelivery(ctx context.Context, id string, parts []OnBindDelivery) error
 	DeliveryFailed(ctx context.Context, id string, next time.Time, lastError string) error
 	ListDeliveries(ctx context.Context) ([]OnBindDelivery, error)
-
-	// AppendAudit adds a record, chaining its hash to the previous one; Seq, PrevHash and Hash are set.
-	AppendAudit(ctx context.Context, rec AuditRecord) (AuditRecord, error)
-	ListAudit(ctx context.Context, afterSeq int64, limit int) ([]AuditRecord, error)
 
 	Close() error
 }

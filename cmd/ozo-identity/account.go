@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/ozo-platform/ozo-identity/app"
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/config"
-	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/ozoaccount"
 )
 
@@ -97,13 +97,13 @@ func adminAccount(ctx context.Context, args, env []string, stdout, stderr io.Wri
 	if u, err := user.Current(); err == nil {
 		actor = "cli:" + u.Username
 	}
-	audit := func(target string, err error) {
-		detail := "ok"
+	record := func(target string, err error) {
+		rec := audit.Record{Action: audit.ActionAdminCall, Outcome: audit.OutcomeSuccess,
+			Actor: audit.Agent{Kind: audit.AgentSystem, ID: actor}, Resource: "admin account " + action + " " + target}
 		if err != nil {
-			detail = "failed"
+			rec.Outcome, rec.Detail = audit.OutcomeRefused, "failed"
 		}
-		if _, aerr := a.Store.AppendAudit(ctx, identity.AuditRecord{Actor: actor, Action: "admin account " + action,
-			Target: target, Detail: detail}); aerr != nil {
+		if aerr := a.Store.AppendAudit(ctx, rec); aerr != nil {
 			fmt.Fprintln(stderr, "warning: audit record not written:", aerr)
 		}
 	}
@@ -114,7 +114,7 @@ func adminAccount(ctx context.Context, args, env []string, stdout, stderr io.Wri
 		var created bool
 		acct, created, err = svc.Provision(ctx, req)
 		if acct.ID != "" {
-			audit("ozo_account:"+acct.ID, err)
+			record("ozo_account:"+acct.ID, err)
 		}
 		if err == nil && !created {
 			fmt.Fprintf(stderr, "an account for %s existed already: its email and name were updated\n", req.FHIRRef)
@@ -158,21 +158,21 @@ func adminAccount(ctx context.Context, args, env []string, stdout, stderr io.Wri
 		}
 	case "disable":
 		acct, err = svc.Disable(ctx, ids[0])
-		audit("ozo_account:"+ids[0], err)
+		record("ozo_account:"+ids[0], err)
 	case "enable":
 		acct, err = svc.Enable(ctx, ids[0])
-		audit("ozo_account:"+ids[0], err)
+		record("ozo_account:"+ids[0], err)
 	case "reset-2fa":
 		acct, err = svc.ResetSecondFactor(ctx, ids[0])
-		audit("ozo_account:"+ids[0], err)
+		record("ozo_account:"+ids[0], err)
 	case "resend":
 		if err = svc.Resend(ctx, ids[0]); err == nil {
 			acct, err = svc.Get(ctx, ids[0])
 		}
-		audit("ozo_account:"+ids[0], err)
+		record("ozo_account:"+ids[0], err)
 	case "delete":
 		err = svc.Delete(ctx, ids[0])
-		audit("ozo_account:"+ids[0], err)
+		record("ozo_account:"+ids[0], err)
 		if err != nil {
 			return accountErr(err, ids[0])
 		}

@@ -75,14 +75,14 @@ func TestAdminAccountCLI(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			recs, err := a.Store.ListAudit(t.Context(), 0, 100)
+			recs, err := a.Store.ListAudit(t.Context(), time.Time{}, 0, 100)
 			if err != nil {
 				t.Fatal(err)
 			}
 			var actions []string
 			for _, r := range recs {
-				if strings.HasPrefix(r.Actor, "cli") && r.Target == "ozo_account:"+acct.ID {
-					actions = append(actions, r.Action)
+				if action, ok := strings.CutSuffix(r.Resource, " ozo_account:"+acct.ID); ok && strings.HasPrefix(r.Actor.ID, "cli") {
+					actions = append(actions, action)
 				}
 			}
 			if want := "admin account create,admin account disable,admin account enable,admin account reset-2fa,admin account delete"; strings.Join(actions, ",") != want {

@@ -62,6 +62,7 @@ func directorySync(ctx context.Context, cfg config.Config, f syncFlags, stdout, 
 		o.Logger = quieter(cfg, log)
 	})
 	reports, err := syncer.SyncAll(ctx)
+	a.RecordDirectorySync(ctx, reports)
 	progress.Close()
 	if errors.Is(err, mcsd.ErrSyncRunning) {
 		return fmt.Errorf("%w; nothing was synced — run again with --wait to wait for it", err)

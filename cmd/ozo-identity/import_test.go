@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore/dbtest"
@@ -123,12 +124,26 @@ func TestImportNDJSON(t *testing.T) {
 			if _, err := os.Stat(file + ".import-state"); !errors.Is(err, os.ErrNotExist) {
 				t.Fatalf("state file left after a complete import: %v", err)
 			}
-			recs, err := s.ListAudit(context.Background(), 0, 100)
+			recs, err := s.ListAudit(context.Background(), time.Time{}, 0, 100)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(recs) != 3 || recs[0].Action != "admin bindings import" || !strings.Contains(recs[0].Target, "lines 1-2") {
-				t.Fatalf("audit: one record per batch of two valid lines expected, got %+v", recs)
+			var batches []audit.Record
+			binds := map[string]int{}
+			for _, r := range recs {
+				switch r.Action {
+				case audit.ActionAdminCall:
+					batches = append(batches, r)
+				case audit.ActionBind:
+					binds[r.Medium+":"+r.Address]++
+				}
+			}
+			if len(batches) != 3 || !strings.Contains(batches[0].Resource, "lines 1-2") {
+				t.Fatalf("audit: one record per batch of two valid lines expected, got %+v", batches)
+			}
+			// 3 created, 1 rebound: each change has its record, written with it.
+			if len(binds) != 3 || binds["uzi:012345678"] != 2 || binds["email:alice@example.org"] != 1 || binds["ura:87654321"] != 1 {
+				t.Fatalf("bind records %v", binds)
 			}
 
 			// Idempotent: everything valid is reported unchanged.

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/ozo-platform/ozo-identity/app"
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/config"
 	"github.com/ozo-platform/ozo-identity/identity"
 )
@@ -165,8 +166,11 @@ func importBindings(ctx context.Context, cfg config.Config, opts importOptions, 
 			}
 		}
 		if len(batch) > 0 {
-			if _, err := a.Store.AppendAudit(dbctx, identity.AuditRecord{Actor: "admin-cli", Action: "admin bindings import",
-				Target: fmt.Sprintf("%s lines %d-%d", state.File, batch[0].line, batch[len(batch)-1].line),
+			// Each changed binding has its record from the import's transaction; this one
+			// says which lines of which file the CLI imported.
+			if err := a.Store.AppendAudit(dbctx, audit.Record{Action: audit.ActionAdminCall, Outcome: audit.OutcomeSuccess,
+				Actor:    audit.Agent{Kind: audit.AgentSystem, ID: "admin-cli"},
+				Resource: fmt.Sprintf("admin bindings import %s lines %d-%d", state.File, batch[0].line, batch[len(batch)-1].line),
 				Detail: fmt.Sprintf("created=%d updated=%d unchanged=%d superseded=%d invalid=%d",
 					rep.Created, rep.Updated, rep.Unchanged, rep.Superseded, len(rep.Invalid))}); err != nil {
 				return err

@@ -7,6 +7,9 @@
 //	ozo-identity admin account    create|list|show|disable|enable|delete|reset-2fa|resend …
 //	ozo-identity admin bindings import FILE [--config FILE] [--data-dir DIR] [--format ndjson|csv] [--strict] [--batch N] [--restart]
 //	ozo-identity healthcheck      [--url URL] [--timeout D]
+//	ozo-identity audit checkpoint [--config FILE] [--data-dir DIR] [--out FILE]
+//	ozo-identity audit verify     [--config FILE] [--data-dir DIR] [--checkpoint FILE]
+//	ozo-identity audit export     [--config FILE] [--data-dir DIR] [--since TIME] [--format fhir|jsonl]
 package main
 
 import (
@@ -57,6 +60,13 @@ commands:
                      so an interrupted import resumes where it stopped
   healthcheck        exit 0 when --url (default http://127.0.0.1:9090/readyz) answers 200;
                      the container image's health check, which has no shell or curl
+  audit checkpoint   sign the audit chain head with the server key and write it (JSON) to --out
+                     or stdout; keep it outside the system: verify proves nothing before it changed
+  audit verify       check the whole audit chain against the audit key and a checkpoint
+                     (--checkpoint, else the newest exported one); exits non-zero on the first
+                     rewritten or missing record, or a truncation since the checkpoint
+  audit export       write the audit records since --since (RFC 3339 or a duration such as 720h)
+                     as FHIR R4 AuditEvents (a Bundle, --format fhir) or JSON lines (jsonl)
 
 flags:
   --config FILE    YAML configuration (every key also settable as OZO_<KEY>, e.g. OZO_DATABASE_URL)
@@ -74,6 +84,10 @@ flags:
   --strict         admin bindings import: stop at the first invalid line (lines before it are kept)
   --batch N        admin bindings import: lines per transaction (default 5000, at most 50000)
   --restart        admin bindings import: ignore FILE.import-state and start at the first line
+  --out FILE       audit checkpoint / export: write to FILE instead of stdout
+  --checkpoint FILE  audit verify: the checkpoint to verify against
+  --since TIME     audit export: first record time (default: everything)
+  --format F       audit export: fhir (default) or jsonl
 `
 
 // run is main without the process: args without the program name, env as os.Environ gives it.
@@ -114,6 +128,12 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 			return fmt.Errorf("admin: unknown subcommand (want: admin bindings import FILE, or admin account …)")
 		}
 		cmd, rest = "admin bindings import", rest[2:]
+	case "audit":
+		if len(rest) == 0 || (rest[0] != "checkpoint" && rest[0] != "verify" && rest[0] != "export") {
+			fmt.Fprint(stderr, usage)
+			return fmt.Errorf("audit: missing or unknown subcommand (want checkpoint, verify or export)")
+		}
+		cmd, rest = cmd+" "+rest[0], rest[1:]
 	default:
 		fmt.Fprint(stderr, usage)
 		return fmt.Errorf("unknown command %q", cmd)
@@ -144,6 +164,17 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 		if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
 			imp.file, rest = rest[0], rest[1:]
 		}
+	}
+	var out, checkpoint, since, format *string
+	switch cmd {
+	case "audit checkpoint":
+		out = fs.String("out", "", "write the checkpoint to FILE")
+	case "audit verify":
+		checkpoint = fs.String("checkpoint", "", "checkpoint FILE to verify against")
+	case "audit export":
+		out = fs.String("out", "", "write to FILE")
+		since = fs.String("since", "", "first record time (RFC 3339 or a duration back from now)")
+		format = fs.String("format", "fhir", "fhir or jsonl")
 	}
 	if err := fs.Parse(rest); err != nil {
 		return err
@@ -204,6 +235,12 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 			allowMassDelete: *allowMassDelete}, stdout, stderr)
 	case "admin bindings import":
 		return importBindings(ctx, cfg, imp, stdout, stderr)
+	case "audit checkpoint":
+		return auditCheckpoint(ctx, cfg, log, *out, stdout)
+	case "audit verify":
+		return auditVerify(ctx, cfg, log, *checkpoint, stdout)
+	case "audit export":
+		return auditExport(ctx, cfg, log, *since, *format, *out, stdout)
 	default: // "directory status"
 		return directoryStatus(ctx, cfg, *asJSON, stdout, log)
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
@@ -34,7 +35,7 @@ func Run(t *testing.T, newStore func(t *testing.T) identity.Store) {
 		{"InviteLimits", testInviteLimits},
 		{"MailQuota", testMailQuota},
 		{"ReplaceDelivery", testReplaceDelivery},
-		{"Audit", testAudit},
+		{"AuditFailsClosed", testAuditFailsClosed},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })
@@ -521,29 +522,35 @@ func testReplaceDelivery(t *testing.T, s identity.Store) {
 	}
 }
 
-func testAudit(t *testing.T, s identity.Store) {
-	var wg sync.WaitGroup
-	for i := range 10 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := s.AppendAudit(ctx, identity.AuditRecord{Actor: "admin", Action: "binding.create", Target: fmt.Sprint("uzi:", i)}); err != nil {
-				t.Error(err)
-			}
-		}()
+// testAuditFailsClosed: a change whose audit record cannot be written is not made.
+func testAuditFailsClosed(t *testing.T, s identity.Store) {
+	bad := []audit.Record{{Action: "made-up", Outcome: audit.OutcomeSuccess, Actor: audit.Agent{Kind: audit.AgentAdmin}}}
+	b := binding("uzi", "123456789", "@alice:hs1")
+	err := s.Bind(ctx, identity.BindRequest{Binding: b, Hashes: []string{"h-uzi"},
+		Audit: func([]identity.Invite) []audit.Record { return bad }})
+	if err == nil {
+		t.Fatal("a binding whose record could not be written was made")
 	}
-	wg.Wait()
-	recs, err := s.ListAudit(ctx, 0, 100)
-	must(t, err)
-	if len(recs) != 10 {
-		t.Fatalf("%d audit records", len(recs))
+	if _, err := s.GetBinding(ctx, b.ThreePID); !errors.Is(err, identity.ErrNotFound) {
+		t.Fatalf("binding after a failed record: %v", err)
 	}
-	prev := ""
-	for i, r := range recs {
-		if r.Seq != int64(i+1) || r.PrevHash != prev || r.Hash == "" {
-			t.Fatalf("record %d breaks the chain: %+v", i, r)
-		}
-		prev = r.Hash
+	if m, _ := s.LookupHashes(ctx, []string{"h-uzi"}); len(m) != 0 {
+		t.Fatalf("lookup hash after a failed record: %v", m)
+	}
+	must(t, s.Bind(ctx, identity.BindRequest{Binding: b, Hashes: []string{"h-uzi"}}))
+	if err := s.DeleteBinding(ctx, b.ThreePID, "", bad...); err == nil {
+		t.Fatal("an unbind whose record could not be written was made")
+	}
+	if got, err := s.GetBinding(ctx, b.ThreePID); err != nil || got.MXID != b.MXID {
+		t.Fatalf("binding after a failed unbind record: %+v %v", got, err)
+	}
+	inv := identity.Invite{Token: "tok-audit", ThreePID: threepid.ThreePID{Medium: "email", Address: "a@example.org"},
+		RoomID: "!r:hs1", Sender: "@bob:hs1", CreatedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour)}
+	if err := s.CreateInvite(ctx, inv, identity.InviteLimits{}, bad...); err == nil {
+		t.Fatal("an invite whose record could not be written was stored")
+	}
+	if _, err := s.GetInvite(ctx, inv.Token); !errors.Is(err, identity.ErrNotFound) {
+		t.Fatalf("invite after a failed record: %v", err)
 	}
 }
 

@@ -30,7 +30,7 @@ func testImportBindings(t *testing.T, s identity.Store) {
 	}
 	items = append(items, importItem("email", "kept@example.org", "@kept:hs1"))
 	time.Sleep(2 * time.Millisecond) // so that an update would show in created_at
-	res, err := s.ImportBindings(ctx, items, nil)
+	res, err := s.ImportBindings(ctx, items, nil, nil)
 	must(t, err)
 	if res != (identity.ImportResult{Created: 1400, Unchanged: 1}) {
 		t.Fatalf("first import: %+v", res)
@@ -47,7 +47,7 @@ func testImportBindings(t *testing.T, s identity.Store) {
 	// Folded hashes are stored too: a lower-cased hash answers while one binding has it.
 	idp := importItem("idp", "hospital:Dr.Jansen", "@jansen:hs1")
 	idp.FoldedHashes = []string{"f:idp:hospital:dr.jansen"}
-	res, err = s.ImportBindings(ctx, []identity.ImportBinding{idp}, nil)
+	res, err = s.ImportBindings(ctx, []identity.ImportBinding{idp}, nil, nil)
 	must(t, err)
 	if m, _ := s.LookupHashes(ctx, []string{"f:idp:hospital:dr.jansen"}); m["f:idp:hospital:dr.jansen"] != "@jansen:hs1" || res.Created != 1 {
 		t.Fatalf("folded hash after import: %v (%+v)", m, res)
@@ -55,7 +55,7 @@ func testImportBindings(t *testing.T, s identity.Store) {
 	items = append(items, idp)
 
 	// Importing the same again changes nothing.
-	res, err = s.ImportBindings(ctx, items, nil)
+	res, err = s.ImportBindings(ctx, items, nil, nil)
 	must(t, err)
 	if res != (identity.ImportResult{Unchanged: 1402}) {
 		t.Fatalf("re-import: %+v", res)
@@ -66,7 +66,7 @@ func testImportBindings(t *testing.T, s identity.Store) {
 		importItem("email", "u1@example.org", "@other:hs2"),
 		importItem("email", "u2@example.org", "@first:hs2"),
 		importItem("email", "u2@example.org", "@second:hs2"),
-	}, nil)
+	}, nil, nil)
 	must(t, err)
 	if res != (identity.ImportResult{Updated: 2}) {
 		t.Fatalf("rebinding import: %+v", res)
@@ -88,7 +88,7 @@ func testImportBindings(t *testing.T, s identity.Store) {
 			ExpiresAt: now.Add(time.Hour), CreatedAt: now}}, nil
 	}
 	res, err = s.ImportBindings(ctx, []identity.ImportBinding{importItem("email", "invited@example.org", "@inv:hs3"),
-		importItem("email", "plain@example.org", "@plain:hs3")}, deliver)
+		importItem("email", "plain@example.org", "@plain:hs3")}, deliver, nil)
 	must(t, err)
 	if res.Created != 2 || len(delivered) != 1 || delivered[0] != "invited@example.org" {
 		t.Fatalf("import with a pending invite: %+v, delivered for %v", res, delivered)
@@ -107,7 +107,7 @@ func testImportBindings(t *testing.T, s identity.Store) {
 	boom := errors.New("boom")
 	_, err = s.ImportBindings(ctx, []identity.ImportBinding{importItem("email", "new@example.org", "@new:hs3"),
 		importItem("email", "u5@example.org", "@moved:hs3"), importItem("email", tp2.Address, "@late:hs3")},
-		func(identity.Binding, []identity.Invite) ([]identity.OnBindDelivery, error) { return nil, boom })
+		func(identity.Binding, []identity.Invite) ([]identity.OnBindDelivery, error) { return nil, boom }, nil)
 	if !errors.Is(err, boom) {
 		t.Fatalf("failing import: %v", err)
 	}

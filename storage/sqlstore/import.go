@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
@@ -21,7 +22,8 @@ const (
 
 // ImportBindings is Bind for many bindings at once: a few statements per thousand bindings
 // instead of four statements and a transaction each.
-func (s *Store) ImportBindings(ctx context.Context, items []identity.ImportBinding, deliver func(identity.Binding, []identity.Invite) ([]identity.OnBindDelivery, error)) (identity.ImportResult, error) {
+func (s *Store) ImportBindings(ctx context.Context, items []identity.ImportBinding, deliver func(identity.Binding, []identity.Invite) ([]identity.OnBindDelivery, error),
+	record func(identity.Binding, []identity.Invite) []audit.Record) (identity.ImportResult, error) {
 	items = lastPerThreePID(items)
 	im := importer{pg: s.db.Engine == Postgres}
 	var res identity.ImportResult
@@ -64,23 +66,34 @@ func (s *Store) ImportBindings(ctx context.Context, items []identity.ImportBindi
 		if err := im.insertFoldedHashes(ctx, changed); err != nil {
 			return err
 		}
-		if deliver == nil {
-			return nil
-		}
-		waiting, err := im.withPendingInvites(ctx, changed)
-		if err != nil {
-			return err
-		}
-		for _, it := range changed {
-			if !waiting[it.Binding.ThreePID] {
-				continue
-			}
-			b := it.Binding
-			if err := queueInvites(ctx, tx, b, func(inv []identity.Invite) ([]identity.OnBindDelivery, error) { return deliver(b, inv) }); err != nil {
+		delivered := map[threepid.ThreePID][]identity.Invite{}
+		if deliver != nil {
+			waiting, err := im.withPendingInvites(ctx, changed)
+			if err != nil {
 				return err
 			}
+			for _, it := range changed {
+				if !waiting[it.Binding.ThreePID] {
+					continue
+				}
+				b := it.Binding
+				invites, err := queueInvites(ctx, tx, b, func(inv []identity.Invite) ([]identity.OnBindDelivery, error) { return deliver(b, inv) })
+				if err != nil {
+					return err
+				}
+				delivered[b.ThreePID] = invites
+			}
 		}
-		return nil
+		if record == nil {
+			return nil
+		}
+		// One record per changed binding, appended with them: an import that cannot be
+		// recorded imports nothing.
+		var recs []audit.Record
+		for _, it := range changed {
+			recs = append(recs, record(it.Binding, delivered[it.Binding.ThreePID])...)
+		}
+		return s.appendAudit(ctx, tx, recs)
 	})
 	return res, err
 }

@@ -96,7 +96,7 @@ func TestSQLiteCacheIsSharedNotPerConnection(t *testing.T) {
 	db := dbtest.Open(t, sqlstore.SQLite)
 	// An import enlarges its connection's cache for the transaction only.
 	if _, err := sqlstore.New(db).ImportBindings(t.Context(), []identity.ImportBinding{{Binding: identity.Binding{
-		ThreePID: threepid.ThreePID{Medium: "email", Address: "a@example.org"}, MXID: "@a:hs", Source: "import"}}}, nil); err != nil {
+		ThreePID: threepid.ThreePID{Medium: "email", Address: "a@example.org"}, MXID: "@a:hs", Source: "import"}}}, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	var conns []interface{ Close() error }
@@ -140,7 +140,7 @@ func TestLookupHashesEverySize(t *testing.T) {
 					MXID:     fmt.Sprintf("@u%d:hs", i), CreatedAt: time.Now(), Source: "import"},
 					Hashes: []string{fmt.Sprintf("h%d", i)}})
 			}
-			if _, err := s.ImportBindings(t.Context(), items, nil); err != nil {
+			if _, err := s.ImportBindings(t.Context(), items, nil, nil); err != nil {
 				t.Fatal(err)
 			}
 			var wg sync.WaitGroup

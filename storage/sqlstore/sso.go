@@ -7,13 +7,14 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // CreateSSOSession stores a validation session an SSO login completed: its row (with its first
 // 3PID, validated), every 3PID it proved and the user who started it, all or nothing.
-func (s *Store) CreateSSOSession(ctx context.Context, sess identity.Session, userID, idp string, tps []threepid.ThreePID) error {
+func (s *Store) CreateSSOSession(ctx context.Context, sess identity.Session, userID, idp string, tps []threepid.ThreePID, recs ...audit.Record) error {
 	if len(tps) == 0 || tps[0] != sess.ThreePID {
 		return errors.New("create sso session: the session's 3PID must be the first proven one")
 	}
@@ -47,7 +48,7 @@ func (s *Store) CreateSSOSession(ctx context.Context, sess identity.Session, use
 			sess.SID, userID, idp, ms(time.Now())); err != nil {
 			return fmt.Errorf("create sso session owner: %w", err)
 		}
-		return nil
+		return s.appendAudit(ctx, tx, recs)
 	})
 }
 

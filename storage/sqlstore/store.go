@@ -10,13 +10,15 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
 // Store implements identity.Store.
 type Store struct {
-	db *DB
+	db    *DB
+	chain *audit.Chain // see SetAuditChain
 
 	mu    sync.Mutex
 	stmts map[string]*sql.Stmt
@@ -447,37 +449,50 @@ func (s *Store) Bind(ctx context.Context, req identity.BindRequest) error {
 			return err
 		}
 		if req.Deliver == nil {
-			return nil
+			return s.appendBindAudit(ctx, tx, req, nil)
 		}
-		return queueInvites(ctx, tx, b, req.Deliver)
+		invites, err := queueInvites(ctx, tx, b, req.Deliver)
+		if err != nil {
+			return err
+		}
+		return s.appendBindAudit(ctx, tx, req, invites)
 	})
 }
 
 // queueInvites marks the invites pending for b's 3PID delivered and queues the onbind
-// deliveries deliver builds for them, inside the binding's transaction.
-func queueInvites(ctx context.Context, tx *sql.Tx, b identity.Binding, deliver func([]identity.Invite) ([]identity.OnBindDelivery, error)) error {
+// deliveries deliver builds for them, inside the binding's transaction; it returns the invites.
+func queueInvites(ctx context.Context, tx *sql.Tx, b identity.Binding, deliver func([]identity.Invite) ([]identity.OnBindDelivery, error)) ([]identity.Invite, error) {
 	invites, err := pendingInvites(ctx, tx, b.ThreePID, b.CreatedAt)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if len(invites) == 0 {
-		return nil
+		return nil, nil
 	}
 	deliveries, err := deliver(invites)
 	if err != nil {
-		return fmt.Errorf("build onbind: %w", err)
+		return nil, fmt.Errorf("build onbind: %w", err)
 	}
 	for _, inv := range invites {
 		if _, err := tx.ExecContext(ctx, `UPDATE invites SET delivered_at = $1 WHERE token = $2`, ms(b.CreatedAt), inv.Token); err != nil {
-			return fmt.Errorf("mark invite delivered: %w", err)
+			return nil, fmt.Errorf("mark invite delivered: %w", err)
 		}
 	}
 	for _, d := range deliveries {
 		if err := insertDelivery(ctx, tx, d); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return invites, nil
+}
+
+// appendBindAudit appends the records of a binding and the invites it delivered, last in
+// Bind's transaction.
+func (s *Store) appendBindAudit(ctx context.Context, tx *sql.Tx, req identity.BindRequest, delivered []identity.Invite) error {
+	if req.Audit == nil {
+		return nil
+	}
+	return s.appendAudit(ctx, tx, req.Audit(delivered))
 }
 
 const bindingColumns = `medium, address, mxid, created_at, not_before, not_after, source`
@@ -501,7 +516,7 @@ func (s *Store) GetBinding(ctx context.Context, tp threepid.ThreePID) (identity.
 		tp.Medium, tp.Address))
 }
 
-func (s *Store) DeleteBinding(ctx context.Context, tp threepid.ThreePID, mxid string) error {
+func (s *Store) DeleteBinding(ctx context.Context, tp threepid.ThreePID, mxid string, recs ...audit.Record) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		q := `DELETE FROM bindings WHERE medium = $1 AND address = $2`
 		args := []any{tp.Medium, tp.Address}
@@ -519,7 +534,10 @@ func (s *Store) DeleteBinding(ctx context.Context, tp threepid.ThreePID, mxid st
 		if _, err := tx.ExecContext(ctx, `DELETE FROM binding_hashes WHERE medium = $1 AND address = $2`, tp.Medium, tp.Address); err != nil {
 			return fmt.Errorf("delete lookup hashes: %w", err)
 		}
-		return replaceFoldedHashes(ctx, tx, tp, nil)
+		if err := replaceFoldedHashes(ctx, tx, tp, nil); err != nil {
+			return err
+		}
+		return s.appendAudit(ctx, tx, recs)
 	})
 }
 
@@ -723,7 +741,7 @@ func (s *Store) RehashBindings(ctx context.Context, hashFn func(threepid.ThreePI
 	})
 }
 
-func (s *Store) CreateInvite(ctx context.Context, inv identity.Invite, limits identity.InviteLimits) error {
+func (s *Store) CreateInvite(ctx context.Context, inv identity.Invite, limits identity.InviteLimits, recs ...audit.Record) error {
 	extra, err := json.Marshal(inv.Extra)
 	if err != nil {
 		return fmt.Errorf("encode invite: %w", err)
@@ -778,7 +796,7 @@ func (s *Store) CreateInvite(ctx context.Context, inv identity.Invite, limits id
 				return fmt.Errorf("store ephemeral key: %w", err)
 			}
 		}
-		return nil
+		return s.appendAudit(ctx, tx, recs)
 	})
 }
 
@@ -921,11 +939,13 @@ func (s *Store) ClaimDelivery(ctx context.Context, id string, due, until time.Ti
 	return n == 1, nil
 }
 
-func (s *Store) DeliveryDone(ctx context.Context, id string) error {
-	if _, err := s.db.ExecContext(ctx, `DELETE FROM onbind_queue WHERE id = $1`, id); err != nil {
-		return fmt.Errorf("delivery done: %w", err)
-	}
-	return nil
+func (s *Store) DeliveryDone(ctx context.Context, id string, recs ...audit.Record) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM onbind_queue WHERE id = $1`, id); err != nil {
+			return fmt.Errorf("delivery done: %w", err)
+		}
+		return s.appendAudit(ctx, tx, recs)
+	})
 }
 
 func (s *Store) ReplaceDelivery(ctx context.Context, id string, parts []identity.OnBindDelivery) error {
@@ -961,55 +981,4 @@ func (s *Store) DeliveryFailed(ctx context.Context, id string, next time.Time, l
 		return fmt.Errorf("delivery failed: %w", err)
 	}
 	return nil
-}
-
-func (s *Store) AppendAudit(ctx context.Context, rec identity.AuditRecord) (identity.AuditRecord, error) {
-	if rec.At.IsZero() {
-		rec.At = time.Now()
-	}
-	rec.At = rec.At.UTC().Truncate(time.Millisecond)
-	// Replicas race for the next sequence number; the primary key lets one win and the other retry.
-	for attempt := 0; attempt < 20; attempt++ {
-		err := s.tx(ctx, func(tx *sql.Tx) error {
-			var seq sql.NullInt64
-			var prev sql.NullString
-			err := tx.QueryRowContext(ctx, `SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1`).Scan(&seq, &prev)
-			if err != nil && !errors.Is(err, sql.ErrNoRows) {
-				return fmt.Errorf("read audit tail: %w", err)
-			}
-			rec.Seq = seq.Int64 + 1
-			rec.PrevHash = prev.String
-			rec.Hash = identity.AuditHash(rec)
-			_, err = tx.ExecContext(ctx, `INSERT INTO audit_log (seq, at, actor, action, target, detail, prev_hash, hash)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, rec.Seq, ms(rec.At), rec.Actor, rec.Action, rec.Target, rec.Detail, rec.PrevHash, rec.Hash)
-			return err
-		})
-		if err == nil {
-			return rec, nil
-		}
-		if !isUniqueViolation(err) {
-			return rec, fmt.Errorf("append audit: %w", err)
-		}
-	}
-	return rec, errors.New("append audit: too much contention")
-}
-
-func (s *Store) ListAudit(ctx context.Context, afterSeq int64, limit int) ([]identity.AuditRecord, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT seq, at, actor, action, target, detail, prev_hash, hash FROM audit_log
-		WHERE seq > $1 ORDER BY seq LIMIT `+fmt.Sprint(limit), afterSeq)
-	if err != nil {
-		return nil, fmt.Errorf("list audit: %w", err)
-	}
-	defer rows.Close()
-	var out []identity.AuditRecord
-	for rows.Next() {
-		var r identity.AuditRecord
-		var at int64
-		if err := rows.Scan(&r.Seq, &at, &r.Actor, &r.Action, &r.Target, &r.Detail, &r.PrevHash, &r.Hash); err != nil {
-			return nil, fmt.Errorf("list audit: %w", err)
-		}
-		r.At = fromMS(at)
-		out = append(out, r)
-	}
-	return out, rows.Err()
 }
