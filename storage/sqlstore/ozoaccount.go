@@ -136,18 +136,7 @@ func (s *OZOAccounts) DeleteAccount(ctx context.Context, id string) error {
 
 // tx runs fn in a transaction, committing when fn returns nil.
 func (s *OZOAccounts) tx(ctx context.Context, fn func(*sql.Tx) error) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("begin: %w", err)
-	}
-	if err := fn(tx); err != nil {
-		tx.Rollback()
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	return nil
+	return inTx(ctx, s.db.DB, "", fn)
 }
 
 func (s *OZOAccounts) CreateToken(ctx context.Context, t ozoaccount.Token) error {
