@@ -317,10 +317,22 @@ func TestReplicasRideOutDatabaseAndRedisOutages(t *testing.T) {
 			}
 		}
 		if missing == 0 {
+			// A delivery the homeserver accepted just as PostgreSQL went away cannot be marked
+			// done, so it is sent again later (at-least-once; a repeated onbind is a no-op for
+			// the homeserver). Each replica sends one delivery at a time, so at most one per
+			// replica can be caught so; every other invite is delivered exactly once.
+			again := 0
 			for tok, n := range delivered {
-				if n != 1 {
+				switch {
+				case n == 2:
+					again++
+					t.Logf("invite %s delivered twice: in flight when PostgreSQL went away", tok)
+				case n != 1:
 					t.Errorf("invite %s delivered %d times", tok, n)
 				}
+			}
+			if again > 2 {
+				t.Errorf("%d invites delivered twice; at most one per replica may be", again)
 			}
 			break
 		}
