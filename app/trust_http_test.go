@@ -3,17 +3,16 @@ package app_test
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/ozo-platform/ozo-identity/api/apitest"
 	"github.com/ozo-platform/ozo-identity/config"
+	"github.com/ozo-platform/ozo-identity/internal/proxytest"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
 
@@ -60,51 +59,6 @@ func redisAddr(t *testing.T) string {
 	return addr
 }
 
-// proxy forwards TCP connections to target until closed; closing cuts live connections too.
-type proxy struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	conns []net.Conn
-}
-
-func newProxy(t *testing.T, target string) *proxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, up)
-			p.mu.Unlock()
-			go func() { io.Copy(up, c); up.Close() }()
-			go func() { io.Copy(c, up); c.Close() }()
-		}
-	}()
-	t.Cleanup(p.Close)
-	return p
-}
-
-func (p *proxy) Close() {
-	p.ln.Close()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
 // Item 10: with Redis unreachable the rate limits hold (in memory, per replica), and /readyz and
 // the metrics say so. The attack of the issue: 80 registrations against a limit of 60.
 func TestRateLimitsHoldWithoutRedis(t *testing.T) {
@@ -146,9 +100,9 @@ func TestRateLimitsHoldWithoutRedis(t *testing.T) {
 		})
 
 		t.Run("Redis lost while in use", func(t *testing.T) {
-			p := newProxy(t, redisAddr(t))
+			p := proxytest.New(t, redisAddr(t))
 			h := apitest.New(t, e, func(c *config.Config) {
-				c.Redis.URL = fmt.Sprintf("redis://%s/0", p.ln.Addr())
+				c.Redis.URL = fmt.Sprintf("redis://%s/0", p.Addr())
 				c.Redis.KeyPrefix = "ozo-identity-test:" + apitest.Secret() + ":"
 				c.RateLimits.PerClient = 60
 			})
@@ -160,7 +114,7 @@ func TestRateLimitsHoldWithoutRedis(t *testing.T) {
 			if code, body := ops(t, h, "/readyz"); code != http.StatusOK || !strings.Contains(body, `"ok"`) {
 				t.Fatalf("/readyz with Redis up: %d %s", code, body)
 			}
-			p.Close()
+			p.Cut()
 			if refused := registrations(t, h, 50); refused != 20 {
 				t.Fatalf("Redis lost after 30 registrations: %d of the next 50 refused, want 20", refused)
 			}

@@ -5,14 +5,14 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"io"
 	"net"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/ozo-platform/ozo-identity/internal/proxytest"
 )
 
 func redisAddr(t *testing.T) string {
@@ -80,58 +80,11 @@ func TestFallbackRedisRefusesConnections(t *testing.T) {
 	}
 }
 
-// tcpProxy forwards connections to target until closed; closing it cuts live connections too.
-type tcpProxy struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	conns []net.Conn
-}
-
-func newTCPProxy(t *testing.T, target string) *tcpProxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &tcpProxy{ln: ln}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, up)
-			p.mu.Unlock()
-			go func() { io.Copy(up, c); up.Close() }()
-			go func() { io.Copy(c, up); c.Close() }()
-		}
-	}()
-	t.Cleanup(p.Close)
-	return p
-}
-
-func (p *tcpProxy) Addr() string { return p.ln.Addr().String() }
-
-func (p *tcpProxy) Close() {
-	p.ln.Close()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
 // Redis works, then becomes unreachable mid-window: the limits keep holding, and when Redis is
 // back the shared counts are used again.
 func TestFallbackRedisGoesAway(t *testing.T) {
 	target := redisAddr(t)
-	proxy := newTCPProxy(t, target)
+	proxy := proxytest.New(t, target)
 	client := redis.NewClient(&redis.Options{Addr: proxy.Addr(), DialTimeout: 200 * time.Millisecond,
 		ReadTimeout: 500 * time.Millisecond, MaxRetries: -1})
 	defer client.Close()
@@ -146,7 +99,7 @@ func TestFallbackRedisGoesAway(t *testing.T) {
 	if f.Degraded() != nil || f.FallbackDecisions() != 0 {
 		t.Fatalf("degraded while Redis answers: %v", f.Degraded())
 	}
-	proxy.Close()
+	proxy.Cut()
 	if refused := overLimit(t, f, key, 60, -10); refused != 20 {
 		t.Fatalf("with Redis gone after 30, %d of the next 50 refused, want 20", refused)
 	}

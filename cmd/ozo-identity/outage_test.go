@@ -4,99 +4,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ozo-platform/ozo-identity/internal/proxytest"
 )
-
-// cutProxy forwards TCP connections to target until Cut, which closes every open connection and
-// refuses new ones (as a restarted or partitioned server does) until Restore.
-type cutProxy struct {
-	ln     net.Listener
-	target string
-	cut    atomic.Bool
-	mu     sync.Mutex
-	conns  map[net.Conn]bool
-}
-
-func newCutProxy(t *testing.T, target string) *cutProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &cutProxy{ln: ln, target: target, conns: map[net.Conn]bool{}}
-	t.Cleanup(func() { ln.Close(); p.Cut() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			if p.cut.Load() {
-				c.Close()
-				continue
-			}
-			go p.forward(c)
-		}
-	}()
-	return p
-}
-
-func (p *cutProxy) Addr() string { return p.ln.Addr().String() }
-
-func (p *cutProxy) track(cs ...net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cut.Load() {
-		return false
-	}
-	for _, c := range cs {
-		p.conns[c] = true
-	}
-	return true
-}
-
-func (p *cutProxy) forward(c net.Conn) {
-	up, err := net.Dial("tcp", p.target)
-	if err != nil {
-		c.Close()
-		return
-	}
-	if !p.track(c, up) {
-		c.Close()
-		up.Close()
-		return
-	}
-	done := make(chan struct{}, 2)
-	go func() { io.Copy(up, c); done <- struct{}{} }()
-	go func() { io.Copy(c, up); done <- struct{}{} }()
-	<-done
-	c.Close()
-	up.Close()
-	p.mu.Lock()
-	delete(p.conns, c)
-	delete(p.conns, up)
-	p.mu.Unlock()
-}
-
-// Cut closes every connection through the proxy and refuses new ones.
-func (p *cutProxy) Cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut.Store(true)
-	for c := range p.conns {
-		c.Close()
-	}
-	p.conns = map[net.Conn]bool{}
-}
-
-func (p *cutProxy) Restore() { p.cut.Store(false) }
 
 func readyz(r *replica) (int, string) {
 	resp, err := http.Get(r.ops + "/readyz")
@@ -116,19 +32,19 @@ func TestReplicasRideOutDatabaseAndRedisOutages(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs two servers for about half a minute")
 	}
-	var pgProxy, redisProxy *cutProxy
+	var pgProxy, redisProxy *proxytest.Proxy
 	c := newClusterVia(t, 2, func(pg, rd string) (string, string) {
 		pu, err := url.Parse(pg)
 		if err != nil {
 			t.Fatal(err)
 		}
-		pgProxy = newCutProxy(t, pu.Host)
+		pgProxy = proxytest.New(t, pu.Host)
 		pu.Host = pgProxy.Addr()
 		ru, err := url.Parse(rd)
 		if err != nil {
 			t.Fatal(err)
 		}
-		redisProxy = newCutProxy(t, ru.Host)
+		redisProxy = proxytest.New(t, ru.Host)
 		ru.Host = redisProxy.Addr()
 		return pu.String(), ru.String()
 	}, "OZO_DIRECTORY_SYNC_INTERVAL=0s")
