@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ozo-platform/ozo-identity/audit"
+	"github.com/ozo-platform/ozo-identity/internal/sqlin"
 )
 
 var _ audit.Store = (*Store)(nil)
@@ -113,20 +114,16 @@ func scanAudit(rows *sql.Rows) (audit.Record, error) {
 }
 
 func (s *Store) queryAudit(ctx context.Context, q string, args ...any) ([]audit.Record, error) {
-	rows, err := s.db.QueryContext(ctx, q, args...)
+	var out []audit.Record
+	err := sqlin.Each(ctx, s.db, q, args, func(rows *sql.Rows) error {
+		r, err := scanAudit(rows)
+		out = append(out, r)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("read audit records: %w", err)
 	}
-	defer rows.Close()
-	var out []audit.Record
-	for rows.Next() {
-		r, err := scanAudit(rows)
-		if err != nil {
-			return nil, fmt.Errorf("read audit records: %w", err)
-		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
+	return out, nil
 }
 
 func (s *Store) ScanAudit(ctx context.Context, after, upTo int64, fn func(audit.Record) error) error {

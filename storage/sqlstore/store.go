@@ -12,6 +12,7 @@ import (
 
 	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/identity"
+	"github.com/ozo-platform/ozo-identity/internal/sqlin"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
@@ -904,20 +905,16 @@ func scanDelivery(row interface{ Scan(...any) error }) (identity.OnBindDelivery,
 }
 
 func (s *Store) queryDeliveries(ctx context.Context, q string, args ...any) ([]identity.OnBindDelivery, error) {
-	rows, err := s.db.QueryContext(ctx, q, args...)
+	var out []identity.OnBindDelivery
+	err := sqlin.Each(ctx, s.db, q, args, func(rows *sql.Rows) error {
+		d, err := scanDelivery(rows)
+		out = append(out, d)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("deliveries: %w", err)
 	}
-	defer rows.Close()
-	var out []identity.OnBindDelivery
-	for rows.Next() {
-		d, err := scanDelivery(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, d)
-	}
-	return out, rows.Err()
+	return out, nil
 }
 
 func (s *Store) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]identity.OnBindDelivery, error) {
