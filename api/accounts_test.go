@@ -12,6 +12,7 @@ import (
 	"github.com/pquerna/otp/totp"
 
 	"github.com/ozo-platform/ozo-identity/api/apitest"
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/config"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
@@ -155,8 +156,26 @@ func TestFHIRProvisioningKeepsNoBSN(t *testing.T) {
 		}
 		if logs := h.Logs(); strings.Contains(logs, testBSN) {
 			t.Fatalf("the BSN is logged:\n%s", logs)
-		} else if !strings.Contains(logs, "ozo_account.provisioned") {
-			t.Fatalf("the log misses the provisioning records, so it proves nothing:\n%s", logs)
+		} else if !strings.Contains(logs, "kind=account_invite") {
+			t.Fatalf("the log misses the provisioning, so it proves nothing:\n%s", logs)
+		}
+		// The audit trail has the provisioning, update and disable under the people's FHIR
+		// references (the dump above covered its table), and its FHIR export has no BSN either.
+		var events []string
+		for _, r := range auditRecords(t, h) {
+			if strings.HasPrefix(string(r.Action), "account.") {
+				events = append(events, string(r.Action)+" "+r.Subject)
+			}
+		}
+		if got := strings.Join(events, ","); !strings.Contains(got, "account.create RelatedPerson/rp-1,account.credentials RelatedPerson/rp-1,account.update RelatedPerson/rp-1") ||
+			!strings.Contains(got, "account.create Patient/p-77") || !strings.HasSuffix(got, "account.update RelatedPerson/rp-1,account.update RelatedPerson/rp-1") {
+			t.Fatalf("account records: %s", got)
+		}
+		export := adminCall(t, h, http.MethodGet, "/_ozo/admin/v1/audit?_format=fhir&limit=1000", apitest.AdminToken, nil).Want(t, http.StatusOK, "")
+		if strings.Contains(string(export.Body), testBSN) || strings.Contains(string(export.Body), "els@example.nl") {
+			t.Fatalf("the FHIR export carries the BSN or an email:\n%s", export.Body)
+		} else if !strings.Contains(string(export.Body), `"reference":"Patient/p-77"`) {
+			t.Fatalf("the FHIR export misses the patient, so it proves nothing:\n%s", export.Body)
 		}
 	})
 }
@@ -236,10 +255,11 @@ func TestAccountAPIFlow(t *testing.T) {
 		if dump := dumpDB(t, h.App.DB); strings.Contains(dump, "ann@example.nl") {
 			t.Fatalf("the deleted account's email is still stored:\n%s", dump)
 		}
-		// Every admin call is in the audit log, with the account ID as target.
-		audit := h.Get(t, "/_ozo/admin/v1/audit", apitest.AdminToken).Want(t, http.StatusOK, "")
-		if !strings.Contains(string(audit.Body), "ozo_account:"+id) {
-			t.Fatalf("audit log: %s", audit.Body)
+		// Every admin call is in the audit trail: reads as calls with the account ID as target,
+		// changes as the account's own records.
+		trail := h.Get(t, "/_ozo/admin/v1/audit?limit=1000", apitest.AdminToken).Want(t, http.StatusOK, "")
+		if !strings.Contains(string(trail.Body), "target=ozo_account:"+id) || !strings.Contains(string(trail.Body), `"resource":"ozo_account/`+id+`"`) {
+			t.Fatalf("audit log: %s", trail.Body)
 		}
 	})
 }
@@ -250,8 +270,8 @@ func TestAccountResetAndLockoutAPI(t *testing.T) {
 	apitest.ForEachEngine(t, func(t *testing.T, engine sqlstore.Engine) {
 		h := apitest.New(t, engine)
 		const P = "/_ozo/v1/accounts"
-		h.Post(t, "/_ozo/admin/v1/accounts", apitest.AdminToken, map[string]any{"email": "bo@example.nl", "kind": "patient"}).
-			Want(t, http.StatusCreated, "")
+		id := h.Post(t, "/_ozo/admin/v1/accounts", apitest.AdminToken, map[string]any{"email": "bo@example.nl", "kind": "patient",
+			"fhir_reference": "Patient/bo"}).Want(t, http.StatusCreated, "").JSON(t)["account"].(map[string]any)["id"].(string)
 		tok := mailedAccountToken(t, h, "bo@example.nl", 1, "activate")
 		const pw = "a long enough passphrase"
 		secret := h.Post(t, P+"/activate", "", map[string]any{"token": tok, "password": pw}).Want(t, http.StatusOK, "").Str(t, "totp_secret")
@@ -261,7 +281,8 @@ func TestAccountResetAndLockoutAPI(t *testing.T) {
 		h.Post(t, P+"/password/request_reset", "", map[string]any{"email": "bo@example.nl"}).Want(t, http.StatusOK, "")
 		reset := mailedAccountToken(t, h, "bo@example.nl", 2, "reset")
 		const pw2 = "another long passphrase"
-		h.Post(t, P+"/password/reset", "", map[string]any{"token": reset, "password": pw2}).Want(t, http.StatusOK, "")
+		h.Do(t, apitest.Request{Method: http.MethodPost, Path: P + "/password/reset", Body: map[string]any{"token": reset, "password": pw2},
+			Header: http.Header{"X-Request-Id": {"reset-by-bo"}}}).Want(t, http.StatusOK, "")
 		h.Post(t, P+"/password/reset", "", map[string]any{"token": reset, "password": "a third passphrase!"}).Want(t, http.StatusForbidden, "M_FORBIDDEN")
 		h.Post(t, P+"/login", "", map[string]any{"email": "bo@example.nl", "password": pw2}).Want(t, http.StatusOK, "")
 
@@ -276,6 +297,37 @@ func TestAccountResetAndLockoutAPI(t *testing.T) {
 		}
 		// Locked out of login: the right password, right now, still fails.
 		h.Post(t, P+"/login", "", map[string]any{"email": "bo@example.nl", "password": pw2}).Want(t, http.StatusTooManyRequests, "M_LIMIT_EXCEEDED")
+
+		// The audit trail: the reset by its holder from this client with its request ID; the
+		// reused link refused; 13 refused logins in at most a few counted records, and one
+		// lockout record for the account (none for an address without one).
+		h.App.Lookups.Flush(t.Context())
+		var resetDone, reused, lockouts int
+		var failures []audit.Record
+		var refusedLogins int64
+		for _, r := range auditRecords(t, h) {
+			switch {
+			case r.Action == audit.ActionAccountCredentials && r.Detail == "password reset with a mailed link":
+				resetDone++
+				if r.Actor != (audit.Agent{Kind: audit.AgentAccount, ID: id}) || r.Source != "127.0.0.1" || r.RequestID != "reset-by-bo" ||
+					r.Resource != "ozo_account/"+id || r.Subject != "Patient/bo" {
+					t.Errorf("reset record %+v", r)
+				}
+			case r.Action == audit.ActionAccountCredentials && r.Outcome == audit.OutcomeRefused:
+				reused++
+			case r.Action == audit.ActionLoginFailure && strings.HasPrefix(r.Detail, "locked out until"):
+				lockouts++
+				if r.Resource != "ozo_account/"+id || !strings.Contains(r.Detail, "after 5 failed attempts") {
+					t.Errorf("lockout record %+v", r)
+				}
+			case r.Action == audit.ActionLoginFailure:
+				failures = append(failures, r)
+				refusedLogins += r.Count
+			}
+		}
+		if resetDone != 1 || reused != 1 || lockouts != 1 || refusedLogins != 13 || len(failures) > 3 {
+			t.Fatalf("reset %d, reused link %d, lockouts %d, refused logins %d in %d records %+v", resetDone, reused, lockouts, refusedLogins, len(failures), failures)
+		}
 	})
 }
 

@@ -196,7 +196,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	if err != nil {
 		return nil, err
 	}
-	accounts, err := ozoAccounts(cfg, db, mailer, svc, signer, log.With("component", "ozoaccount"))
+	accounts, err := ozoAccounts(cfg, store, lookups, mailer, svc, signer, log.With("component", "ozoaccount"))
 	if err != nil {
 		return nil, err
 	}

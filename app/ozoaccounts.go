@@ -14,9 +14,11 @@ import (
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
 
-// ozoAccounts builds the OZO account service. Without ozo_accounts.homeserver.client_url the
+// ozoAccounts builds the OZO account service. Its events go into store's audit chain, refused
+// attempts through auditor (counted per source). Without ozo_accounts.homeserver.client_url the
 // accounts get no Matrix user (and no email binding).
-func ozoAccounts(cfg config.Config, db *sqlstore.DB, mailer ozoaccount.Mailer, svc *identity.Service, signer *identity.Signer, log *slog.Logger) (*ozoaccount.Service, error) {
+func ozoAccounts(cfg config.Config, store *sqlstore.Store, auditor ozoaccount.Auditor, mailer ozoaccount.Mailer, svc *identity.Service,
+	signer *identity.Signer, log *slog.Logger) (*ozoaccount.Service, error) {
 	oc := cfg.OZOAccounts
 	// TOTP secrets are sealed under a key derived from the signing key, which replicas share.
 	// Replacing the signing key (signing_key_file) therefore means every account enrols again.
@@ -35,7 +37,7 @@ func ozoAccounts(cfg config.Config, db *sqlstore.DB, mailer ozoaccount.Mailer, s
 		hs = homeserver.NewAppService(oc.Homeserver.ClientURL, oc.Homeserver.ServerName, oc.Homeserver.ASToken, client)
 		binder = emailBinder{svc}
 	}
-	return ozoaccount.New(sqlstore.NewOZOAccounts(db), mailer, hs, binder, ozoaccount.Options{
+	return ozoaccount.New(sqlstore.NewOZOAccounts(store), auditor, mailer, hs, binder, ozoaccount.Options{
 		Argon2: ozoaccount.Argon2Params{MemoryKiB: uint32(oc.Argon2.MemoryKiB), Iterations: uint32(oc.Argon2.Iterations),
 			Parallelism: uint8(oc.Argon2.Parallelism)},
 		Issuer:             oc.Issuer,

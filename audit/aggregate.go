@@ -30,6 +30,7 @@ type Aggregator struct {
 }
 
 type aggKey struct {
+	action   Action // refused attempts: a count names one kind of attempt
 	actor    Agent
 	source   string
 	resource string
@@ -57,7 +58,7 @@ func (a *Aggregator) key(m map[aggKey]*aggregate, k aggKey) aggKey {
 	if _, ok := m[k]; ok || len(m) < a.maxKeys {
 		return k
 	}
-	return aggKey{actor: Agent{Kind: AgentAnonymous, ID: "(too many callers)"}, resource: k.resource}
+	return aggKey{action: k.action, actor: Agent{Kind: AgentAnonymous, ID: "(too many callers)"}, resource: k.resource}
 }
 
 // Lookup counts one lookup request: addresses asked, found answered, in media (such as
@@ -83,18 +84,18 @@ func (a *Aggregator) Lookup(s *Scope, media []string, addresses, found int) {
 	}
 }
 
-// Refused records a refused attempt. The first attempt of a source in an interval is written
-// at once (so a single guess leaves a trace even in a crash); later ones are counted and written
-// as one record when the interval ends.
+// Refused records a refused attempt. The first attempt of an action by a caller from a source
+// in an interval is written at once (so a single guess leaves a trace even in a crash); later
+// ones are counted and written as one record when the interval ends.
 func (a *Aggregator) Refused(ctx context.Context, rec Record) error {
-	k := aggKey{actor: rec.Actor, source: rec.Source}
+	k := aggKey{action: rec.Action, actor: rec.Actor, source: rec.Source}
 	a.mu.Lock()
 	k = a.key(a.refused, k)
 	g := a.refused[k]
 	if g != nil {
 		g.suppressed++
 		// The counted record names the latest attempt; the first has its own.
-		g.first.Resource, g.first.RequestID, g.first.Detail = rec.Resource, rec.RequestID, rec.Detail
+		g.first.Resource, g.first.Subject, g.first.RequestID, g.first.Detail = rec.Resource, rec.Subject, rec.RequestID, rec.Detail
 		a.mu.Unlock()
 		return nil
 	}

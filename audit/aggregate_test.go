@@ -2,6 +2,7 @@ package audit_test
 
 import (
 	"crypto/rand"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -60,5 +61,36 @@ func TestAggregatorCountsConcurrentLookups(t *testing.T) {
 	}
 	if recs, _ := store.ListAudit(t.Context(), time.Time{}, 0, 100); len(recs) != 2 {
 		t.Fatalf("%d records after an empty flush", len(recs))
+	}
+}
+
+// TestRefusedCountedPerAction: refused attempts of different kinds from one source are counted
+// apart, so a count never carries the action of another kind of attempt.
+func TestRefusedCountedPerAction(t *testing.T) {
+	store := sqlstore.New(dbtest.Open(t, sqlstore.SQLite))
+	key := make([]byte, 32)
+	rand.Read(key)
+	chain, _ := audit.NewChain(key)
+	store.SetAuditChain(chain)
+	agg := audit.NewAggregator(store, time.Minute, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	anon := audit.Agent{Kind: audit.AgentAnonymous}
+	for i := range 5 {
+		for _, a := range []audit.Action{audit.ActionLoginFailure, audit.ActionAdminCall} {
+			if err := agg.Refused(t.Context(), audit.Record{Action: a, Outcome: audit.OutcomeRefused, Actor: anon, Source: "192.0.2.9",
+				Detail: fmt.Sprint("attempt ", i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := agg.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	recs, _ := store.ListAudit(t.Context(), time.Time{}, 0, 100)
+	counts := map[audit.Action][]int64{}
+	for _, r := range recs {
+		counts[r.Action] = append(counts[r.Action], r.Count)
+	}
+	if len(recs) != 4 || fmt.Sprint(counts[audit.ActionLoginFailure]) != "[1 4]" || fmt.Sprint(counts[audit.ActionAdminCall]) != "[1 4]" {
+		t.Fatalf("records %+v", recs)
 	}
 }

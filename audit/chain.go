@@ -63,6 +63,12 @@ func (c *Chain) mac(r *Record) string {
 	field(strconv.FormatInt(r.Count, 10))
 	field(strconv.FormatInt(r.Found, 10))
 	field(r.PrevMAC)
+	// Added after the first records were written: only a record that has a subject covers it,
+	// so records from before keep their MACs (the field count tells the two apart).
+	if r.Subject != "" {
+		field("subject")
+		field(r.Subject)
+	}
 	return hex.EncodeToString(m.Sum(nil))
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -47,6 +48,7 @@ type Identifier struct {
 
 type Reference struct {
 	Reference  string      `json:"reference,omitempty"`
+	Type       string      `json:"type,omitempty"`
 	Identifier *Identifier `json:"identifier,omitempty"`
 	Display    string      `json:"display,omitempty"`
 }
@@ -125,7 +127,10 @@ var (
 	rest      = Coding{System: sysEventType, Code: "rest", Display: "Restful Operation"}
 	author    = Coding{System: sysParticipant, Code: "AUT", Display: "author (originator)"}
 	recipient = Coding{System: sysParticipant, Code: "IRCP", Display: "information recipient"}
-	kinds     = map[Action]eventKind{
+	// An account's password, second factor or one-time links set or reset (DICOM security alert).
+	credentials = eventKind{Coding{System: sysDICOM, Code: "110113", Display: "Security Alert"},
+		Coding{System: sysDICOM, Code: "110137", Display: "User security Attributes Changed"}, "E", "", author}
+	kinds = map[Action]eventKind{
 		ActionBind:            {rest, Coding{System: sysRESTful, Code: "create", Display: "create"}, "C", "Create", author},
 		ActionUnbind:          {rest, Coding{System: sysRESTful, Code: "delete", Display: "delete"}, "D", "Delete", author},
 		ActionInviteStored:    {rest, Coding{System: sysRESTful, Code: "create", Display: "create"}, "C", "Create", author},
@@ -135,6 +140,12 @@ var (
 		ActionAdminCall:       {rest, Coding{System: sysRESTful, Code: "operation", Display: "operation"}, "E", "", author},
 		ActionLogin:           {Coding{System: sysDICOM, Code: "110114", Display: "User Authentication"}, Coding{System: sysDICOM, Code: "110122", Display: "Login"}, "E", "", recipient},
 		ActionLoginFailure:    {Coding{System: sysDICOM, Code: "110114", Display: "User Authentication"}, Coding{System: sysDICOM, Code: "110122", Display: "Login"}, "E", "", recipient},
+		// An OZO account is a resource the platform creates, updates and deletes through the admin
+		// API (BALP RESTful patterns); the person it is for is the subject entity.
+		ActionAccountCreate:      {rest, Coding{System: sysRESTful, Code: "create", Display: "create"}, "C", "Create", author},
+		ActionAccountUpdate:      {rest, Coding{System: sysRESTful, Code: "update", Display: "update"}, "U", "Update", author},
+		ActionAccountDelete:      {rest, Coding{System: sysRESTful, Code: "delete", Display: "delete"}, "D", "Delete", author},
+		ActionAccountCredentials: credentials,
 	}
 )
 
@@ -207,11 +218,26 @@ func (r Record) AuditEvent(o Observer) AuditEvent {
 		}
 		ev.Entity = append(ev.Entity, e)
 	}
+	if r.Subject != "" {
+		ev.Entity = append(ev.Entity, subjectEntity(r.Subject))
+	}
 	ev.Entity = append(ev.Entity, EventEntity{Type: &Coding{System: sysEntityType, Code: "4", Display: "Other"},
 		Role:   &Coding{System: sysObjectRole, Code: "13", Display: "Security Resource"},
 		What:   &Reference{Identifier: &Identifier{System: "urn:ozo-identity:audit-chain", Value: strconv.FormatInt(r.Seq, 10)}},
 		Detail: []EntityDetail{{Type: "action", ValueString: string(r.Action)}, {Type: "mac", ValueString: r.MAC}}})
 	return ev
+}
+
+// subjectEntity names the person a record concerns by the platform's FHIR reference: a Patient
+// in the BALP patient role, anyone else (a RelatedPerson) as the user of the account.
+func subjectEntity(ref string) EventEntity {
+	typ, _, _ := strings.Cut(ref, "/")
+	role := Coding{System: sysObjectRole, Code: "6", Display: "User"}
+	if typ == "Patient" {
+		role = Coding{System: sysObjectRole, Code: "1", Display: "Patient"}
+	}
+	return EventEntity{Type: &Coding{System: sysEntityType, Code: "1", Display: "Person"}, Role: &role,
+		What: &Reference{Reference: ref, Type: typ}}
 }
 
 // threePIDIdentifier maps a 3PID to a FHIR identifier with the Dutch naming systems.
@@ -236,6 +262,8 @@ func agentRef(a Agent) *Reference {
 		return &Reference{Identifier: &Identifier{System: "urn:ozo-identity:homeserver", Value: a.ID}, Display: a.ID}
 	case AgentIdP:
 		return &Reference{Identifier: &Identifier{System: "urn:ozo-identity:idp", Value: a.ID}, Display: a.ID}
+	case AgentAccount:
+		return &Reference{Identifier: &Identifier{System: "urn:ozo-identity:ozo-account", Value: a.ID}, Display: "ozo_account/" + a.ID}
 	}
 	v := string(a.Kind)
 	if a.ID != "" {

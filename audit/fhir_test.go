@@ -73,6 +73,14 @@ func examples(t *testing.T) []audit.Record {
 			Medium: "idp", Address: "zorg-a:8f1c", Source: "192.0.2.30", RequestID: "d00d"},
 		{Action: audit.ActionLoginFailure, Outcome: audit.OutcomeRefused, Actor: audit.Agent{Kind: audit.AgentAnonymous},
 			Medium: "email", Address: "mantelzorger@example.org", Source: "203.0.113.5", RequestID: "bad1", Detail: "wrong TOTP code"},
+		{Action: audit.ActionAccountCreate, Outcome: audit.OutcomeSuccess, Actor: audit.Agent{Kind: audit.AgentAdmin},
+			Resource: "ozo_account/k3x9q2mfa7", Subject: "RelatedPerson/rp-17", Source: "192.0.2.40", RequestID: "e1", Detail: "kind=related_person"},
+		{Action: audit.ActionAccountUpdate, Outcome: audit.OutcomeSuccess, Actor: audit.Agent{Kind: audit.AgentSystem, ID: "cli:beheer"},
+			Resource: "ozo_account/p7t4wd0b2c", Subject: "Patient/p-77", Detail: "change=disable"},
+		{Action: audit.ActionAccountDelete, Outcome: audit.OutcomeSuccess, Actor: audit.Agent{Kind: audit.AgentAdmin},
+			Resource: "ozo_account/k3x9q2mfa7", Subject: "RelatedPerson/rp-17", Source: "192.0.2.40", RequestID: "e9", Detail: "kind=related_person"},
+		{Action: audit.ActionAccountCredentials, Outcome: audit.OutcomeSuccess, Actor: audit.Agent{Kind: audit.AgentAccount, ID: "k3x9q2mfa7"},
+			Resource: "ozo_account/k3x9q2mfa7", Subject: "RelatedPerson/rp-17", Source: "203.0.113.9", RequestID: "e5", Detail: "password reset with a mailed link"},
 	}
 	prev := ""
 	for i := range recs {
@@ -126,15 +134,21 @@ func checkBALP(t *testing.T, rec audit.Record, ev r4.AuditEvent) {
 	t.Helper()
 	wantSub := map[audit.Action]string{audit.ActionBind: "create", audit.ActionUnbind: "delete", audit.ActionInviteStored: "create",
 		audit.ActionInviteDelivered: "update", audit.ActionLookup: "search-type", audit.ActionDirectorySync: "history-type",
-		audit.ActionAdminCall: "operation", audit.ActionLogin: "110122", audit.ActionLoginFailure: "110122"}[rec.Action]
+		audit.ActionAdminCall: "operation", audit.ActionLogin: "110122", audit.ActionLoginFailure: "110122",
+		audit.ActionAccountCreate: "create", audit.ActionAccountUpdate: "update", audit.ActionAccountDelete: "delete",
+		audit.ActionAccountCredentials: "110137"}[rec.Action]
 	wantAction := map[audit.Action]string{audit.ActionBind: "C", audit.ActionUnbind: "D", audit.ActionInviteStored: "C",
-		audit.ActionInviteDelivered: "U"}[rec.Action]
+		audit.ActionInviteDelivered: "U", audit.ActionAccountCreate: "C", audit.ActionAccountUpdate: "U", audit.ActionAccountDelete: "D"}[rec.Action]
 	if wantAction == "" {
 		wantAction = "E"
 	}
 	switch rec.Action {
 	case audit.ActionLogin, audit.ActionLoginFailure:
 		if *ev.Type.System != "http://dicom.nema.org/resources/ontology/DCM" || *ev.Type.Code != "110114" {
+			t.Errorf("type %v", ev.Type)
+		}
+	case audit.ActionAccountCredentials:
+		if *ev.Type.System != "http://dicom.nema.org/resources/ontology/DCM" || *ev.Type.Code != "110113" {
 			t.Errorf("type %v", ev.Type)
 		}
 	default:
@@ -177,6 +191,18 @@ func checkBALP(t *testing.T, rec audit.Record, ev r4.AuditEvent) {
 		}
 		if !found {
 			t.Errorf("no entity with identifier system %s", want)
+		}
+	}
+	if rec.Subject != "" {
+		// BALP: the person as an entity of type Person; a patient in the patient role.
+		wantRole := map[bool]string{true: "1", false: "6"}[strings.HasPrefix(rec.Subject, "Patient/")]
+		found := false
+		for _, e := range ev.Entity {
+			found = found || e.What != nil && e.What.Reference != nil && *e.What.Reference == rec.Subject &&
+				*e.Type.Code == "1" && e.Role != nil && *e.Role.Code == wantRole
+		}
+		if !found {
+			t.Errorf("no person entity for subject %s", rec.Subject)
 		}
 	}
 	if rec.Action == audit.ActionLookup {

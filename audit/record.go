@@ -24,11 +24,18 @@ const (
 	ActionAdminCall       Action = "admin.call"
 	ActionLogin           Action = "login"
 	ActionLoginFailure    Action = "login.failure"
+	// The life of an OZO account (ozoaccount): made, changed (email, name, status, Matrix
+	// user), removed, and its credentials set or reset (password, second factor, links).
+	ActionAccountCreate      Action = "account.create"
+	ActionAccountUpdate      Action = "account.update"
+	ActionAccountDelete      Action = "account.delete"
+	ActionAccountCredentials Action = "account.credentials"
 )
 
 // Actions lists every action, in a stable order.
 var Actions = []Action{ActionBind, ActionUnbind, ActionInviteStored, ActionInviteDelivered, ActionLookup,
-	ActionDirectorySync, ActionAdminCall, ActionLogin, ActionLoginFailure}
+	ActionDirectorySync, ActionAdminCall, ActionLogin, ActionLoginFailure,
+	ActionAccountCreate, ActionAccountUpdate, ActionAccountDelete, ActionAccountCredentials}
 
 // Valid reports whether a is one of Actions.
 func (a Action) Valid() bool {
@@ -50,11 +57,12 @@ const (
 	AgentIdP        AgentKind = "idp"        // a subject proven by an IdP (the ID is idp:subject)
 	AgentSystem     AgentKind = "system"     // the identity server itself (workers, CLI)
 	AgentAnonymous  AgentKind = "anonymous"  // an unauthenticated or refused caller
+	AgentAccount    AgentKind = "account"    // the holder of an OZO account (the ID is the account ID)
 )
 
 func (k AgentKind) valid() bool {
 	switch k {
-	case AgentUser, AgentAdmin, AgentHomeserver, AgentIdP, AgentSystem, AgentAnonymous:
+	case AgentUser, AgentAdmin, AgentHomeserver, AgentIdP, AgentSystem, AgentAnonymous, AgentAccount:
 		return true
 	}
 	return false
@@ -89,8 +97,12 @@ type Record struct {
 	// Medium and Address name the 3PID concerned.
 	Medium  string `json:"medium,omitempty"`
 	Address string `json:"address,omitempty"`
-	// Resource names anything else concerned: a Matrix ID, a room, an API path, a directory.
-	Resource  string `json:"resource,omitempty"`
+	// Resource names anything else concerned: a Matrix ID, a room, an API path, a directory,
+	// an OZO account (ozo_account/<id>).
+	Resource string `json:"resource,omitempty"`
+	// Subject is the person the record concerns as the OZO platform's FHIR reference
+	// (RelatedPerson/<id>, Patient/<id>): never a BSN, never free text.
+	Subject   string `json:"subject,omitempty"`
 	Source    string `json:"source,omitempty"` // network address of the caller
 	RequestID string `json:"request_id,omitempty"`
 	Detail    string `json:"detail,omitempty"`
@@ -121,6 +133,7 @@ func (r *Record) Clean(now time.Time) {
 	r.Medium = Escape(r.Medium, 32)
 	r.Address = Escape(r.Address, maxShort)
 	r.Resource = Escape(r.Resource, maxMedium)
+	r.Subject = Escape(r.Subject, maxShort)
 	r.Source = Escape(r.Source, 64)
 	r.RequestID = Escape(r.RequestID, 128)
 	r.Detail = Escape(r.Detail, maxDetail)
@@ -137,7 +150,31 @@ func (r *Record) Validate() error {
 	if !r.Actor.Kind.valid() {
 		return fmt.Errorf("audit: unknown agent kind %q", r.Actor.Kind)
 	}
+	if r.Subject != "" && !validReference(r.Subject) {
+		// Not echoed: it may hold whatever a caller put there.
+		return fmt.Errorf("audit: the subject is not a FHIR reference Type/id")
+	}
 	return nil
+}
+
+// validReference reports whether s is a relative FHIR reference: a resource type and an id
+// ([A-Za-z0-9\-\.]{1,64}). It keeps the subject from carrying anything else.
+func validReference(s string) bool {
+	typ, id, ok := strings.Cut(s, "/")
+	if !ok || typ == "" || len(typ) > 64 || id == "" || len(id) > 64 || typ[0] < 'A' || typ[0] > 'Z' {
+		return false
+	}
+	for _, c := range typ {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			return false
+		}
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // Escape makes s printable valid UTF-8 that any database accepts: a backslash becomes \\,

@@ -71,3 +71,47 @@ func TestLoadKeyConcurrently(t *testing.T) {
 		t.Fatalf("key file: %v %v", info, err)
 	}
 }
+
+// TestSubjectIsOnlyAFHIRReference: the subject carries a reference Type/id and nothing else,
+// so no free text (a BSN in a sentence, a name) can reach the trail through it.
+func TestSubjectIsOnlyAFHIRReference(t *testing.T) {
+	for subject, ok := range map[string]bool{
+		"RelatedPerson/rp-1": true, "Patient/p.77": true,
+		"Patient/999911120 Jan":              false,
+		"bsn 999911120":                      false,
+		"Patient/":                           false,
+		"/p-1":                               false,
+		"patient/p-1":                        false,
+		"Patient/p-1/_history/2":             false,
+		"Patient/" + strings.Repeat("x", 65): false,
+	} {
+		r := audit.Record{Action: audit.ActionAccountCreate, Outcome: audit.OutcomeSuccess, Actor: audit.Agent{Kind: audit.AgentAdmin}, Subject: subject}
+		if err := r.Validate(); (err == nil) != ok {
+			t.Errorf("subject %q: %v", subject, err)
+		} else if err != nil && strings.Contains(err.Error(), subject) {
+			t.Errorf("the error echoes the subject: %v", err)
+		}
+	}
+}
+
+// TestSubjectIsChained: the subject is covered by the MAC, and a record without one keeps
+// the MAC it had before subjects existed (the examples under testdata/audit hold those).
+func TestSubjectIsChained(t *testing.T) {
+	chain, _ := audit.NewChain([]byte(strings.Repeat("k", 32)))
+	r := audit.Record{Action: audit.ActionAccountDelete, Outcome: audit.OutcomeSuccess, Actor: audit.Agent{Kind: audit.AgentAdmin},
+		Resource: "ozo_account/a1", Subject: "RelatedPerson/rp-1"}
+	chain.Seal(&r, 7, "prev")
+	if !chain.Valid(r) {
+		t.Fatal("a sealed record does not verify")
+	}
+	moved := r
+	moved.Subject = "RelatedPerson/rp-2"
+	if chain.Valid(moved) {
+		t.Fatal("a changed subject still verifies")
+	}
+	dropped := r
+	dropped.Subject = ""
+	if chain.Valid(dropped) {
+		t.Fatal("a removed subject still verifies")
+	}
+}

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -15,6 +16,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/config"
 	"github.com/ozo-platform/ozo-identity/internal/browsertest"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
@@ -28,7 +30,9 @@ import (
 // code and follows the link to the OZO app, whose URL fragment carries a Matrix access token
 // that works (/whoami on hs2). With it the caregiver joins Alice's room, and Alice sees it.
 // On the way: a form posted without its CSRF token is refused and changes nothing, and every
-// page passes axe-core.
+// page passes axe-core. At the end the audit trail holds each step — provisioning by the admin,
+// activation and login by the caregiver, the reused link refused — under the RelatedPerson's
+// reference, and no BSN.
 func TestOZOAccountInBrowser(t *testing.T) {
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(w, `<!doctype html><html lang="en"><head><title>OZO app</title></head><body><main><h1>OZO app</h1></main></body></html>`)
@@ -114,8 +118,10 @@ func TestOZOAccountInBrowser(t *testing.T) {
 		t.Fatalf("login without CSRF token: HTTP %d", st)
 	}
 	accountPage(t, b, "en", "Something went wrong")
-	if strings.Contains(s.IS.logs(t), "ozo_account.login_failed") {
-		t.Fatal("a POST without CSRF token reached the password check")
+	for _, r := range s.IS.auditRecords(t) {
+		if r.Action == audit.ActionLoginFailure {
+			t.Fatalf("a POST without CSRF token reached the password check: %+v", r)
+		}
 	}
 	b.Open(login)
 	b.Fill("#email", addr)
@@ -169,6 +175,62 @@ func TestOZOAccountInBrowser(t *testing.T) {
 	if strings.Contains(s.IS.logs(t), "999911120") {
 		t.Fatal("the BSN is logged")
 	}
+
+	// Every step of the caregiver's account is in the audit trail, in order, by who did it.
+	var steps []string
+	var accountID string
+	for _, r := range s.IS.auditRecords(t) {
+		if r.Subject != "RelatedPerson/rp-4711" {
+			continue
+		}
+		if !strings.HasPrefix(r.Resource, "ozo_account/") || r.Source == "" || r.RequestID == "" {
+			t.Errorf("record without account, source or request ID: %+v", r)
+		}
+		if r.Actor.Kind == audit.AgentAccount {
+			accountID = r.Actor.ID
+		}
+		steps = append(steps, fmt.Sprintf("%s/%s/%s %s", r.Action, r.Outcome, r.Actor.Kind, strings.SplitN(r.Detail, ": ", 2)[0]))
+	}
+	want := []string{
+		"account.create/success/admin kind=related_person",
+		"account.credentials/success/admin activation link issued, valid until 20",
+		"account.credentials/success/account activation",
+		"account.credentials/success/account activated",
+		"account.update/success/account change=matrix_user matrix_user=" + mxid.String(),
+		"account.credentials/refused/anonymous activation link refused",
+		"login/success/account factors=password,totp",
+	}
+	if len(steps) != len(want) {
+		t.Fatalf("account records:\n%s\nwant:\n%s", strings.Join(steps, "\n"), strings.Join(want, "\n"))
+	}
+	for i := range want {
+		if !strings.HasPrefix(steps[i], want[i]) {
+			t.Fatalf("account record %d: %q, want %q\nall:\n%s", i, steps[i], want[i], strings.Join(steps, "\n"))
+		}
+	}
+	if accountID == "" || !strings.HasSuffix(mxid.String(), accountID+":"+s.HS2.ServerName) {
+		t.Fatalf("the account %q acting is not the Matrix user %s", accountID, mxid)
+	}
+	status, export := s.IS.raw(t, nil, http.MethodGet, "/_ozo/admin/v1/audit?_format=fhir&limit=1000", "Bearer "+s.IS.AdminToken, "", "")
+	if body, _ := json.Marshal(export); status != http.StatusOK || strings.Contains(string(body), "999911120") ||
+		!strings.Contains(string(body), "RelatedPerson/rp-4711") {
+		t.Fatalf("FHIR export: %d %s", status, body)
+	}
+}
+
+// auditRecords reads the identity server's audit trail through the admin API.
+func (is *IdentityServer) auditRecords(t *testing.T) []audit.Record {
+	t.Helper()
+	status, resp := is.raw(t, nil, http.MethodGet, "/_ozo/admin/v1/audit?limit=1000", "Bearer "+is.AdminToken, "", "")
+	if status != http.StatusOK {
+		t.Fatalf("audit: %d %v", status, resp)
+	}
+	data, _ := json.Marshal(resp["records"])
+	var recs []audit.Record
+	if err := json.Unmarshal(data, &recs); err != nil {
+		t.Fatal(err)
+	}
+	return recs
 }
 
 // accountPage asserts the page's language and heading, that no inline script or style is there

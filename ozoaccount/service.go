@@ -17,6 +17,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/email"
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
@@ -42,6 +43,13 @@ type Homeserver interface {
 	LogoutAll(ctx context.Context, userID string) error
 	// SetDisplayName sets the name other people see in rooms.
 	SetDisplayName(ctx context.Context, userID, name string) error
+}
+
+// Auditor records the attempts that change nothing: wrong passwords and codes, unusable links,
+// reset requests for no account. The audit trail writes the first of a source at once and counts
+// the rest per interval (audit.Aggregator), so guessing cannot flood it.
+type Auditor interface {
+	Refused(ctx context.Context, rec audit.Record) error
 }
 
 // Binder binds and unbinds the account's email in the identity service, so that invites waiting
@@ -135,6 +143,7 @@ func (r LoginResult) HomeServer() string {
 // Service implements OZO accounts.
 type Service struct {
 	store  Store
+	audit  Auditor
 	mailer Mailer
 	hs     Homeserver // nil: no Matrix accounts
 	binder Binder     // nil: nothing bound
@@ -147,8 +156,13 @@ type Service struct {
 	background sync.WaitGroup
 }
 
-// New builds the service. hs and binder may be nil when no OZO homeserver is configured.
-func New(store Store, mailer Mailer, hs Homeserver, binder Binder, opts Options, log *slog.Logger) (*Service, error) {
+// New builds the service. Account events are audit records: the store writes them with the
+// change, auditor the refused attempts. hs and binder may be nil when no OZO homeserver is
+// configured.
+func New(store Store, auditor Auditor, mailer Mailer, hs Homeserver, binder Binder, opts Options, log *slog.Logger) (*Service, error) {
+	if auditor == nil {
+		return nil, errors.New("ozoaccount: an auditor for refused attempts is required")
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -181,7 +195,7 @@ func New(store Store, mailer Mailer, hs Homeserver, binder Binder, opts Options,
 	if err != nil {
 		return nil, err
 	}
-	return &Service{store: store, mailer: mailer, hs: hs, binder: binder, opts: opts, log: log, now: time.Now, dummy: dummy, aead: aead}, nil
+	return &Service{store: store, audit: auditor, mailer: mailer, hs: hs, binder: binder, opts: opts, log: log, now: time.Now, dummy: dummy, aead: aead}, nil
 }
 
 // SetClock replaces the clock, for tests of expiry.
@@ -190,10 +204,44 @@ func (s *Service) SetClock(now func() time.Time) { s.now = now }
 // Wait waits for mails sent in the background (reset requests).
 func (s *Service) Wait() { s.background.Wait() }
 
-// audit logs an audit event. The audit package will take these; never pass secrets or a BSN.
-func (s *Service) audit(ctx context.Context, action string, attrs ...any) {
-	s.log.InfoContext(ctx, "ozo account "+action, append([]any{"audit", true, "action", "ozo_account." + action}, attrs...)...)
+// record starts the audit record of an event on account a: the request's actor, source and
+// request ID, the account as resource and the person's FHIR reference as subject. Records never
+// carry the email, a password, a TOTP secret or code, a link's token or a BSN.
+func record(ctx context.Context, action audit.Action, a Account, detail string) audit.Record {
+	r := audit.ScopeFrom(ctx).Record(action, audit.OutcomeSuccess)
+	if a.ID != "" {
+		r.Resource = AuditResource(a.ID)
+	} else {
+		r.Resource = "ozo_account"
+	}
+	r.Subject, r.Detail = a.FHIRRef, detail
+	return r
 }
+
+// AuditResource names an account in audit records.
+func AuditResource(id string) string { return "ozo_account/" + id }
+
+// byHolder makes r the record of something the account's holder did, proven by a link, a
+// password or a code.
+func byHolder(r audit.Record, a Account) audit.Record {
+	r.Actor = audit.Agent{Kind: audit.AgentAccount, ID: a.ID}
+	return r
+}
+
+// refused records an attempt that changed nothing; a (zero when unknown) is the account it
+// named. A record that cannot be written is logged: the attempt is refused either way.
+func (s *Service) refused(ctx context.Context, action audit.Action, a Account, detail string) {
+	r := record(ctx, action, a, detail)
+	r.Outcome = audit.OutcomeRefused
+	// A client that hangs up does not take the record of its refused attempt with it.
+	if err := s.audit.Refused(context.WithoutCancel(ctx), r); err != nil {
+		s.log.ErrorContext(ctx, "audit record of a refused ozo account attempt not written", "action", action, "err", err)
+	}
+}
+
+// done tells the admin API that the call's change is in the audit trail, so no separate record
+// of the call is needed; called when an admin operation succeeded.
+func done(ctx context.Context) { audit.ScopeFrom(ctx).MarkRecorded() }
 
 func randomToken() string {
 	b := make([]byte, 32)
@@ -299,7 +347,8 @@ func (s *Service) Provision(ctx context.Context, req ProvisionRequest) (Account,
 	}
 	a := Account{ID: newID(), Email: req.Email, DisplayName: req.DisplayName, Kind: req.Kind, FHIRRef: req.FHIRRef,
 		Status: StatusInvited, Language: req.Language, CreatedAt: now, UpdatedAt: now}
-	if err := s.store.CreateAccount(ctx, a); errors.Is(err, ErrAlreadyExists) {
+	rec := record(ctx, audit.ActionAccountCreate, a, "kind="+string(a.Kind))
+	if err := s.store.CreateAccount(ctx, a, rec); errors.Is(err, ErrAlreadyExists) {
 		// A concurrent call may have made the account of this resource first: update that one.
 		if existing, gerr := s.store.GetAccountByFHIRRef(ctx, req.FHIRRef); gerr == nil {
 			return s.update(ctx, existing, req, now)
@@ -308,28 +357,42 @@ func (s *Service) Provision(ctx context.Context, req ProvisionRequest) (Account,
 	} else if err != nil {
 		return Account{}, false, err
 	}
-	s.audit(ctx, "provisioned", "account", a.ID, "kind", a.Kind, "fhir_ref", a.FHIRRef)
 	if err := s.sendActivation(ctx, a, false); err != nil {
 		return a, true, err
 	}
+	done(ctx)
 	return a, true, nil
 }
 
 func (s *Service) update(ctx context.Context, a Account, req ProvisionRequest, now time.Time) (Account, bool, error) {
 	oldEmail, oldName := a.Email, a.DisplayName
+	var changed []string
+	for _, c := range []struct {
+		name     string
+		old, new string
+	}{{"email", a.Email, req.Email}, {"name", a.DisplayName, req.DisplayName}, {"language", a.Language, req.Language}} {
+		if c.old != c.new {
+			changed = append(changed, c.name)
+		}
+	}
+	if len(changed) == 0 {
+		changed = []string{"none"}
+	}
 	a.Email, a.DisplayName, a.Language, a.UpdatedAt = req.Email, req.DisplayName, req.Language, now
-	if err := s.store.UpdateAccount(ctx, a); errors.Is(err, ErrAlreadyExists) {
+	// The record names what changed, not the values: the email and name stay out of the trail.
+	rec := record(ctx, audit.ActionAccountUpdate, a, "change=provision fields="+strings.Join(changed, ","))
+	if err := s.store.UpdateAccount(ctx, a, rec); errors.Is(err, ErrAlreadyExists) {
 		return Account{}, false, ErrEmailInUse
 	} else if err != nil {
 		return Account{}, false, err
 	}
-	s.audit(ctx, "updated", "account", a.ID, "fhir_ref", a.FHIRRef, "email_changed", oldEmail != a.Email)
 	if s.hs != nil && a.MXID != "" && a.DisplayName != oldName && a.DisplayName != "" && a.Status == StatusActive {
 		if err := s.hs.SetDisplayName(ctx, a.MXID, a.DisplayName); err != nil {
 			s.log.WarnContext(ctx, "ozo account: display name not updated", "account", a.ID, "err", err)
 		}
 	}
 	if oldEmail == a.Email {
+		done(ctx)
 		return a, false, nil
 	}
 	// The old address must stop resolving to the person; the new one is bound (active) or
@@ -349,6 +412,7 @@ func (s *Service) update(ctx context.Context, a Account, req ProvisionRequest, n
 			return a, false, err
 		}
 	}
+	done(ctx)
 	return a, false, nil
 }
 
@@ -370,8 +434,14 @@ func (s *Service) sendActivation(ctx context.Context, a Account, reenrol bool) e
 	}
 	token := randomToken()
 	now := s.now().UTC()
+	what := "activation link issued"
+	if reenrol {
+		what = "link to enrol again issued"
+	}
+	rec := record(ctx, audit.ActionAccountCredentials, a,
+		fmt.Sprintf("%s, valid until %s", what, now.Add(s.opts.ActivationLifetime).Format(time.RFC3339)))
 	if err := s.store.CreateToken(ctx, Token{Hash: hashToken(token), AccountID: a.ID, Purpose: PurposeActivation,
-		CreatedAt: now, ExpiresAt: now.Add(s.opts.ActivationLifetime)}); err != nil {
+		CreatedAt: now, ExpiresAt: now.Add(s.opts.ActivationLifetime)}, rec); err != nil {
 		return err
 	}
 	vars := map[string]string{"link": s.link(ActivatePath, token), "display_name": a.DisplayName, "lang": a.Language,
@@ -383,7 +453,6 @@ func (s *Service) sendActivation(ctx context.Context, a Account, reenrol bool) e
 		s.log.WarnContext(ctx, "ozo account: invitation not sent", "account", a.ID, "err", err)
 		return ErrMailNotSent
 	}
-	s.audit(ctx, "invitation_sent", "account", a.ID, "reenrol", reenrol)
 	return nil
 }
 
@@ -396,7 +465,11 @@ func (s *Service) Resend(ctx context.Context, id string) error {
 	if a.Status != StatusInvited {
 		return fmt.Errorf("%w: the account is %s", ErrInvalid, a.Status)
 	}
-	return s.sendActivation(ctx, a, false)
+	if err := s.sendActivation(ctx, a, false); err != nil {
+		return err
+	}
+	done(ctx)
+	return nil
 }
 
 func (s *Service) Get(ctx context.Context, id string) (Account, error) {
@@ -441,16 +514,41 @@ func linkErr(err error) error {
 func (s *Service) activationAccount(ctx context.Context, token string) (Account, error) {
 	t, err := s.store.GetToken(ctx, hashToken(token), PurposeActivation, s.now())
 	if err != nil {
-		return Account{}, linkErr(err)
+		return Account{}, s.linkRefused(ctx, "activation", t.AccountID, err)
 	}
 	a, err := s.store.GetAccount(ctx, t.AccountID)
 	if err != nil {
-		return Account{}, linkErr(err)
+		return Account{}, s.linkRefused(ctx, "activation", t.AccountID, err)
 	}
 	if a.Status == StatusDisabled {
+		s.refused(ctx, audit.ActionAccountCredentials, a, "activation link refused: the account is disabled")
 		return Account{}, ErrInvalidLink
 	}
 	return a, nil
+}
+
+// linkRefused records the attempt to use a link that is unknown, used or expired, naming the
+// account when the link is known, and returns the error to answer.
+func (s *Service) linkRefused(ctx context.Context, kind, accountID string, err error) error {
+	var why string
+	switch {
+	case errors.Is(err, ErrTokenUsed):
+		why = "already used"
+	case errors.Is(err, ErrTokenExpired):
+		why = "expired"
+	case errors.Is(err, ErrNotFound):
+		why = "unknown"
+	default:
+		return err // the store failed: nothing was refused
+	}
+	a := Account{ID: accountID}
+	if accountID != "" {
+		if got, gerr := s.store.GetAccount(ctx, accountID); gerr == nil {
+			a = got
+		}
+	}
+	s.refused(ctx, audit.ActionAccountCredentials, a, kind+" link refused: "+why)
+	return linkErr(err)
 }
 
 // CheckActivation reports whether an activation link can still be used, and for whom.
@@ -481,10 +579,10 @@ func (s *Service) BeginActivation(ctx context.Context, token, password string) (
 		return Enrolment{}, err
 	}
 	a.PasswordHash, a.TOTPPending, a.UpdatedAt = hash, sealed, s.now().UTC()
-	if err := s.store.UpdateAccount(ctx, a); err != nil {
+	rec := byHolder(record(ctx, audit.ActionAccountCredentials, a, "activation: password set, second factor enrolment started"), a)
+	if err := s.store.UpdateAccount(ctx, a, rec); err != nil {
 		return Enrolment{}, err
 	}
-	s.audit(ctx, "activation_started", "account", a.ID)
 	return enrol, nil
 }
 
@@ -521,11 +619,11 @@ func (s *Service) CompleteActivation(ctx context.Context, token, code string) ([
 	}
 	step, ok := matchTOTP(pending, code, s.now())
 	if !ok {
-		s.audit(ctx, "activation_wrong_code", "account", a.ID)
+		s.refused(ctx, audit.ActionAccountCredentials, a, "activation: wrong code")
 		return nil, Account{}, ErrWrongCode
 	}
 	if _, err := s.store.UseToken(ctx, hashToken(token), PurposeActivation, s.now()); err != nil {
-		return nil, Account{}, linkErr(err)
+		return nil, Account{}, s.linkRefused(ctx, "activation", a.ID, err)
 	}
 	codes, hashes, err := newRecoveryCodes()
 	if err != nil {
@@ -533,10 +631,14 @@ func (s *Service) CompleteActivation(ctx context.Context, token, code string) ([
 	}
 	now := s.now().UTC().Truncate(time.Millisecond)
 	a.TOTPSecret, a.TOTPPending, a.Status, a.UpdatedAt = a.TOTPPending, "", StatusActive, now
-	if a.ActivatedAt.IsZero() {
+	what := "activated: second factor enrolled, recovery codes issued"
+	if !a.ActivatedAt.IsZero() {
+		what = "second factor enrolled again, recovery codes issued"
+	} else {
 		a.ActivatedAt = now
 	}
-	if err := s.store.UpdateAccount(ctx, a); err != nil {
+	rec := byHolder(record(ctx, audit.ActionAccountCredentials, a, what), a)
+	if err := s.store.UpdateAccount(ctx, a, rec); err != nil {
 		return nil, Account{}, err
 	}
 	if err := s.store.ResetTOTPStep(ctx, a.ID); err != nil {
@@ -549,7 +651,6 @@ func (s *Service) CompleteActivation(ctx context.Context, token, code string) ([
 	if err := s.store.SetRecoveryCodes(ctx, a.ID, hashes); err != nil {
 		return nil, Account{}, err
 	}
-	s.audit(ctx, "activated", "account", a.ID)
 	if a, err = s.ensureMatrix(ctx, a); err != nil {
 		// The account is active; the next login tries again.
 		s.log.WarnContext(ctx, "ozo account: matrix account not ready", "account", a.ID, "err", err)
@@ -568,10 +669,11 @@ func (s *Service) ensureMatrix(ctx context.Context, a Account) (Account, error) 
 			return a, fmt.Errorf("register matrix user: %w", err)
 		}
 		a.MXID, a.UpdatedAt = mxid, s.now().UTC()
-		if err := s.store.UpdateAccount(ctx, a); err != nil {
+		// Made for the holder, who is activating or logging in.
+		rec := byHolder(record(ctx, audit.ActionAccountUpdate, a, "change=matrix_user matrix_user="+mxid), a)
+		if err := s.store.UpdateAccount(ctx, a, rec); err != nil {
 			return a, err
 		}
-		s.audit(ctx, "matrix_user_created", "account", a.ID, "mxid", mxid)
 		// Practitioners see the name from the platform's record, not the generated localpart.
 		if a.DisplayName != "" {
 			if err := s.hs.SetDisplayName(ctx, a.MXID, a.DisplayName); err != nil {
@@ -599,16 +701,35 @@ func (s *Service) locked(ctx context.Context, key string) error {
 	return nil
 }
 
-func (s *Service) fail(ctx context.Context, key, what, accountID string) error {
-	l, err := s.store.RecordFailure(ctx, key, s.now(), s.opts.Lockout.Window, s.opts.Lockout.lockFor)
+// fail counts a failed password or code against the login name key and records it. The failure
+// is a refused attempt (counted per source); a lockout of an existing account is recorded with
+// the lock itself, so every account locked out has its record.
+func (s *Service) fail(ctx context.Context, key string, a Account, why string) error {
+	var onLock func(Lockout) []audit.Record
+	if a.ID != "" {
+		onLock = func(l Lockout) []audit.Record {
+			r := record(ctx, audit.ActionLoginFailure, a, fmt.Sprintf("locked out until %s after %d failed attempts",
+				l.LockedUntil.UTC().Format(time.RFC3339), l.Failures))
+			r.Outcome = audit.OutcomeRefused
+			return []audit.Record{r}
+		}
+	}
+	l, err := s.store.RecordFailure(ctx, key, s.now(), s.opts.Lockout.Window, s.opts.Lockout.lockFor, onLock)
 	if err != nil {
 		return err
 	}
-	s.audit(ctx, "login_failed", "factor", what, "account", accountID, "failures", l.Failures)
+	detail := fmt.Sprintf("%s; failures=%d", why, l.Failures)
 	if !l.LockedUntil.IsZero() {
-		s.audit(ctx, "locked_out", "account", accountID, "until", l.LockedUntil)
+		detail += " locked_until=" + l.LockedUntil.UTC().Format(time.RFC3339)
 	}
+	s.refused(ctx, audit.ActionLoginFailure, a, detail)
 	return ErrInvalidCredentials
+}
+
+// lockedOut refuses and records a login of a locked login name.
+func (s *Service) lockedOut(ctx context.Context, a Account, factor string, err error) error {
+	s.refused(ctx, audit.ActionLoginFailure, a, factor+": refused while locked out")
+	return err
 }
 
 // Login checks email and password and returns a ticket for the second factor. Unknown emails
@@ -616,18 +737,20 @@ func (s *Service) fail(ctx context.Context, key, what, accountID string) error {
 func (s *Service) Login(ctx context.Context, address, password string) (string, error) {
 	tp, err := threepid.Normalize("email", address)
 	if err != nil || len(password) > maxPasswordBytes {
+		s.refused(ctx, audit.ActionLoginFailure, Account{}, "password: not an email address or too long a password")
 		return "", ErrInvalidCredentials
 	}
 	key := lockKey(tp.Address)
-	if err := s.locked(ctx, key); err != nil {
-		return "", err
-	}
 	a, err := s.store.GetAccountByEmail(ctx, tp.Address)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return "", err
 	}
+	known := err == nil
+	if err := s.locked(ctx, key); err != nil {
+		return "", s.lockedOut(ctx, a, "password", err)
+	}
 	hash := a.PasswordHash
-	usable := err == nil && a.Status == StatusActive && hash != ""
+	usable := known && a.Status == StatusActive && hash != ""
 	if !usable {
 		hash = s.dummy
 	}
@@ -635,10 +758,16 @@ func (s *Service) Login(ctx context.Context, address, password string) (string, 
 	if verr != nil {
 		return "", fmt.Errorf("verify password: %w", verr)
 	}
-	if !ok || !usable {
-		return "", s.fail(ctx, key, "password", a.ID)
+	switch {
+	case !known:
+		return "", s.fail(ctx, key, a, "password: no account has this email address")
+	case !usable:
+		return "", s.fail(ctx, key, a, "password: the account is "+string(a.Status))
+	case !ok:
+		return "", s.fail(ctx, key, a, "password: wrong password")
 	}
 	if rehash {
+		// The same password under the configured parameters: no event of its own.
 		if h, err := hashPassword(password, s.opts.Argon2); err == nil {
 			a.PasswordHash = h
 			if err := s.store.UpdateAccount(ctx, a); err != nil {
@@ -647,6 +776,7 @@ func (s *Service) Login(ctx context.Context, address, password string) (string, 
 		}
 	}
 	if a.TOTPSecret == "" {
+		s.refused(ctx, audit.ActionLoginFailure, a, "password right, but the second factor was reset and is not enrolled again")
 		return "", ErrEnrolmentRequired
 	}
 	ticket := randomToken()
@@ -665,28 +795,30 @@ func (s *Service) SecondFactor(ctx context.Context, ticket, code, recoveryCode s
 	t, err := s.store.GetToken(ctx, hashToken(ticket), PurposeLogin, s.now())
 	if err != nil {
 		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrTokenUsed) || errors.Is(err, ErrTokenExpired) {
+			s.ticketRefused(ctx, t.AccountID, err)
 			return LoginResult{}, fmt.Errorf("%w: log in again", ErrInvalidLink)
 		}
 		return LoginResult{}, err
 	}
 	a, err := s.store.GetAccount(ctx, t.AccountID)
 	if err != nil {
+		s.refused(ctx, audit.ActionLoginFailure, Account{ID: t.AccountID}, "second factor: the account is gone")
 		return LoginResult{}, ErrInvalidCredentials
 	}
 	key := lockKey(a.Email)
 	if err := s.locked(ctx, key); err != nil {
-		return LoginResult{}, err
+		return LoginResult{}, s.lockedOut(ctx, a, "second factor", err)
 	}
 	if a.Status != StatusActive || a.TOTPSecret == "" {
+		s.refused(ctx, audit.ActionLoginFailure, a, "second factor: the account is "+string(a.Status)+" or has no second factor")
 		return LoginResult{}, ErrInvalidCredentials
 	}
 	var accepted bool
+	factor, why := "totp", "second factor: wrong code"
 	switch {
 	case recoveryCode != "":
+		factor, why = "recovery_code", "second factor: unknown or used recovery code"
 		accepted, err = s.store.UseRecoveryCode(ctx, a.ID, hashRecoveryCode(recoveryCode), s.now())
-		if accepted {
-			s.audit(ctx, "recovery_code_used", "account", a.ID)
-		}
 	default:
 		var secret string
 		if secret, err = s.openSecret(a.TOTPSecret); err != nil {
@@ -695,24 +827,27 @@ func (s *Service) SecondFactor(ctx context.Context, ticket, code, recoveryCode s
 		if step, ok := matchTOTP(secret, code, s.now()); ok {
 			// Refused when this or a later step was accepted before: a code works once.
 			accepted, err = s.store.UseTOTPStep(ctx, a.ID, step)
-			if !accepted && err == nil {
-				s.audit(ctx, "totp_replayed", "account", a.ID)
-			}
+			why = "second factor: code of a time step already used (replay)"
 		}
 	}
 	if err != nil {
 		return LoginResult{}, err
 	}
 	if !accepted {
-		return LoginResult{}, s.fail(ctx, key, "second_factor", a.ID)
+		return LoginResult{}, s.fail(ctx, key, a, why)
 	}
-	if _, err := s.store.UseToken(ctx, hashToken(ticket), PurposeLogin, s.now()); err != nil {
-		return LoginResult{}, fmt.Errorf("%w: log in again", ErrInvalidLink)
+	rec := byHolder(record(ctx, audit.ActionLogin, a, "factors=password,"+factor), a)
+	rec.OnBehalfOf = a.MXID
+	if _, err := s.store.UseToken(ctx, hashToken(ticket), PurposeLogin, s.now(), rec); err != nil {
+		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrTokenUsed) || errors.Is(err, ErrTokenExpired) {
+			s.ticketRefused(ctx, a.ID, err)
+			return LoginResult{}, fmt.Errorf("%w: log in again", ErrInvalidLink)
+		}
+		return LoginResult{}, err
 	}
 	if err := s.store.ClearFailures(ctx, key); err != nil {
 		return LoginResult{}, err
 	}
-	s.audit(ctx, "logged_in", "account", a.ID)
 	res := LoginResult{Account: a}
 	if s.hs != nil {
 		if a, err = s.ensureMatrix(ctx, a); err != nil {
@@ -724,6 +859,23 @@ func (s *Service) SecondFactor(ctx context.Context, ticket, code, recoveryCode s
 		}
 	}
 	return res, nil
+}
+
+// ticketRefused records a second factor sent with a login ticket that is unknown, used or expired.
+func (s *Service) ticketRefused(ctx context.Context, accountID string, err error) {
+	why := "unknown"
+	if errors.Is(err, ErrTokenUsed) {
+		why = "already used"
+	} else if errors.Is(err, ErrTokenExpired) {
+		why = "expired"
+	}
+	a := Account{ID: accountID}
+	if accountID != "" {
+		if got, gerr := s.store.GetAccount(ctx, accountID); gerr == nil {
+			a = got
+		}
+	}
+	s.refused(ctx, audit.ActionLoginFailure, a, "second factor: login ticket "+why)
 }
 
 // RequestReset mails a one-time reset link to an active account. Whether the address has an
@@ -747,14 +899,14 @@ func (s *Service) RequestReset(ctx context.Context, address string) error {
 func (s *Service) sendReset(ctx context.Context, address string) error {
 	a, err := s.store.GetAccountByEmail(ctx, address)
 	if errors.Is(err, ErrNotFound) {
-		s.audit(ctx, "reset_requested", "known", false)
+		s.refused(ctx, audit.ActionAccountCredentials, Account{}, "password reset requested for an address without an account")
 		return nil
 	}
 	if err != nil {
 		return err
 	}
 	if a.Status != StatusActive {
-		s.audit(ctx, "reset_requested", "account", a.ID, "status", a.Status)
+		s.refused(ctx, audit.ActionAccountCredentials, a, "password reset requested for an account that is "+string(a.Status))
 		return nil
 	}
 	// Anyone may ask for a reset of any address: bound the mails one mailbox gets.
@@ -763,12 +915,12 @@ func (s *Service) sendReset(ctx context.Context, address string) error {
 			return time.Hour
 		}
 		return 0
-	})
+	}, nil)
 	if err != nil {
 		return err
 	}
 	if l.Failures > maxResetMailsPerHour {
-		s.audit(ctx, "reset_mail_limited", "account", a.ID)
+		s.refused(ctx, audit.ActionAccountCredentials, a, fmt.Sprintf("password reset requested, but %d reset mails were sent this hour", maxResetMailsPerHour))
 		return nil
 	}
 	// Only the newest link works.
@@ -777,15 +929,17 @@ func (s *Service) sendReset(ctx context.Context, address string) error {
 	}
 	token := randomToken()
 	now := s.now().UTC()
+	// Anyone who knows the address may ask: the requester is not the holder.
+	rec := record(ctx, audit.ActionAccountCredentials, a, "password reset link issued, valid until "+
+		now.Add(s.opts.ResetLifetime).Format(time.RFC3339))
 	if err := s.store.CreateToken(ctx, Token{Hash: hashToken(token), AccountID: a.ID, Purpose: PurposeReset,
-		CreatedAt: now, ExpiresAt: now.Add(s.opts.ResetLifetime)}); err != nil {
+		CreatedAt: now, ExpiresAt: now.Add(s.opts.ResetLifetime)}, rec); err != nil {
 		return err
 	}
 	if err := s.mailer.Send(ctx, MailReset, a.Email, map[string]string{"link": s.link(ResetPath, token),
 		"display_name": a.DisplayName, "lang": a.Language, "expires": now.Add(s.opts.ResetLifetime).Format("2006-01-02 15:04 MST")}); err != nil {
 		return fmt.Errorf("send reset mail: %w", err)
 	}
-	s.audit(ctx, "reset_requested", "account", a.ID)
 	return nil
 }
 
@@ -797,8 +951,11 @@ func resetKey(address string) string { return lockKey("reset:" + address) }
 
 // CheckReset reports whether a reset link can still be used.
 func (s *Service) CheckReset(ctx context.Context, token string) error {
-	_, err := s.store.GetToken(ctx, hashToken(token), PurposeReset, s.now())
-	return linkErr(err)
+	t, err := s.store.GetToken(ctx, hashToken(token), PurposeReset, s.now())
+	if err != nil {
+		return s.linkRefused(ctx, "password reset", t.AccountID, err)
+	}
+	return nil
 }
 
 // ResetPassword sets a new password with a reset link, once. The second factor stays as it is.
@@ -815,17 +972,19 @@ func (s *Service) ResetPassword(ctx context.Context, token, password string) err
 	}
 	t, err := s.store.UseToken(ctx, hashToken(token), PurposeReset, s.now())
 	if err != nil {
-		return linkErr(err)
+		return s.linkRefused(ctx, "password reset", t.AccountID, err)
 	}
 	a, err := s.store.GetAccount(ctx, t.AccountID)
 	if err != nil {
-		return linkErr(err)
+		return s.linkRefused(ctx, "password reset", t.AccountID, err)
 	}
 	if a.Status != StatusActive {
+		s.refused(ctx, audit.ActionAccountCredentials, a, "password reset link refused: the account is "+string(a.Status))
 		return ErrInvalidLink
 	}
 	a.PasswordHash, a.UpdatedAt = hash, s.now().UTC()
-	if err := s.store.UpdateAccount(ctx, a); err != nil {
+	rec := byHolder(record(ctx, audit.ActionAccountCredentials, a, "password reset with a mailed link"), a)
+	if err := s.store.UpdateAccount(ctx, a, rec); err != nil {
 		return err
 	}
 	if err := s.store.DeleteTokens(ctx, a.ID, PurposeLogin); err != nil {
@@ -834,7 +993,6 @@ func (s *Service) ResetPassword(ctx context.Context, token, password string) err
 	if err := s.store.ClearFailures(ctx, lockKey(a.Email)); err != nil {
 		return err
 	}
-	s.audit(ctx, "password_reset", "account", a.ID)
 	return nil
 }
 
@@ -845,14 +1003,17 @@ func (s *Service) Disable(ctx context.Context, id string) (Account, error) {
 		return a, err
 	}
 	a.Status, a.UpdatedAt = StatusDisabled, s.now().UTC()
-	if err := s.store.UpdateAccount(ctx, a); err != nil {
+	if err := s.store.UpdateAccount(ctx, a, record(ctx, audit.ActionAccountUpdate, a, "change=disable")); err != nil {
 		return a, err
 	}
 	if err := s.store.DeleteTokens(ctx, a.ID, ""); err != nil {
 		return a, err
 	}
-	s.audit(ctx, "disabled", "account", a.ID)
-	return a, s.detachMatrix(ctx, a)
+	if err := s.detachMatrix(ctx, a); err != nil {
+		return a, err
+	}
+	done(ctx)
+	return a, nil
 }
 
 func (s *Service) detachMatrix(ctx context.Context, a Account) error {
@@ -883,15 +1044,15 @@ func (s *Service) Enable(ctx context.Context, id string) (Account, error) {
 		a.Status = StatusActive
 	}
 	a.UpdatedAt = s.now().UTC()
-	if err := s.store.UpdateAccount(ctx, a); err != nil {
+	if err := s.store.UpdateAccount(ctx, a, record(ctx, audit.ActionAccountUpdate, a, "change=enable status="+string(a.Status))); err != nil {
 		return a, err
 	}
-	s.audit(ctx, "enabled", "account", a.ID)
 	if a.Status == StatusActive && s.binder != nil && a.MXID != "" {
 		if err := s.binder.BindEmail(ctx, a.Email, a.MXID); err != nil {
 			return a, fmt.Errorf("bind email: %w", err)
 		}
 	}
+	done(ctx)
 	return a, nil
 }
 
@@ -905,13 +1066,19 @@ func (s *Service) Delete(ctx context.Context, id string) error {
 	if err := s.detachMatrix(ctx, a); err != nil {
 		return err
 	}
-	if err := s.store.DeleteAccount(ctx, a.ID); err != nil {
+	// The record keeps what the trail must: the account ID, its kind, the person's FHIR reference
+	// and the Matrix user, which stays on the homeserver.
+	detail := "kind=" + string(a.Kind)
+	if a.MXID != "" {
+		detail += " matrix_user=" + a.MXID
+	}
+	if err := s.store.DeleteAccount(ctx, a.ID, record(ctx, audit.ActionAccountDelete, a, detail)); err != nil {
 		return err
 	}
 	if err := s.store.ClearFailures(ctx, lockKey(a.Email)); err != nil {
 		return err
 	}
-	s.audit(ctx, "deleted", "account", a.ID, "kind", a.Kind, "fhir_ref", a.FHIRRef, "mxid", a.MXID)
+	done(ctx)
 	return nil
 }
 
@@ -926,7 +1093,8 @@ func (s *Service) ResetSecondFactor(ctx context.Context, id string) (Account, er
 		return a, fmt.Errorf("%w: the account is disabled", ErrInvalid)
 	}
 	a.TOTPSecret, a.TOTPPending, a.UpdatedAt = "", "", s.now().UTC()
-	if err := s.store.UpdateAccount(ctx, a); err != nil {
+	rec := record(ctx, audit.ActionAccountCredentials, a, "second factor and recovery codes reset")
+	if err := s.store.UpdateAccount(ctx, a, rec); err != nil {
 		return a, err
 	}
 	if err := s.store.SetRecoveryCodes(ctx, a.ID, nil); err != nil {
@@ -935,6 +1103,9 @@ func (s *Service) ResetSecondFactor(ctx context.Context, id string) (Account, er
 	if err := s.store.DeleteTokens(ctx, a.ID, ""); err != nil {
 		return a, err
 	}
-	s.audit(ctx, "second_factor_reset", "account", a.ID)
-	return a, s.sendActivation(ctx, a, a.Status == StatusActive)
+	if err := s.sendActivation(ctx, a, a.Status == StatusActive); err != nil {
+		return a, err
+	}
+	done(ctx)
+	return a, nil
 }

@@ -8,6 +8,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/ozo-platform/ozo-identity/audit"
 )
 
 // Kind is who the account is for.
@@ -85,10 +87,13 @@ type Lockout struct {
 
 // Store is the durable state of OZO accounts. storage/sqlstore implements it on SQLite and
 // PostgreSQL; every implementation passes ozoaccount/storetest.
+//
+// The methods that make an account event take its audit records (recs) and append them to the
+// audit chain in the same transaction: when a record cannot be written, nothing changes.
 type Store interface {
 	// CreateAccount stores a new account; ErrAlreadyExists when its ID, email or (non-empty)
 	// FHIR reference is taken.
-	CreateAccount(ctx context.Context, a Account) error
+	CreateAccount(ctx context.Context, a Account, recs ...audit.Record) error
 	GetAccount(ctx context.Context, id string) (Account, error)
 	GetAccountByEmail(ctx context.Context, email string) (Account, error)
 	GetAccountByFHIRRef(ctx context.Context, ref string) (Account, error)
@@ -96,16 +101,16 @@ type Store interface {
 	ListAccounts(ctx context.Context, after string, limit int) ([]Account, error)
 	// UpdateAccount writes every field of a but ID, CreatedAt and TOTPLastStep; ErrAlreadyExists
 	// when the new email is another account's.
-	UpdateAccount(ctx context.Context, a Account) error
+	UpdateAccount(ctx context.Context, a Account, recs ...audit.Record) error
 	// DeleteAccount removes the account with its tokens and recovery codes.
-	DeleteAccount(ctx context.Context, id string) error
+	DeleteAccount(ctx context.Context, id string, recs ...audit.Record) error
 
-	CreateToken(ctx context.Context, t Token) error
+	CreateToken(ctx context.Context, t Token, recs ...audit.Record) error
 	// GetToken returns a usable token: ErrNotFound, ErrTokenUsed or ErrTokenExpired otherwise.
 	GetToken(ctx context.Context, hash string, purpose Purpose, now time.Time) (Token, error)
-	// UseToken marks a usable token used, so that of concurrent callers exactly one succeeds;
-	// errors as GetToken.
-	UseToken(ctx context.Context, hash string, purpose Purpose, now time.Time) (Token, error)
+	// UseToken marks a usable token used, so that of concurrent callers exactly one succeeds
+	// (and appends recs); errors as GetToken.
+	UseToken(ctx context.Context, hash string, purpose Purpose, now time.Time, recs ...audit.Record) (Token, error)
 	// DeleteTokens removes the account's tokens of purpose (all purposes when empty).
 	DeleteTokens(ctx context.Context, accountID string, purpose Purpose) error
 
@@ -121,8 +126,10 @@ type Store interface {
 	RecoveryCodesLeft(ctx context.Context, accountID string) (int, error)
 
 	// RecordFailure counts a failed login for key (starting over when the last failure is older
-	// than window) and sets LockedUntil to now + lockFor(failures), atomically.
-	RecordFailure(ctx context.Context, key string, now time.Time, window time.Duration, lockFor func(failures int) time.Duration) (Lockout, error)
+	// than window) and sets LockedUntil to now + lockFor(failures), atomically. When the failure
+	// locks the key and onLock is not nil, the records onLock returns are appended with it.
+	RecordFailure(ctx context.Context, key string, now time.Time, window time.Duration, lockFor func(failures int) time.Duration,
+		onLock func(Lockout) []audit.Record) (Lockout, error)
 	// GetLockout returns key's failures; the zero Lockout when there are none.
 	GetLockout(ctx context.Context, key string) (Lockout, error)
 	ClearFailures(ctx context.Context, key string) error

@@ -97,9 +97,16 @@ func adminAccount(ctx context.Context, args, env []string, stdout, stderr io.Wri
 	if u, err := user.Current(); err == nil {
 		actor = "cli:" + u.Username
 	}
+	// The account's own records (written with each change) name the operator as their actor;
+	// a call that changed nothing gets a record of the call.
+	scope := &audit.Scope{Actor: audit.Agent{Kind: audit.AgentSystem, ID: actor}, Resource: "admin account " + action}
+	ctx = audit.WithScope(ctx, scope)
 	record := func(target string, err error) {
-		rec := audit.Record{Action: audit.ActionAdminCall, Outcome: audit.OutcomeSuccess,
-			Actor: audit.Agent{Kind: audit.AgentSystem, ID: actor}, Resource: "admin account " + action + " " + target}
+		if scope.Recorded() && err == nil {
+			return
+		}
+		rec := scope.Record(audit.ActionAdminCall, audit.OutcomeSuccess)
+		rec.Resource += " " + target
 		if err != nil {
 			rec.Outcome, rec.Detail = audit.OutcomeRefused, "failed"
 		}

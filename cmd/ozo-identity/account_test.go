@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ozo-platform/ozo-identity/app"
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/config"
 	"github.com/ozo-platform/ozo-identity/email/smtptest"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore/dbtest"
@@ -79,14 +80,33 @@ func TestAdminAccountCLI(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var actions []string
+			// Each change is the account's own record under the OS user, written with the change.
+			var events []string
 			for _, r := range recs {
-				if action, ok := strings.CutSuffix(r.Resource, " ozo_account:"+acct.ID); ok && strings.HasPrefix(r.Actor.ID, "cli") {
-					actions = append(actions, action)
+				if !strings.HasPrefix(r.Actor.ID, "cli") || r.Actor.Kind != audit.AgentSystem {
+					t.Errorf("record %d by %+v, want the CLI's OS user", r.Seq, r.Actor)
+				}
+				switch {
+				case r.Resource == "ozo_account/"+acct.ID && r.Subject == "RelatedPerson/rp-9":
+					events = append(events, string(r.Action)+" "+strings.Fields(r.Detail)[0])
+				default:
+					t.Errorf("unexpected record %+v", r)
 				}
 			}
-			if want := "admin account create,admin account disable,admin account enable,admin account reset-2fa,admin account delete"; strings.Join(actions, ",") != want {
-				t.Fatalf("audit records %v, want %s", actions, want)
+			want := "account.create kind=related_person,account.credentials activation,account.update change=disable," +
+				"account.update change=enable,account.credentials second,account.credentials activation,account.delete kind=related_person"
+			if strings.Join(events, ",") != want {
+				t.Fatalf("audit records\n%s\nwant\n%s", strings.Join(events, ","), want)
+			}
+			a.Close()
+			// The chain of account events verifies, and exports as FHIR with the person as entity.
+			env = append(env, "OZO_DATA_DIR="+dir)
+			if r := runCLI(t, env, "audit", "verify"); r.err != nil || !strings.Contains(r.stdout, `"intact": true`) {
+				t.Fatalf("verify after account events: %v\n%s%s", r.err, r.stdout, r.stderr)
+			}
+			r := runCLI(t, env, "audit", "export", "--format", "fhir")
+			if r.err != nil || !strings.Contains(r.stdout, `"reference":"RelatedPerson/rp-9"`) || strings.Contains(r.stdout, "els@example.nl") {
+				t.Fatalf("fhir export: %v\n%s", r.err, r.stdout)
 			}
 		})
 	}

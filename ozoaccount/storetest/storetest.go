@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/ozoaccount"
 )
 
@@ -17,6 +18,8 @@ func Run(t *testing.T, open func(t *testing.T) ozoaccount.Store) {
 	t.Run("TOTPStepOnce", func(t *testing.T) { testTOTPStep(t, open(t)) })
 	t.Run("RecoveryCodes", func(t *testing.T) { testRecoveryCodes(t, open(t)) })
 	t.Run("Lockout", func(t *testing.T) { testLockout(t, open(t)) })
+	t.Run("AuditFailsClosed", func(t *testing.T) { testAuditFailsClosed(t, open(t)) })
+	t.Run("LockRecordsOnlyWhenLocking", func(t *testing.T) { testLockRecords(t, open(t)) })
 }
 
 var t0 = time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
@@ -232,7 +235,7 @@ func testLockout(t *testing.T, s ozoaccount.Store) {
 	var l ozoaccount.Lockout
 	var err error
 	for i := range 3 {
-		if l, err = s.RecordFailure(ctx, "k", t0.Add(time.Duration(i)*time.Second), time.Hour, lockFor); err != nil {
+		if l, err = s.RecordFailure(ctx, "k", t0.Add(time.Duration(i)*time.Second), time.Hour, lockFor, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -246,7 +249,7 @@ func testLockout(t *testing.T, s ozoaccount.Store) {
 	var wg sync.WaitGroup
 	for range 5 {
 		wg.Go(func() {
-			if _, err := s.RecordFailure(ctx, "k", t0.Add(time.Minute), time.Hour, lockFor); err != nil {
+			if _, err := s.RecordFailure(ctx, "k", t0.Add(time.Minute), time.Hour, lockFor, nil); err != nil {
 				t.Error(err)
 			}
 		})
@@ -256,10 +259,10 @@ func testLockout(t *testing.T, s ozoaccount.Store) {
 		t.Fatalf("failures after 5 concurrent ones: %d, want 8", got.Failures)
 	}
 	// A failure after the window starts over.
-	if l, _ = s.RecordFailure(ctx, "k", t0.Add(3*time.Hour), time.Hour, lockFor); l.Failures != 1 || !l.LockedUntil.IsZero() {
+	if l, _ = s.RecordFailure(ctx, "k", t0.Add(3*time.Hour), time.Hour, lockFor, nil); l.Failures != 1 || !l.LockedUntil.IsZero() {
 		t.Fatalf("after the window: %+v", l)
 	}
-	if l, _ := s.RecordFailure(ctx, "other", t0, time.Hour, lockFor); l.Failures != 1 {
+	if l, _ := s.RecordFailure(ctx, "other", t0, time.Hour, lockFor, nil); l.Failures != 1 {
 		t.Fatalf("another key: %+v", l)
 	}
 	if err := s.ClearFailures(ctx, "k"); err != nil {
@@ -270,5 +273,104 @@ func testLockout(t *testing.T, s ozoaccount.Store) {
 	}
 	if got, _ := s.GetLockout(ctx, "other"); got.Failures != 1 {
 		t.Fatalf("clearing one key cleared another: %+v", got)
+	}
+}
+
+// good is a record the chain accepts; bad one it refuses (an action outside the closed set).
+var (
+	good = audit.Record{Action: audit.ActionAccountUpdate, Outcome: audit.OutcomeSuccess, Actor: audit.Agent{Kind: audit.AgentAdmin},
+		Resource: "ozo_account/a1", Subject: "RelatedPerson/a1"}
+	bad = audit.Record{Action: "made-up", Outcome: audit.OutcomeSuccess, Actor: audit.Agent{Kind: audit.AgentAdmin}}
+)
+
+// testAuditFailsClosed: an account event whose audit record cannot be written does not happen.
+func testAuditFailsClosed(t *testing.T, s ozoaccount.Store) {
+	ctx := t.Context()
+	a := account("a1", "els@example.nl")
+	if err := s.CreateAccount(ctx, a, bad); err == nil {
+		t.Fatal("an account whose record could not be written was made")
+	}
+	if _, err := s.GetAccount(ctx, "a1"); !errors.Is(err, ozoaccount.ErrNotFound) {
+		t.Fatalf("account after a failed record: %v", err)
+	}
+	if err := s.CreateAccount(ctx, a, good); err != nil {
+		t.Fatal(err)
+	}
+	changed := a
+	changed.Status, changed.PasswordHash = ozoaccount.StatusDisabled, "x"
+	if err := s.UpdateAccount(ctx, changed, bad); err == nil {
+		t.Fatal("an update whose record could not be written was made")
+	}
+	if got, _ := s.GetAccount(ctx, "a1"); got != a {
+		t.Fatalf("account after a failed update record: %+v", got)
+	}
+	tok := ozoaccount.Token{Hash: "h1", AccountID: "a1", Purpose: ozoaccount.PurposeReset, CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}
+	if err := s.CreateToken(ctx, tok, bad); err == nil {
+		t.Fatal("a link whose record could not be written was made")
+	}
+	if _, err := s.GetToken(ctx, "h1", ozoaccount.PurposeReset, t0); !errors.Is(err, ozoaccount.ErrNotFound) {
+		t.Fatalf("link after a failed record: %v", err)
+	}
+	if err := s.CreateToken(ctx, tok, good); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UseToken(ctx, "h1", ozoaccount.PurposeReset, t0, bad); err == nil {
+		t.Fatal("a link was used though its record could not be written")
+	}
+	if _, err := s.GetToken(ctx, "h1", ozoaccount.PurposeReset, t0); err != nil {
+		t.Fatalf("link after a failed use record: %v", err)
+	}
+	if got, err := s.UseToken(ctx, "h1", ozoaccount.PurposeReset, t0, good); err != nil || got.AccountID != "a1" {
+		t.Fatalf("use with a good record: %+v, %v", got, err)
+	}
+	lockAt3 := func(n int) time.Duration {
+		if n >= 3 {
+			return time.Minute
+		}
+		return 0
+	}
+	for i := range 2 {
+		if _, err := s.RecordFailure(ctx, "k", t0, time.Hour, lockAt3, func(ozoaccount.Lockout) []audit.Record { return []audit.Record{bad} }); err != nil {
+			t.Fatalf("failure %d without a lock: %v", i+1, err)
+		}
+	}
+	if _, err := s.RecordFailure(ctx, "k", t0, time.Hour, lockAt3, func(ozoaccount.Lockout) []audit.Record { return []audit.Record{bad} }); err == nil {
+		t.Fatal("a lockout whose record could not be written was made")
+	}
+	if l, _ := s.GetLockout(ctx, "k"); l.Failures != 2 || !l.LockedUntil.IsZero() {
+		t.Fatalf("lockout after a failed record: %+v", l)
+	}
+	if err := s.DeleteAccount(ctx, "a1", bad); err == nil {
+		t.Fatal("a delete whose record could not be written was made")
+	}
+	if _, err := s.GetAccount(ctx, "a1"); err != nil {
+		t.Fatalf("account after a failed delete record: %v", err)
+	}
+	if err := s.DeleteAccount(ctx, "a1", good); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// testLockRecords: onLock is asked for records exactly when a failure locks the key, with the lock.
+func testLockRecords(t *testing.T, s ozoaccount.Store) {
+	ctx := t.Context()
+	lockAt3 := func(n int) time.Duration {
+		if n >= 3 {
+			return time.Duration(n) * time.Minute
+		}
+		return 0
+	}
+	var seen []ozoaccount.Lockout
+	onLock := func(l ozoaccount.Lockout) []audit.Record {
+		seen = append(seen, l)
+		return []audit.Record{good}
+	}
+	for i := range 4 {
+		if _, err := s.RecordFailure(ctx, "k", t0.Add(time.Duration(i)*time.Second), time.Hour, lockAt3, onLock); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(seen) != 2 || seen[0].Failures != 3 || !seen[0].LockedUntil.Equal(t0.Add(2*time.Second+3*time.Minute)) || seen[1].Failures != 4 {
+		t.Fatalf("onLock saw %+v, want the 3rd and 4th failures", seen)
 	}
 }

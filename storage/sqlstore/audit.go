@@ -59,14 +59,14 @@ func (s *Store) appendAudit(ctx context.Context, tx *sql.Tx, recs []audit.Record
 		chunk := recs[start:min(start+rowsPerInsert, len(recs))]
 		var q strings.Builder
 		q.WriteString(`INSERT INTO audit_records (seq, at, action, outcome, actor_kind, actor, on_behalf_of,
-			medium, address, resource, source, request_id, detail, count, found, prev_mac, mac) VALUES `)
-		args := make([]any, 0, len(chunk)*17)
+			medium, address, resource, subject, source, request_id, detail, count, found, prev_mac, mac) VALUES `)
+		args := make([]any, 0, len(chunk)*auditFields)
 		for i, r := range chunk {
 			if i > 0 {
 				q.WriteString(", ")
 			}
 			q.WriteString("(")
-			for c := range 17 {
+			for c := range auditFields {
 				if c > 0 {
 					q.WriteString(", ")
 				}
@@ -74,7 +74,7 @@ func (s *Store) appendAudit(ctx context.Context, tx *sql.Tx, recs []audit.Record
 			}
 			q.WriteString(")")
 			args = append(args, r.Seq, ms(r.At), string(r.Action), string(r.Outcome), string(r.Actor.Kind), r.Actor.ID, r.OnBehalfOf,
-				r.Medium, r.Address, r.Resource, r.Source, r.RequestID, r.Detail, r.Count, r.Found, r.PrevMAC, r.MAC)
+				r.Medium, r.Address, r.Resource, r.Subject, r.Source, r.RequestID, r.Detail, r.Count, r.Found, r.PrevMAC, r.MAC)
 		}
 		if _, err := tx.ExecContext(ctx, q.String(), args...); err != nil {
 			return fmt.Errorf("append audit records: %w", err)
@@ -100,15 +100,18 @@ func (s *Store) AuditHead(ctx context.Context) (audit.Head, error) {
 	return h, nil
 }
 
-const auditColumns = `seq, at, action, outcome, actor_kind, actor, on_behalf_of, medium, address, resource, source,
+const auditColumns = `seq, at, action, outcome, actor_kind, actor, on_behalf_of, medium, address, resource, subject, source,
 	request_id, detail, count, found, prev_mac, mac`
+
+// auditFields is the number of auditColumns.
+const auditFields = 18
 
 func scanAudit(rows *sql.Rows) (audit.Record, error) {
 	var r audit.Record
 	var at int64
 	var action, outcome, kind string
 	err := rows.Scan(&r.Seq, &at, &action, &outcome, &kind, &r.Actor.ID, &r.OnBehalfOf, &r.Medium, &r.Address,
-		&r.Resource, &r.Source, &r.RequestID, &r.Detail, &r.Count, &r.Found, &r.PrevMAC, &r.MAC)
+		&r.Resource, &r.Subject, &r.Source, &r.RequestID, &r.Detail, &r.Count, &r.Found, &r.PrevMAC, &r.MAC)
 	r.At, r.Action, r.Outcome, r.Actor.Kind = fromMS(at), audit.Action(action), audit.Outcome(outcome), audit.AgentKind(kind)
 	return r, err
 }

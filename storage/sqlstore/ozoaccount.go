@@ -7,18 +7,22 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/ozoaccount"
 )
 
-// OZOAccounts implements ozoaccount.Store.
+// OZOAccounts implements ozoaccount.Store. Account events are appended to store's audit chain
+// in their own transaction.
 type OZOAccounts struct {
-	db *DB
+	db    *DB
+	store *Store
 }
 
 var _ ozoaccount.Store = (*OZOAccounts)(nil)
 
-// NewOZOAccounts returns the OZO account store on a migrated database.
-func NewOZOAccounts(db *DB) *OZOAccounts { return &OZOAccounts{db: db} }
+// NewOZOAccounts returns the OZO account store on store's migrated database; its audit chain
+// (SetAuditChain) must be set before an account event can be stored.
+func NewOZOAccounts(store *Store) *OZOAccounts { return &OZOAccounts{db: store.db, store: store} }
 
 const ozoAccountColumns = `id, email, display_name, kind, fhir_ref, status, language, mxid, password_hash,
 	totp_secret, totp_pending, totp_last_step, created_at, updated_at, activated_at`
@@ -40,18 +44,20 @@ func scanOZOAccount(row interface{ Scan(...any) error }) (ozoaccount.Account, er
 	return a, nil
 }
 
-func (s *OZOAccounts) CreateAccount(ctx context.Context, a ozoaccount.Account) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO ozo_accounts (`+ozoAccountColumns+`)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
-		a.ID, a.Email, a.DisplayName, string(a.Kind), a.FHIRRef, string(a.Status), a.Language, a.MXID, a.PasswordHash,
-		a.TOTPSecret, a.TOTPPending, a.TOTPLastStep, ms(a.CreatedAt), ms(a.UpdatedAt), ms(a.ActivatedAt))
-	if isUniqueViolation(err) {
-		return ozoaccount.ErrAlreadyExists
-	}
-	if err != nil {
-		return fmt.Errorf("create ozo account: %w", err)
-	}
-	return nil
+func (s *OZOAccounts) CreateAccount(ctx context.Context, a ozoaccount.Account, recs ...audit.Record) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO ozo_accounts (`+ozoAccountColumns+`)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
+			a.ID, a.Email, a.DisplayName, string(a.Kind), a.FHIRRef, string(a.Status), a.Language, a.MXID, a.PasswordHash,
+			a.TOTPSecret, a.TOTPPending, a.TOTPLastStep, ms(a.CreatedAt), ms(a.UpdatedAt), ms(a.ActivatedAt))
+		if isUniqueViolation(err) {
+			return ozoaccount.ErrAlreadyExists
+		}
+		if err != nil {
+			return fmt.Errorf("create ozo account: %w", err)
+		}
+		return s.store.appendAudit(ctx, tx, recs)
+	})
 }
 
 func (s *OZOAccounts) getBy(ctx context.Context, column, value string) (ozoaccount.Account, error) {
@@ -96,25 +102,27 @@ func (s *OZOAccounts) ListAccounts(ctx context.Context, after string, limit int)
 	return out, rows.Err()
 }
 
-func (s *OZOAccounts) UpdateAccount(ctx context.Context, a ozoaccount.Account) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE ozo_accounts SET email = $2, display_name = $3, kind = $4, fhir_ref = $5,
-		status = $6, language = $7, mxid = $8, password_hash = $9, totp_secret = $10, totp_pending = $11,
-		updated_at = $12, activated_at = $13 WHERE id = $1`,
-		a.ID, a.Email, a.DisplayName, string(a.Kind), a.FHIRRef, string(a.Status), a.Language, a.MXID, a.PasswordHash,
-		a.TOTPSecret, a.TOTPPending, ms(a.UpdatedAt), ms(a.ActivatedAt))
-	if isUniqueViolation(err) {
-		return ozoaccount.ErrAlreadyExists
-	}
-	if err != nil {
-		return fmt.Errorf("update ozo account: %w", err)
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return ozoaccount.ErrNotFound
-	}
-	return nil
+func (s *OZOAccounts) UpdateAccount(ctx context.Context, a ozoaccount.Account, recs ...audit.Record) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE ozo_accounts SET email = $2, display_name = $3, kind = $4, fhir_ref = $5,
+			status = $6, language = $7, mxid = $8, password_hash = $9, totp_secret = $10, totp_pending = $11,
+			updated_at = $12, activated_at = $13 WHERE id = $1`,
+			a.ID, a.Email, a.DisplayName, string(a.Kind), a.FHIRRef, string(a.Status), a.Language, a.MXID, a.PasswordHash,
+			a.TOTPSecret, a.TOTPPending, ms(a.UpdatedAt), ms(a.ActivatedAt))
+		if isUniqueViolation(err) {
+			return ozoaccount.ErrAlreadyExists
+		}
+		if err != nil {
+			return fmt.Errorf("update ozo account: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return ozoaccount.ErrNotFound
+		}
+		return s.store.appendAudit(ctx, tx, recs)
+	})
 }
 
-func (s *OZOAccounts) DeleteAccount(ctx context.Context, id string) error {
+func (s *OZOAccounts) DeleteAccount(ctx context.Context, id string, recs ...audit.Record) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		// Foreign keys cascade on both engines, but SQLite only with the pragma on: delete explicitly.
 		for _, q := range []string{`DELETE FROM ozo_account_tokens WHERE account_id = $1`,
@@ -130,7 +138,7 @@ func (s *OZOAccounts) DeleteAccount(ctx context.Context, id string) error {
 		if n, _ := res.RowsAffected(); n == 0 {
 			return ozoaccount.ErrNotFound
 		}
-		return nil
+		return s.store.appendAudit(ctx, tx, recs)
 	})
 }
 
@@ -139,16 +147,18 @@ func (s *OZOAccounts) tx(ctx context.Context, fn func(*sql.Tx) error) error {
 	return inTx(ctx, s.db.DB, "", fn)
 }
 
-func (s *OZOAccounts) CreateToken(ctx context.Context, t ozoaccount.Token) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO ozo_account_tokens (token_hash, account_id, purpose, created_at, expires_at, used_at)
-		VALUES ($1, $2, $3, $4, $5, $6)`, t.Hash, t.AccountID, string(t.Purpose), ms(t.CreatedAt), ms(t.ExpiresAt), ms(t.UsedAt))
-	if isUniqueViolation(err) {
-		return ozoaccount.ErrAlreadyExists
-	}
-	if err != nil {
-		return fmt.Errorf("create ozo account token: %w", err)
-	}
-	return nil
+func (s *OZOAccounts) CreateToken(ctx context.Context, t ozoaccount.Token, recs ...audit.Record) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO ozo_account_tokens (token_hash, account_id, purpose, created_at, expires_at, used_at)
+			VALUES ($1, $2, $3, $4, $5, $6)`, t.Hash, t.AccountID, string(t.Purpose), ms(t.CreatedAt), ms(t.ExpiresAt), ms(t.UsedAt))
+		if isUniqueViolation(err) {
+			return ozoaccount.ErrAlreadyExists
+		}
+		if err != nil {
+			return fmt.Errorf("create ozo account token: %w", err)
+		}
+		return s.store.appendAudit(ctx, tx, recs)
+	})
 }
 
 func (s *OZOAccounts) readToken(ctx context.Context, q interface {
@@ -178,21 +188,30 @@ func (s *OZOAccounts) GetToken(ctx context.Context, hash string, purpose ozoacco
 	return s.readToken(ctx, s.db, hash, purpose, now)
 }
 
-func (s *OZOAccounts) UseToken(ctx context.Context, hash string, purpose ozoaccount.Purpose, now time.Time) (ozoaccount.Token, error) {
-	// The conditional update is the decision: of two concurrent users only one changes the row.
-	res, err := s.db.ExecContext(ctx, `UPDATE ozo_account_tokens SET used_at = $3
-		WHERE token_hash = $1 AND purpose = $2 AND used_at = 0 AND expires_at > $3`, hash, string(purpose), ms(now))
-	if err != nil {
-		return ozoaccount.Token{}, fmt.Errorf("use ozo account token: %w", err)
-	}
-	if n, _ := res.RowsAffected(); n == 1 {
-		t, err := s.readToken(ctx, s.db, hash, purpose, now)
-		if errors.Is(err, ozoaccount.ErrTokenUsed) {
-			err = nil
+func (s *OZOAccounts) UseToken(ctx context.Context, hash string, purpose ozoaccount.Purpose, now time.Time, recs ...audit.Record) (ozoaccount.Token, error) {
+	// The conditional update is the decision: of two concurrent users only one changes the row,
+	// and only that one appends the records.
+	var t ozoaccount.Token
+	used := false
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE ozo_account_tokens SET used_at = $3
+			WHERE token_hash = $1 AND purpose = $2 AND used_at = 0 AND expires_at > $3`, hash, string(purpose), ms(now))
+		if err != nil {
+			return fmt.Errorf("use ozo account token: %w", err)
 		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return nil
+		}
+		used = true
+		if t, err = s.readToken(ctx, tx, hash, purpose, now); err != nil && !errors.Is(err, ozoaccount.ErrTokenUsed) {
+			return err
+		}
+		return s.store.appendAudit(ctx, tx, recs)
+	})
+	if err != nil || used {
 		return t, err
 	}
-	t, err := s.readToken(ctx, s.db, hash, purpose, now)
+	t, err = s.readToken(ctx, s.db, hash, purpose, now)
 	if err == nil {
 		err = ozoaccount.ErrTokenUsed // used between our update and read
 	}
@@ -263,7 +282,8 @@ func (s *OZOAccounts) RecoveryCodesLeft(ctx context.Context, accountID string) (
 	return n, nil
 }
 
-func (s *OZOAccounts) RecordFailure(ctx context.Context, key string, now time.Time, window time.Duration, lockFor func(int) time.Duration) (ozoaccount.Lockout, error) {
+func (s *OZOAccounts) RecordFailure(ctx context.Context, key string, now time.Time, window time.Duration, lockFor func(int) time.Duration,
+	onLock func(ozoaccount.Lockout) []audit.Record) (ozoaccount.Lockout, error) {
 	var l ozoaccount.Lockout
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		// The upsert takes the row lock (PostgreSQL) or the write lock (SQLite, immediate
@@ -285,7 +305,10 @@ func (s *OZOAccounts) RecordFailure(ctx context.Context, key string, now time.Ti
 			key, ms(l.LockedUntil)); err != nil {
 			return fmt.Errorf("record login failure: %w", err)
 		}
-		return nil
+		if onLock == nil || l.LockedUntil.IsZero() {
+			return nil
+		}
+		return s.store.appendAudit(ctx, tx, onLock(l))
 	})
 	return l, err
 }

@@ -13,7 +13,8 @@ func TestOZOAccountsConformance(t *testing.T) {
 	for _, engine := range dbtest.Engines {
 		t.Run(string(engine), func(t *testing.T) {
 			storetest.Run(t, func(t *testing.T) ozoaccount.Store {
-				return sqlstore.NewOZOAccounts(dbtest.Open(t, engine))
+				s, _, _ := newAuditStore(t, engine)
+				return sqlstore.NewOZOAccounts(s)
 			})
 		})
 	}
