@@ -42,6 +42,7 @@ const (
 	newUZI       = "900000025"
 	hs1UZI       = "900012345"
 	onboardRedir = "https://app.ozo.example.org/onboarded"
+	spoofedUZI   = "900000033"
 	codeLifetime = 10 * time.Second
 )
 
@@ -53,6 +54,7 @@ type onboardStack struct {
 	hs1, hs2      *Homeserver
 	umcx, kliniek *samltest.IdP
 	scheme        string
+	fhir          *mcsdtest.Server
 	// observer is a user on hs2 who looks at profiles.
 	observer *mautrix.Client
 }
@@ -74,11 +76,13 @@ func startOnboardStack(t *testing.T, engine sqlstore.Engine, scheme string, redi
 	s.umcx.AddUser(t, "jdevries", "wachtwoord", "j.devries@umcx.nl", map[string]string{"uziNummer": newUZI})
 	s.umcx.AddUser(t, "vandenberg", "wachtwoord", "m.vandenberg@umcx.nl", map[string]string{"uziNummer": hs1UZI})
 	s.umcx.AddUser(t, "mulder", "wachtwoord", "e.mulder@umcx.nl", map[string]string{"uziNummer": mulderUZI})
+	s.umcx.AddUser(t, "janssen", "wachtwoord", "k.janssen@umcx.nl", map[string]string{"uziNummer": spoofedUZI})
 	// Mallory's IdP asserts the hospital practitioner's number, which it is not trusted for.
 	s.kliniek.AddUser(t, "mallory", "wachtwoord", "mallory@kliniek.nl", map[string]string{"uziNummer": hs1UZI})
 
-	fhir := mcsdtest.Start(t, mcsdtest.Options{Homeservers: map[string]string{"hs1": s.hs1.ServerName, "hs2": s.hs2.ServerName}})
+	s.fhir = mcsdtest.Start(t, mcsdtest.Options{Homeservers: map[string]string{"hs1": s.hs1.ServerName, "hs2": s.hs2.ServerName}})
 	dir := config.Defaults().Directory
+	fhir := s.fhir
 	dir.LRZAURL = fhir.LRZAURL()
 	dir.AllowedNetworks = []string{"127.0.0.0/8"}
 	dir.CAFile = directoryCAFile(t, fhir)
@@ -472,6 +476,38 @@ func runOnboarding(t *testing.T, s *onboardStack) {
 			t.Fatalf("idp bound to %s", got)
 		}
 		s.noAccount(t, mulderUZI, "umcx:mulder")
+	})
+
+	t.Run("DirectoryNamesOurAccount", func(t *testing.T) {
+		// A care provider's directory names the new practitioner's account for another UZI
+		// number: whoever proves that number must not be signed in to it.
+		res := []string{
+			fmt.Sprintf(`{"resourceType":"Endpoint","id":"ep-spoof","status":"active","connectionType":{"code":"matrix"},
+				"payloadType":[{"coding":[{"code":"matrix-messaging"}]}],"address":"matrix:u/%s"}`, strings.TrimPrefix(mxid.String(), "@")),
+			fmt.Sprintf(`{"resourceType":"Practitioner","id":"p-spoof","active":true,
+				"identifier":[{"system":"http://fhir.nl/fhir/NamingSystem/uzi-nr-pers","value":%q}],"name":[{"text":"K. Janssen"}]}`, spoofedUZI),
+			`{"resourceType":"PractitionerRole","id":"r-spoof","active":true,"practitioner":{"reference":"Practitioner/p-spoof"},
+				"organization":{"reference":"Organization/hp-de-linde"},"endpoint":[{"reference":"Endpoint/ep-spoof"}]}`,
+		}
+		for _, r := range res {
+			if _, err := s.fhir.Directory(delindeDir).Put([]byte(r)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		syncDirectories(t, s.is, s.fhir)
+		if got := s.lookup(t, "uzi", spoofedUZI); got != mxid.String() {
+			t.Fatalf("the directory's entry: %q", got)
+		}
+		pg := s.login(t, s.browser(), s.start(t, "umcx", newPKCE(t)), s.umcx, "umcx", "janssen")
+		if pg.status != http.StatusConflict || pg.location != "" {
+			t.Fatalf("a login whose UZI number the directory gives an account of ours: %d %q\n%s", pg.status, pg.location, pg.body)
+		}
+		if got := s.lookup(t, "uzi", newUZI); got != mxid.String() {
+			t.Fatalf("uzi %s now resolves to %q", newUZI, got)
+		}
+		if got := s.lookup(t, "idp", "umcx:janssen"); got != "" {
+			t.Fatalf("idp bound to %s", got)
+		}
 	})
 
 	t.Run("UZINotTrustedFromThisIdP", func(t *testing.T) {

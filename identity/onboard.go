@@ -143,12 +143,14 @@ func isCode(f sso.Flow) bool { return f.Onboard != nil && f.Onboard.UserID != ""
 // the practitioner's homeserver, validates a session for it, binds what was proven and leaves
 // a one-time code for the client.
 func (s *SSO) onboard(ctx context.Context, idp sso.IdP, f sso.Flow, id sso.Identity, tps []threepid.ThreePID, refused []string) (SSOResult, error) {
-	existing, err := s.existingAccount(ctx, tps)
+	existing, bound, err := s.existingAccount(ctx, tps)
 	if err != nil {
 		return s.fail(ctx, idp.ID, SSOInternal, err)
 	}
+	// Only this server's own binding hands out an account of ours: a directory or a peer
+	// naming one for this UZI number must not sign the practitioner in as someone else.
 	hs, localpart, ours := s.ownAccount(existing)
-	if !ours {
+	if !ours || !bound {
 		if hs, err = s.onboardingHomeserver(ctx, idp, tps); err != nil {
 			return SSOResult{}, err
 		}
@@ -205,24 +207,36 @@ func (s *SSO) onboard(ctx context.Context, idp sso.IdP, f sso.Flow, id sso.Ident
 		UserID: userID, Redirect: redirect}, nil
 }
 
-// existingAccount is the account a proven uzi, else idp, 3PID resolves to now (a binding, the
-// directory, a peer); "" for none.
-func (s *SSO) existingAccount(ctx context.Context, tps []threepid.ThreePID) (string, error) {
+// existingAccount is the account a proven uzi, else idp, 3PID belongs to now: bound here
+// (bound is true), else as the directory or a peer resolves it; "" for none.
+func (s *SSO) existingAccount(ctx context.Context, tps []threepid.ThreePID) (mxid string, bound bool, err error) {
+	var mine []threepid.ThreePID
 	for _, medium := range []string{threepid.MediumUZI, threepid.MediumIDP} {
 		for _, tp := range tps {
-			if tp.Medium != medium {
-				continue
-			}
-			_, mxid, err := s.svc.LookupOne(ctx, tp.Medium, tp.Address)
-			if err != nil {
-				return "", fmt.Errorf("look up the proven %s: %w", tp.Medium, err)
-			}
-			if mxid != "" {
-				return mxid, nil
+			if tp.Medium == medium {
+				mine = append(mine, tp)
 			}
 		}
 	}
-	return "", nil
+	for _, tp := range mine {
+		b, err := s.svc.store.GetBinding(ctx, tp)
+		if err == nil {
+			return b.MXID, true, nil
+		}
+		if !errors.Is(err, ErrNotFound) {
+			return "", false, fmt.Errorf("binding of the proven %s: %w", tp.Medium, err)
+		}
+	}
+	for _, tp := range mine {
+		_, mxid, err := s.svc.LookupOne(ctx, tp.Medium, tp.Address)
+		if err != nil {
+			return "", false, fmt.Errorf("look up the proven %s: %w", tp.Medium, err)
+		}
+		if mxid != "" {
+			return mxid, false, nil
+		}
+	}
+	return "", false, nil
 }
 
 // ownAccount reports whether userID is in the namespace of an onboarding homeserver: an
