@@ -99,6 +99,9 @@ func New(svc *identity.Service, hs Homeservers, cfg Config, metrics *Metrics, lo
 	if cfg.SSO != nil {
 		r.Route("/_ozo/v1/validate/sso", s.routesSSOStart)
 		r.Route("/_ozo/v1/sso", s.routesSSO)
+		if cfg.SSO.Onboarding() {
+			r.Route("/_ozo/v1/onboard", s.routesOnboard)
+		}
 	}
 	if cfg.Accounts != nil {
 		r.Route("/_ozo/v1/accounts", s.routesAccounts)

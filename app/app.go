@@ -192,7 +192,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	if err != nil {
 		return nil, fmt.Errorf("derive page key: %w", err)
 	}
-	ssoSvc, err := newSSO(ctx, cfg, svc, store, lookups.Refused, log)
+	ssoSvc, err := newSSO(ctx, cfg, svc, store, index, lookups.Refused, log)
 	if err != nil {
 		return nil, err
 	}

@@ -2,9 +2,11 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
@@ -12,7 +14,9 @@ import (
 	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/config"
 	"github.com/ozo-platform/ozo-identity/dezi"
+	"github.com/ozo-platform/ozo-identity/homeserver"
 	"github.com/ozo-platform/ozo-identity/identity"
+	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
 	"github.com/ozo-platform/ozo-identity/saml"
 	"github.com/ozo-platform/ozo-identity/sso"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
@@ -21,7 +25,7 @@ import (
 // newSSO opens every configured IdP and wires SSO validation into svc; nil without IdPs. An IdP
 // that cannot be opened (metadata or discovery unreachable) is left out and logged, so one
 // care provider's outage does not stop the service; it is back after the next start.
-func newSSO(ctx context.Context, cfg config.Config, svc *identity.Service, store *sqlstore.Store, refused func(context.Context, audit.Record) error, log *slog.Logger) (*identity.SSO, error) {
+func newSSO(ctx context.Context, cfg config.Config, svc *identity.Service, store *sqlstore.Store, index *mcsd.Index, refused func(context.Context, audit.Record) error, log *slog.Logger) (*identity.SSO, error) {
 	if len(cfg.SSO.IdPs) == 0 {
 		return nil, nil
 	}
@@ -56,14 +60,58 @@ func newSSO(ctx context.Context, cfg config.Config, svc *identity.Service, store
 		if name == "" {
 			name = c.ID
 		}
-		idps = append(idps, sso.IdP{ID: c.ID, Name: name, Type: typ, URAs: c.URAs, TrustedForUZI: c.TrustedForUZI, Connector: conn})
+		idps = append(idps, sso.IdP{ID: c.ID, Name: name, Type: typ, URAs: c.URAs, TrustedForUZI: c.TrustedForUZI,
+			Homeserver: c.Homeserver, Connector: conn})
 	}
 	reg, err := sso.NewRegistry(idps...)
 	if err != nil {
 		return nil, err
 	}
+	onboarding, err := onboardingOptions(cfg.SSO.Onboarding, index)
+	if err != nil {
+		return nil, err
+	}
 	return identity.NewSSO(svc, store, reg, state, identity.SSOOptions{LoginLifetime: cfg.SSO.LoginLifetime,
-		StartsPerAccount: cfg.SSO.StartsPerAccount, AuditRefused: refused}, log), nil
+		StartsPerAccount: cfg.SSO.StartsPerAccount, AuditRefused: refused, Onboarding: onboarding}, log), nil
+}
+
+// onboardingOptions opens the application-service clients of the onboarding homeservers.
+func onboardingOptions(o config.Onboarding, index *mcsd.Index) (identity.OnboardingOptions, error) {
+	opts := identity.OnboardingOptions{RedirectURIs: o.RedirectURIs, CodeLifetime: o.CodeLifetime,
+		StartsPerClient: o.StartsPerClient, Placements: placements{index}}
+	for i, h := range o.Homeservers {
+		token := h.ASToken
+		if token == "" {
+			b, err := os.ReadFile(h.ASTokenFile)
+			if err != nil {
+				return opts, fmt.Errorf("sso.onboarding.homeservers[%d].as_token_file: %w", i, err)
+			}
+			if token = strings.TrimSpace(string(b)); token == "" {
+				return opts, fmt.Errorf("sso.onboarding.homeservers[%d].as_token_file %s is empty", i, h.ASTokenFile)
+			}
+		}
+		tlsCfg, err := tlsWithCA(h.CAFile)
+		if err != nil {
+			return opts, fmt.Errorf("sso.onboarding.homeservers[%d].ca_file: %w", i, err)
+		}
+		// The operator's own homeserver, by configured URL: no SSRF guard, as for OZO accounts.
+		client := &http.Client{Timeout: homeserver.DefaultTimeout, Transport: &http.Transport{TLSClientConfig: tlsCfg}}
+		opts.Homeservers = append(opts.Homeservers, identity.OnboardingHomeserver{ServerName: h.ServerName,
+			UserPrefix: h.UserPrefix, Localpart: h.Localpart,
+			Accounts: homeserver.NewAppService(h.ClientURL, h.ServerName, token, client)})
+	}
+	return opts, nil
+}
+
+// placements answers onboarding's question from the mCSD index.
+type placements struct{ index *mcsd.Index }
+
+func (p placements) PlacedOn(ctx context.Context, uzi string) (string, error) {
+	current, _, _, err := p.index.Homeserver(ctx, uzi)
+	if errors.Is(err, mcsd.ErrNotFound) {
+		return "", nil
+	}
+	return current, err
 }
 
 // opener turns an IdP's configuration into its protocol package's typed configuration.

@@ -368,7 +368,8 @@ func Defaults() Config {
 		},
 		Directory: Directory{SyncInterval: 15 * time.Minute, Concurrency: 8, RequestTimeout: 30 * time.Second,
 			MaxDeleteShare: 0.5, MaxDeleteMin: 10, SyncLeaseTTL: time.Minute},
-		SSO: SSO{LoginLifetime: 10 * time.Minute, StartsPerAccount: 10, Timeout: 15 * time.Second},
+		SSO: SSO{LoginLifetime: 10 * time.Minute, StartsPerAccount: 10, Timeout: 15 * time.Second,
+			Onboarding: Onboarding{CodeLifetime: time.Minute, StartsPerClient: 10}},
 		Audit: Audit{LookupInterval: time.Minute, CheckpointInterval: 24 * time.Hour,
 			Push: AuditPush{BundleType: "batch", BatchSize: 100, Interval: 30 * time.Second}},
 	}

@@ -35,18 +35,28 @@ func NewAppService(clientURL, serverName, asToken string, client *http.Client) *
 
 // Register creates the user localpart; a user that exists already is fine (a retried activation).
 func (a *AppService) Register(ctx context.Context, localpart string) (string, error) {
-	userID := "@" + localpart + ":" + a.serverName
-	err := a.call(ctx, "/_matrix/client/v3/register", nil, map[string]any{
+	userID, _, err := a.RegisterNew(ctx, localpart)
+	return userID, err
+}
+
+// RegisterNew is Register that also says whether the user was made now (false: it existed,
+// M_USER_IN_USE), so that a caller sets up a new account's profile once.
+func (a *AppService) RegisterNew(ctx context.Context, localpart string) (userID string, created bool, err error) {
+	userID = "@" + localpart + ":" + a.serverName
+	err = a.call(ctx, "/_matrix/client/v3/register", nil, map[string]any{
 		"type": "m.login.application_service", "username": localpart, "inhibit_login": true}, nil)
 	var he *HTTPError
 	if errors.As(err, &he) && he.Errcode == "M_USER_IN_USE" {
-		return userID, nil
+		return userID, false, nil
 	}
 	if err != nil {
-		return "", fmt.Errorf("register %s: %w", userID, err)
+		return "", false, fmt.Errorf("register %s: %w", userID, err)
 	}
-	return userID, nil
+	return userID, true, nil
 }
+
+// ServerName is the homeserver's server name, the domain of the users it makes.
+func (a *AppService) ServerName() string { return a.serverName }
 
 // SetDisplayName sets the user's display name, the application service acting as the user.
 func (a *AppService) SetDisplayName(ctx context.Context, userID, name string) error {

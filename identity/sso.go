@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/ozo-platform/ozo-identity/audit"
@@ -36,6 +35,8 @@ type SSOOptions struct {
 	// AuditRefused records a refused login (bounded per source, as refused admin calls are);
 	// nil records none.
 	AuditRefused func(ctx context.Context, rec audit.Record) error
+	// Onboarding lets logins make Matrix accounts; its zero value makes none.
+	Onboarding OnboardingOptions
 }
 
 // SSO validates practitioners' 3PIDs by a login at their care provider's IdP or at Dezi.
@@ -52,6 +53,12 @@ type SSO struct {
 func NewSSO(svc *Service, store SSOStore, idps *sso.Registry, state sso.StateStore, opts SSOOptions, log *slog.Logger) *SSO {
 	if opts.LoginLifetime <= 0 {
 		opts.LoginLifetime = 10 * time.Minute
+	}
+	if opts.Onboarding.CodeLifetime <= 0 {
+		opts.Onboarding.CodeLifetime = time.Minute
+	}
+	if opts.Onboarding.StartsPerClient <= 0 {
+		opts.Onboarding.StartsPerClient = 10
 	}
 	svc.ssoStore = store
 	return &SSO{svc: svc, store: store, idps: idps, state: state, opts: opts, log: log}
@@ -94,8 +101,10 @@ func (s *SSO) Start(ctx context.Context, userID, clientSecret, idpID, nextLink s
 
 // PendingLogin is a started login, as the login page shows it.
 type PendingLogin struct {
-	// UserID is the account the login will validate identifiers for.
+	// UserID is the account the login will validate identifiers for; empty with NewAccount.
 	UserID string
+	// NewAccount: the login makes the practitioner's Matrix account (onboarding).
+	NewAccount bool
 	// IdP is the IdP the client chose; empty when the practitioner picks one.
 	IdP       string
 	ExpiresAt time.Time
@@ -111,7 +120,13 @@ func (s *SSO) Claim(ctx context.Context, handle, browser string) (PendingLogin, 
 		return PendingLogin{}, &SSOError{Reason: SSOExpired, Err: errors.New("no login handle")}
 	}
 	f, err := s.state.TakeFlow(ctx, handle)
-	if errors.Is(err, sso.ErrNotFound) || err == nil && (f.Proven != nil || f.RequestID != "" || f.Nonce != "") {
+	if errors.Is(err, sso.ErrNotFound) || err == nil && (f.Proven != nil || f.RequestID != "" || f.Nonce != "" || isCode(f)) {
+		if err == nil && isCode(f) {
+			// A code is not a login handle: put it back for its client.
+			if err := s.state.PutFlow(ctx, f); err != nil {
+				s.log.Warn("sso: put back an onboarding code", "err", err)
+			}
+		}
 		return PendingLogin{}, &SSOError{Reason: SSOExpired, Err: errors.New("no such pending login")}
 	}
 	if err != nil {
@@ -128,7 +143,7 @@ func (s *SSO) Claim(ctx context.Context, handle, browser string) (PendingLogin, 
 	if err := s.state.PutFlow(ctx, f); err != nil {
 		return PendingLogin{}, &SSOError{Reason: SSOInternal, Err: err}
 	}
-	return PendingLogin{UserID: f.UserID, IdP: f.IdP, ExpiresAt: f.ExpiresAt}, nil
+	return PendingLogin{UserID: f.UserID, NewAccount: f.Onboard != nil, IdP: f.IdP, ExpiresAt: f.ExpiresAt}, nil
 }
 
 // Begin sends the browser that claimed login handle to IdP idpID and returns the IdP's URL.
@@ -143,6 +158,11 @@ func (s *SSO) Begin(ctx context.Context, handle, idpID, browser string) (string,
 	}
 	p, err := s.state.TakeFlow(ctx, handle)
 	switch {
+	case err == nil && isCode(p):
+		if err := s.state.PutFlow(ctx, p); err != nil {
+			s.log.Warn("sso: put back an onboarding code", "err", err)
+		}
+		return fail(SSOExpired, errors.New("an onboarding code is not a login handle"))
 	case errors.Is(err, sso.ErrNotFound) || err == nil && (p.Proven != nil || p.Nonce != ""):
 		return fail(SSOExpired, errors.New("no such pending login"))
 	case err != nil:
@@ -192,6 +212,8 @@ const (
 type SSOError struct {
 	Reason string
 	IdP    string
+	// UserID is the account a practitioner already has (SSOHasAccount), shown to them.
+	UserID string
 	Err    error
 }
 
@@ -209,6 +231,11 @@ type SSOResult struct {
 	// Refused names what the IdP asserted but may not prove (an untrusted IdP's UZI number).
 	Refused     []string
 	DisplayName string
+	// UserID is the account the proven 3PIDs were bound to, for an onboarding login.
+	UserID string
+	// Redirect is where an onboarding login sends the browser: the client's redirect URI with
+	// the one-time code.
+	Redirect string
 }
 
 // FinishRedirect completes an OpenID Connect or Dezi login from its callback request, in the
@@ -341,16 +368,14 @@ func (s *SSO) complete(ctx context.Context, idp sso.IdP, f sso.Flow, id sso.Iden
 	if len(tps) == 0 || tps[0].Medium != threepid.MediumIDP {
 		return s.fail(ctx, idp.ID, SSONothing, fmt.Errorf("no usable idp 3PID (%v)", refused))
 	}
+	if f.Onboard != nil {
+		return s.onboard(ctx, idp, f, id, tps, refused)
+	}
 	now := s.svc.now()
 	sess := Session{SID: f.SID, ClientSecret: f.ClientSecret, ThreePID: tps[0], NextLink: f.NextLink,
 		CreatedAt: now, ValidatedAt: now}
 	// The login's record is written with the session it validated.
-	rec := audit.ScopeFrom(ctx).Record(audit.ActionLogin, audit.OutcomeSuccess)
-	rec.Actor = audit.Agent{Kind: audit.AgentIdP, ID: idp.ID + ":" + id.Subject}
-	rec.OnBehalfOf, rec.Medium, rec.Address = f.UserID, tps[0].Medium, tps[0].Address
-	rec.Resource = "idp " + idp.ID
-	rec.Detail = fmt.Sprintf("sid=%s media=%s authn_level=%s refused_claims=%d", f.SID,
-		strings.Join(describeThreePIDs(tps), ","), id.AuthnLevel, len(refused))
+	rec := s.loginRecord(ctx, idp, f, id, tps, refused, f.UserID)
 	if err := s.store.CreateSSOSession(ctx, sess, f.UserID, idp.ID, tps, rec); err != nil {
 		if errors.Is(err, ErrAlreadyExists) {
 			return s.fail(ctx, idp.ID, SSOExpired, errors.New("this client secret already validated this identity; start again with a new one"))

@@ -44,6 +44,9 @@ type IdP struct {
 	// TrustedForUZI lets an IdP other than Dezi assert UZI numbers; its operator vouches that it
 	// checked them. Dezi is always trusted for them.
 	TrustedForUZI bool
+	// Homeserver is the server name where onboarding makes accounts for this IdP's
+	// practitioners when the directory places them nowhere; empty for none.
+	Homeserver string
 	// Connector is a RedirectConnector or a SAMLConnector.
 	Connector any
 }

@@ -61,8 +61,23 @@ type Flow struct {
 	// Proven is set once the IdP's answer verified but the browser has still to be checked
 	// (a SAML POST arrives without the browser's cookies).
 	Proven *Identity `json:",omitempty"`
+	// Onboard is set for a login that makes the practitioner's Matrix account (UserID is then
+	// empty), and for the one-time code that hands the account to the client.
+	Onboard *Onboard `json:",omitempty"`
 
 	ExpiresAt time.Time
+}
+
+// Onboard is what an onboarding login carries from its start to its code's redemption.
+type Onboard struct {
+	// RedirectURI receives the one-time code; it was on the allow-list at the start.
+	RedirectURI string
+	// CodeChallenge is the client's PKCE S256 challenge: only the client that started the
+	// login, holding the verifier, redeems the code.
+	CodeChallenge string
+	// UserID and HomeServer are set on the code, once the account exists.
+	UserID     string `json:",omitempty"`
+	HomeServer string `json:",omitempty"`
 }
 
 // RedirectConnector is an IdP reached by redirecting the browser and returning to a callback

@@ -22,6 +22,7 @@ var catalog = map[string]map[string]string{
 		"sso.login.title":        "Inloggen als zorgverlener",
 		"sso.login.account":      "U koppelt uw zorgidentiteit aan dit Matrix-account:",
 		"sso.login.notyou":       "Is dit niet uw account? Sluit dan dit venster; er wordt niets gekoppeld.",
+		"sso.login.newaccount":   "Na het inloggen wordt er een nieuw Matrix-account voor u aangemaakt (of, als u er hier al een hebt, dat account gebruikt). U hebt er geen wachtwoord voor nodig: u logt altijd in via uw organisatie.",
 		"sso.login.search":       "Zoek uw organisatie op naam of URA",
 		"sso.login.searchbutton": "Zoeken",
 		"sso.login.choose":       "Kies uw organisatie",
@@ -43,6 +44,10 @@ var catalog = map[string]map[string]string{
 		"sso.err.unknown_idp":    "Deze identiteitsprovider is hier niet bekend.",
 		"sso.err.nothing":        "Het inloggen is gelukt, maar de identiteitsprovider gaf niets wat gekoppeld kan worden.",
 		"sso.err.refused":        "Het antwoord van de identiteitsprovider kon niet worden gecontroleerd; er is niets gekoppeld.",
+		"sso.err.no_homeserver":  "Voor u kan hier geen account worden aangemaakt: uw organisatie heeft uw chat-account bij een andere Matrix-server. Log in met dat account. Er is niets aangemaakt.",
+		"sso.err.no_uzi":         "Voor een account is uw UZI-nummer nodig, en het inloggen heeft dat niet bevestigd. Log in met Dezi of bij een organisatie die uw UZI-nummer bevestigt. Er is niets aangemaakt.",
+		"sso.err.has_account":    "U hebt al een Matrix-account; er is geen tweede aangemaakt. Log in met uw bestaande account.",
+		"sso.err.homeserver":     "De Matrix-server kon uw account nu niet aanmaken. Probeer het over enkele minuten opnieuw vanuit uw chat-app.",
 
 		"account.activate.title":   "Uw OZO-account activeren",
 		"account.activate.intro":   "Kies een wachtwoord voor het OZO-account van",
@@ -99,6 +104,7 @@ var catalog = map[string]map[string]string{
 		"error.toomany":   "Te veel verzoeken vanaf uw adres. Probeer het over een minuut opnieuw.",
 		"error.internal":  "Er ging iets mis aan onze kant. Probeer het later nog eens.",
 		"error.requestid": "Noem bij vragen deze code:",
+		"error.account":   "Uw account:",
 	},
 	"en": {
 		"site.name":   "OZO identity server",
@@ -120,6 +126,7 @@ var catalog = map[string]map[string]string{
 		"sso.login.title":        "Log in as a care professional",
 		"sso.login.account":      "You are linking your care identity to this Matrix account:",
 		"sso.login.notyou":       "Not your account? Close this window; nothing will be linked.",
+		"sso.login.newaccount":   "After you log in a new Matrix account will be created for you (or, if you already have one here, that account is used). It needs no password: you always log in through your organisation.",
 		"sso.login.search":       "Find your organisation by name or URA",
 		"sso.login.searchbutton": "Search",
 		"sso.login.choose":       "Choose your organisation",
@@ -141,6 +148,10 @@ var catalog = map[string]map[string]string{
 		"sso.err.unknown_idp":    "This identity provider is not known here.",
 		"sso.err.nothing":        "The login succeeded, but the identity provider gave nothing that can be linked.",
 		"sso.err.refused":        "The identity provider's answer could not be verified; nothing was linked.",
+		"sso.err.no_homeserver":  "No account can be created for you here: your organisation keeps your chat account on another Matrix server. Log in with that account. Nothing was created.",
+		"sso.err.no_uzi":         "An account needs your UZI number, and this login did not confirm it. Log in with Dezi or at an organisation that confirms your UZI number. Nothing was created.",
+		"sso.err.has_account":    "You already have a Matrix account; no second one was created. Log in with your existing account.",
+		"sso.err.homeserver":     "The Matrix server could not create your account just now. Try again in a few minutes from your chat app.",
 
 		"account.activate.title":   "Activate your OZO account",
 		"account.activate.intro":   "Choose a password for the OZO account of",
@@ -197,5 +208,6 @@ var catalog = map[string]map[string]string{
 		"error.toomany":   "Too many requests from your address. Please try again in a minute.",
 		"error.internal":  "Something went wrong on our side. Please try again later.",
 		"error.requestid": "If you ask for help, mention this code:",
+		"error.account":   "Your account:",
 	},
 }

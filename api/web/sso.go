@@ -28,8 +28,10 @@ const ssoBrowserKey = "sso_browser"
 
 type ssoLoginData struct {
 	Handle, UserID, Query string
-	Chosen                bool
-	IdPs                  []sso.IdP
+	// NewAccount: the login makes the practitioner's Matrix account; no account is named.
+	NewAccount bool
+	Chosen     bool
+	IdPs       []sso.IdP
 }
 
 type ssoContinueData struct {
@@ -73,7 +75,7 @@ func (h *Handler) ssoLogin(w http.ResponseWriter, r *http.Request) {
 		h.ssoError(w, r, err)
 		return
 	}
-	data := ssoLoginData{Handle: handle, UserID: p.UserID, Query: r.URL.Query().Get("q")}
+	data := ssoLoginData{Handle: handle, UserID: p.UserID, NewAccount: p.NewAccount, Query: r.URL.Query().Get("q")}
 	if idp, ok := h.sso.Registry().Get(p.IdP); ok {
 		data.IdPs, data.Chosen = []sso.IdP{idp}, true
 	} else {
@@ -141,6 +143,12 @@ func (h *Handler) ssoDone(w http.ResponseWriter, r *http.Request, res identity.S
 		h.ssoError(w, r, err)
 		return
 	}
+	if res.Redirect != "" {
+		// Onboarding: the client's redirect URI with the one-time code (an allow-listed URI,
+		// checked at the start); the access token itself never travels in a URL.
+		http.Redirect(w, r, res.Redirect, http.StatusSeeOther)
+		return
+	}
 	if res.NextLink != "" && h.tokens.AllowedNextLink(res.NextLink) {
 		http.Redirect(w, r, res.NextLink, http.StatusFound)
 		return
@@ -164,8 +172,15 @@ func (h *Handler) ssoError(w http.ResponseWriter, r *http.Request, err error) {
 		h.Error(w, r, http.StatusInternalServerError, "error.internal", err)
 	case identity.SSOUnknownIdP:
 		h.Error(w, r, http.StatusNotFound, "sso.err.unknown_idp", err)
-	case identity.SSOExpired, identity.SSOOtherBrowser, identity.SSOIdPError, identity.SSONothing:
+	case identity.SSOExpired, identity.SSOOtherBrowser, identity.SSOIdPError, identity.SSONothing,
+		identity.SSONoHomeserver, identity.SSONoUZI:
 		h.Error(w, r, http.StatusBadRequest, "sso.err."+reason, err)
+	case identity.SSOHasAccount:
+		// Shown only after the login proved who is asking: it is their own account.
+		h.log.InfoContext(r.Context(), "page error", "status", http.StatusConflict, "path", r.URL.Path, "err", err)
+		h.Render(w, r, http.StatusConflict, "error", errorData{Status: http.StatusConflict, Message: "sso.err.has_account", Account: se.UserID})
+	case identity.SSOHomeserverDown:
+		h.Error(w, r, http.StatusBadGateway, "sso.err.homeserver", err)
 	default:
 		h.Error(w, r, http.StatusBadRequest, "sso.err.refused", err)
 	}

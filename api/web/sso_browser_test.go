@@ -123,3 +123,72 @@ func TestSSOLoginInBrowser(t *testing.T) {
 		b.Screenshot("used-login-en")
 	})
 }
+
+// TestOnboardingPagesInBrowser: the login page of an onboarding start (no token, no account)
+// says a new account will be made and names none, in Dutch and English; a practitioner whom no
+// homeserver of this server is for (the IdP has none, the directory places them nowhere) ends on
+// an error page that says so, with no redirect to the client. Every page passes axe-core.
+func TestOnboardingPagesInBrowser(t *testing.T) {
+	idp := samltest.New(t)
+	idp.AddUser(t, "alice", "wachtwoord", "alice@umcx.nl", map[string]string{"uziNummer": "900000025"})
+	caFile := filepath.Join(t.TempDir(), "idp-ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: idp.Server.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const redirect = "https://app.ozo.test/onboarded"
+	h := apitest.New(t, sqlstore.SQLite, func(c *config.Config) {
+		c.SSO.CAFile = caFile
+		p := config.IdP{ID: "umcx", Name: "UMC Xanadu", Type: "saml", URAs: []string{"17004512"}, TrustedForUZI: true}
+		p.SAML.MetadataURL = idp.MetadataURL()
+		p.SAML.Attributes.Subject, p.SAML.Attributes.UZI = "uid", "uziNummer"
+		c.SSO.IdPs = []config.IdP{p}
+		// A homeserver this server could make accounts on, but not the IdP's.
+		c.SSO.Onboarding.RedirectURIs = []string{redirect}
+		c.SSO.Onboarding.Homeservers = []config.OnboardingHomeserver{{ServerName: "ozo.test", ClientURL: "https://127.0.0.1:1",
+			ASToken: "unused", UserPrefix: "zv_", Localpart: "uzi"}}
+	})
+	var md crewsaml.EntityDescriptor
+	if err := xml.Unmarshal(h.Get(t, "/_ozo/v1/sso/umcx/metadata", "").Want(t, http.StatusOK, "").Body, &md); err != nil {
+		t.Fatal(err)
+	}
+	idp.RegisterSP(t, "umcx", &md, false)
+	start := h.Post(t, "/_ozo/v1/onboard/sso/start", "", map[string]any{"redirect_uri": redirect,
+		"code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"}).Want(t, http.StatusOK, "")
+
+	b := browsertest.New(t, browsertest.Options{AcceptLanguage: "en-GB,en;q=0.9", IgnoreCertErrors: true})
+	if st := b.Open(start.Str(t, "redirect_url")); st != http.StatusOK {
+		t.Fatalf("login page: HTTP %d", st)
+	}
+	checkPage(t, b, "en", "Log in as a care professional")
+	if got := b.Text("#newaccount"); !strings.Contains(got, "a new Matrix account will be created") {
+		t.Fatalf("the onboarding page says %q", got)
+	}
+	if n := browsertest.Eval[int](b, `document.querySelectorAll("#account").length`); n != 0 {
+		t.Fatal("the onboarding page names an account")
+	}
+	b.Screenshot("onboarding-en")
+	if st := b.Open(start.Str(t, "redirect_url") + "&lang=nl"); st != http.StatusOK {
+		t.Fatalf("login page in Dutch: HTTP %d", st)
+	}
+	checkPage(t, b, "nl", "Inloggen als zorgverlener")
+	if got := b.Text("#newaccount"); !strings.Contains(got, "nieuw Matrix-account") {
+		t.Fatalf("the Dutch onboarding page says %q", got)
+	}
+	if st := b.Submit(`button[name="idp"][value="umcx"]`); st != http.StatusOK {
+		t.Fatalf("choose: HTTP %d", st)
+	}
+	b.Submit("#continue")
+	waitFor(t, b, `document.querySelector("#user") !== null`)
+	b.Fill("#user", "alice")
+	b.Fill("#password", "wachtwoord")
+	b.Submit(`button[type="submit"]`)
+	waitFor(t, b, `location.pathname.endsWith("/finish") && document.querySelector("h1") !== null`)
+	checkPage(t, b, "nl", "Er ging iets mis")
+	if got := b.Text("#reason"); !strings.Contains(got, "andere Matrix-server") {
+		t.Fatalf("reason %q", got)
+	}
+	b.Screenshot("onboarding-no-homeserver")
+	if got := h.LookupOne(t, h.NewUser(t, "bob"), "uzi", "900000025"); got != "" {
+		t.Fatalf("a refused onboarding bound the UZI number to %s", got)
+	}
+}

@@ -269,6 +269,8 @@ func (h *Handler) Render(w http.ResponseWriter, r *http.Request, status int, nam
 type errorData struct {
 	Status  int
 	Message string // a catalog key
+	// Account is a Matrix user ID the person should use instead (their existing account).
+	Account string
 }
 
 // Error renders the error page: msgKey (a catalog key) and the request id, never err; err is
