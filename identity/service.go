@@ -66,6 +66,9 @@ type Options struct {
 	OnBindMaxInvites int
 	OnBindMaxBytes   int
 	OnBindRetryFor   time.Duration
+	// OnBindClaim is how long a replica's claim on a delivery hides it from the others
+	// (DefaultOnBindClaim when 0): after a kill -9, the delay before another replica sends it.
+	OnBindClaim time.Duration
 	// OnPepper is told every new pepper so that other hash indexes (the mCSD index) follow it.
 	OnPepper func(ctx context.Context, pepper string) error
 	// OnBindGivenUp is told of each onbind delivery given up: the homeserver's errcode ("" when

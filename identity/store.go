@@ -205,8 +205,9 @@ type Store interface {
 
 	// DueDeliveries returns up to limit queued onbinds whose next attempt is due, oldest first.
 	DueDeliveries(ctx context.Context, now time.Time, limit int) ([]OnBindDelivery, error)
-	// ClaimDelivery postpones a due delivery to until so that one replica works on it; it reports
-	// whether this caller won it.
+	// ClaimDelivery moves a delivery's next attempt from due to until if it is still due then
+	// (compare-and-set): postponing it claims it for one replica, setting it back to now gives the
+	// claim up. It reports whether this caller won.
 	ClaimDelivery(ctx context.Context, id string, due, until time.Time) (bool, error)
 	// DeliveryDone removes a delivery, appending recs to the audit chain in the same transaction.
 	DeliveryDone(ctx context.Context, id string, recs ...audit.Record) error

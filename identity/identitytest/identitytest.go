@@ -340,6 +340,23 @@ func testDeliveries(t *testing.T, s identity.Store) {
 	if won, _ := s.ClaimDelivery(ctx, "a", due[0].NextAttemptAt, now.Add(30*time.Second)); won {
 		t.Fatal("second claim won too")
 	}
+	if d, _ := s.DueDeliveries(ctx, now.Add(time.Second), 10); len(d) != 0 {
+		t.Fatalf("a claimed delivery is due: %+v", d)
+	}
+	// Giving the claim back (a replica stopping mid-attempt) makes it due at once; a release
+	// with a stale claim time (another replica took over) changes nothing.
+	if won, _ := s.ClaimDelivery(ctx, "a", now.Add(29*time.Second), now); won {
+		t.Fatal("a release with a stale claim time won")
+	}
+	if won, err := s.ClaimDelivery(ctx, "a", now.Add(30*time.Second), now); err != nil || !won {
+		t.Fatalf("release: %v %v", won, err)
+	}
+	if d, _ := s.DueDeliveries(ctx, now, 10); len(d) != 1 || d[0].ID != "a" || d[0].Attempts != 0 {
+		t.Fatalf("after the release: %+v", d)
+	}
+	if won, _ := s.ClaimDelivery(ctx, "a", now, now.Add(30*time.Second)); !won {
+		t.Fatal("claim after the release lost")
+	}
 	must(t, s.DeliveryFailed(ctx, "a", now.Add(2*time.Second), "503 from hs2"))
 	all, _ := s.ListDeliveries(ctx)
 	for _, d := range all {
