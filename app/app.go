@@ -426,6 +426,7 @@ func (a *App) runWorkers(l lifetimes) {
 	a.workers.Go(func() {
 		a.Service.DeliverOnBinds(l.queues, l.stop, a.HS, func(err error) bool { return !homeserver.IsRetryable(err) }, 5*time.Second)
 	})
+	a.workers.Go(func() { a.refreshKeys(ctx, keyRefresh) })
 	a.workers.Go(func() {
 		t := time.NewTicker(time.Hour)
 		defer t.Stop()
@@ -448,6 +449,32 @@ func (a *App) runWorkers(l lifetimes) {
 			}
 		}
 	})
+}
+
+// keyRefresh is how often a replica looks for a signing key or pepper that another process
+// (`admin signing-key rotate`, `admin pepper rotate`) rotated.
+const keyRefresh = 5 * time.Second
+
+func (a *App) refreshKeys(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		signer, pepper, err := a.Service.RefreshKeys(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			a.log.Warn("look for rotated keys", "err", err)
+		case signer:
+			a.log.Info("signing with the rotated signing key", "key_id", a.Service.Signer().KeyID())
+		}
+		if pepper {
+			a.log.Info("lookups use the rotated pepper")
+		}
+	}
 }
 
 // newServer is an HTTP server with the public listener's limits: no connection, idle or

@@ -85,7 +85,11 @@ func (a *App) Checkpoint(ctx context.Context) (audit.Checkpoint, error) {
 // (whose signature must be the server's). It returns the first problem found.
 func (a *App) VerifyAudit(ctx context.Context, cp *audit.Checkpoint) (audit.Report, error) {
 	if cp != nil {
-		if err := cp.VerifySignature(a.Service.Signer().PublicKey()); err != nil {
+		pub, err := a.checkpointKey(ctx, cp.KeyID)
+		if err != nil {
+			return audit.Report{}, err
+		}
+		if err := cp.VerifySignature(pub); err != nil {
 			return audit.Report{}, err
 		}
 	}
@@ -99,6 +103,24 @@ func (a *App) VerifyAudit(ctx context.Context, cp *audit.Checkpoint) (audit.Repo
 		return rep, err
 	}
 	return v.Finish()
+}
+
+// checkpointKey is the public key a checkpoint was signed with: the current signing key or an
+// earlier one, retired or not (retiring stops invites, not the audit trail's proofs).
+func (a *App) checkpointKey(ctx context.Context, keyID string) (string, error) {
+	if keyID == "" || keyID == a.Service.Signer().KeyID() {
+		return a.Service.Signer().PublicKey(), nil
+	}
+	keys, err := a.Service.SigningKeys(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, k := range keys {
+		if k.ID == keyID {
+			return k.PublicKey, nil
+		}
+	}
+	return "", fmt.Errorf("the checkpoint is signed with %s, a key this server never recorded", keyID)
 }
 
 // RecordDirectorySync appends an audit record per directory a sync worked on.

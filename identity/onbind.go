@@ -51,7 +51,7 @@ func (s *Service) onBindDeliveries(b Binding, assoc Association, invites []Invit
 	}
 	for _, inv := range invites {
 		signed := map[string]any{"mxid": b.MXID, "token": inv.Token}
-		if err := s.signer.Sign(signed); err != nil {
+		if err := s.signer.SignInvite(signed); err != nil {
 			return nil, err
 		}
 		entry, err := json.Marshal(map[string]any{
