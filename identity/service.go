@@ -895,10 +895,14 @@ func (s *Service) PublicKey(ctx context.Context, keyID string) (string, error) {
 }
 
 // SigningKeys lists every long-term key used, oldest first.
-func (s *Service) SigningKeys(ctx context.Context) ([]SigningKey, error) { return s.store.SigningKeys(ctx) }
+func (s *Service) SigningKeys(ctx context.Context) ([]SigningKey, error) {
+	return s.store.SigningKeys(ctx)
+}
 
 // RotateSigningKey makes a new long-term key current; see Signer.Rotate.
-func (s *Service) RotateSigningKey(ctx context.Context) (SigningKey, error) { return s.signer.Rotate(ctx, s.store) }
+func (s *Service) RotateSigningKey(ctx context.Context) (SigningKey, error) {
+	return s.signer.Rotate(ctx, s.store)
+}
 
 // RetireSigningKey makes an earlier key invalid: /pubkey no longer serves it and
 // /pubkey/isvalid says false, so invites it signed can no longer be accepted. The current key
