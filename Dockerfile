@@ -19,6 +19,6 @@ WORKDIR /data
 VOLUME /data
 EXPOSE 8090 9090
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
-  CMD ["/usr/local/bin/ozo-identity", "healthcheck", "--url", "http://127.0.0.1:9090/readyz"]
+  CMD ["/usr/local/bin/ozo-identity", "healthcheck", "--url", "http://127.0.0.1:9090/readyz?exclude=redis"]
 ENTRYPOINT ["/usr/local/bin/ozo-identity"]
 CMD ["serve"]

@@ -102,8 +102,13 @@ func (s *Server) adminAuth(next http.Handler) http.Handler {
 			rec.Detail = strings.TrimSpace(fmt.Sprintf("status=%d %s", buf.status, scope.Target))
 			if err := s.cfg.Audit.Store.AppendAudit(context.WithoutCancel(r.Context()), rec); err != nil {
 				// Fail closed: an admin call that cannot be recorded is not answered.
-				s.log.ErrorContext(r.Context(), "audit record not written", "err", err)
 				w.Header().Del("Content-Length")
+				if s.unavailable(err) {
+					s.log.WarnContext(r.Context(), "audit record not written: database unreachable", "err", err)
+					tryAgain(w)
+					return
+				}
+				s.log.ErrorContext(r.Context(), "audit record not written", "err", err)
 				matrixError(w, http.StatusInternalServerError, identity.CodeUnknown, "the audit record could not be written")
 				return
 			}

@@ -68,14 +68,25 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		matrixError(w, http.StatusUnauthorized, identity.CodeUnauthorized, "the request is not signed by the homeserver")
 	case errors.Is(err, context.Canceled):
 		matrixError(w, 499, identity.CodeUnknown, "request cancelled")
-	case storeUnreachable(err):
+	case s.unavailable(err):
 		s.log.WarnContext(r.Context(), "request failed: database unreachable", "method", r.Method, "path", r.URL.Path, "err", err)
-		w.Header().Set("Retry-After", "5")
-		matrixError(w, http.StatusServiceUnavailable, identity.CodeUnknown, "the database is unreachable; try again shortly")
+		tryAgain(w)
 	default:
 		s.log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		matrixError(w, http.StatusInternalServerError, identity.CodeUnknown, "internal server error")
 	}
+}
+
+// unavailable reports a store error that means the database is gone for the moment.
+func (s *Server) unavailable(err error) bool {
+	return storeUnreachable(err) || s.cfg.Unavailable != nil && s.cfg.Unavailable(err)
+}
+
+// tryAgain answers 503 for a database that is gone for the moment: the client retries, here
+// or at another replica, after Retry-After.
+func tryAgain(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", "5")
+	matrixError(w, http.StatusServiceUnavailable, identity.CodeUnknown, "temporarily unavailable: the database did not answer; try again shortly")
 }
 
 // requestError is a problem with the request itself (its body or parameters).

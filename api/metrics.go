@@ -2,8 +2,11 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,9 +24,6 @@ type Metrics struct {
 	lookupAddresses prometheus.Counter
 	lookupBatch     prometheus.Histogram
 	onBindGivenUp   *prometheus.CounterVec
-
-	mu       sync.Mutex
-	degraded []func() error // see AddDegradedCheck
 }
 
 // knownErrcodes bounds the errcode label to the spec's codes: homeservers choose the string.
@@ -113,47 +113,84 @@ func methodLabel(m string) string {
 // MustRegister adds collectors of other components (the rate limiter's state) to /metrics.
 func (m *Metrics) MustRegister(cs ...prometheus.Collector) { m.registry.MustRegister(cs...) }
 
-// AddDegradedCheck makes /readyz report "degraded" with check's error while it returns one.
-func (m *Metrics) AddDegradedCheck(check func() error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.degraded = append(m.degraded, check)
+// ReadyCheck is one dependency /readyz asks about: Check fails while it is unreachable.
+type ReadyCheck struct {
+	Name  string // what ?exclude= names it by: "database", "redis"
+	Check func(ctx context.Context) error
 }
 
-func (m *Metrics) degradedErr() error {
-	m.mu.Lock()
-	checks := m.degraded
-	m.mu.Unlock()
-	for _, c := range checks {
-		if err := c(); err != nil {
-			return err
-		}
-	}
-	return nil
-}
+// readyTimeout bounds each check, so a dependency that hangs answers 503 in time for the prober.
+const readyTimeout = 2 * time.Second
 
-// OpsHandler serves /metrics, /healthz (the process runs) and /readyz: 503 "unavailable" when
-// ready fails (the database does not answer), 200 "degraded" with the reason when a degraded
-// check reports one (limits held per replica while Redis is down: serving beats refusing
-// everyone), else 200 "ok".
-func OpsHandler(m *Metrics, ready func(ctx context.Context) error) http.Handler {
+// OpsHandler serves /metrics, /healthz (the process runs: restart it when this fails) and
+// /readyz: 200 when every check passes, else 503 naming the dependency that failed, and 503
+// "stopping" once stopping reports true (the replica drains before it exits). /readyz?exclude=redis
+// leaves a check out, as Kubernetes' /readyz does: a load balancer that takes replicas out over
+// a dependency they all share (Redis) turns a degraded service into an outage.
+func OpsHandler(m *Metrics, checks []ReadyCheck, stopping func() bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if err := ready(ctx); err != nil {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "error": err.Error()})
+		excluded := map[string]bool{}
+		for _, v := range r.URL.Query()["exclude"] {
+			for _, name := range strings.Split(v, ",") {
+				if !slices.ContainsFunc(checks, func(c ReadyCheck) bool { return c.Name == name }) {
+					// A typo in a prober's URL must show at once, not exclude nothing quietly.
+					writeJSON(w, http.StatusBadRequest, map[string]string{"status": "bad request",
+						"error": fmt.Sprintf("exclude=%q: no such check (have %s)", name, checkNames(checks))})
+					return
+				}
+				excluded[name] = true
+			}
+		}
+		if stopping != nil && stopping() {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "stopping",
+				"error": "the replica is shutting down"})
 			return
 		}
-		if err := m.degradedErr(); err != nil {
-			writeJSON(w, http.StatusOK, map[string]string{"status": "degraded", "degraded": err.Error()})
+		results := make([]error, len(checks))
+		var wg sync.WaitGroup
+		for i, c := range checks {
+			if excluded[c.Name] {
+				continue
+			}
+			wg.Go(func() {
+				ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
+				defer cancel()
+				results[i] = c.Check(ctx)
+			})
+		}
+		wg.Wait()
+		status, out := http.StatusOK, map[string]string{}
+		var failed []string
+		for i, c := range checks {
+			switch {
+			case excluded[c.Name]:
+				out[c.Name] = "excluded"
+			case results[i] != nil:
+				status = http.StatusServiceUnavailable
+				out[c.Name] = "unreachable: " + results[i].Error()
+				failed = append(failed, c.Name+" unreachable: "+results[i].Error())
+			default:
+				out[c.Name] = "ok"
+			}
+		}
+		if status != http.StatusOK {
+			writeJSON(w, status, map[string]any{"status": "unavailable", "error": strings.Join(failed, "; "), "checks": out})
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		writeJSON(w, status, map[string]any{"status": "ok", "checks": out})
 	})
 	return mux
+}
+
+func checkNames(checks []ReadyCheck) string {
+	var names []string
+	for _, c := range checks {
+		names = append(names, c.Name)
+	}
+	return strings.Join(names, ", ")
 }

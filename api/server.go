@@ -54,6 +54,10 @@ type Config struct {
 	Accounts *ozoaccount.Service
 	// Audit keeps the audit trail of lookups and admin calls.
 	Audit Audit
+	// Unavailable reports store errors that mean the database is gone for the moment (the
+	// storage's drivers know their words for it); they answer 503 with Retry-After. Lost and
+	// refused network connections are recognised without it.
+	Unavailable func(error) bool
 }
 
 // Server routes HTTP requests to the identity service.

@@ -424,11 +424,16 @@ func (s *Server) signEd25519(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) pubkey(w http.ResponseWriter, r *http.Request) {
-	if chi.URLParam(r, "keyId") != s.svc.Signer().KeyID() {
+	key, err := s.svc.PublicKey(r.Context(), chi.URLParam(r, "keyId"))
+	if errors.Is(err, identity.ErrNotFound) {
 		matrixError(w, http.StatusNotFound, identity.CodeNotFound, "the public key was not found")
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"public_key": s.svc.Signer().PublicKey()})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"public_key": key})
 }
 
 func (s *Server) pubkeyIsValid(w http.ResponseWriter, r *http.Request) {
@@ -437,7 +442,12 @@ func (s *Server) pubkeyIsValid(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, badRequest("M_MISSING_PARAMS", "missing parameters: public_key"))
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]bool{"valid": s.svc.IsValidPublicKey(key)})
+	ok, err := s.svc.IsValidPublicKey(r.Context(), key)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]bool{"valid": ok})
 }
 
 func (s *Server) ephemeralIsValid(w http.ResponseWriter, r *http.Request) {

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -45,7 +46,11 @@ type App struct {
 	HS      *homeserver.Client
 	Index   *mcsd.Index
 	workers sync.WaitGroup
-	Syncer  *mcsd.Syncer
+	// redis is the shared rate limiter's client (nil without redis.url); /readyz pings it.
+	redis *redis.Client
+	// stopping turns /readyz to 503 once SIGTERM came.
+	stopping atomic.Bool
+	Syncer   *mcsd.Syncer
 	// Accounts are the OZO accounts of family caregivers and patients.
 	Accounts *ozoaccount.Service
 	log      *slog.Logger
@@ -171,6 +176,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		InviteLifetime:    cfg.Invites.Lifetime,
 		WebClientLocation: cfg.Invites.WebClientLocation,
 		OnBindRetryFor:    cfg.Invites.OnBindRetryFor,
+		OnBindClaim:       cfg.Invites.OnBindClaimTTL,
 		Policies:          policies,
 
 		WebClientLocations: cfg.Invites.WebClientLocations,
@@ -213,6 +219,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	v1Nets, _ := config.ParsePrefixes(cfg.V1.Networks)
 	proxies, _ := config.ParsePrefixes(cfg.HTTP.TrustedProxies)
 	var limiter ratelimit.Limiter = ratelimit.NewMemory()
+	var redisClient *redis.Client
 	if cfg.Redis.URL != "" {
 		opts, err := redis.ParseURL(cfg.Redis.URL)
 		if err != nil {
@@ -236,10 +243,10 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 			opts.WriteTimeout = 500 * time.Millisecond
 		}
 		// Without Redis the limits hold per replica rather than not at all.
-		fb := ratelimit.NewFallback(ratelimit.NewRedis(redis.NewClient(opts), cfg.Redis.KeyPrefix+"rl:"), limiter, 0,
+		redisClient = redis.NewClient(opts)
+		fb := ratelimit.NewFallback(ratelimit.NewRedis(redisClient, cfg.Redis.KeyPrefix+"rl:"), limiter, 0,
 			log.With("component", "ratelimit"))
 		limiter = fb
-		metrics.AddDegradedCheck(fb.Degraded)
 		metrics.MustRegister(
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ozo_identity_ratelimit_degraded",
 				Help: "1 while Redis is unreachable and rate limits are held in memory per replica."},
@@ -278,10 +285,11 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		Accounts:      accounts,
 		Audit: api.Audit{Store: store, Lookups: lookups,
 			Observer: audit.Observer{ServerName: cfg.ServerName, BaseURL: cfg.PublicBaseURL}},
+		Unavailable: sqlstore.Unavailable,
 	}, metrics, log.With("component", "api"))
 	a := &App{Config: cfg, DB: db, Store: store, Service: svc, API: srv, Metrics: metrics, HS: hs,
 		Index: index, Syncer: syncer, Accounts: accounts, syncerOpts: syncerOpts, adminSync: admSync, syncMetrics: syncMetrics, log: log,
-		Chain: chain, Lookups: lookups}
+		Chain: chain, Lookups: lookups, redis: redisClient}
 	admSync.app = a
 	return a, nil
 }
@@ -396,17 +404,29 @@ func tlsWithCA(file string) (*tls.Config, error) {
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 
-// RunWorkers runs the background work (onbind delivery, clean-up of expired sessions, invites
-// and ephemeral keys) until ctx ends.
-func (a *App) RunWorkers(ctx context.Context) {
+// lifetimes are the contexts background work runs under, ended one after another on SIGTERM
+// (see Serve): periodic jobs first, the lookup counts once the last request is answered, and
+// the queues' work in flight (onbind, audit push) only at the drain deadline.
+type lifetimes struct {
+	jobs    context.Context // mCSD sync (its lease is released at once), clean-ups, checkpoints
+	lookups context.Context // the lookup aggregator: flushed when it ends
+	queues  context.Context // the drain deadline of an onbind or push in flight
+	stop    <-chan struct{} // closed: the queues take nothing new
+}
+
+// runWorkers runs the background work (mCSD sync, onbind delivery, audit, clean-up of expired
+// sessions, invites and ephemeral keys) until its lifetimes end.
+func (a *App) runWorkers(l lifetimes) {
+	ctx := l.jobs
 	a.adminSync.setContext(ctx)
 	if a.HasDirectories() && a.Config.Directory.SyncInterval > 0 {
 		a.workers.Go(func() { a.syncSchedule(ctx, a.Config.Directory.SyncInterval) })
 	}
-	a.auditWorkers(ctx)
+	a.auditWorkers(l)
 	a.workers.Go(func() {
-		a.Service.DeliverOnBinds(ctx, a.HS, func(err error) bool { return !homeserver.IsRetryable(err) }, 5*time.Second)
+		a.Service.DeliverOnBinds(l.queues, l.stop, a.HS, func(err error) bool { return !homeserver.IsRetryable(err) }, 5*time.Second)
 	})
+	a.workers.Go(func() { a.refreshKeys(ctx, keyRefresh) })
 	a.workers.Go(func() {
 		t := time.NewTicker(time.Hour)
 		defer t.Stop()
@@ -431,6 +451,32 @@ func (a *App) RunWorkers(ctx context.Context) {
 	})
 }
 
+// keyRefresh is how often a replica looks for a signing key or pepper that another process
+// (`admin signing-key rotate`, `admin pepper rotate`) rotated.
+const keyRefresh = 5 * time.Second
+
+func (a *App) refreshKeys(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		signer, pepper, err := a.Service.RefreshKeys(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			a.log.Warn("look for rotated keys", "err", err)
+		case signer:
+			a.log.Info("signing with the rotated signing key", "key_id", a.Service.Signer().KeyID())
+		}
+		if pepper {
+			a.log.Info("lookups use the rotated pepper")
+		}
+	}
+}
+
 // newServer is an HTTP server with the public listener's limits: no connection, idle or
 // half-sent, is kept longer than these.
 func (a *App) newServer(h http.Handler) *http.Server {
@@ -442,15 +488,40 @@ func (a *App) newServer(h http.Handler) *http.Server {
 // OpsServer is the server of metrics_listen (/metrics, /healthz, /readyz), with the same
 // timeouts as the public listener.
 func (a *App) OpsServer() *http.Server {
-	ops := a.newServer(api.OpsHandler(a.Metrics, func(ctx context.Context) error { return a.DB.PingContext(ctx) }))
+	ops := a.newServer(api.OpsHandler(a.Metrics, a.ReadyChecks(), a.stopping.Load))
 	ops.Addr = a.Config.MetricsListen
 	return ops
 }
 
-// Serve listens on the configured addresses until ctx ends, then shuts down gracefully.
-// tlsConfig, when set, serves the public listener over HTTPS.
+// ReadyChecks are the dependencies /readyz asks about: the database and, when configured, Redis.
+func (a *App) ReadyChecks() []api.ReadyCheck {
+	checks := []api.ReadyCheck{{Name: "database", Check: func(ctx context.Context) error { return a.DB.PingContext(ctx) }}}
+	if a.redis != nil {
+		checks = append(checks, api.ReadyCheck{Name: "redis", Check: func(ctx context.Context) error {
+			// Asked on every probe, not read from the limiter's fallback state: that state only
+			// changes when a request comes, and a balancer that took every replica out sends none.
+			return a.redis.Ping(ctx).Err()
+		}})
+	}
+	return checks
+}
+
+// Serve listens on the configured addresses until ctx ends, then shuts down gracefully:
+// /readyz turns 503 and the replica serves on for shutdown.delay without keep-alives; then it
+// stops accepting, ends the periodic jobs (releasing the mCSD lease), lets the requests and the
+// onbind delivery and audit push in flight finish until shutdown.drain_timeout, cuts off what
+// is left and gives its queue claims back, and returns nil. tlsConfig, when set, serves the
+// public listener over HTTPS.
 func (a *App) Serve(ctx context.Context, ln net.Listener, tlsConfig *tls.Config) error {
-	a.RunWorkers(ctx)
+	base := context.WithoutCancel(ctx)
+	jobs, endJobs := context.WithCancel(base)
+	lookups, endLookups := context.WithCancel(base)
+	queues, endQueues := context.WithCancel(base)
+	defer endJobs()
+	defer endLookups()
+	defer endQueues()
+	stop := make(chan struct{})
+	a.runWorkers(lifetimes{jobs: jobs, lookups: lookups, queues: queues, stop: stop})
 	srv := a.newServer(a.API)
 	var ops *http.Server
 	if a.Config.MetricsListen != "" {
@@ -471,25 +542,59 @@ func (a *App) Serve(ctx context.Context, ln net.Listener, tlsConfig *tls.Config)
 	}()
 	a.log.Info("ozo-identity listening", "addr", ln.Addr().String(), "server_name", a.Config.ServerName,
 		"database", string(a.DB.Engine), "v1", a.Config.V1.Enabled)
+	var serveErr error
 	select {
-	case err := <-errc:
-		return err
+	case serveErr = <-errc:
 	case <-ctx.Done():
 	}
-	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if ops != nil {
-		ops.Shutdown(shutdown)
+	cfg := a.Config.Shutdown
+	a.stopping.Store(true)
+	if serveErr == nil && cfg.Delay > 0 {
+		// Clients are told to close their connections; the balancer's probe sees 503 and sends
+		// new ones elsewhere before the listener closes under them.
+		a.log.Info("stopping: /readyz answers 503, serving on until the load balancer notices", "delay", cfg.Delay)
+		srv.SetKeepAlivesEnabled(false)
+		time.Sleep(cfg.Delay)
 	}
-	err := srv.Shutdown(shutdown)
-	// Let an onbind attempt or directory sync in flight finish writing its outcome (they stop with ctx).
-	a.workers.Wait()
-	a.Accounts.Wait() // reset mails being sent
-	return err
+	drain, cancel := context.WithTimeout(base, max(cfg.DrainTimeout, time.Second))
+	defer cancel()
+	a.log.Info("stopping: draining requests and queued work", "drain_timeout", cfg.DrainTimeout)
+	close(stop)
+	endJobs()
+	err := srv.Shutdown(drain)
+	if err != nil {
+		a.log.Warn("requests still running at the drain deadline are cut off", "err", err)
+		srv.Close()
+	}
+	endLookups() // every lookup is answered: its counts are written now
+	done := make(chan struct{})
+	go func() { a.workers.Wait(); a.Accounts.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-drain.Done():
+		a.log.Warn("queued work still running at the drain deadline is cut off and given back to the queue")
+		endQueues()
+		<-done
+	}
+	if ops != nil {
+		octx, ocancel := context.WithTimeout(base, time.Second)
+		ops.Shutdown(octx)
+		ocancel()
+	}
+	if serveErr != nil {
+		return serveErr
+	}
+	a.log.Info("stopped")
+	return nil
 }
 
-// Close releases the database.
-func (a *App) Close() error { return a.DB.Close() }
+// Close releases the database and Redis.
+func (a *App) Close() error {
+	if a.redis != nil {
+		a.redis.Close()
+	}
+	return a.DB.Close()
+}
 
 // mailKinds lets identity name its mails without importing email.
 type mailKinds struct{ m *email.Mailer }

@@ -85,7 +85,11 @@ func (a *App) Checkpoint(ctx context.Context) (audit.Checkpoint, error) {
 // (whose signature must be the server's). It returns the first problem found.
 func (a *App) VerifyAudit(ctx context.Context, cp *audit.Checkpoint) (audit.Report, error) {
 	if cp != nil {
-		if err := cp.VerifySignature(a.Service.Signer().PublicKey()); err != nil {
+		pub, err := a.checkpointKey(ctx, cp.KeyID)
+		if err != nil {
+			return audit.Report{}, err
+		}
+		if err := cp.VerifySignature(pub); err != nil {
 			return audit.Report{}, err
 		}
 	}
@@ -99,6 +103,24 @@ func (a *App) VerifyAudit(ctx context.Context, cp *audit.Checkpoint) (audit.Repo
 		return rep, err
 	}
 	return v.Finish()
+}
+
+// checkpointKey is the public key a checkpoint was signed with: the current signing key or an
+// earlier one, retired or not (retiring stops invites, not the audit trail's proofs).
+func (a *App) checkpointKey(ctx context.Context, keyID string) (string, error) {
+	if keyID == "" || keyID == a.Service.Signer().KeyID() {
+		return a.Service.Signer().PublicKey(), nil
+	}
+	keys, err := a.Service.SigningKeys(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, k := range keys {
+		if k.ID == keyID {
+			return k.PublicKey, nil
+		}
+	}
+	return "", fmt.Errorf("the checkpoint is signed with %s, a key this server never recorded", keyID)
 }
 
 // RecordDirectorySync appends an audit record per directory a sync worked on.
@@ -126,8 +148,9 @@ func (a *App) RecordDirectorySync(ctx context.Context, reports []mcsd.DirectoryR
 }
 
 // auditWorkers runs the lookup aggregator, scheduled checkpoints, retention and the push.
-func (a *App) auditWorkers(ctx context.Context) {
-	a.workers.Go(func() { a.Lookups.Run(ctx) })
+func (a *App) auditWorkers(l lifetimes) {
+	ctx := l.jobs
+	a.workers.Go(func() { a.Lookups.Run(l.lookups) })
 	if iv := a.Config.Audit.CheckpointInterval; iv > 0 {
 		a.workers.Go(func() {
 			for {
@@ -145,7 +168,7 @@ func (a *App) auditWorkers(ctx context.Context) {
 		})
 	}
 	if a.Config.Audit.Push.URL != "" {
-		a.workers.Go(func() { a.pushAudit(ctx) })
+		a.workers.Go(func() { a.pushAudit(l.queues, l.stop) })
 	}
 }
 
@@ -196,8 +219,9 @@ func (a *App) PruneAudit(ctx context.Context) {
 	}
 }
 
-// pushAudit sends queued batches to the audit record repository, retrying failed ones with backoff.
-func (a *App) pushAudit(ctx context.Context) {
+// pushAudit sends queued batches to the audit record repository, retrying failed ones with
+// backoff, until stop is closed (a batch in flight is finished) or ctx ends (the drain deadline).
+func (a *App) pushAudit(ctx context.Context, stop <-chan struct{}) {
 	client := &http.Client{Timeout: 30 * time.Second}
 	if tlsCfg, err := tlsWithCA(a.Config.Audit.Push.CAFile); err != nil {
 		a.log.Error("audit.push.ca_file", "err", err)
@@ -208,9 +232,11 @@ func (a *App) pushAudit(ctx context.Context) {
 	t := time.NewTicker(a.Config.Audit.Push.Interval)
 	defer t.Stop()
 	for {
-		a.PushAuditOnce(ctx, client)
+		a.pushAuditOnce(ctx, stop, client)
 		select {
 		case <-ctx.Done():
+			return
+		case <-stop:
 			return
 		case <-t.C:
 		}
@@ -219,6 +245,13 @@ func (a *App) pushAudit(ctx context.Context) {
 
 // PushAuditOnce queues the new records and sends every due batch; it returns how many were sent.
 func (a *App) PushAuditOnce(ctx context.Context, client *http.Client) int {
+	return a.pushAuditOnce(ctx, nil, client)
+}
+
+// auditPushClaim hides a batch being sent from the other replicas.
+const auditPushClaim = 2 * time.Minute
+
+func (a *App) pushAuditOnce(ctx context.Context, stop <-chan struct{}, client *http.Client) int {
 	cfg := a.Config.Audit.Push
 	if _, err := a.Store.EnqueueAuditPush(ctx, cfg.BatchSize, time.Now()); err != nil {
 		a.log.Warn("audit push: queue", "err", err)
@@ -226,8 +259,14 @@ func (a *App) PushAuditOnce(ctx context.Context, client *http.Client) int {
 	}
 	sent := 0
 	for ctx.Err() == nil {
+		select {
+		case <-stop:
+			return sent
+		default:
+		}
 		now := time.Now()
-		b, ok, err := a.Store.ClaimAuditPush(ctx, now, now.Add(2*time.Minute))
+		claimed := now.Add(auditPushClaim)
+		b, ok, err := a.Store.ClaimAuditPush(ctx, now, claimed)
 		if err != nil {
 			a.log.Warn("audit push: claim", "err", err)
 			return sent
@@ -235,7 +274,17 @@ func (a *App) PushAuditOnce(ctx context.Context, client *http.Client) int {
 		if !ok {
 			return sent
 		}
-		if err := a.pushBatch(ctx, client, b); err != nil {
+		err = a.pushBatch(ctx, client, b)
+		if err != nil && ctx.Err() != nil {
+			// Cut off by the drain deadline: the next replica to look sends it again, now.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			if err := a.Store.ReleaseAuditPush(rctx, b.ID, claimed); err != nil {
+				a.log.Warn("audit push cut off by the shutdown; its claim runs out by itself", "first_seq", b.ID, "err", err)
+			}
+			cancel()
+			return sent
+		}
+		if err != nil {
 			backoff := time.Second << min(b.Attempts, 12)
 			a.log.Warn("audit push failed, will retry", "first_seq", b.ID, "attempts", b.Attempts+1, "in", backoff, "err", err)
 			if err := a.Store.AuditPushFailed(ctx, b.ID, now.Add(backoff), err.Error()); err != nil {
@@ -243,7 +292,11 @@ func (a *App) PushAuditOnce(ctx context.Context, client *http.Client) int {
 			}
 			return sent
 		}
-		if err := a.Store.AuditPushDone(ctx, b.ID); err != nil {
+		// Recorded even past the drain deadline: a batch the repository took is not sent again.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		err = a.Store.AuditPushDone(dctx, b.ID)
+		cancel()
+		if err != nil {
 			a.log.Warn("audit push: done", "err", err)
 			return sent
 		}

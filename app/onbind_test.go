@@ -7,7 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ozo-platform/ozo-identity/api"
 	"github.com/ozo-platform/ozo-identity/api/apitest"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
@@ -18,7 +17,7 @@ import (
 func TestOnBindGivenUpLogsErrcode(t *testing.T) {
 	apitest.ForEachEngine(t, func(t *testing.T, e sqlstore.Engine) {
 		h := apitest.New(t, e)
-		ops := httptest.NewServer(api.OpsHandler(h.App.Metrics, h.App.DB.PingContext))
+		ops := httptest.NewServer(h.App.OpsServer().Handler)
 		t.Cleanup(ops.Close)
 		alice := h.NewUser(t, "alice")
 		bob := h.NewUser(t, "bob")

@@ -38,6 +38,9 @@ type Store interface {
 	ClaimAuditPush(ctx context.Context, now, until time.Time) (b PushBatch, ok bool, err error)
 	AuditPushDone(ctx context.Context, id int64) error
 	AuditPushFailed(ctx context.Context, id int64, next time.Time, lastError string) error
+	// ReleaseAuditPush gives a claim up (a replica stopping mid-push): the batch is due at once,
+	// unless its claim (claimed, as given to ClaimAuditPush) was already taken over.
+	ReleaseAuditPush(ctx context.Context, id int64, claimed time.Time) error
 }
 
 // PushBatch is a queued range of records for the audit record repository.

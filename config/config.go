@@ -53,6 +53,16 @@ type Config struct {
 	SSO         SSO         `yaml:"sso"`
 	OZOAccounts OZOAccounts `yaml:"ozo_accounts"`
 	Audit       Audit       `yaml:"audit"`
+	Shutdown    Shutdown    `yaml:"shutdown"`
+}
+
+// Shutdown is how a replica ends on SIGTERM: it turns /readyz to 503 and keeps serving for
+// Delay (so the load balancer moves traffic away), then stops accepting and gives the requests,
+// onbind deliveries and audit pushes in flight DrainTimeout to finish; what is still running then
+// is cut off and its queue claim given back, so another replica takes it at once.
+type Shutdown struct {
+	Delay        time.Duration `yaml:"delay"`
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
 }
 
 // OZOAccounts configures the accounts of family caregivers and patients (email + password + TOTP).
@@ -262,6 +272,10 @@ type Invites struct {
 	OnBindMaxBytes   int `yaml:"onbind_max_bytes"`
 	// OnBindRetryFor bounds how long an onbind delivery is retried.
 	OnBindRetryFor time.Duration `yaml:"onbind_retry_for"`
+	// OnBindClaimTTL is how long a replica's claim on a delivery hides it from the others: after
+	// a kill -9 another replica sends it again this long after the claim. An attempt is given at
+	// most half of it (and 30s), so a living replica always records its outcome first.
+	OnBindClaimTTL time.Duration `yaml:"onbind_claim_ttl"`
 }
 
 type Email struct {
@@ -348,6 +362,7 @@ func Defaults() Config {
 			OnBindMaxInvites:      50,
 			OnBindMaxBytes:        64 << 10,
 			OnBindRetryFor:        7 * 24 * time.Hour,
+			OnBindClaimTTL:        time.Minute,
 		},
 		// No security set: STARTTLS is required unless the host is loopback (see email.Config).
 		Email:       Email{SMTP: SMTP{Host: "localhost"}, From: "ozo-identity <noreply@localhost>"},
@@ -372,6 +387,7 @@ func Defaults() Config {
 			Onboarding: Onboarding{CodeLifetime: time.Minute, StartsPerClient: 10}},
 		Audit: Audit{LookupInterval: time.Minute, CheckpointInterval: 24 * time.Hour,
 			Push: AuditPush{BundleType: "batch", BatchSize: 100, Interval: 30 * time.Second}},
+		Shutdown: Shutdown{DrainTimeout: 20 * time.Second},
 	}
 }
 
@@ -667,6 +683,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Directory.SyncLeaseTTL < 5*time.Second {
 		errs = append(errs, errors.New("directory.sync_lease_ttl must be at least 5s"))
+	}
+	if c.Invites.OnBindClaimTTL < 4*time.Second || c.Invites.OnBindClaimTTL > time.Hour {
+		errs = append(errs, errors.New("invites.onbind_claim_ttl must be between 4s and 1h"))
+	}
+	if c.Shutdown.Delay < 0 || c.Shutdown.Delay > 5*time.Minute {
+		errs = append(errs, errors.New("shutdown.delay must be between 0 and 5m"))
+	}
+	if c.Shutdown.DrainTimeout < time.Second || c.Shutdown.DrainTimeout > 10*time.Minute {
+		errs = append(errs, errors.New("shutdown.drain_timeout must be between 1s and 10m"))
 	}
 	if c.Audit.LookupInterval < time.Second || c.Audit.LookupInterval > time.Hour {
 		errs = append(errs, errors.New("audit.lookup_interval must be between 1s and 1h"))

@@ -26,6 +26,7 @@ var envSamples = map[string]string{
 	"invites.web_client_location":  "https://chat.env.example",
 	"invites.web_client_locations": "https://chat.env.example,https://chat2.env.example",
 	"invites.onbind_max_bytes":     "8192",
+	"shutdown.delay":               "6s",
 	"audit.retention":              "2160h",
 	"audit.lookup_interval":        "30s",
 	"audit.push.url":               "https://arr.env.example/fhir",

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
@@ -238,6 +239,53 @@ func TestComposeInlinesNoSecret(t *testing.T) {
 	for name, sec := range p.Secrets {
 		if sec.File == "" || sec.Content != "" || sec.Environment != "" {
 			t.Errorf("secret %s is not read from a file", name)
+		}
+	}
+}
+
+// The health checks that act on a replica (Docker's, which Docker-label proxies and Swarm act on,
+// and Caddy's active check) leave Redis out: every replica shares it, so taking them out over it
+// turns per-replica rate limits into an outage. The stop grace period covers the shutdown delay
+// (longer than Caddy's probe interval, so Caddy notices first) and the drain.
+func TestComposeHealthAndShutdown(t *testing.T) {
+	p := loadCompose(t)
+	caddyfile, err := os.ReadFile("Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri := regexp.MustCompile(`(?m)^\s*health_uri\s+(\S+)`).FindSubmatch(caddyfile)
+	if uri == nil || string(uri[1]) != "/readyz?exclude=redis" {
+		t.Errorf("Caddy's health_uri is %q, want /readyz?exclude=redis", uri)
+	}
+	interval := regexp.MustCompile(`(?m)^\s*health_interval\s+(\S+)`).FindSubmatch(caddyfile)
+	if interval == nil {
+		t.Fatal("Caddyfile sets no health_interval")
+	}
+	probe, err := time.ParseDuration(string(interval[1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range replicas(p) {
+		test := strings.Join(r.HealthCheck.Test, " ")
+		if !strings.Contains(test, "healthcheck --url http://127.0.0.1:9090/readyz?exclude=redis") {
+			t.Errorf("%s: health check %q does not ask /readyz?exclude=redis", r.Name, test)
+		}
+		var env []string
+		for k, v := range r.Environment {
+			if v != nil {
+				env = append(env, k+"="+*v)
+			}
+		}
+		cfg, err := config.Load("", env)
+		if err != nil {
+			t.Fatalf("%s: %v", r.Name, err)
+		}
+		if cfg.Shutdown.Delay <= probe {
+			t.Errorf("%s: shutdown.delay %s is not longer than Caddy's health_interval %s", r.Name, cfg.Shutdown.Delay, probe)
+		}
+		if r.StopGracePeriod == nil || time.Duration(*r.StopGracePeriod) < cfg.Shutdown.Delay+cfg.Shutdown.DrainTimeout+2*time.Second {
+			t.Errorf("%s: stop_grace_period %v does not cover shutdown.delay %s + drain_timeout %s", r.Name, r.StopGracePeriod,
+				cfg.Shutdown.Delay, cfg.Shutdown.DrainTimeout)
 		}
 	}
 }

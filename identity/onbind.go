@@ -51,7 +51,7 @@ func (s *Service) onBindDeliveries(b Binding, assoc Association, invites []Invit
 	}
 	for _, inv := range invites {
 		signed := map[string]any{"mxid": b.MXID, "token": inv.Token}
-		if err := s.signer.Sign(signed); err != nil {
+		if err := s.signer.SignInvite(signed); err != nil {
 			return nil, err
 		}
 		entry, err := json.Marshal(map[string]any{
@@ -123,28 +123,36 @@ func (s *Service) Wake() {
 	}
 }
 
-// DeliverOnBinds drains the onbind queue until ctx ends: each delivery is claimed (so replicas do
-// not send it twice at once), sent, and retried with exponential backoff until it expires.
-// permanent reports errors that retrying cannot fix (a 4xx from the homeserver).
-func (s *Service) DeliverOnBinds(ctx context.Context, hs OnBinder, permanent func(error) bool, poll time.Duration) {
+// DeliverOnBinds drains the onbind queue until stop is closed or ctx ends: each delivery is
+// claimed (so replicas do not send it twice at once), sent, and retried with exponential backoff
+// until it expires. permanent reports errors that retrying cannot fix (a 4xx from the homeserver).
+// Closing stop ends it gracefully: no new delivery is claimed, the one in flight is finished and
+// its outcome recorded unless ctx (the drain deadline) ends first; then its claim is given back,
+// so another replica sends it at once instead of after the claim.
+func (s *Service) DeliverOnBinds(ctx context.Context, stop <-chan struct{}, hs OnBinder, permanent func(error) bool, poll time.Duration) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-stop:
+			return
 		case <-timer.C:
 		case <-s.wake:
 		}
-		s.deliverDue(ctx, hs, permanent)
+		s.deliverDue(ctx, stop, hs, permanent)
 		timer.Reset(poll)
 	}
 }
 
-// claimFor is how long a claimed delivery is hidden from other replicas while it is attempted.
-const claimFor = time.Minute
+// DefaultOnBindClaim is how long a claimed delivery is hidden from other replicas while it is
+// attempted, unless Options.OnBindClaim says otherwise.
+const DefaultOnBindClaim = time.Minute
 
-func (s *Service) deliverDue(ctx context.Context, hs OnBinder, permanent func(error) bool) {
+func (s *Service) onBindClaim() time.Duration { return cmp.Or(s.opts.OnBindClaim, DefaultOnBindClaim) }
+
+func (s *Service) deliverDue(ctx context.Context, stop <-chan struct{}, hs OnBinder, permanent func(error) bool) {
 	for ctx.Err() == nil {
 		now := s.now()
 		due, err := s.store.DueDeliveries(ctx, now, 20)
@@ -156,19 +164,44 @@ func (s *Service) deliverDue(ctx context.Context, hs OnBinder, permanent func(er
 			return
 		}
 		for _, d := range due {
-			won, err := s.store.ClaimDelivery(ctx, d.ID, d.NextAttemptAt, now.Add(claimFor))
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			claimed := now.Add(s.onBindClaim())
+			won, err := s.store.ClaimDelivery(ctx, d.ID, d.NextAttemptAt, claimed)
 			if err != nil || !won {
 				continue
 			}
-			s.attempt(ctx, hs, permanent, d)
+			s.attempt(ctx, hs, permanent, d, claimed)
 		}
 	}
 }
 
-func (s *Service) attempt(ctx context.Context, hs OnBinder, permanent func(error) bool, d OnBindDelivery) {
-	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+// maxAttempt bounds one onbind request; the claim bounds it further.
+const maxAttempt = 30 * time.Second
+
+func (s *Service) attempt(ctx context.Context, hs OnBinder, permanent func(error) bool, d OnBindDelivery, claimed time.Time) {
+	// Half the claim at most: the outcome is recorded long before another replica may take it.
+	actx, cancel := context.WithTimeout(ctx, min(maxAttempt, s.onBindClaim()/2))
 	err := hs.OnBind(actx, d.ServerName, d.Body)
+	cut := ctx.Err() != nil
 	cancel()
+	// The outcome is recorded even when the drain deadline passed meanwhile: an onbind the
+	// homeserver took must not be sent again for want of a DELETE.
+	ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err != nil && cut {
+		// Cut off by the drain deadline: whether the homeserver took it is unknown, so it is sent
+		// again (at-least-once) — by the next replica to look, now rather than after the claim.
+		if won, rerr := s.store.ClaimDelivery(ctx, d.ID, claimed, s.now()); rerr != nil || !won {
+			s.log.Warn("onbind cut off by the shutdown; its claim runs out by itself", "server", d.ServerName, "err", rerr)
+		} else {
+			s.log.Info("onbind cut off by the shutdown, given back to the queue", "server", d.ServerName)
+		}
+		return
+	}
 	now := s.now()
 	switch {
 	case err == nil:

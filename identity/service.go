@@ -66,6 +66,9 @@ type Options struct {
 	OnBindMaxInvites int
 	OnBindMaxBytes   int
 	OnBindRetryFor   time.Duration
+	// OnBindClaim is how long a replica's claim on a delivery hides it from the others
+	// (DefaultOnBindClaim when 0): after a kill -9, the delay before another replica sends it.
+	OnBindClaim time.Duration
 	// OnPepper is told every new pepper so that other hash indexes (the mCSD index) follow it.
 	OnPepper func(ctx context.Context, pepper string) error
 	// OnBindGivenUp is told of each onbind delivery given up: the homeserver's errcode ("" when
@@ -613,6 +616,12 @@ func (s *Service) Lookup(ctx context.Context, algorithm, pepper string, addresse
 		return nil, errorf(CodeInvalidParam, "unsupported algorithm %q; see /hash_details", algorithm)
 	}
 	if pepper != s.Pepper() {
+		// Another replica may have taken up a rotated pepper first: look before refusing.
+		if _, err := s.refreshPepper(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if pepper != s.Pepper() {
 		return nil, errorf(CodeInvalidPepper, "the pepper is not the current one; see /hash_details")
 	}
 	out := make(map[string]string)
@@ -848,9 +857,93 @@ func (s *Service) SignEd25519(ctx context.Context, mxid, token, privateKey strin
 	return obj, nil
 }
 
-// IsValidPublicKey reports whether key is this server's long-term key.
-func (s *Service) IsValidPublicKey(key string) bool {
-	return strings.TrimRight(key, "=") == s.signer.PublicKey()
+// IsValidPublicKey reports whether key is this server's long-term key or one it used before
+// and that is not retired: signatures on invites pending at a rotation stay verifiable.
+func (s *Service) IsValidPublicKey(ctx context.Context, key string) (bool, error) {
+	key = strings.TrimRight(key, "=")
+	if key == s.signer.PublicKey() {
+		return true, nil
+	}
+	keys, err := s.store.SigningKeys(ctx)
+	if err != nil {
+		return false, err
+	}
+	for _, k := range keys {
+		if k.PublicKey == key {
+			return k.Retired.IsZero(), nil
+		}
+	}
+	return false, nil
+}
+
+// PublicKey returns the public key of keyID: the current key or an earlier one not retired,
+// whichever replica made it current. ErrNotFound for any other.
+func (s *Service) PublicKey(ctx context.Context, keyID string) (string, error) {
+	if keyID == s.signer.KeyID() {
+		return s.signer.PublicKey(), nil
+	}
+	keys, err := s.store.SigningKeys(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, k := range keys {
+		if k.ID == keyID && k.Retired.IsZero() {
+			return k.PublicKey, nil
+		}
+	}
+	return "", ErrNotFound
+}
+
+// SigningKeys lists every long-term key used, oldest first.
+func (s *Service) SigningKeys(ctx context.Context) ([]SigningKey, error) {
+	return s.store.SigningKeys(ctx)
+}
+
+// RotateSigningKey makes a new long-term key current; see Signer.Rotate.
+func (s *Service) RotateSigningKey(ctx context.Context) (SigningKey, error) {
+	return s.signer.Rotate(ctx, s.store)
+}
+
+// RetireSigningKey makes an earlier key invalid: /pubkey no longer serves it and
+// /pubkey/isvalid says false, so invites it signed can no longer be accepted. The current key
+// cannot be retired (rotate first).
+func (s *Service) RetireSigningKey(ctx context.Context, keyID string) error {
+	if _, err := s.signer.Refresh(ctx, s.store); err != nil {
+		return err
+	}
+	if keyID == s.signer.KeyID() {
+		return errorf(CodeInvalidParam, "%s is the current signing key: rotate first", keyID)
+	}
+	if err := s.store.RetireSigningKey(ctx, keyID, s.now()); errors.Is(err, ErrNotFound) {
+		return errorf(CodeNotFound, "no signing key %s", keyID)
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
+// RefreshKeys takes up a signing key or pepper another process rotated since; each replica
+// calls it periodically. It reports what changed.
+func (s *Service) RefreshKeys(ctx context.Context) (signer, pepper bool, err error) {
+	if signer, err = s.signer.Refresh(ctx, s.store); err != nil {
+		return false, false, err
+	}
+	pepper, err = s.refreshPepper(ctx)
+	return signer, pepper, err
+}
+
+func (s *Service) refreshPepper(ctx context.Context) (bool, error) {
+	p, err := s.store.GetSetting(ctx, settingPepper)
+	if err != nil {
+		return false, fmt.Errorf("read pepper: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p == s.pepper {
+		return false, nil
+	}
+	s.pepper = p
+	return true, nil
 }
 
 // IsValidEphemeralKey reports whether key was handed out by store-invite.

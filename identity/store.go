@@ -85,6 +85,18 @@ type Invite struct {
 	EphemeralKey string
 }
 
+// SigningKey is the public half of a long-term signing key the server has used.
+type SigningKey struct {
+	ID        string // ed25519:N
+	PublicKey string // unpadded base64
+	// Private is the key in Synapse's format while it may still sign (not retired, not from a
+	// signing_key_file); empty otherwise.
+	Private string
+	Created time.Time
+	// Retired is when an operator retired it (zero: it still verifies).
+	Retired time.Time
+}
+
 // OnBindDelivery is a queued /3pid/onbind call to a homeserver.
 type OnBindDelivery struct {
 	ID            string
@@ -141,6 +153,18 @@ type Store interface {
 	// concurrent replicas starting together agree on one value.
 	SetSettingIfAbsent(ctx context.Context, name, value string) (string, error)
 	SetSetting(ctx context.Context, name, value string) error
+
+	// RecordSigningKey remembers a long-term key in use (idempotent) and returns the public key
+	// stored under its id, which differs from publicKey when the id was reused for another key.
+	RecordSigningKey(ctx context.Context, k SigningKey) (string, error)
+	// RotateSigningKey makes next (Synapse's key format) the signing key if the stored one is
+	// still current, recording it as k (next being its private half), in one transaction; ErrAlreadyExists when
+	// another rotation came first or k's id is taken.
+	RotateSigningKey(ctx context.Context, current, next string, k SigningKey) error
+	// SigningKeys lists every recorded key, oldest first.
+	SigningKeys(ctx context.Context) ([]SigningKey, error)
+	// RetireSigningKey marks a key retired at at; ErrNotFound when there is no such key.
+	RetireSigningKey(ctx context.Context, keyID string, at time.Time) error
 
 	CreateAccessToken(ctx context.Context, a AccessToken) error
 	GetAccessToken(ctx context.Context, tokenHash string) (AccessToken, error)
@@ -205,8 +229,9 @@ type Store interface {
 
 	// DueDeliveries returns up to limit queued onbinds whose next attempt is due, oldest first.
 	DueDeliveries(ctx context.Context, now time.Time, limit int) ([]OnBindDelivery, error)
-	// ClaimDelivery postpones a due delivery to until so that one replica works on it; it reports
-	// whether this caller won it.
+	// ClaimDelivery moves a delivery's next attempt from due to until if it is still due then
+	// (compare-and-set): postponing it claims it for one replica, setting it back to now gives the
+	// claim up. It reports whether this caller won.
 	ClaimDelivery(ctx context.Context, id string, due, until time.Time) (bool, error)
 	// DeliveryDone removes a delivery, appending recs to the audit chain in the same transaction.
 	DeliveryDone(ctx context.Context, id string, recs ...audit.Record) error

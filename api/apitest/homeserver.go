@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"maunium.net/go/mautrix/federation"
 
@@ -30,6 +31,7 @@ type Homeserver struct {
 
 	hits         atomic.Int64
 	onbindStatus atomic.Int32
+	delay        atomic.Int64 // time.Duration before answering userinfo and onbind
 
 	mu         sync.Mutex
 	tokens     map[string]string // OpenID token → user ID
@@ -92,6 +94,20 @@ func (hs *Homeserver) IssueOpenIDToken(localpart string) (token, userID string) 
 	return token, userID
 }
 
+// SetDelay makes the stand-in answer OpenID userinfo and onbind calls only after d, as a slow
+// homeserver would: requests and deliveries are then in flight for that long.
+func (hs *Homeserver) SetDelay(d time.Duration) { hs.delay.Store(int64(d)) }
+
+// wait sleeps the configured delay, or until the caller hangs up.
+func (hs *Homeserver) wait(r *http.Request) {
+	if d := time.Duration(hs.delay.Load()); d > 0 {
+		select {
+		case <-time.After(d):
+		case <-r.Context().Done():
+		}
+	}
+}
+
 // SetOnBindStatus sets the status the onbind endpoint answers with (200 at first).
 func (hs *Homeserver) SetOnBindStatus(status int) { hs.onbindStatus.Store(int32(status)) }
 
@@ -134,6 +150,7 @@ func (hs *Homeserver) Delivered() []OnBind {
 func (hs *Homeserver) Notify() <-chan struct{} { return hs.notify }
 
 func (hs *Homeserver) userinfo(w http.ResponseWriter, r *http.Request) {
+	hs.wait(r)
 	hs.mu.Lock()
 	userID, ok := hs.tokens[r.URL.Query().Get("access_token")]
 	hs.mu.Unlock()
@@ -163,6 +180,8 @@ func (hs *Homeserver) onbind(w http.ResponseWriter, r *http.Request) {
 	case hs.notify <- struct{}{}:
 	default:
 	}
+	// Recorded on arrival: a homeserver acts on an onbind whether or not its answer arrives.
+	hs.wait(r)
 	if status != http.StatusOK {
 		hs.mu.Lock()
 		answer := hs.onbindError

@@ -5,6 +5,8 @@
 //	ozo-identity directory sync   [--config FILE] [--data-dir DIR] [--force] [--wait] [--allow-mass-delete] [--full [URA|URL|lrza …]]
 //	ozo-identity directory status [--config FILE] [--data-dir DIR] [--json]
 //	ozo-identity admin account    create|list|show|disable|enable|delete|reset-2fa|resend …
+//	ozo-identity admin signing-key rotate|list|retire KEY_ID [--config FILE] [--data-dir DIR]
+//	ozo-identity admin pepper rotate [--config FILE] [--data-dir DIR]
 //	ozo-identity admin bindings import FILE [--config FILE] [--data-dir DIR] [--format ndjson|csv] [--strict] [--batch N] [--restart]
 //	ozo-identity healthcheck      [--url URL] [--timeout D]
 //	ozo-identity audit checkpoint [--config FILE] [--data-dir DIR] [--out FILE]
@@ -52,6 +54,10 @@ commands:
   directory status   show every known directory: last success, errors, backoff, watermarks, counts
   admin account      provision OZO accounts of family caregivers and patients:
                      create|list|show|disable|enable|delete|reset-2fa|resend (see admin account -h)
+  admin signing-key  rotate|list|retire KEY_ID: a new long-term signing key, earlier keys valid
+                     until retired (see admin signing-key -h)
+  admin pepper rotate
+                     a new lookup pepper; every lookup hash recomputed
   admin bindings import FILE
                      bind the 3PIDs of FILE: NDJSON ({"medium","address","mxid"} per line) or CSV
                      with a header medium,address,mxid; transactions of --batch lines, a later
@@ -108,6 +114,13 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 		}
 		return adminAccount(ctx, rest[1:], env, stdout, stderr)
 	}
+	if cmd == "admin" && len(rest) > 0 && (rest[0] == "signing-key" || rest[0] == "pepper") {
+		if len(rest) > 1 && (rest[1] == "-h" || rest[1] == "--help") {
+			fmt.Fprint(stderr, keysUsage)
+			return nil
+		}
+		return adminKeys(ctx, rest[0], rest[1:], env, stdout, stderr)
+	}
 	switch cmd {
 	case "healthcheck":
 		return healthcheck(ctx, rest, stderr)
@@ -125,7 +138,7 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 	case "admin":
 		if len(rest) < 2 || rest[0] != "bindings" || rest[1] != "import" {
 			fmt.Fprint(stderr, usage)
-			return fmt.Errorf("admin: unknown subcommand (want: admin bindings import FILE, or admin account …)")
+			return fmt.Errorf("admin: unknown subcommand (want: admin bindings import FILE, admin account …, admin signing-key …, admin pepper rotate)")
 		}
 		cmd, rest = "admin bindings import", rest[2:]
 	case "audit":

@@ -14,8 +14,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -65,6 +67,8 @@ type cluster struct {
 	hs       *apitest.Homeserver
 	client   *http.Client
 	next     atomic.Uint64
+	// env is the replicas' shared configuration, for CLI commands on the same deployment.
+	env []string
 }
 
 func redisURL(t *testing.T) string {
@@ -130,7 +134,7 @@ func newClusterVia(t *testing.T, n int, via func(pgURL, redisURL string) (string
 		"OZO_DIRECTORY_SYNC_INTERVAL=1s", "OZO_DIRECTORY_SYNC_LEASE_TTL=5s",
 	)
 	env = append(env, extraEnv...)
-	c := &cluster{t: t, db: db, hs: hs,
+	c := &cluster{t: t, db: db, hs: hs, env: env,
 		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}}
 	t.Cleanup(c.client.CloseIdleConnections)
 	for i := range n {
@@ -199,6 +203,9 @@ type reply struct {
 	status int
 	body   []byte
 	from   string
+	// lost counts the replicas the request was sent to before, which gave no answer: each may
+	// have carried it out (a replica killed after its commit, before its answer).
+	lost int
 }
 
 func (r reply) json() map[string]any {
@@ -219,6 +226,7 @@ func (c *cluster) do(method, path, token, client string, body any) (reply, error
 	}
 	start := c.next.Add(1)
 	var lastErr error
+	lost := 0
 	for i := range len(c.replicas) {
 		r := c.replicas[(int(start)+i)%len(c.replicas)]
 		if r.dead.Load() {
@@ -235,17 +243,22 @@ func (c *cluster) do(method, path, token, client string, body any) (reply, error
 		resp, err := c.client.Do(req)
 		if err != nil {
 			lastErr = err
+			var opErr *net.OpError
+			if !errors.As(err, &opErr) || opErr.Op != "dial" {
+				lost++ // sent, maybe carried out; a refused connection carried nothing
+			}
 			continue
 		}
 		b, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if err != nil {
 			lastErr = err
+			lost++
 			continue
 		}
-		return reply{status: resp.StatusCode, body: b, from: r.name}, nil
+		return reply{status: resp.StatusCode, body: b, from: r.name, lost: lost}, nil
 	}
-	return reply{}, fmt.Errorf("%w: %v", errNoReplica, lastErr)
+	return reply{lost: lost}, fmt.Errorf("%w: %v", errNoReplica, lastErr)
 }
 
 // register makes an identity-server account for a user of the stand-in homeserver.
@@ -280,16 +293,27 @@ func (c *cluster) leaseHolderPID() int {
 	return pid
 }
 
-// Two replicas on PostgreSQL and Redis under a bounded load of lookups, admin binds and
-// store-invites; the one syncing the mCSD directories is killed with SIGKILL in the middle.
-// Afterwards: every acknowledged invite and binding is there, every invite went to the
-// homeserver exactly once, the survivor took the sync lease over, and one client's rate-limit
-// budget held across both replicas.
+// cliEnv is the deployment's configuration for a CLI command run beside the replicas.
+func (c *cluster) cliEnv(t *testing.T) []string {
+	return append(append([]string{}, c.env...), "OZO_DATA_DIR="+t.TempDir())
+}
+
+// Two replicas on PostgreSQL and Redis under a bounded load of lookups, admin binds and unbinds
+// and store-invites; the one syncing the mCSD directories is killed with SIGKILL in the middle,
+// most likely while it sends an onbind (the homeserver is slow just then). Afterwards: every
+// acknowledged invite and binding is there (and every acknowledged unbind gone), every invite
+// went to the homeserver once (the one in flight at the kill at most twice), the onbind the dead
+// replica had claimed was taken over within invites.onbind_claim_ttl, the survivor took the sync
+// lease over, one client's rate-limit budget held across both replicas, `ozo-identity audit
+// verify` passes against a checkpoint taken before the load, and the audit trail has exactly one
+// record per acknowledged bind, unbind and store-invite (and one more at most for each attempt
+// whose answer the kill swallowed).
 func TestReplicasSurviveKill(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs two servers for about half a minute")
 	}
-	c := newCluster(t, 2)
+	const claimTTL = 10 * time.Second
+	c := newCluster(t, 2, fmt.Sprintf("OZO_INVITES_ONBIND_CLAIM_TTL=%s", claimTTL))
 
 	// Rate limits: 20 registrations a minute per client address, counted in Redis for both.
 	window := time.Now().Truncate(time.Minute)
@@ -332,13 +356,22 @@ func TestReplicasSurviveKill(t *testing.T) {
 	if holder == 0 {
 		t.Fatal("no replica ever held the sync lease")
 	}
+	// A checkpoint before the load: verification afterwards proves nothing was truncated.
+	checkpoint := filepath.Join(t.TempDir(), "checkpoint.json")
+	if res := runProc(t, c.cliEnv(t), "audit", "checkpoint", "--out", checkpoint); res.err != nil {
+		t.Fatalf("audit checkpoint: %v\n%s", res.err, res.stderr)
+	}
 
 	var (
 		mu       sync.Mutex
 		invites  = map[string]string{} // acknowledged invite token → address
-		bindings = map[string]string{} // acknowledged binding address → mxid
-		failures = map[string]int{}
-		ops      atomic.Int64
+		bindings = map[string]string{} // acknowledged binding address → mxid, while bound
+		bound    = map[string]bool{}   // every acknowledged bind
+		unbound  = map[string]bool{}   // acknowledged unbinds
+		// Attempts whose answer was lost, by address: each may have been carried out.
+		lostBinds, lostInvites = map[string]int{}, map[string]int{}
+		failures               = map[string]int{}
+		ops                    atomic.Int64
 	)
 	fail := func(what string) {
 		mu.Lock()
@@ -355,6 +388,9 @@ func TestReplicasSurviveKill(t *testing.T) {
 				client := fmt.Sprintf("10.%d.%d.%d", 10+w, i/250, i%250+1)
 				r, err := c.do("POST", "/_matrix/identity/v2/store-invite", ws[w].token, client, map[string]any{
 					"medium": "email", "address": addr, "room_id": "!room:" + c.hs.Name, "sender": ws[w].mxid})
+				mu.Lock()
+				lostInvites[addr] += r.lost
+				mu.Unlock()
 				if err != nil || r.status != http.StatusOK {
 					fail(fmt.Sprintf("store-invite %d", r.status))
 					continue
@@ -367,9 +403,13 @@ func TestReplicasSurviveKill(t *testing.T) {
 				for try := 0; ; try++ {
 					r, err = c.do("POST", "/_ozo/admin/v1/bindings", replicaAdminToken, client,
 						map[string]any{"medium": "email", "address": addr, "mxid": mxid})
+					mu.Lock()
+					lostBinds[addr] += r.lost
+					mu.Unlock()
 					if err == nil && r.status == http.StatusOK {
 						mu.Lock()
 						bindings[addr] = mxid
+						bound[addr] = true
 						mu.Unlock()
 						break
 					}
@@ -391,6 +431,30 @@ func TestReplicasSurviveKill(t *testing.T) {
 					t.Errorf("lookup of %s just bound answered %q from %s, want %s", addr, got, r.from, mxid)
 				}
 				ops.Add(3)
+				if i%4 != 3 {
+					continue
+				}
+				// Every fourth binding is removed again. A retry that finds it gone after an
+				// attempt whose answer was lost: that attempt removed it.
+				lost := 0
+				for try := 0; ; try++ {
+					r, err = c.do("DELETE", "/_ozo/admin/v1/bindings/email/"+url.PathEscape(addr), replicaAdminToken, client, nil)
+					lost += r.lost
+					if err == nil && (r.status == http.StatusOK || r.status == http.StatusNotFound && lost > 0) {
+						mu.Lock()
+						unbound[addr] = true
+						delete(bindings, addr)
+						mu.Unlock()
+						ops.Add(1)
+						break
+					}
+					fail(fmt.Sprintf("unbind %d", r.status))
+					if try == 20 {
+						t.Errorf("unbind %s never acknowledged: %v %d %s", addr, err, r.status, r.body)
+						break
+					}
+					time.Sleep(100 * time.Millisecond)
+				}
 			}
 		})
 	}
@@ -410,11 +474,27 @@ func TestReplicasSurviveKill(t *testing.T) {
 	if victim == nil {
 		t.Fatal("no replica held the sync lease during the load")
 	}
+	// A homeserver slow for a moment: the victim is most likely sending an onbind when killed.
+	c.hs.SetDelay(300 * time.Millisecond)
+	time.Sleep(150 * time.Millisecond)
 	victim.cmd.Process.Signal(syscall.SIGKILL)
+	c.hs.SetDelay(0)
 	killed := time.Now()
 	victim.dead.Store(true)
 	victim.wait()
-	t.Logf("killed %s (pid %d) holding the sync lease", victim.name, victim.processID)
+	// Deliveries claimed now: the dead replica's (if it was sending one) and the survivor's.
+	var claimed []string
+	rows, err := c.db.Query(`SELECT id FROM onbind_queue WHERE next_attempt_at > $1`, time.Now().UnixMilli())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id string
+		rows.Scan(&id)
+		claimed = append(claimed, id)
+	}
+	rows.Close()
+	t.Logf("killed %s (pid %d) holding the sync lease; %d onbinds claimed at the kill", victim.name, victim.processID, len(claimed))
 	// The lease outlives its dead holder by its ttl (5s), then the survivor syncs.
 	survivorSynced := strings.Count(survivor.log.String(), `"msg":"directory synced"`)
 	for {
@@ -434,7 +514,19 @@ func TestReplicasSurviveKill(t *testing.T) {
 		t.Fatalf("only %d invites acknowledged: the load hardly ran", len(invites))
 	}
 
-	// Every acknowledged binding is there, asked of the survivor.
+	// Every acknowledged binding is there, asked of the survivor; every acknowledged unbind gone.
+	for addr := range unbound {
+		w, _ := strconv.Atoi(strings.TrimPrefix(strings.SplitN(addr, "-", 2)[0], "w"))
+		h := lookupHash(addr, "email", ws[w].pepper)
+		r, err := c.do("POST", "/_matrix/identity/v2/lookup", ws[w].token, "", map[string]any{
+			"addresses": []string{h}, "algorithm": "sha256", "pepper": ws[w].pepper})
+		if err != nil || r.status != http.StatusOK {
+			t.Fatalf("lookup after the load: %v %d %s", err, r.status, r.body)
+		}
+		if got, _ := r.json()["mappings"].(map[string]any)[h].(string); got != "" {
+			t.Errorf("acknowledged unbind of %s undone (lookup says %q)", addr, got)
+		}
+	}
 	for addr, mxid := range bindings {
 		w, _ := strconv.Atoi(strings.TrimPrefix(strings.SplitN(addr, "-", 2)[0], "w"))
 		h := lookupHash(addr, "email", ws[w].pepper)
@@ -447,10 +539,27 @@ func TestReplicasSurviveKill(t *testing.T) {
 			t.Errorf("acknowledged binding %s → %s lost (lookup says %q)", addr, mxid, got)
 		}
 	}
-	// Every acknowledged invite reaches the homeserver exactly once. A delivery the dead
-	// replica had claimed waits out its claim (a minute) before the survivor sends it.
+	// The deliveries claimed at the kill are sent (or given up) within the claim's ttl, plus the
+	// survivor's next look at the queue (5s) and a margin for its backlog.
+	for {
+		var left int
+		for _, id := range claimed {
+			var n int
+			c.db.QueryRow(`SELECT count(*) FROM onbind_queue WHERE id = $1`, id).Scan(&n)
+			left += n
+		}
+		if left == 0 {
+			t.Logf("the onbinds claimed at the kill were done %s after it (claim ttl %s)", time.Since(killed).Round(time.Millisecond), claimTTL)
+			break
+		}
+		if time.Since(killed) > claimTTL+10*time.Second {
+			t.Fatalf("%d onbinds claimed at the kill still queued %s after it (claim ttl %s)", left, time.Since(killed).Round(time.Second), claimTTL)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// Every acknowledged invite reaches the homeserver exactly once.
 	delivered := map[string]int{}
-	deadline = time.Now().Add(90 * time.Second)
+	deadline = time.Now().Add(60 * time.Second)
 	for {
 		delivered = map[string]int{}
 		for _, ob := range c.hs.Delivered() {
@@ -500,6 +609,39 @@ func TestReplicasSurviveKill(t *testing.T) {
 		t.Errorf("%d invites delivered twice; at most the one in flight at the kill may be", again)
 	}
 	t.Logf("%d invites delivered (%d acknowledged to the client)", len(delivered), len(invites))
+
+	// The audit trail: intact since the checkpoint, and one record per acknowledged change.
+	env := c.cliEnv(t)
+	if res := runProc(t, env, "audit", "verify", "--checkpoint", checkpoint); res.err != nil || !strings.Contains(res.stdout, `"intact": true`) {
+		t.Errorf("audit verify after the kill: %v\n%s\n%s", res.err, res.stdout, tailString(res.stderr, 10))
+	}
+	res := runProc(t, env, "audit", "export", "--format", "jsonl")
+	if res.err != nil {
+		t.Fatalf("audit export: %v\n%s", res.err, res.stderr)
+	}
+	records := map[string]int{} // action + " " + address
+	for _, line := range strings.Split(strings.TrimSpace(res.stdout), "\n") {
+		var rec struct{ Action, Address string }
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("audit export line %q: %v", line, err)
+		}
+		records[rec.Action+" "+rec.Address]++
+	}
+	check := func(action, addr string, lost int) {
+		if n := records[action+" "+addr]; n < 1 || n > 1+lost {
+			t.Errorf("%d %s records of %s, want 1 (+ at most %d for attempts whose answer was lost)", n, action, addr, lost)
+		}
+	}
+	for addr := range bound {
+		check("bind", addr, lostBinds[addr])
+	}
+	for addr := range unbound {
+		check("unbind", addr, 0)
+	}
+	for _, addr := range invites {
+		check("invite.stored", addr, lostInvites[addr])
+	}
+	t.Logf("audit trail intact; records of %d binds, %d unbinds, %d store-invites checked", len(bound), len(unbound), len(invites))
 
 	// The survivor ends gracefully on SIGTERM and releases what it holds.
 	survivor.cmd.Process.Signal(syscall.SIGTERM)

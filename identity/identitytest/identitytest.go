@@ -36,6 +36,7 @@ func Run(t *testing.T, newStore func(t *testing.T) identity.Store) {
 		{"MailQuota", testMailQuota},
 		{"ReplaceDelivery", testReplaceDelivery},
 		{"AuditFailsClosed", testAuditFailsClosed},
+		{"SigningKeys", testSigningKeys},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })
@@ -48,6 +49,46 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Keys are recorded once per id; a rotation swaps the stored key only if it is still the one the
+// caller read (two rotations at once: one wins), and records the new key; retiring is by id.
+func testSigningKeys(t *testing.T, s identity.Store) {
+	now := time.Now().Truncate(time.Millisecond)
+	k0 := identity.SigningKey{ID: "ed25519:0", PublicKey: "pub0", Created: now}
+	if pub, err := s.RecordSigningKey(ctx, k0); err != nil || pub != "pub0" {
+		t.Fatalf("record: %q %v", pub, err)
+	}
+	if pub, err := s.RecordSigningKey(ctx, identity.SigningKey{ID: "ed25519:0", PublicKey: "other", Created: now}); err != nil || pub != "pub0" {
+		t.Fatalf("a second key under the same id: got %q %v, want the first one's", pub, err)
+	}
+	must(t, s.SetSetting(ctx, "signing_key", "ed25519 0 seed0"))
+	k1 := identity.SigningKey{ID: "ed25519:1", PublicKey: "pub1", Created: now.Add(time.Second)}
+	must(t, s.RotateSigningKey(ctx, "ed25519 0 seed0", "ed25519 1 seed1", k1))
+	if err := s.RotateSigningKey(ctx, "ed25519 0 seed0", "ed25519 1 seedX", identity.SigningKey{ID: "ed25519:1", PublicKey: "pubX", Created: now}); !errors.Is(err, identity.ErrAlreadyExists) {
+		t.Fatalf("a rotation from a key no longer current: %v", err)
+	}
+	if v, _ := s.GetSetting(ctx, "signing_key"); v != "ed25519 1 seed1" {
+		t.Fatalf("signing key after the rotations: %q", v)
+	}
+	// A taken id rolls the whole rotation back.
+	if err := s.RotateSigningKey(ctx, "ed25519 1 seed1", "ed25519 0 seedY", identity.SigningKey{ID: "ed25519:0", PublicKey: "pubY", Created: now}); !errors.Is(err, identity.ErrAlreadyExists) {
+		t.Fatalf("a rotation to a taken id: %v", err)
+	}
+	if v, _ := s.GetSetting(ctx, "signing_key"); v != "ed25519 1 seed1" {
+		t.Fatalf("a refused rotation changed the signing key to %q", v)
+	}
+	must(t, s.RetireSigningKey(ctx, "ed25519:0", now.Add(time.Minute)))
+	must(t, s.RetireSigningKey(ctx, "ed25519:0", now.Add(2*time.Minute))) // again: keeps the first time
+	if err := s.RetireSigningKey(ctx, "ed25519:9", now); !errors.Is(err, identity.ErrNotFound) {
+		t.Fatalf("retire an unknown key: %v", err)
+	}
+	keys, err := s.SigningKeys(ctx)
+	must(t, err)
+	if len(keys) != 2 || keys[0].ID != "ed25519:0" || keys[0].PublicKey != "pub0" || !keys[0].Retired.Equal(now.Add(time.Minute)) ||
+		keys[1].ID != "ed25519:1" || keys[1].PublicKey != "pub1" || !keys[1].Retired.IsZero() || !keys[1].Created.Equal(k1.Created) {
+		t.Fatalf("keys: %+v", keys)
 	}
 }
 
@@ -339,6 +380,23 @@ func testDeliveries(t *testing.T, s identity.Store) {
 	}
 	if won, _ := s.ClaimDelivery(ctx, "a", due[0].NextAttemptAt, now.Add(30*time.Second)); won {
 		t.Fatal("second claim won too")
+	}
+	if d, _ := s.DueDeliveries(ctx, now.Add(time.Second), 10); len(d) != 0 {
+		t.Fatalf("a claimed delivery is due: %+v", d)
+	}
+	// Giving the claim back (a replica stopping mid-attempt) makes it due at once; a release
+	// with a stale claim time (another replica took over) changes nothing.
+	if won, _ := s.ClaimDelivery(ctx, "a", now.Add(29*time.Second), now); won {
+		t.Fatal("a release with a stale claim time won")
+	}
+	if won, err := s.ClaimDelivery(ctx, "a", now.Add(30*time.Second), now); err != nil || !won {
+		t.Fatalf("release: %v %v", won, err)
+	}
+	if d, _ := s.DueDeliveries(ctx, now, 10); len(d) != 1 || d[0].ID != "a" || d[0].Attempts != 0 {
+		t.Fatalf("after the release: %+v", d)
+	}
+	if won, _ := s.ClaimDelivery(ctx, "a", now, now.Add(30*time.Second)); !won {
+		t.Fatal("claim after the release lost")
 	}
 	must(t, s.DeliveryFailed(ctx, "a", now.Add(2*time.Second), "503 from hs2"))
 	all, _ := s.ListDeliveries(ctx)

@@ -290,6 +290,14 @@ func (s *Store) AuditPushDone(ctx context.Context, id int64) error {
 	return nil
 }
 
+func (s *Store) ReleaseAuditPush(ctx context.Context, id int64, claimed time.Time) error {
+	if _, err := s.db.ExecContext(ctx, `UPDATE audit_push_queue SET next_attempt_at = $1 WHERE first_seq = $2 AND next_attempt_at = $3`,
+		ms(time.Now()), id, ms(claimed)); err != nil {
+		return fmt.Errorf("release audit push: %w", err)
+	}
+	return nil
+}
+
 func (s *Store) AuditPushFailed(ctx context.Context, id int64, next time.Time, lastError string) error {
 	if _, err := s.db.ExecContext(ctx, `UPDATE audit_push_queue SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2
 		WHERE first_seq = $3`, ms(next), audit.Escape(lastError, 500), id); err != nil {

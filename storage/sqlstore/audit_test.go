@@ -282,6 +282,29 @@ func TestAuditPushQueue(t *testing.T) {
 			if !ok || b3.ID != 1 || b3.Attempts != 1 || b3.LastError != "503" {
 				t.Fatalf("retry claim: %+v", b3)
 			}
+			// A replica stopping mid-push gives its claim back: due again at once, attempts kept.
+			claimed := now.Add(2 * time.Minute)
+			b4, ok, _ := s.ClaimAuditPush(ctx, now, claimed)
+			if !ok || b4.ID != 21 {
+				t.Fatalf("third batch: %+v %v", b4, ok)
+			}
+			if _, ok, _ := s.ClaimAuditPush(ctx, time.Now(), claimed); ok {
+				t.Fatal("a claimed batch was claimed again")
+			}
+			// A stale release (the claim was taken over meanwhile) changes nothing.
+			if err := s.ReleaseAuditPush(ctx, b4.ID, claimed.Add(-time.Second)); err != nil {
+				t.Fatal(err)
+			}
+			if _, ok, _ := s.ClaimAuditPush(ctx, time.Now(), claimed); ok {
+				t.Fatal("a release with another claim's time freed the batch")
+			}
+			if err := s.ReleaseAuditPush(ctx, b4.ID, claimed); err != nil {
+				t.Fatal(err)
+			}
+			b5, ok, _ := s.ClaimAuditPush(ctx, time.Now(), time.Now().Add(time.Minute))
+			if !ok || b5.ID != 21 || b5.Attempts != 0 {
+				t.Fatalf("after the release: %+v %v", b5, ok)
+			}
 		})
 	}
 }

@@ -100,7 +100,7 @@ func Open(ctx context.Context, databaseURL, dataDir string) (*DB, error) {
 // it if needed) the SQLite file in dataDir. It does not migrate; call Migrate.
 func OpenPool(ctx context.Context, databaseURL, dataDir string, pool Pool) (*DB, error) {
 	if strings.HasPrefix(databaseURL, "postgres://") || strings.HasPrefix(databaseURL, "postgresql://") {
-		db, err := sql.Open("pgx", databaseURL)
+		db, err := sql.Open("pgx", withConnectTimeout(databaseURL))
 		if err != nil {
 			return nil, fmt.Errorf("open postgres: %w", err)
 		}
@@ -140,6 +140,25 @@ func OpenPool(ctx context.Context, databaseURL, dataDir string, pool Pool) (*DB,
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
 	return &DB{DB: db, Engine: SQLite}, nil
+}
+
+// defaultConnectTimeout bounds a new PostgreSQL connection (seconds) unless the URL sets
+// connect_timeout: a database that does not answer (a partition drops the packets) fails a
+// request as unavailable in seconds rather than after the kernel's minutes.
+const defaultConnectTimeout = "5"
+
+func withConnectTimeout(databaseURL string) string {
+	u, err := url.Parse(databaseURL)
+	if err != nil {
+		return databaseURL // pgx reports it
+	}
+	q := u.Query()
+	if q.Has("connect_timeout") {
+		return databaseURL
+	}
+	q.Set("connect_timeout", defaultConnectTimeout)
+	u.RawQuery = q.Encode()
+	return u.String()
 }
 
 // Migrate applies every embedded migration not yet applied. On PostgreSQL an advisory lock

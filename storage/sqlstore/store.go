@@ -141,6 +141,77 @@ func (s *Store) SetSetting(ctx context.Context, name, value string) error {
 	return nil
 }
 
+func (s *Store) RecordSigningKey(ctx context.Context, k identity.SigningKey) (string, error) {
+	if _, err := s.db.ExecContext(ctx, `INSERT INTO signing_keys (key_id, public_key, private_key, created_at) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (key_id) DO NOTHING`, k.ID, k.PublicKey, k.Private, ms(k.Created)); err != nil {
+		return "", fmt.Errorf("record signing key: %w", err)
+	}
+	var pub string
+	if err := s.db.QueryRowContext(ctx, `SELECT public_key FROM signing_keys WHERE key_id = $1`, k.ID).Scan(&pub); err != nil {
+		return "", fmt.Errorf("record signing key: %w", err)
+	}
+	return pub, nil
+}
+
+func (s *Store) RotateSigningKey(ctx context.Context, current, next string, k identity.SigningKey) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE settings SET value = $1 WHERE name = 'signing_key' AND value = $2`, next, current)
+		if err != nil {
+			return fmt.Errorf("rotate signing key: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return fmt.Errorf("rotate signing key: the stored key is no longer the current one: %w", identity.ErrAlreadyExists)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO signing_keys (key_id, public_key, private_key, created_at) VALUES ($1, $2, $3, $4)`,
+			k.ID, k.PublicKey, next, ms(k.Created)); isUniqueViolation(err) {
+			return fmt.Errorf("rotate signing key: %s is taken: %w", k.ID, identity.ErrAlreadyExists)
+		} else if err != nil {
+			return fmt.Errorf("rotate signing key: %w", err)
+		}
+		return nil
+	})
+}
+
+func (s *Store) SigningKeys(ctx context.Context) ([]identity.SigningKey, error) {
+	var out []identity.SigningKey
+	err := sqlin.Each(ctx, s.db, `SELECT key_id, public_key, private_key, created_at, retired_at FROM signing_keys ORDER BY created_at, key_id`, nil,
+		func(r *sql.Rows) error {
+			var k identity.SigningKey
+			var created, retired int64
+			if err := r.Scan(&k.ID, &k.PublicKey, &k.Private, &created, &retired); err != nil {
+				return err
+			}
+			k.Created = time.UnixMilli(created)
+			if retired != 0 {
+				k.Retired = time.UnixMilli(retired)
+			}
+			out = append(out, k)
+			return nil
+		})
+	if err != nil {
+		return nil, fmt.Errorf("list signing keys: %w", err)
+	}
+	return out, nil
+}
+
+func (s *Store) RetireSigningKey(ctx context.Context, keyID string, at time.Time) error {
+	// A retired key signs nothing more: its private half goes.
+	res, err := s.db.ExecContext(ctx, `UPDATE signing_keys SET retired_at = $1, private_key = '' WHERE key_id = $2 AND retired_at = 0`, ms(at), keyID)
+	if err != nil {
+		return fmt.Errorf("retire signing key: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		var exists int
+		if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM signing_keys WHERE key_id = $1`, keyID).Scan(&exists); err != nil {
+			return fmt.Errorf("retire signing key: %w", err)
+		}
+		if exists == 0 {
+			return identity.ErrNotFound
+		}
+	}
+	return nil
+}
+
 func (s *Store) CreateAccessToken(ctx context.Context, a identity.AccessToken) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO accounts (token_hash, user_id, created_at) VALUES ($1, $2, $3)`,
 		a.TokenHash, a.UserID, ms(a.CreatedAt))
