@@ -24,6 +24,7 @@ func (s *Server) routesAccounts(r chi.Router) {
 	r.Post("/activate/confirm", s.accountActivateConfirm)
 	r.Post("/login", s.accountLogin)
 	r.Post("/login/second_factor", s.accountSecondFactor)
+	r.Post("/token", s.accountToken)
 	r.Post("/password/request_reset", s.accountRequestReset)
 	r.Post("/password/reset", s.accountReset)
 }
@@ -57,9 +58,12 @@ func (s *Server) writeAccountError(w http.ResponseWriter, r *http.Request, err e
 			"error": "too many failed attempts; try again later", "retry_after_ms": retry.Milliseconds()})
 	case errors.Is(err, ozoaccount.ErrInvalidCredentials):
 		matrixError(w, http.StatusForbidden, identity.CodeForbidden, err.Error())
+	case errors.Is(err, ozoaccount.ErrHomeserver):
+		s.log.WarnContext(r.Context(), "ozo account: homeserver login failed", "err", err)
+		matrixError(w, http.StatusBadGateway, identity.CodeUnknown, "the homeserver did not sign the account in; log in again")
 	case errors.Is(err, ozoaccount.ErrEnrolmentRequired):
 		matrixError(w, http.StatusForbidden, identity.CodeForbidden, err.Error())
-	case errors.Is(err, ozoaccount.ErrInvalidLink):
+	case errors.Is(err, ozoaccount.ErrInvalidLink), errors.Is(err, ozoaccount.ErrHandoffRefused):
 		matrixError(w, http.StatusForbidden, identity.CodeForbidden, err.Error())
 	case errors.Is(err, ozoaccount.ErrWrongCode):
 		matrixError(w, http.StatusForbidden, identity.CodeForbidden, "wrong code")
@@ -161,6 +165,37 @@ func (s *Server) accountSecondFactor(w http.ResponseWriter, r *http.Request) {
 	if res.AccessToken != "" {
 		out["access_token"], out["device_id"], out["home_server"] = res.AccessToken, res.DeviceID, res.HomeServer()
 	}
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusOK, out)
+}
+
+// accountToken redeems the one-time code the login page handed the client (in its redirect)
+// for a session of the account: the client proves with the PKCE verifier that it started the
+// login. The access token leaves only in this response body.
+func (s *Server) accountToken(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Code         string `json:"code"`
+		CodeVerifier string `json:"code_verifier"`
+	}
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := required(map[string]string{"code": req.Code, "code_verifier": req.CodeVerifier}, "code", "code_verifier"); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	res, err := s.cfg.Accounts.RedeemHandoff(r.Context(), req.Code, req.CodeVerifier)
+	if err != nil {
+		s.writeAccountError(w, r, err)
+		return
+	}
+	out := map[string]any{"user_id": res.UserID}
+	if res.AccessToken != "" {
+		out["access_token"], out["device_id"], out["home_server"] = res.AccessToken, res.DeviceID, res.HomeServer()
+	}
+	// The access token is a credential: nothing on the way may keep it.
+	w.Header().Set("Cache-Control", "no-store")
 	writeJSON(w, http.StatusOK, out)
 }
 

@@ -45,6 +45,7 @@ func ozoAccounts(cfg config.Config, store *sqlstore.Store, auditor ozoaccount.Au
 		ActivationLifetime: oc.ActivationLifetime,
 		ResetLifetime:      oc.ResetLifetime,
 		TicketLifetime:     oc.LoginTicketLifetime,
+		HandoffLifetime:    oc.CodeLifetime,
 		MinPasswordLength:  oc.MinPasswordLength,
 		Lockout: ozoaccount.LockoutPolicy{Free: oc.Lockout.FreeAttempts, Base: oc.Lockout.BaseDelay,
 			Max: oc.Lockout.MaxDelay, Window: oc.Lockout.Window},

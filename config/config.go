@@ -79,12 +79,13 @@ type OZOAccounts struct {
 	LoginTicketLifetime time.Duration `yaml:"login_ticket_lifetime"`
 	// Issuer names the account in authenticator apps.
 	Issuer string `yaml:"issuer"`
-	// ClientURLs are the OZO app's pages that may receive the Matrix access token after a login
-	// on the login page (?redirect_uri=, in the URL fragment); exact URLs, https (http only on
-	// loopback).
-	ClientURLs []string      `yaml:"client_urls"`
-	Lockout    LoginLockout  `yaml:"lockout"`
-	Homeserver OZOHomeserver `yaml:"homeserver"`
+	// ClientURLs are the OZO app's pages that may receive a login's one-time code from the login
+	// page (?redirect_uri=&code_challenge=); exact URLs, https (http only on loopback).
+	ClientURLs []string `yaml:"client_urls"`
+	// CodeLifetime is how long that code can be redeemed for the Matrix session.
+	CodeLifetime time.Duration `yaml:"code_lifetime"`
+	Lockout      LoginLockout  `yaml:"lockout"`
+	Homeserver   OZOHomeserver `yaml:"homeserver"`
 }
 
 // Argon2 are argon2id's costs.
@@ -377,6 +378,7 @@ func Defaults() Config {
 			ActivationLifetime:  7 * 24 * time.Hour,
 			ResetLifetime:       time.Hour,
 			LoginTicketLifetime: 5 * time.Minute,
+			CodeLifetime:        time.Minute,
 			Issuer:              "OZO",
 			Lockout:             LoginLockout{FreeAttempts: 5, BaseDelay: 30 * time.Second, MaxDelay: time.Hour, Window: 24 * time.Hour},
 			Homeserver:          OZOHomeserver{UserPrefix: "ozo_"},
@@ -793,6 +795,9 @@ func (o OZOAccounts) validate() []error {
 	}
 	if o.ActivationLifetime <= 0 || o.ResetLifetime <= 0 || o.LoginTicketLifetime <= 0 {
 		errs = append(errs, errors.New("ozo_accounts lifetimes must be positive"))
+	}
+	if o.CodeLifetime < 10*time.Second || o.CodeLifetime > 10*time.Minute {
+		errs = append(errs, errors.New("ozo_accounts.code_lifetime must be between 10s and 10m"))
 	}
 	l := o.Lockout
 	if l.FreeAttempts < 1 || l.BaseDelay <= 0 || l.MaxDelay < l.BaseDelay || l.Window <= 0 {

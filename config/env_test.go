@@ -45,6 +45,7 @@ var envSamples = map[string]string{
 	"ozo_accounts.min_password_length":   "14",
 	"ozo_accounts.homeserver.client_url": "https://hs.env.example",
 	"ozo_accounts.client_urls":           "https://app.env.example/login-done,http://127.0.0.1:9/cb",
+	"ozo_accounts.code_lifetime":         "90s",
 	"homeservers.pinned_certs":           `{"hs.env.example:8448": "sha256/2b4c342f5433ebe591a1da77e013d1b72475562d48578dca8b84bac6651c3cb9"}`,
 	"terms.policies": `{"privacy_policy": {"version": "3.0", "languages": {"nl": {"name": "Privacy", "url": "https://env.example/privacy-nl"}}},
 		"terms_of_service": {"version": "1", "languages": {"en": {"name": "Terms", "url": "https://env.example/terms"}}}}`,

@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -27,8 +29,10 @@ import (
 // provisions the caregiver from a FHIR RelatedPerson; the invitation mail arrives; the caregiver
 // opens its link, sets a password, enrols TOTP (the test computes codes from the secret the page
 // shows), confirms a first code and sees the recovery codes; then logs in with password and
-// code and follows the link to the OZO app, whose URL fragment carries a Matrix access token
-// that works (/whoami on hs2). With it the caregiver joins Alice's room, and Alice sees it.
+// code, the OZO app having started the login with a PKCE challenge, and follows the link to the
+// app, whose URL carries a one-time code and no token; the app redeems the code with its
+// verifier for a Matrix access token that works (/whoami on hs2), and only once. With it the
+// caregiver joins Alice's room, and Alice sees it.
 // On the way: a form posted without its CSRF token is refused and changes nothing, and every
 // page passes axe-core. At the end the audit trail holds each step — provisioning by the admin,
 // activation and login by the caregiver, the reused link refused — under the RelatedPerson's
@@ -106,8 +110,12 @@ func TestOZOAccountInBrowser(t *testing.T) {
 		t.Fatalf("reused activation link: HTTP %d, %q", st, b.Text("#reason"))
 	}
 
-	// Login, in English this time, handing the Matrix token to the OZO app.
-	login := s.IS.URL + "/_ozo/web/account/login?lang=en&redirect_uri=" + url.QueryEscape(appURL)
+	// Login, in English this time, for the OZO app, which holds a PKCE verifier.
+	verifier := strings.Repeat("the OZO app's own secret verifier ", 3)[:96]
+	verifier = strings.ReplaceAll(strings.ReplaceAll(verifier, " ", "-"), "'", "_")
+	sum := sha256.Sum256([]byte(verifier))
+	login := s.IS.URL + "/_ozo/web/account/login?" + url.Values{"lang": {"en"}, "redirect_uri": {appURL},
+		"code_challenge": {base64.RawURLEncoding.EncodeToString(sum[:])}, "code_challenge_method": {"S256"}}.Encode()
 	b.Open(login)
 	accountPage(t, b, "en", "Log in to OZO")
 	// Posted without its CSRF token: refused, and nothing is checked (no failure counted).
@@ -137,26 +145,37 @@ func TestOZOAccountInBrowser(t *testing.T) {
 	}
 	accountPage(t, b, "en", "You are logged in")
 	href := browsertest.Eval[string](b, `document.querySelector("#to-client").href`)
-	if !strings.HasPrefix(href, appURL+"#") {
+	if !strings.HasPrefix(href, appURL+"?code=") || strings.Contains(b.Text("main"), "access_token") {
 		t.Fatalf("link to the app: %q", href)
 	}
-	if st := b.Submit("#to-client"); st != http.StatusOK || !strings.HasPrefix(b.Location(), appURL+"#") {
+	if st := b.Submit("#to-client"); st != http.StatusOK || !strings.HasPrefix(b.Location(), appURL+"?code=") {
 		t.Fatalf("following the link: HTTP %d at %s", st, b.Location())
 	}
-	frag, err := url.ParseQuery(strings.SplitN(b.Location(), "#", 2)[1])
+	landed, err := url.Parse(b.Location())
 	if err != nil {
 		t.Fatal(err)
 	}
-	mxid := id.UserID(frag.Get("user_id"))
-	if frag.Get("home_server") != s.HS2.ServerName || !strings.HasPrefix(mxid.String(), "@ozo_") {
-		t.Fatalf("fragment: %v", frag)
+	handoff := landed.Query().Get("code")
+	if landed.Fragment != "" || len(handoff) != 43 {
+		t.Fatalf("the app got %s", landed)
 	}
-	cli, err := mautrix.NewClient(s.HS2.ClientURL, mxid, frag.Get("access_token"))
+	// The app redeems the code with its verifier, once. (A wrong verifier and the other hostile
+	// redemptions: api.TestAccountHandoff.)
+	status, tok := s.IS.call(t, nil, http.MethodPost, "/_ozo/v1/accounts/token", "", map[string]any{"code": handoff, "code_verifier": verifier})
+	mxid := id.UserID(fmt.Sprint(tok["user_id"]))
+	if status != http.StatusOK || tok["home_server"] != s.HS2.ServerName || !strings.HasPrefix(mxid.String(), "@ozo_") ||
+		tok["access_token"] == nil || tok["device_id"] == nil {
+		t.Fatalf("redeem: %d %v", status, tok)
+	}
+	if status, resp := s.IS.call(t, nil, http.MethodPost, "/_ozo/v1/accounts/token", "", map[string]any{"code": handoff, "code_verifier": verifier}); status != http.StatusForbidden || resp["errcode"] != "M_FORBIDDEN" {
+		t.Fatalf("redeemed twice: %d %v", status, resp)
+	}
+	cli, err := mautrix.NewClient(s.HS2.ClientURL, mxid, tok["access_token"].(string))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if who, err := cli.Whoami(ctx); err != nil || who.UserID != mxid {
-		t.Fatalf("whoami with the token from the page: %v %v", who, err)
+	if who, err := cli.Whoami(ctx); err != nil || who.UserID != mxid || who.DeviceID.String() != tok["device_id"] {
+		t.Fatalf("whoami with the token for the code: %v %v", who, err)
 	}
 
 	// Alice's invite, stored for the email before the account existed, reached the caregiver.
@@ -199,6 +218,8 @@ func TestOZOAccountInBrowser(t *testing.T) {
 		"account.update/success/account change=matrix_user matrix_user=" + mxid.String(),
 		"account.credentials/refused/anonymous activation link refused",
 		"login/success/account factors=password,totp",
+		// The code redeemed a second time: the first refused login of this source, so written at once.
+		"login.failure/refused/anonymous handoff",
 	}
 	if len(steps) != len(want) {
 		t.Fatalf("account records:\n%s\nwant:\n%s", strings.Join(steps, "\n"), strings.Join(want, "\n"))

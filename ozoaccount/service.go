@@ -117,6 +117,7 @@ type Options struct {
 	ActivationLifetime time.Duration
 	ResetLifetime      time.Duration
 	TicketLifetime     time.Duration // between password and second factor
+	HandoffLifetime    time.Duration // between a completed login and its client redeeming the code
 	MinPasswordLength  int
 	Lockout            LockoutPolicy
 	Matrix             MatrixConfig
@@ -180,6 +181,9 @@ func New(store Store, auditor Auditor, mailer Mailer, hs Homeserver, binder Bind
 	}
 	if opts.TicketLifetime <= 0 {
 		opts.TicketLifetime = 5 * time.Minute
+	}
+	if opts.HandoffLifetime <= 0 {
+		opts.HandoffLifetime = time.Minute
 	}
 	if opts.MinPasswordLength <= 0 {
 		opts.MinPasswordLength = 12
@@ -792,26 +796,42 @@ func (s *Service) Login(ctx context.Context, address, password string) (string, 
 // of a time step already accepted is refused. It hands back a Matrix access token when a
 // homeserver is configured.
 func (s *Service) SecondFactor(ctx context.Context, ticket, code, recoveryCode string) (LoginResult, error) {
+	a, err := s.completeLogin(ctx, ticket, code, recoveryCode)
+	if err != nil {
+		return LoginResult{}, err
+	}
+	res := LoginResult{Account: a, UserID: a.MXID}
+	if s.hs != nil {
+		if res.AccessToken, res.DeviceID, err = s.hs.Login(ctx, a.MXID); err != nil {
+			return LoginResult{}, fmt.Errorf("%w: %v", ErrHomeserver, err)
+		}
+	}
+	return res, nil
+}
+
+// completeLogin checks the second factor of the login ticket, records the login and makes sure
+// the account's Matrix user exists (when a homeserver is configured). The ticket is spent.
+func (s *Service) completeLogin(ctx context.Context, ticket, code, recoveryCode string) (Account, error) {
 	t, err := s.store.GetToken(ctx, hashToken(ticket), PurposeLogin, s.now())
 	if err != nil {
 		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrTokenUsed) || errors.Is(err, ErrTokenExpired) {
 			s.ticketRefused(ctx, t.AccountID, err)
-			return LoginResult{}, fmt.Errorf("%w: log in again", ErrInvalidLink)
+			return Account{}, fmt.Errorf("%w: log in again", ErrInvalidLink)
 		}
-		return LoginResult{}, err
+		return Account{}, err
 	}
 	a, err := s.store.GetAccount(ctx, t.AccountID)
 	if err != nil {
 		s.refused(ctx, audit.ActionLoginFailure, Account{ID: t.AccountID}, "second factor: the account is gone")
-		return LoginResult{}, ErrInvalidCredentials
+		return Account{}, ErrInvalidCredentials
 	}
 	key := lockKey(a.Email)
 	if err := s.locked(ctx, key); err != nil {
-		return LoginResult{}, s.lockedOut(ctx, a, "second factor", err)
+		return Account{}, s.lockedOut(ctx, a, "second factor", err)
 	}
 	if a.Status != StatusActive || a.TOTPSecret == "" {
 		s.refused(ctx, audit.ActionLoginFailure, a, "second factor: the account is "+string(a.Status)+" or has no second factor")
-		return LoginResult{}, ErrInvalidCredentials
+		return Account{}, ErrInvalidCredentials
 	}
 	var accepted bool
 	factor, why := "totp", "second factor: wrong code"
@@ -822,7 +842,7 @@ func (s *Service) SecondFactor(ctx context.Context, ticket, code, recoveryCode s
 	default:
 		var secret string
 		if secret, err = s.openSecret(a.TOTPSecret); err != nil {
-			return LoginResult{}, err
+			return Account{}, err
 		}
 		if step, ok := matchTOTP(secret, code, s.now()); ok {
 			// Refused when this or a later step was accepted before: a code works once.
@@ -831,34 +851,24 @@ func (s *Service) SecondFactor(ctx context.Context, ticket, code, recoveryCode s
 		}
 	}
 	if err != nil {
-		return LoginResult{}, err
+		return Account{}, err
 	}
 	if !accepted {
-		return LoginResult{}, s.fail(ctx, key, a, why)
+		return Account{}, s.fail(ctx, key, a, why)
 	}
 	rec := byHolder(record(ctx, audit.ActionLogin, a, "factors=password,"+factor), a)
 	rec.OnBehalfOf = a.MXID
 	if _, err := s.store.UseToken(ctx, hashToken(ticket), PurposeLogin, s.now(), rec); err != nil {
 		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrTokenUsed) || errors.Is(err, ErrTokenExpired) {
 			s.ticketRefused(ctx, a.ID, err)
-			return LoginResult{}, fmt.Errorf("%w: log in again", ErrInvalidLink)
+			return Account{}, fmt.Errorf("%w: log in again", ErrInvalidLink)
 		}
-		return LoginResult{}, err
+		return Account{}, err
 	}
 	if err := s.store.ClearFailures(ctx, key); err != nil {
-		return LoginResult{}, err
+		return Account{}, err
 	}
-	res := LoginResult{Account: a}
-	if s.hs != nil {
-		if a, err = s.ensureMatrix(ctx, a); err != nil {
-			return LoginResult{}, err
-		}
-		res.Account, res.UserID = a, a.MXID
-		if res.AccessToken, res.DeviceID, err = s.hs.Login(ctx, a.MXID); err != nil {
-			return LoginResult{}, fmt.Errorf("matrix login: %w", err)
-		}
-	}
-	return res, nil
+	return s.ensureMatrix(ctx, a)
 }
 
 // ticketRefused records a second factor sent with a login ticket that is unknown, used or expired.

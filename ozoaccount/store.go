@@ -37,6 +37,9 @@ const (
 	PurposeReset      Purpose = "reset"
 	// PurposeLogin is the ticket between a right password and the second factor.
 	PurposeLogin Purpose = "login"
+	// PurposeHandoff is the one-time code that hands a completed login to the client that is
+	// waiting for it; its hash covers the client's PKCE challenge too.
+	PurposeHandoff Purpose = "handoff"
 )
 
 // Errors of a Store.

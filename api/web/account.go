@@ -19,7 +19,7 @@ type Accounts interface {
 	PendingEnrolment(ctx context.Context, token string) (ozoaccount.Enrolment, error)
 	CompleteActivation(ctx context.Context, token, code string) ([]string, ozoaccount.Account, error)
 	Login(ctx context.Context, email, password string) (string, error)
-	SecondFactor(ctx context.Context, ticket, code, recoveryCode string) (ozoaccount.LoginResult, error)
+	SecondFactorHandoff(ctx context.Context, ticket, code, recoveryCode, codeChallenge string) (ozoaccount.LoginResult, ozoaccount.Handoff, error)
 	RequestReset(ctx context.Context, email string) error
 	CheckReset(ctx context.Context, token string) error
 	ResetPassword(ctx context.Context, token, password string) error
@@ -39,7 +39,8 @@ const (
 	sessActivation = "ozo_activation" // the activation link's token, kept out of later URLs
 	sessTicket     = "ozo_ticket"     // between a right password and the second factor
 	sessReset      = "ozo_reset"
-	sessRedirect   = "ozo_redirect" // the client that gets the Matrix token
+	sessRedirect   = "ozo_redirect"  // the client that gets the login's one-time code
+	sessChallenge  = "ozo_challenge" // the client's PKCE S256 challenge the code is bound to
 	sessBegan      = "ozo_began"
 	absoluteFlow   = time.Hour
 )
@@ -66,7 +67,7 @@ type accountData struct {
 	QR            string
 	RecoveryCodes []string
 	UserID        string
-	ClientLink    string // the client with the Matrix token in the fragment
+	ClientLink    string // the client with the login's one-time code (never a token)
 	Sent          bool   // forgot: the (possible) mail is on its way
 	Done          bool   // reset: the new password is set
 	MinLength     int
@@ -219,16 +220,25 @@ func (h *Handler) activateConfirm(w http.ResponseWriter, r *http.Request) {
 	h.Render(w, r, http.StatusOK, "account_codes", accountData{Email: a.Email, RecoveryCodes: codes, UserID: a.MXID})
 }
 
+// loginForm starts a login. A client that wants the login (the OZO app) names its page
+// (redirect_uri, one of the configured client URLs) and a PKCE S256 code_challenge: it receives
+// a one-time code that only the challenge's verifier redeems (POST /_ozo/v1/accounts/token).
 func (h *Handler) loginForm(w http.ResponseWriter, r *http.Request) {
 	values := map[string]string{}
-	if ru := r.URL.Query().Get("redirect_uri"); ru != "" {
+	q := r.URL.Query()
+	if ru := q.Get("redirect_uri"); ru != "" {
 		if !h.allowedClient(ru) {
 			h.Error(w, r, http.StatusBadRequest, "account.err.client", nil)
 			return
 		}
-		values[sessRedirect] = ru
-	} else if prev := h.flowSession(r).Values[sessRedirect]; prev != "" {
-		values[sessRedirect] = prev // a language switch keeps the client
+		if m := q.Get("code_challenge_method"); !ozoaccount.ValidChallenge(q.Get("code_challenge")) || m != "" && m != "S256" {
+			h.Error(w, r, http.StatusBadRequest, "account.err.challenge", nil)
+			return
+		}
+		values[sessRedirect], values[sessChallenge] = ru, q.Get("code_challenge")
+	} else if prev := h.flowSession(r); prev.Values[sessRedirect] != "" {
+		// A language switch keeps the client.
+		values[sessRedirect], values[sessChallenge] = prev.Values[sessRedirect], prev.Values[sessChallenge]
 	}
 	h.beginFlow(w, values)
 	h.Render(w, r, http.StatusOK, "account_login", accountData{})
@@ -258,7 +268,12 @@ func (h *Handler) loginPassword(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) loginCode(w http.ResponseWriter, r *http.Request) {
 	s := h.flowSession(r)
 	recovery := r.PostFormValue("recovery_code")
-	res, err := h.accounts.SecondFactor(r.Context(), s.Values[sessTicket], r.PostFormValue("code"), recovery)
+	redirect, challenge := s.Values[sessRedirect], s.Values[sessChallenge]
+	if redirect == "" || !h.allowedClient(redirect) {
+		// No client waits (or it is no longer configured): nothing is handed over.
+		redirect, challenge = "", ""
+	}
+	res, handoff, err := h.accounts.SecondFactorHandoff(r.Context(), s.Values[sessTicket], r.PostFormValue("code"), recovery, challenge)
 	if errors.Is(err, ozoaccount.ErrInvalidLink) {
 		// The ticket is gone (expired, used): start again.
 		h.formError(w, r, "account_login", accountData{}, ozoaccount.ErrInvalidCredentials)
@@ -268,15 +283,21 @@ func (h *Handler) loginCode(w http.ResponseWriter, r *http.Request) {
 		h.formError(w, r, "account_code", accountData{}, err)
 		return
 	}
-	redirect := s.Values[sessRedirect]
 	h.ClearSession(w)
 	data := accountData{UserID: res.UserID}
-	if redirect != "" && res.AccessToken != "" && h.allowedClient(redirect) {
-		// The token travels in the fragment, which the browser never sends to a server; the
-		// person follows the link (a redirect after a form is held to form-action 'self').
-		frag := url.Values{"user_id": {res.UserID}, "access_token": {res.AccessToken}, "device_id": {res.DeviceID},
-			"home_server": {res.HomeServer()}}
-		data.ClientLink = redirect + "#" + frag.Encode()
+	if handoff.Code != "" {
+		// Only the one-time code travels in the URL; the client redeems it with its PKCE
+		// verifier. The person follows the link (a redirect after a form is held to
+		// form-action 'self').
+		u, err := url.Parse(redirect)
+		if err != nil {
+			h.Error(w, r, http.StatusInternalServerError, "error.internal", err)
+			return
+		}
+		q := u.Query()
+		q.Set("code", handoff.Code)
+		u.RawQuery = q.Encode()
+		data.ClientLink = u.String()
 	}
 	h.Render(w, r, http.StatusOK, "account_done", data)
 }

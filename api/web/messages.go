@@ -97,6 +97,7 @@ var catalog = map[string]map[string]string{
 		"account.err.mismatch":     "De twee wachtwoorden zijn niet gelijk.",
 		"account.err.invalid":      "Deze invoer klopt niet.",
 		"account.err.client":       "Deze app mag geen OZO-inlog ontvangen.",
+		"account.err.challenge":    "Deze app vroeg om een inlog zonder geldige code_challenge (PKCE S256) en kan hem dus niet veilig ontvangen.",
 
 		"error.title":     "Er ging iets mis",
 		"error.csrf":      "Dit formulier is verlopen of kwam niet van deze site. Ga terug, laad de pagina opnieuw en probeer het nog eens.",
@@ -201,6 +202,7 @@ var catalog = map[string]map[string]string{
 		"account.err.mismatch":     "The two passwords are not the same.",
 		"account.err.invalid":      "This input is not valid.",
 		"account.err.client":       "This app may not receive an OZO login.",
+		"account.err.challenge":    "This app asked for a login without a valid code_challenge (PKCE S256), so it cannot receive one safely.",
 
 		"error.title":     "Something went wrong",
 		"error.csrf":      "This form has expired or did not come from this site. Go back, reload the page and try again.",
