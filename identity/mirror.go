@@ -194,6 +194,19 @@ func (m *Mirror) catchUp(ctx context.Context, started time.Time) error {
 		if err != nil {
 			return fmt.Errorf("read changed lookup hashes: %w", err)
 		}
+		// That read is newer than the log's. A newer answer for a hash is fine, but not one of
+		// a new pepper (a rotation changes every hash without naming them): reload instead.
+		// Read after the hashes, so a rotation that committed before them shows here.
+		pepper, err := m.store.GetSetting(ctx, SettingPepper)
+		if err != nil {
+			return fmt.Errorf("read pepper: %w", err)
+		}
+		m.mu.RLock()
+		rotated := pepper != m.pepper
+		m.mu.RUnlock()
+		if rotated {
+			return m.reload(ctx, started)
+		}
 		m.mu.Lock()
 		err = apply(m.table, ch.Hashes, found)
 		m.mu.Unlock()
@@ -251,19 +264,42 @@ func (m *Mirror) Run(ctx context.Context) {
 	}
 }
 
+// pepperKey carries the pepper a lookup's hashes were made with (Service.Lookup), so that the
+// mirror can tell them from hashes of another pepper during a rotation.
+type pepperKey struct{}
+
 // ResolveHashes answers from memory while the mirror is current, and from the database otherwise.
+// When the hashes' pepper (from Service.Lookup) is not the one of the answers, it fails with
+// ErrPepperChanged rather than answer "not bound" for bound addresses.
 func (m *Mirror) ResolveHashes(ctx context.Context, hashes []string) (map[string]string, error) {
-	if out, ok := m.resolveHashes(hashes); ok {
-		return out, nil
+	pepper, _ := ctx.Value(pepperKey{}).(string)
+	out, ok, err := m.resolveHashes(pepper, hashes)
+	if ok || err != nil {
+		return out, err
 	}
-	return m.store.LookupHashes(ctx, hashes)
+	out, err = m.store.LookupHashes(ctx, hashes)
+	if err != nil || pepper == "" {
+		return out, err
+	}
+	// Read after the hashes: a rotation committed before them shows here.
+	current, err := m.store.GetSetting(ctx, SettingPepper)
+	if err != nil {
+		return nil, fmt.Errorf("read pepper: %w", err)
+	}
+	if current != pepper {
+		return nil, ErrPepperChanged
+	}
+	return out, nil
 }
 
-func (m *Mirror) resolveHashes(hashes []string) (map[string]string, bool) {
+func (m *Mirror) resolveHashes(pepper string, hashes []string) (map[string]string, bool, error) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	if m.table == nil || !m.fresh() {
-		return nil, false
+		return nil, false, nil
+	}
+	if pepper != "" && pepper != m.pepper {
+		return nil, false, ErrPepperChanged
 	}
 	out := make(map[string]string, len(hashes))
 	for _, s := range hashes {
@@ -277,7 +313,7 @@ func (m *Mirror) resolveHashes(hashes []string) (map[string]string, bool) {
 			out[s] = mxid
 		}
 	}
-	return out, true
+	return out, true, nil
 }
 
 // Resolve answers plain 3PIDs (algorithm "none") from the database.

@@ -667,7 +667,10 @@ func (s *Service) Lookup(ctx context.Context, algorithm, pepper string, addresse
 	}
 	out := make(map[string]string)
 	if algorithm == "sha256" {
-		found, err := s.resolver.ResolveHashes(ctx, addresses)
+		found, err := s.resolver.ResolveHashes(context.WithValue(ctx, pepperKey{}, pepper), addresses)
+		if errors.Is(err, ErrPepperChanged) {
+			return nil, errorf(CodeInvalidPepper, "the pepper changed during the lookup; see /hash_details")
+		}
 		if err != nil {
 			return nil, err
 		}
