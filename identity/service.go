@@ -674,12 +674,7 @@ func (s *Service) Lookup(ctx context.Context, algorithm, pepper string, addresse
 		if err != nil {
 			return nil, err
 		}
-		for _, a := range addresses {
-			if mxid, ok := found[a]; ok {
-				out[a] = mxid
-			}
-		}
-		return out, nil
+		return found, nil // the chain answers only what was asked
 	}
 	byTP := make(map[threepid.ThreePID][]string)
 	var tps []threepid.ThreePID
