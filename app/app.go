@@ -195,11 +195,8 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		mirror = identity.NewMirror(store, identity.MirrorOptions{Staleness: cfg.Lookup.ReplicaStaleness,
 			TokenTTL: cfg.Lookup.TokenCacheTTL, TokenEntries: tokens, NoIndex: !cfg.Lookup.MemoryIndex},
 			log.With("component", "mirror"))
+		// Loaded by RunWorkers: commands that never serve (import, audit …) do not read it.
 		svc.UseMirror(mirror)
-		// Without the index the replica still works, from the database, until a retry loads it.
-		if err := mirror.Load(ctx); err != nil {
-			log.Warn("lookup index not loaded; lookups go to the database", "err", err)
-		}
 		bindings = mirror
 		metrics.MustRegister(newMirrorCollector(mirror))
 	}
@@ -429,6 +426,11 @@ func (a *App) RunWorkers(ctx context.Context) {
 	}
 	a.auditWorkers(ctx)
 	if a.Mirror != nil {
+		// Until it is loaded the database answers; without it the replica still works, and Run
+		// tries again.
+		if err := a.Mirror.Load(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("lookup index not loaded; lookups go to the database", "err", err)
+		}
 		a.workers.Go(func() { a.Mirror.Run(ctx) })
 	}
 	a.workers.Go(func() {

@@ -118,3 +118,41 @@ func BenchmarkLookup(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkMirrorLoad is a replica's start, or its reload after a pepper rotation: every lookup
+// hash read from one database snapshot into the in-memory index. Set OZO_TEST_BENCH_ENGINE to
+// run one engine; -short skips 1,000,000.
+func BenchmarkMirrorLoad(b *testing.B) {
+	engines := dbtest.Engines
+	if e := os.Getenv("OZO_TEST_BENCH_ENGINE"); e != "" {
+		engines = []sqlstore.Engine{sqlstore.Engine(e)}
+	}
+	for _, engine := range engines {
+		for _, n := range []int{10_000, 1_000_000} {
+			if testing.Short() && n > 10_000 {
+				continue
+			}
+			b.Run(fmt.Sprintf("%s/bindings=%d", engine, n), func(b *testing.B) {
+				db := dbtest.Open(b, engine)
+				store := sqlstore.New(db)
+				ctx := context.Background()
+				pepper, _ := identity.LoadPepper(ctx, store)
+				seed(b, db, n, pepper)
+				log := slog.New(slog.NewTextHandler(io.Discard, nil))
+				var m *identity.Mirror
+				for b.Loop() {
+					m = identity.NewMirror(store, identity.MirrorOptions{}, log)
+					if err := m.Load(ctx); err != nil {
+						b.Fatal(err)
+					}
+				}
+				st := m.Stats()
+				if st.Hashes != n {
+					b.Fatalf("%d hashes loaded, want %d", st.Hashes, n)
+				}
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/binding")
+				b.ReportMetric(float64(st.Bytes)/float64(n), "index-B/binding")
+			})
+		}
+	}
+}

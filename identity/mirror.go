@@ -74,9 +74,13 @@ type Mirror struct {
 
 	onPepper func(string)
 	tokens   tokenCache
+
+	// active is set by Load: before, the mirror stands aside (catch-ups do nothing, the database
+	// answers), so that commands that never serve do not read every hash.
+	active atomic.Bool
 }
 
-// NewMirror returns an empty mirror of store; Load fills it.
+// NewMirror returns an empty mirror of store, standing aside until Load fills it.
 func NewMirror(store Store, opts MirrorOptions, log *slog.Logger) *Mirror {
 	opts = opts.withDefaults()
 	return &Mirror{store: store, opts: opts, log: log, now: time.Now,
@@ -87,6 +91,7 @@ func NewMirror(store Store, opts MirrorOptions, log *slog.Logger) *Mirror {
 func (m *Mirror) Load(ctx context.Context) error {
 	m.syncMu.Lock()
 	defer m.syncMu.Unlock()
+	m.active.Store(true)
 	return m.reload(ctx, m.now())
 }
 
@@ -111,8 +116,8 @@ func (m *Mirror) reload(ctx context.Context, started time.Time) error {
 	var t *hashindex.Table
 	err := m.store.ScanLookupHashes(ctx, func(s LookupSnapshot) error {
 		snap = s
-		// Sized for the bindings there are and some growth, so loading does not double it.
-		t = hashindex.New(s.Count + s.Count/8 + 1024)
+		// Sized for the hashes there are, so loading does not grow it; growth later doubles it.
+		t = hashindex.New(s.Count + 1024)
 		return nil
 	}, func(hash, mxid []byte) error {
 		h, err := hashindex.ParseBytes(hash)
@@ -156,6 +161,9 @@ func (m *Mirror) setTable(t *hashindex.Table, pepper string) {
 // after each of its writes, Run twice per staleness bound. On failure the mirror answers
 // nothing until a catch-up succeeds.
 func (m *Mirror) CatchUp(ctx context.Context) error {
+	if !m.active.Load() {
+		return nil
+	}
 	m.syncMu.Lock()
 	defer m.syncMu.Unlock()
 	started := m.now()
@@ -278,7 +286,7 @@ func (m *Mirror) ResolveHashes(ctx context.Context, hashes []string) (map[string
 		return out, err
 	}
 	out, err = m.store.LookupHashes(ctx, hashes)
-	if err != nil || pepper == "" {
+	if err != nil || pepper == "" || !m.active.Load() {
 		return out, err
 	}
 	// Read after the hashes: a rotation committed before them shows here.
