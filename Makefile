@@ -43,7 +43,9 @@ image:
 bench: bench-go bench-load
 
 bench-go:
-	$(GO) test -run '^$$' -bench . -benchtime 200x ./identity/ ./lookup/...
+	$(GO) test -run '^$$' -bench . -skip MirrorLoad -benchtime 200x ./identity/ ./lookup/...
+	$(GO) test -run '^$$' -bench MirrorLoad -benchtime 3x ./identity/
+	$(GO) test -run '^$$' -bench LookupHandler -benchtime 200x ./api/
 
 # The load tool against the real binary on loopback, both engines, every size in BENCH_SIZES
 # (make bench-load BENCH_SIZES=10000 for a quick run: 1M bindings take minutes to seed).

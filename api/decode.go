@@ -60,10 +60,13 @@ func (s *Server) decodeJSON(w http.ResponseWriter, r *http.Request, v any) error
 }
 
 func decodeJSONBytes(body []byte, v any) error {
-	if len(strings.TrimSpace(string(body))) == 0 || !json.Valid(body) {
-		return badRequest("M_NOT_JSON", "the request body is not valid JSON")
-	}
+	// Unmarshal checks the whole syntax before it decodes anything, so one pass tells broken
+	// JSON (a SyntaxError, also for an empty body) from a wrong shape.
 	if err := json.Unmarshal(body, v); err != nil {
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
+			return badRequest("M_NOT_JSON", "the request body is not valid JSON")
+		}
 		var re *requestError
 		if errors.As(err, &re) {
 			return re // a field's own UnmarshalJSON already said what is wrong

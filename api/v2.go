@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -164,7 +165,51 @@ func (s *Server) lookup(w http.ResponseWriter, r *http.Request) {
 		s.metrics.lookupBatch.Observe(float64(len(req.Addresses)))
 	}
 	s.auditLookup(r, lookupMedia(req.Algorithm, req.Addresses), len(req.Addresses), len(mappings))
-	writeJSON(w, http.StatusOK, map[string]any{"mappings": mappings})
+	writeMappings(w, req.Addresses, mappings)
+}
+
+// writeMappings answers {"mappings": {address: mxid, …}} in the order of the request, without
+// encoding/json's reflection and sorting of a map, which cost more than the lookup itself. It
+// empties mappings.
+func writeMappings(w http.ResponseWriter, addresses []string, mappings map[string]string) {
+	buf := make([]byte, 0, 16+len(mappings)*(44+48))
+	buf = append(buf, `{"mappings":{`...)
+	first := true
+	for _, a := range addresses {
+		mxid, ok := mappings[a]
+		if !ok {
+			continue
+		}
+		delete(mappings, a) // each address once, however often it was asked
+		if !first {
+			buf = append(buf, ',')
+		}
+		first = false
+		buf = appendJSONString(buf, a)
+		buf = append(buf, ':')
+		buf = appendJSONString(buf, mxid)
+	}
+	buf = append(buf, "}}\n"...)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	w.Write(buf)
+}
+
+// appendJSONString appends s as a JSON string: lookup hashes and MXIDs are plain ASCII and
+// are copied; anything else is escaped by encoding/json, without HTML escaping, as writeJSON.
+func appendJSONString(buf []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
+			var b bytes.Buffer
+			enc := json.NewEncoder(&b)
+			enc.SetEscapeHTML(false)
+			enc.Encode(s)
+			return append(buf, bytes.TrimSuffix(b.Bytes(), []byte("\n"))...)
+		}
+	}
+	buf = append(buf, '"')
+	buf = append(buf, s...)
+	return append(buf, '"')
 }
 
 type requestTokenReq struct {

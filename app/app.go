@@ -61,6 +61,9 @@ type App struct {
 	// Chain keys the audit trail; Lookups counts lookups and refused admin calls for it.
 	Chain   *audit.Chain
 	Lookups *audit.Aggregator
+	// Mirror answers lookups and token checks from memory; nil when lookup.memory_index is off
+	// and there is no token cache.
+	Mirror *identity.Mirror
 }
 
 // OpenDatabase opens and migrates the database, for commands that need it without the service.
@@ -188,7 +191,22 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 		OnBindMaxInvites:   cfg.Invites.OnBindMaxInvites,
 		OnBindMaxBytes:     cfg.Invites.OnBindMaxBytes,
 	}, log.With("component", "identity"))
-	links := []lookup.Resolver{lookup.Bindings(store), index}
+	var mirror *identity.Mirror
+	bindings := lookup.Bindings(store)
+	if cfg.Lookup.MemoryIndex || cfg.Lookup.TokenCacheEntries > 0 {
+		tokens := cfg.Lookup.TokenCacheEntries
+		if tokens == 0 {
+			tokens = -1
+		}
+		mirror = identity.NewMirror(store, identity.MirrorOptions{Staleness: cfg.Lookup.ReplicaStaleness,
+			TokenTTL: cfg.Lookup.TokenCacheTTL, TokenEntries: tokens, NoIndex: !cfg.Lookup.MemoryIndex},
+			log.With("component", "mirror"))
+		// Loaded by runWorkers: commands that never serve (import, audit …) do not read it.
+		svc.UseMirror(mirror)
+		bindings = mirror
+		metrics.MustRegister(newMirrorCollector(mirror))
+	}
+	links := []lookup.Resolver{bindings, index}
 	for _, p := range peers {
 		links = append(links, lookup.Optional(p.name, p.peer, log.With("component", "peer")))
 	}
@@ -289,7 +307,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	}, metrics, log.With("component", "api"))
 	a := &App{Config: cfg, DB: db, Store: store, Service: svc, API: srv, Metrics: metrics, HS: hs,
 		Index: index, Syncer: syncer, Accounts: accounts, syncerOpts: syncerOpts, adminSync: admSync, syncMetrics: syncMetrics, log: log,
-		Chain: chain, Lookups: lookups, redis: redisClient}
+		Chain: chain, Lookups: lookups, Mirror: mirror, redis: redisClient}
 	admSync.app = a
 	return a, nil
 }
@@ -404,6 +422,9 @@ func tlsWithCA(file string) (*tls.Config, error) {
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 
+// changeLogRetention is how long the change log keeps a change for replicas to read.
+const changeLogRetention = 10 * time.Minute
+
 // lifetimes are the contexts background work runs under, ended one after another on SIGTERM
 // (see Serve): periodic jobs first, the lookup counts once the last request is answered, and
 // the queues' work in flight (onbind, audit push) only at the drain deadline.
@@ -423,6 +444,30 @@ func (a *App) runWorkers(l lifetimes) {
 		a.workers.Go(func() { a.syncSchedule(ctx, a.Config.Directory.SyncInterval) })
 	}
 	a.auditWorkers(l)
+	if a.Mirror != nil {
+		// Until it is loaded the database answers; without it the replica still works, and Run
+		// tries again.
+		if err := a.Mirror.Load(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("lookup index not loaded; lookups go to the database", "err", err)
+		}
+		a.workers.Go(func() { a.Mirror.Run(ctx) })
+	}
+	a.workers.Go(func() {
+		// Replicas read the change log every half second; changes older than this are of use
+		// only to a replica that stalled that long, and it reloads instead.
+		t := time.NewTicker(time.Minute)
+		defer t.Stop()
+		for {
+			if _, err := a.Store.PruneChanges(ctx, time.Now().Add(-changeLogRetention)); err != nil && ctx.Err() == nil {
+				a.log.Warn("change log clean-up", "err", err)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	})
 	a.workers.Go(func() {
 		a.Service.DeliverOnBinds(l.queues, l.stop, a.HS, func(err error) bool { return !homeserver.IsRetryable(err) }, 5*time.Second)
 	})

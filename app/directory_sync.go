@@ -13,7 +13,7 @@ import (
 type adminSync struct {
 	mu  sync.Mutex
 	app *App
-	ctx context.Context // the workers' lifetime, from RunWorkers
+	ctx context.Context // the workers' lifetime, from runWorkers
 }
 
 func (s *adminSync) setContext(ctx context.Context) {

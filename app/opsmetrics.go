@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/lookup/mcsd"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
@@ -134,4 +135,39 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(c.held, prometheus.GaugeValue, v, name)
 	}
+}
+
+// mirrorCollector reports the in-memory lookup index and token cache at each scrape.
+type mirrorCollector struct {
+	m                          *identity.Mirror
+	hashes, bytes, age, tokens *prometheus.Desc
+}
+
+func newMirrorCollector(m *identity.Mirror) *mirrorCollector {
+	return &mirrorCollector{m: m,
+		hashes: prometheus.NewDesc("ozo_identity_lookup_index_hashes", "Lookup hashes in the in-memory index.", nil, nil),
+		bytes:  prometheus.NewDesc("ozo_identity_lookup_index_bytes", "Memory of the in-memory lookup index.", nil, nil),
+		age: prometheus.NewDesc("ozo_identity_lookup_index_age_seconds",
+			"Since the in-memory index and token cache last caught up with the change log; -1 when they are not current (the database answers).", nil, nil),
+		tokens: prometheus.NewDesc("ozo_identity_token_cache_entries", "Access tokens in the cache.", nil, nil),
+	}
+}
+
+func (c *mirrorCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.hashes
+	ch <- c.bytes
+	ch <- c.age
+	ch <- c.tokens
+}
+
+func (c *mirrorCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.m.Stats()
+	age := s.Age.Seconds()
+	if s.Age < 0 {
+		age = -1
+	}
+	ch <- prometheus.MustNewConstMetric(c.hashes, prometheus.GaugeValue, float64(s.Hashes))
+	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(s.Bytes))
+	ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, age)
+	ch <- prometheus.MustNewConstMetric(c.tokens, prometheus.GaugeValue, float64(s.Tokens))
 }

@@ -239,6 +239,18 @@ type HTTP struct {
 
 type Lookup struct {
 	MaxBatch int `yaml:"max_batch"`
+	// MemoryIndex answers hashed lookups from an in-memory index of the local bindings' lookup
+	// hashes, kept current with the database; off, every lookup asks the database.
+	MemoryIndex bool `yaml:"memory_index"`
+	// ReplicaStaleness bounds how long a change committed through another replica (or the admin
+	// CLI) takes to reach this replica's in-memory index and token cache; past it, they answer
+	// nothing and the database answers. Changes made through this replica are there at once.
+	ReplicaStaleness time.Duration `yaml:"replica_staleness"`
+	// TokenCacheTTL is how long a verified access token is trusted without asking the database;
+	// a logout reaches the cache at once on its replica and within ReplicaStaleness on others.
+	TokenCacheTTL time.Duration `yaml:"token_cache_ttl"`
+	// TokenCacheEntries bounds the token cache; 0 turns it off.
+	TokenCacheEntries int `yaml:"token_cache_entries"`
 }
 
 type Validation struct {
@@ -346,8 +358,9 @@ func Defaults() Config {
 		LogLevel:      "info",
 		LogFormat:     "text",
 		HTTP:          HTTP{MaxBodyBytes: 64 << 10, CORSOrigins: []string{"*"}},
-		Lookup:        Lookup{MaxBatch: 10000},
-		Database:      Database{ConnMaxIdleTime: 5 * time.Minute, SQLiteMmapBytes: 256 << 20},
+		Lookup: Lookup{MaxBatch: 10000, MemoryIndex: true, ReplicaStaleness: time.Second,
+			TokenCacheTTL: time.Minute, TokenCacheEntries: 10000},
+		Database: Database{ConnMaxIdleTime: 5 * time.Minute, SQLiteMmapBytes: 256 << 20},
 		Validation: Validation{
 			SessionLifetime:    24 * time.Hour,
 			TokenLifetime:      24 * time.Hour,
@@ -751,6 +764,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Lookup.MaxBatch <= 0 {
 		errs = append(errs, errors.New("lookup.max_batch must be positive"))
+	}
+	if c.Lookup.ReplicaStaleness < 50*time.Millisecond || c.Lookup.ReplicaStaleness > time.Minute {
+		errs = append(errs, errors.New("lookup.replica_staleness must be between 50ms and 1m"))
+	}
+	if c.Lookup.TokenCacheTTL < time.Second || c.Lookup.TokenCacheTTL > time.Hour {
+		errs = append(errs, errors.New("lookup.token_cache_ttl must be between 1s and 1h"))
+	}
+	if c.Lookup.TokenCacheEntries < 0 {
+		errs = append(errs, errors.New("lookup.token_cache_entries must not be negative"))
 	}
 	if c.Database.MaxOpenConns < 0 || c.Database.MaxIdleConns < 0 || c.Database.ConnMaxIdleTime < 0 || c.Database.SQLiteMmapBytes < 0 {
 		errs = append(errs, errors.New("database pool settings must not be negative"))

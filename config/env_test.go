@@ -29,6 +29,8 @@ var envSamples = map[string]string{
 	"shutdown.delay":               "6s",
 	"audit.retention":              "2160h",
 	"audit.lookup_interval":        "30s",
+	"lookup.replica_staleness":     "250ms",
+	"lookup.token_cache_ttl":       "30s",
 	"audit.push.url":               "https://arr.env.example/fhir",
 	"audit.push.bundle_type":       "transaction",
 	"audit.push.interval":          "10s",

@@ -42,16 +42,32 @@ func (s *Service) Authenticate(ctx context.Context, token string) (AccessToken, 
 	if token == "" {
 		return AccessToken{}, errorf(CodeUnauthorized, "an identity server access token is required")
 	}
-	a, err := s.store.GetAccessToken(ctx, hashToken(token))
+	h := hashToken(token)
+	var epoch uint64
+	if s.mirror != nil {
+		if a, ok := s.mirror.token(h); ok {
+			return a, nil
+		}
+		epoch = s.mirror.tokens.epoch.Load()
+	}
+	a, err := s.store.GetAccessToken(ctx, h)
 	if errors.Is(err, ErrNotFound) {
 		return a, errorf(CodeUnauthorized, "unrecognised access token")
+	}
+	if err == nil && s.mirror != nil {
+		s.mirror.tokens.put(h, a, epoch, s.now())
 	}
 	return a, err
 }
 
-// Logout revokes an access token.
+// Logout revokes an access token: at once on this replica, through the change log on others.
 func (s *Service) Logout(ctx context.Context, token string) error {
-	err := s.store.DeleteAccessToken(ctx, hashToken(token))
+	h := hashToken(token)
+	err := s.store.DeleteAccessToken(ctx, h)
+	if s.mirror != nil {
+		// Also when the database no longer had it: another replica may have revoked it first.
+		s.mirror.tokens.revoke(h)
+	}
 	if errors.Is(err, ErrNotFound) {
 		return errorf(CodeUnauthorized, "unrecognised access token")
 	}

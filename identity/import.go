@@ -49,7 +49,6 @@ func (r *ImportReport) Add(o ImportReport) {
 func (s *Service) ImportBindings(ctx context.Context, entries []ImportEntry, source string, strict bool) (ImportReport, error) {
 	var rep ImportReport
 	now := s.now().UTC().Truncate(time.Millisecond)
-	pepper := s.Pepper()
 	items := make([]ImportBinding, 0, len(entries))
 	for i, e := range entries {
 		tp, err := threepid.Normalize(e.Medium, e.Address)
@@ -67,8 +66,6 @@ func (s *Service) ImportBindings(ctx context.Context, entries []ImportEntry, sou
 		items = append(items, ImportBinding{
 			Binding: Binding{ThreePID: tp, MXID: e.MXID, CreatedAt: now, NotBefore: now,
 				NotAfter: now.Add(bindingLifetime), Source: source},
-			Hashes:       threepid.LookupHashes(tp, pepper),
-			FoldedHashes: threepid.FoldedLookupHashes(tp, pepper),
 		})
 	}
 	if len(items) == 0 || strict && len(rep.Invalid) > 0 {
@@ -76,22 +73,22 @@ func (s *Service) ImportBindings(ctx context.Context, entries []ImportEntry, sou
 	}
 	queued := false
 	scope := audit.ScopeFrom(ctx)
-	res, err := s.store.ImportBindings(ctx, items, func(b Binding, invites []Invite) ([]OnBindDelivery, error) {
-		assoc, err := s.association(b)
-		if err != nil {
-			return nil, err
+	var res ImportResult
+	err := s.withPepper(ctx, func(pepper string) error {
+		for i := range items {
+			tp := items[i].Binding.ThreePID
+			items[i].Hashes, items[i].FoldedHashes = threepid.LookupHashes(tp, pepper), threepid.FoldedLookupHashes(tp, pepper)
+			items[i].Pepper = pepper
 		}
-		ds, err := s.onBindDeliveries(b, assoc, invites)
-		if err != nil {
-			return nil, err
-		}
-		queued = queued || len(ds) > 0
-		return ds, nil
-	}, func(b Binding, delivered []Invite) []audit.Record {
-		return bindRecords(scope, b, delivered, "source="+source+" import")
+		var err error
+		res, err = s.importItems(ctx, items, source, scope, &queued)
+		return err
 	})
 	if err != nil {
 		return rep, err
+	}
+	if res.Created+res.Updated > 0 {
+		s.written(ctx)
 	}
 	// Not MarkRecorded: the caller's record of the whole batch (what it did) follows.
 	if queued {
@@ -100,4 +97,22 @@ func (s *Service) ImportBindings(ctx context.Context, entries []ImportEntry, sou
 	rep.ImportResult = res
 	rep.Superseded = len(items) - res.Created - res.Updated - res.Unchanged
 	return rep, nil
+}
+
+// importItems stores items in one transaction, queueing the onbinds of pending invites.
+func (s *Service) importItems(ctx context.Context, items []ImportBinding, source string, scope *audit.Scope, queued *bool) (ImportResult, error) {
+	return s.store.ImportBindings(ctx, items, func(b Binding, invites []Invite) ([]OnBindDelivery, error) {
+		assoc, err := s.association(b)
+		if err != nil {
+			return nil, err
+		}
+		ds, err := s.onBindDeliveries(b, assoc, invites)
+		if err != nil {
+			return nil, err
+		}
+		*queued = *queued || len(ds) > 0
+		return ds, nil
+	}, func(b Binding, delivered []Invite) []audit.Record {
+		return bindRecords(scope, b, delivered, "source="+source+" import")
+	})
 }

@@ -22,12 +22,14 @@ import (
 	"github.com/ozo-platform/ozo-identity/threepid"
 )
 
+// SettingPepper is the setting that holds the lookup pepper.
+const SettingPepper = "lookup_pepper"
+
 // KeyID is the identifier Sydent and homeservers expect for an identity server's key.
 const KeyID = "ed25519:0"
 
 const (
 	settingSigningKey = "signing_key"
-	settingPepper     = "lookup_pepper"
 	// settingFoldedHashes is set once every binding has its folded lookup hashes.
 	settingFoldedHashes = "folded_lookup_hashes"
 )
@@ -321,13 +323,13 @@ func LoadPepper(ctx context.Context, store Store) (string, error) {
 		return "", fmt.Errorf("generate pepper: %w", err)
 	}
 	fresh := base64.RawURLEncoding.EncodeToString(b)
-	pepper, err := store.SetSettingIfAbsent(ctx, settingPepper, fresh)
+	pepper, err := store.SetSettingIfAbsent(ctx, SettingPepper, fresh)
 	if err != nil {
 		return "", fmt.Errorf("store pepper: %w", err)
 	}
 	// Bindings made before folded lookup hashes existed get them once.
 	if _, err := store.GetSetting(ctx, settingFoldedHashes); errors.Is(err, ErrNotFound) {
-		if err := store.RehashBindings(ctx, hashesWith(pepper)); err != nil {
+		if err := store.RehashBindings(ctx, pepper, hashesWith(pepper)); err != nil {
 			return "", fmt.Errorf("add folded lookup hashes: %w", err)
 		}
 		if err := store.SetSetting(ctx, settingFoldedHashes, "1"); err != nil {

@@ -104,6 +104,37 @@ type Service struct {
 
 	// ssoStore knows the sessions SSO logins validated (NewSSO sets it); nil without SSO.
 	ssoStore SSOStore
+
+	// mirror answers lookups and token checks from memory (UseMirror); nil: the store does.
+	mirror *Mirror
+}
+
+// UseMirror makes the service keep m current after each of its writes, check tokens through
+// its cache and take the pepper m reads (a rotation by another replica). The caller puts m
+// into the lookup chain (SetResolver), loads it and runs it.
+func (s *Service) UseMirror(m *Mirror) {
+	s.mirror = m
+	m.onPepper = s.setPepper
+}
+
+func (s *Service) setPepper(p string) {
+	s.mu.Lock()
+	s.pepper = p
+	s.mu.Unlock()
+}
+
+// written brings the mirror up to a write this service just committed, so that the write is
+// answered from the moment it returns. When that fails the mirror answers nothing until it has
+// caught up, and the database answers.
+func (s *Service) written(ctx context.Context) {
+	if s.mirror == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := s.mirror.CatchUp(ctx); err != nil {
+		s.log.Warn("lookup index behind a write; lookups go to the database until it caught up", "err", err)
+	}
 }
 
 // New builds the service; resolver may be nil to resolve from local bindings only.
@@ -145,20 +176,18 @@ func (s *Service) RotatePepper(ctx context.Context) (string, error) {
 	b := make([]byte, 24)
 	rand.Read(b)
 	pepper := base64.RawURLEncoding.EncodeToString(b)
-	if err := s.store.RehashBindings(ctx, hashesWith(pepper)); err != nil {
+	// The bindings' hashes and the pepper change in one transaction; the mirror (here at once,
+	// on other replicas through the change log) reloads with both.
+	if err := s.store.RehashBindings(ctx, pepper, hashesWith(pepper)); err != nil {
 		return "", err
 	}
+	s.written(ctx)
+	s.setPepper(pepper)
 	if s.opts.OnPepper != nil {
 		if err := s.opts.OnPepper(ctx, pepper); err != nil {
 			return "", err
 		}
 	}
-	if err := s.store.SetSetting(ctx, settingPepper, pepper); err != nil {
-		return "", err
-	}
-	s.mu.Lock()
-	s.pepper = pepper
-	s.mu.Unlock()
 	return pepper, nil
 }
 
@@ -500,30 +529,49 @@ func (s *Service) bind(ctx context.Context, tp threepid.ThreePID, mxid, source s
 	}
 	queued := false
 	scope := audit.ScopeFrom(ctx)
-	err = s.store.Bind(ctx, BindRequest{
-		Audit: func(delivered []Invite) []audit.Record {
-			return bindRecords(scope, b, delivered, "source="+source)
-		},
-		Binding:      b,
-		Hashes:       threepid.LookupHashes(tp, s.Pepper()),
-		FoldedHashes: threepid.FoldedLookupHashes(tp, s.Pepper()),
-		Deliver: func(invites []Invite) ([]OnBindDelivery, error) {
-			ds, err := s.onBindDeliveries(b, assoc, invites)
-			if err != nil {
-				return nil, err
-			}
-			queued = len(ds) > 0
-			return ds, nil
-		},
+	err = s.withPepper(ctx, func(pepper string) error {
+		return s.store.Bind(ctx, BindRequest{
+			Audit: func(delivered []Invite) []audit.Record {
+				return bindRecords(scope, b, delivered, "source="+source)
+			},
+			Binding:      b,
+			Hashes:       threepid.LookupHashes(tp, pepper),
+			FoldedHashes: threepid.FoldedLookupHashes(tp, pepper),
+			Pepper:       pepper,
+			Deliver: func(invites []Invite) ([]OnBindDelivery, error) {
+				ds, err := s.onBindDeliveries(b, assoc, invites)
+				if err != nil {
+					return nil, err
+				}
+				queued = len(ds) > 0
+				return ds, nil
+			},
+		})
 	})
 	if err != nil {
 		return nil, err
 	}
+	s.written(ctx)
 	scope.MarkRecorded()
 	if queued {
 		s.Wake()
 	}
 	return assoc, nil
+}
+
+// withPepper runs write with the current pepper, and again with the stored one when a rotation
+// (here or on another replica) committed in between: hashes of an old pepper would never be found.
+func (s *Service) withPepper(ctx context.Context, write func(pepper string) error) error {
+	pepper := s.Pepper()
+	for attempt := 0; ; attempt++ {
+		err := write(pepper)
+		if !errors.Is(err, ErrPepperChanged) || attempt == 3 {
+			return err
+		}
+		if pepper, err = s.store.GetSetting(ctx, SettingPepper); err != nil {
+			return fmt.Errorf("read pepper: %w", err)
+		}
+	}
 }
 
 // bindRecords are the audit records of binding b and of the invites it delivered.
@@ -580,6 +628,7 @@ func (s *Service) Unbind(ctx context.Context, sid, clientSecret, medium, address
 	} else if err != nil {
 		return err
 	}
+	s.written(ctx)
 	scope.MarkRecorded()
 	return nil
 }
@@ -603,6 +652,7 @@ func (s *Service) AdminUnbind(ctx context.Context, medium, address string) error
 	} else if err != nil {
 		return err
 	}
+	s.written(ctx)
 	scope.MarkRecorded()
 	return nil
 }
@@ -626,16 +676,14 @@ func (s *Service) Lookup(ctx context.Context, algorithm, pepper string, addresse
 	}
 	out := make(map[string]string)
 	if algorithm == "sha256" {
-		found, err := s.resolver.ResolveHashes(ctx, addresses)
+		found, err := s.resolver.ResolveHashes(context.WithValue(ctx, pepperKey{}, pepper), addresses)
+		if errors.Is(err, ErrPepperChanged) {
+			return nil, errorf(CodeInvalidPepper, "the pepper changed during the lookup; see /hash_details")
+		}
 		if err != nil {
 			return nil, err
 		}
-		for _, a := range addresses {
-			if mxid, ok := found[a]; ok {
-				out[a] = mxid
-			}
-		}
-		return out, nil
+		return found, nil // the chain answers only what was asked
 	}
 	byTP := make(map[threepid.ThreePID][]string)
 	var tps []threepid.ThreePID
@@ -933,7 +981,7 @@ func (s *Service) RefreshKeys(ctx context.Context) (signer, pepper bool, err err
 }
 
 func (s *Service) refreshPepper(ctx context.Context) (bool, error) {
-	p, err := s.store.GetSetting(ctx, settingPepper)
+	p, err := s.store.GetSetting(ctx, SettingPepper)
 	if err != nil {
 		return false, fmt.Errorf("read pepper: %w", err)
 	}

@@ -29,6 +29,9 @@ var (
 	ErrSessionMailLimit = fmt.Errorf("%w: mails for this session", ErrLimitExceeded)
 	// ErrAddressMailLimit: the address already got its allowed number of validation mails.
 	ErrAddressMailLimit = fmt.Errorf("%w: validation mails to this address", ErrLimitExceeded)
+	// ErrPepperChanged: the lookup hashes of a write were made with a pepper that is no longer
+	// the current one (a rotation committed first); make them again with the stored pepper.
+	ErrPepperChanged = errors.New("storage: the lookup pepper changed")
 )
 
 // Binding associates a 3PID with a Matrix user ID.
@@ -119,8 +122,11 @@ type AccessToken struct {
 // BindRequest is everything Bind needs to make the binding and queue the pending invites in one step.
 type BindRequest struct {
 	Binding Binding
-	// Hashes are the lookup hashes of the binding's 3PID (one per medium alias) for the current pepper.
+	// Hashes are the lookup hashes of the binding's 3PID (one per medium alias) for Pepper.
 	Hashes []string
+	// Pepper is the pepper of Hashes and FoldedHashes: when another one is current, Bind fails
+	// with ErrPepperChanged and stores nothing. Empty: not checked.
+	Pepper string
 	// FoldedHashes are lookup hashes of the lower-cased 3PID, answered only when one binding has
 	// them; empty when lower-casing changes nothing.
 	FoldedHashes []string
@@ -137,12 +143,42 @@ type ImportBinding struct {
 	Binding      Binding
 	Hashes       []string
 	FoldedHashes []string
+	// Pepper is checked as BindRequest.Pepper is: any item's pepper that is not the current
+	// one fails the whole import with ErrPepperChanged.
+	Pepper string
 }
 
 // ImportResult counts what a bulk import did: new bindings, 3PIDs rebound to another MXID, and
 // bindings already there with the same MXID (left as they were, so re-importing changes nothing).
 type ImportResult struct {
 	Created, Updated, Unchanged int
+}
+
+// Changes is what the store's change log says happened after a change number: what the
+// in-memory views of a replica (the lookup index, the token cache) must read again.
+type Changes struct {
+	// Seq is the number of the last change included: read the next changes after it.
+	Seq int64
+	// Reload: the log cannot say which lookup hashes changed (a new pepper, changes pruned
+	// before they were read, too many changes at once): read them all again.
+	Reload bool
+	// Pruned: changes after the number asked for were pruned, so revoked tokens may be missing
+	// from Tokens.
+	Pruned bool
+	// Hashes are lookup hashes whose answer may have changed.
+	Hashes []string
+	// Tokens are the hashes of revoked access tokens.
+	Tokens []string
+}
+
+// LookupSnapshot describes a consistent read of every lookup hash (ScanLookupHashes).
+type LookupSnapshot struct {
+	// Seq is the number of the last change the snapshot includes.
+	Seq int64
+	// Pepper is the pepper the hashes were made with.
+	Pepper string
+	// Count is about how many hashes follow, for sizing.
+	Count int
 }
 
 // Store is the durable state of the identity server.
@@ -212,8 +248,20 @@ type Store interface {
 	ImportBindings(ctx context.Context, items []ImportBinding, deliver func(b Binding, invites []Invite) ([]OnBindDelivery, error),
 		record func(b Binding, delivered []Invite) []audit.Record) (ImportResult, error)
 	// RehashBindings recomputes every binding's lookup hashes (exact and folded, as in
-	// BindRequest) with hashFn, for a new pepper.
-	RehashBindings(ctx context.Context, hashFn func(threepid.ThreePID) (hashes, folded []string)) error
+	// BindRequest) with hashFn and stores pepper, the one hashFn uses, as the current pepper, in
+	// one transaction.
+	RehashBindings(ctx context.Context, pepper string, hashFn func(threepid.ThreePID) (hashes, folded []string)) error
+
+	// Changes reads the change log after number after: every transaction that changes what a
+	// lookup hash answers or revokes an access token logs it, numbered in commit order. More
+	// than max changed hashes make a Reload instead.
+	Changes(ctx context.Context, after int64, max int) (Changes, error)
+	// ScanLookupHashes reads, from one consistent snapshot, every lookup hash that has an
+	// answer, with the MXID LookupHashes would give it: begin gets the snapshot's change number
+	// and pepper first, then each is called per hash (its slices are valid during the call only).
+	ScanLookupHashes(ctx context.Context, begin func(LookupSnapshot) error, each func(hash, mxid []byte) error) error
+	// PruneChanges deletes the changes logged before t; readers behind them will reload.
+	PruneChanges(ctx context.Context, before time.Time) (int64, error)
 
 	// CreateInvite stores the invite and its ephemeral key together, unless the 3PID or the sender
 	// already has its limit of pending invites (ErrThreePIDInviteLimit, ErrSenderInviteLimit).

@@ -56,7 +56,7 @@ func (c chain) Resolve(ctx context.Context, tps []threepid.ThreePID) (map[threep
 }
 
 func (c chain) ResolveHashes(ctx context.Context, hashes []string) (map[string]string, error) {
-	out := make(map[string]string)
+	var out map[string]string
 	rest := hashes
 	for i, link := range c {
 		if len(rest) == 0 {
@@ -65,6 +65,12 @@ func (c chain) ResolveHashes(ctx context.Context, hashes []string) (map[string]s
 		found, err := link.ResolveHashes(ctx, rest)
 		if err != nil {
 			return nil, fmt.Errorf("lookup link %d: %w", i, err)
+		}
+		if out == nil && len(found) == len(rest) && !withheld(found) {
+			return found, nil // the first link answered everything: nothing to merge
+		}
+		if out == nil {
+			out = make(map[string]string, len(found))
 		}
 		next := rest[:0:0]
 		for _, h := range rest {
@@ -80,7 +86,20 @@ func (c chain) ResolveHashes(ctx context.Context, hashes []string) (map[string]s
 		}
 		rest = next
 	}
+	if out == nil {
+		out = map[string]string{}
+	}
 	return out, nil
+}
+
+// withheld reports whether found withholds an answer ("").
+func withheld(found map[string]string) bool {
+	for _, mxid := range found {
+		if mxid == "" {
+			return true
+		}
+	}
+	return false
 }
 
 // Optional wraps a link whose failure must not fail the lookup, such as a peer identity server:

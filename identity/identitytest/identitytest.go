@@ -37,6 +37,10 @@ func Run(t *testing.T, newStore func(t *testing.T) identity.Store) {
 		{"ReplaceDelivery", testReplaceDelivery},
 		{"AuditFailsClosed", testAuditFailsClosed},
 		{"SigningKeys", testSigningKeys},
+		{"ChangeLog", testChangeLog},
+		{"ChangeLogUnderConcurrency", testChangeLogConcurrent},
+		{"ScanLookupHashes", testScanLookupHashes},
+		{"PepperChecked", testPepperChecked},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })
@@ -277,7 +281,7 @@ func testBindAndLookup(t *testing.T, s identity.Store) {
 	if m, err := s.LookupHashes(ctx, many); err != nil || len(m) != 1 {
 		t.Fatalf("big batch: %v %v", m, err)
 	}
-	must(t, s.RehashBindings(ctx, func(tp threepid.ThreePID) ([]string, []string) { return []string{"new-" + tp.Address}, nil }))
+	must(t, s.RehashBindings(ctx, "p2", func(tp threepid.ThreePID) ([]string, []string) { return []string{"new-" + tp.Address}, nil }))
 	if m, _ := s.LookupHashes(ctx, []string{"h2", "new-012345678"}); len(m) != 1 || m["new-012345678"] == "" {
 		t.Fatalf("after rehash: %v", m)
 	}
@@ -639,7 +643,7 @@ func testFoldedHashes(t *testing.T, s identity.Store) {
 	if m, _ := s.LookupHashes(ctx, []string{"h-alice"}); m["h-alice"] != "@real:hs1" {
 		t.Fatalf("exact hash shadowed by a fold: %v", m)
 	}
-	must(t, s.RehashBindings(ctx, func(tp threepid.ThreePID) ([]string, []string) {
+	must(t, s.RehashBindings(ctx, "p3", func(tp threepid.ThreePID) ([]string, []string) {
 		if tp.Address == "zorg:Alice" {
 			return []string{"n-Alice"}, []string{"n-alice"}
 		}
@@ -651,5 +655,231 @@ func testFoldedHashes(t *testing.T, s identity.Store) {
 	must(t, s.DeleteBinding(ctx, upper.ThreePID, ""))
 	if m, _ := s.LookupHashes(ctx, []string{"n-alice", "n-Alice"}); len(m) != 0 {
 		t.Fatalf("folded hash survives unbind: %v", m)
+	}
+}
+
+// changesAfter reads the change log after seq and fails on an error.
+func changesAfter(t *testing.T, s identity.Store, seq int64) identity.Changes {
+	t.Helper()
+	ch, err := s.Changes(ctx, seq, 1000)
+	must(t, err)
+	return ch
+}
+
+func sameSet(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(slices.Compact(a), slices.Compact(b))
+}
+
+// Every write that changes what a lookup hash answers, or revokes a token, is in the change log
+// with the hashes it touched, old and new; writes that fail log nothing.
+func testChangeLog(t *testing.T, s identity.Store) {
+	base := changesAfter(t, s, 0)
+	if base.Reload || base.Pruned || len(base.Hashes)+len(base.Tokens) != 0 {
+		t.Fatalf("empty store's changes: %+v", base)
+	}
+	a := binding("idp", "zorg:Alice", "@alice:hs1")
+	must(t, s.Bind(ctx, identity.BindRequest{Binding: a, Hashes: []string{"a1", "a2"}, FoldedHashes: []string{"fa"}}))
+	ch := changesAfter(t, s, base.Seq)
+	if ch.Seq <= base.Seq || ch.Reload || !sameSet(ch.Hashes, []string{"a1", "a2", "fa"}) {
+		t.Fatalf("after bind: %+v", ch)
+	}
+	// A rebind (another pepper's hashes here) names the hashes it removed and those it added.
+	a.MXID = "@alice2:hs1"
+	must(t, s.Bind(ctx, identity.BindRequest{Binding: a, Hashes: []string{"b1"}}))
+	ch2 := changesAfter(t, s, ch.Seq)
+	if ch2.Seq <= ch.Seq || !sameSet(ch2.Hashes, []string{"a1", "a2", "fa", "b1"}) {
+		t.Fatalf("after rebind: %+v", ch2)
+	}
+	// Reading from an older number includes both.
+	if both := changesAfter(t, s, base.Seq); both.Seq != ch2.Seq || !sameSet(both.Hashes, []string{"a1", "a2", "fa", "b1"}) {
+		t.Fatalf("from the start: %+v", both)
+	}
+	// Failed writes log nothing.
+	if err := s.DeleteBinding(ctx, a.ThreePID, "@someone:else"); !errors.Is(err, identity.ErrNotFound) {
+		t.Fatal(err)
+	}
+	if err := s.DeleteAccessToken(ctx, "no-such-token"); !errors.Is(err, identity.ErrNotFound) {
+		t.Fatal(err)
+	}
+	if again := changesAfter(t, s, ch2.Seq); again.Seq != ch2.Seq || len(again.Hashes)+len(again.Tokens) != 0 {
+		t.Fatalf("failed writes logged: %+v", again)
+	}
+	must(t, s.CreateAccessToken(ctx, identity.AccessToken{TokenHash: "tok1", UserID: "@u:hs", CreatedAt: time.Now()}))
+	must(t, s.DeleteAccessToken(ctx, "tok1"))
+	must(t, s.DeleteBinding(ctx, a.ThreePID, ""))
+	ch3 := changesAfter(t, s, ch2.Seq)
+	if !sameSet(ch3.Tokens, []string{"tok1"}) || !sameSet(ch3.Hashes, []string{"b1"}) || ch3.Reload {
+		t.Fatalf("after logout and unbind: %+v", ch3)
+	}
+	// More changes than the reader takes: reload, and revoked tokens are unknown.
+	if many, err := s.Changes(ctx, base.Seq, 2); err != nil || !many.Reload || !many.Pruned || many.Seq != ch3.Seq {
+		t.Fatalf("over the limit: %+v %v", many, err)
+	}
+	// An import logs the hashes of what it changed, not of what it left alone.
+	items := []identity.ImportBinding{{Binding: binding("email", "i1@x.org", "@i1:hs"), Hashes: []string{"i1"}},
+		{Binding: binding("email", "i2@x.org", "@i2:hs"), Hashes: []string{"i2"}, FoldedHashes: []string{"fi2"}}}
+	_, err := s.ImportBindings(ctx, items, nil, nil)
+	must(t, err)
+	ch4 := changesAfter(t, s, ch3.Seq)
+	if !sameSet(ch4.Hashes, []string{"i1", "i2", "fi2"}) {
+		t.Fatalf("after import: %+v", ch4)
+	}
+	_, err = s.ImportBindings(ctx, items, nil, nil)
+	must(t, err)
+	if again := changesAfter(t, s, ch4.Seq); len(again.Hashes) != 0 {
+		t.Fatalf("unchanged re-import logged %v", again.Hashes)
+	}
+	// A new pepper changes every hash: the log says reload, and the pepper is stored with it.
+	must(t, s.RehashBindings(ctx, "pepper-9", func(tp threepid.ThreePID) ([]string, []string) { return []string{"r-" + tp.Address}, nil }))
+	ch5 := changesAfter(t, s, ch4.Seq)
+	if !ch5.Reload || ch5.Pruned {
+		t.Fatalf("after rehash: %+v", ch5)
+	}
+	if p, err := s.GetSetting(ctx, identity.SettingPepper); err != nil || p != "pepper-9" {
+		t.Fatalf("pepper after rehash: %q %v", p, err)
+	}
+	// Pruning: a reader behind the pruned changes must reload; one after them reads on.
+	must(t, s.CreateAccessToken(ctx, identity.AccessToken{TokenHash: "tok2", UserID: "@u:hs", CreatedAt: time.Now()}))
+	must(t, s.DeleteAccessToken(ctx, "tok2"))
+	latest := changesAfter(t, s, ch5.Seq)
+	n, err := s.PruneChanges(ctx, time.Now().Add(time.Second))
+	must(t, err)
+	if n == 0 {
+		t.Fatal("nothing pruned")
+	}
+	if behind := changesAfter(t, s, ch4.Seq); !behind.Reload || !behind.Pruned || len(behind.Tokens) != 0 {
+		t.Fatalf("reader behind pruned changes: %+v", behind)
+	}
+	if cur := changesAfter(t, s, latest.Seq); cur.Reload || cur.Pruned || cur.Seq < latest.Seq {
+		t.Fatalf("current reader after pruning: %+v", cur)
+	}
+	// A reader ahead of the log (a database restored from a backup) reloads.
+	if ahead := changesAfter(t, s, latest.Seq+1000); !ahead.Reload || !ahead.Pruned {
+		t.Fatalf("reader ahead of the log: %+v", ahead)
+	}
+}
+
+// Concurrent writers: a reader that follows the log from number to number sees every change,
+// whatever order the transactions commit in.
+func testChangeLogConcurrent(t *testing.T, s identity.Store) {
+	const writers, each = 4, 15
+	done := make(chan struct{})
+	seen := map[string]bool{}
+	var readErr error
+	go func() {
+		defer close(done)
+		var seq int64
+		for stop := false; ; {
+			ch, err := s.Changes(ctx, seq, 10000)
+			if err != nil {
+				readErr = err
+				return
+			}
+			if ch.Reload {
+				readErr = fmt.Errorf("reload at %d: %+v", seq, ch)
+				return
+			}
+			for _, h := range ch.Hashes {
+				seen[h] = true
+			}
+			seq = ch.Seq
+			if stop {
+				return
+			}
+			if len(seen) == writers*each {
+				stop = true // one more read, after which nothing may appear
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				b := binding("email", fmt.Sprintf("w%d-%d@x.org", w, i), fmt.Sprintf("@w%d:hs", w))
+				if err := s.Bind(ctx, identity.BindRequest{Binding: b, Hashes: []string{fmt.Sprintf("h%d-%d", w, i)}}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("reader saw %d of %d changes", len(seen), writers*each)
+	}
+	if readErr != nil {
+		t.Fatal(readErr)
+	}
+}
+
+// ScanLookupHashes gives each hash the answer LookupHashes gives it, folded hashes included, with
+// the snapshot's change number and pepper.
+func testScanLookupHashes(t *testing.T, s identity.Store) {
+	upper := binding("idp", "zorg:Alice", "@alice:hs1")
+	other := binding("idp", "zorg:ALICE", "@mallory:hs2")
+	solo := binding("idp", "zorg:Bob", "@bob:hs1")
+	must(t, s.Bind(ctx, identity.BindRequest{Binding: upper, Hashes: []string{"h-Alice"}, FoldedHashes: []string{"h-alice"}}))
+	must(t, s.Bind(ctx, identity.BindRequest{Binding: other, Hashes: []string{"h-ALICE"}, FoldedHashes: []string{"h-alice"}}))
+	must(t, s.Bind(ctx, identity.BindRequest{Binding: solo, Hashes: []string{"h-Bob"}, FoldedHashes: []string{"h-bob"}}))
+	// An exact hash equal to another binding's folded one: the exact one answers.
+	must(t, s.Bind(ctx, identity.BindRequest{Binding: binding("idp", "zorg:bob", "@real-bob:hs1"), Hashes: []string{"h-bob"}}))
+	must(t, s.Bind(ctx, identity.BindRequest{Binding: binding("uzi", "012345678", "@dr:hs1"), Hashes: []string{"u1", "u2"}}))
+	must(t, s.SetSetting(ctx, identity.SettingPepper, "pep"))
+	got := map[string]string{}
+	var snap identity.LookupSnapshot
+	must(t, s.ScanLookupHashes(ctx, func(ls identity.LookupSnapshot) error { snap = ls; return nil },
+		func(hash, mxid []byte) error {
+			if _, dup := got[string(hash)]; dup {
+				return fmt.Errorf("hash %s twice", hash)
+			}
+			got[string(hash)] = string(mxid)
+			return nil
+		}))
+	all := []string{"h-Alice", "h-ALICE", "h-alice", "h-Bob", "h-bob", "u1", "u2", "nothing"}
+	want, err := s.LookupHashes(ctx, all)
+	must(t, err)
+	if fmt.Sprint(got) != fmt.Sprint(want) || len(want) != 6 || want["h-bob"] != "@real-bob:hs1" {
+		t.Fatalf("scan %v, lookups %v", got, want)
+	}
+	if latest := changesAfter(t, s, 0); snap.Seq != latest.Seq || snap.Pepper != "pep" || snap.Count < 5 {
+		t.Fatalf("snapshot %+v, latest change %d", snap, latest.Seq)
+	}
+	// An error of the callback ends the scan with it.
+	stop := errors.New("stop")
+	if err := s.ScanLookupHashes(ctx, func(identity.LookupSnapshot) error { return nil },
+		func([]byte, []byte) error { return stop }); !errors.Is(err, stop) {
+		t.Fatalf("callback error: %v", err)
+	}
+}
+
+// A write whose hashes were made with a pepper that is no longer current stores nothing, so
+// that a bind racing a rotation is retried with the new pepper instead of becoming unfindable.
+func testPepperChecked(t *testing.T, s identity.Store) {
+	must(t, s.SetSetting(ctx, identity.SettingPepper, "old"))
+	must(t, s.RehashBindings(ctx, "new", func(threepid.ThreePID) ([]string, []string) { return nil, nil }))
+	b := binding("email", "late@x.org", "@late:hs")
+	if err := s.Bind(ctx, identity.BindRequest{Binding: b, Hashes: []string{"h-old"}, Pepper: "old"}); !errors.Is(err, identity.ErrPepperChanged) {
+		t.Fatalf("bind with the old pepper: %v", err)
+	}
+	items := []identity.ImportBinding{{Binding: binding("email", "i@x.org", "@i:hs"), Hashes: []string{"i-new"}, Pepper: "new"},
+		{Binding: binding("email", "j@x.org", "@j:hs"), Hashes: []string{"j-old"}, Pepper: "old"}}
+	if _, err := s.ImportBindings(ctx, items, nil, nil); !errors.Is(err, identity.ErrPepperChanged) {
+		t.Fatalf("import with an old pepper: %v", err)
+	}
+	if m, _ := s.LookupHashes(ctx, []string{"h-old", "i-new", "j-old"}); len(m) != 0 {
+		t.Fatalf("refused writes stored %v", m)
+	}
+	if _, err := s.GetBinding(ctx, b.ThreePID); !errors.Is(err, identity.ErrNotFound) {
+		t.Fatalf("refused bind stored: %v", err)
+	}
+	must(t, s.Bind(ctx, identity.BindRequest{Binding: b, Hashes: []string{"h-new"}, Pepper: "new"}))
+	if m, _ := s.LookupHashes(ctx, []string{"h-new"}); m["h-new"] != "@late:hs" {
+		t.Fatalf("bind with the current pepper: %v", m)
 	}
 }

@@ -30,6 +30,19 @@ func (s *Store) ImportBindings(ctx context.Context, items []identity.ImportBindi
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		im.tx = tx
 		res = identity.ImportResult{}
+		seq, err := nextChange(ctx, tx)
+		if err != nil {
+			return err
+		}
+		peppers := map[string]bool{}
+		for _, it := range items {
+			peppers[it.Pepper] = true
+		}
+		for p := range peppers {
+			if err := checkPepper(ctx, tx, p); err != nil {
+				return err
+			}
+		}
 		if !im.pg {
 			// Thousands of random-keyed hash rows overflow a connection's small page cache,
 			// which then spills to the WAL many times per transaction. SQLite has one writer at
@@ -64,6 +77,13 @@ func (s *Store) ImportBindings(ctx context.Context, items []identity.ImportBindi
 			return err
 		}
 		if err := im.insertFoldedHashes(ctx, changed); err != nil {
+			return err
+		}
+		var hashes []string
+		for _, it := range changed {
+			hashes = append(append(hashes, it.Hashes...), it.FoldedHashes...)
+		}
+		if err := s.logChanges(ctx, tx, seq, changeHash, hashes...); err != nil {
 			return err
 		}
 		delivered := map[threepid.ThreePID][]identity.Invite{}

@@ -42,6 +42,8 @@ type DB struct {
 	// stmts holds the index's statements run for every directory, parsed once.
 	smu   sync.Mutex
 	stmts map[string]*sql.Stmt
+	// mmapBytes is SQLite's mmap_size, for connections that turn it off for a while.
+	mmapBytes int64
 }
 
 var _ mcsd.Store = (*DB)(nil)
@@ -139,7 +141,7 @@ func OpenPool(ctx context.Context, databaseURL, dataDir string, pool Pool) (*DB,
 		db.Close()
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
-	return &DB{DB: db, Engine: SQLite}, nil
+	return &DB{DB: db, Engine: SQLite, mmapBytes: pool.SQLiteMmapBytes}, nil
 }
 
 // defaultConnectTimeout bounds a new PostgreSQL connection (seconds) unless the URL sets

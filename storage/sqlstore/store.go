@@ -242,15 +242,22 @@ func (s *Store) GetAccessToken(ctx context.Context, tokenHash string) (identity.
 	return a, nil
 }
 
+// DeleteAccessToken revokes a token and logs it, so other replicas drop it from their caches.
 func (s *Store) DeleteAccessToken(ctx context.Context, tokenHash string) error {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM accounts WHERE token_hash = $1`, tokenHash)
-	if err != nil {
-		return fmt.Errorf("delete account: %w", err)
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return identity.ErrNotFound
-	}
-	return nil
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		seq, err := nextChange(ctx, tx)
+		if err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, `DELETE FROM accounts WHERE token_hash = $1`, tokenHash)
+		if err != nil {
+			return fmt.Errorf("delete account: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return identity.ErrNotFound
+		}
+		return s.logChanges(ctx, tx, seq, changeToken, tokenHash)
+	})
 }
 
 func (s *Store) AcceptTerms(ctx context.Context, userID string, urls []string) error {
@@ -501,6 +508,13 @@ func (s *Store) DeleteExpiredSessions(ctx context.Context, createdBefore time.Ti
 func (s *Store) Bind(ctx context.Context, req identity.BindRequest) error {
 	b := req.Binding
 	return s.tx(ctx, func(tx *sql.Tx) error {
+		seq, err := nextChange(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if err := checkPepper(ctx, tx, req.Pepper); err != nil {
+			return err
+		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO bindings (medium, address, mxid, created_at, not_before, not_after, source)
 			VALUES ($1, $2, $3, $4, $5, $6, $7)
 			ON CONFLICT (medium, address) DO UPDATE SET mxid = excluded.mxid, created_at = excluded.created_at,
@@ -508,7 +522,8 @@ func (s *Store) Bind(ctx context.Context, req identity.BindRequest) error {
 			b.Medium, b.Address, b.MXID, ms(b.CreatedAt), ms(b.NotBefore), ms(b.NotAfter), b.Source); err != nil {
 			return fmt.Errorf("store binding: %w", err)
 		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM binding_hashes WHERE medium = $1 AND address = $2`, b.Medium, b.Address); err != nil {
+		old, err := deleteReturning(ctx, tx, `DELETE FROM binding_hashes WHERE medium = $1 AND address = $2 RETURNING hash`, b.Medium, b.Address)
+		if err != nil {
 			return fmt.Errorf("replace lookup hashes: %w", err)
 		}
 		for _, h := range req.Hashes {
@@ -517,7 +532,12 @@ func (s *Store) Bind(ctx context.Context, req identity.BindRequest) error {
 				return fmt.Errorf("store lookup hash: %w", err)
 			}
 		}
-		if err := replaceFoldedHashes(ctx, tx, b.ThreePID, req.FoldedHashes); err != nil {
+		oldFolded, err := replaceFoldedHashes(ctx, tx, b.ThreePID, req.FoldedHashes)
+		if err != nil {
+			return err
+		}
+		changed := append(append(append(old, req.Hashes...), oldFolded...), req.FoldedHashes...)
+		if err := s.logChanges(ctx, tx, seq, changeHash, changed...); err != nil {
 			return err
 		}
 		if req.Deliver == nil {
@@ -590,6 +610,10 @@ func (s *Store) GetBinding(ctx context.Context, tp threepid.ThreePID) (identity.
 
 func (s *Store) DeleteBinding(ctx context.Context, tp threepid.ThreePID, mxid string, recs ...audit.Record) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
+		seq, err := nextChange(ctx, tx)
+		if err != nil {
+			return err
+		}
 		q := `DELETE FROM bindings WHERE medium = $1 AND address = $2`
 		args := []any{tp.Medium, tp.Address}
 		if mxid != "" {
@@ -603,10 +627,15 @@ func (s *Store) DeleteBinding(ctx context.Context, tp threepid.ThreePID, mxid st
 		if n, _ := res.RowsAffected(); n == 0 {
 			return identity.ErrNotFound
 		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM binding_hashes WHERE medium = $1 AND address = $2`, tp.Medium, tp.Address); err != nil {
+		old, err := deleteReturning(ctx, tx, `DELETE FROM binding_hashes WHERE medium = $1 AND address = $2 RETURNING hash`, tp.Medium, tp.Address)
+		if err != nil {
 			return fmt.Errorf("delete lookup hashes: %w", err)
 		}
-		if err := replaceFoldedHashes(ctx, tx, tp, nil); err != nil {
+		oldFolded, err := replaceFoldedHashes(ctx, tx, tp, nil)
+		if err != nil {
+			return err
+		}
+		if err := s.logChanges(ctx, tx, seq, changeHash, append(old, oldFolded...)...); err != nil {
 			return err
 		}
 		return s.appendAudit(ctx, tx, recs)
@@ -720,17 +749,19 @@ func (s *Store) queryHashes(ctx context.Context, query, suffix string, hashes []
 	return nil
 }
 
-func replaceFoldedHashes(ctx context.Context, tx *sql.Tx, tp threepid.ThreePID, hashes []string) error {
-	if _, err := tx.ExecContext(ctx, `DELETE FROM binding_folded_hashes WHERE medium = $1 AND address = $2`, tp.Medium, tp.Address); err != nil {
-		return fmt.Errorf("replace folded lookup hashes: %w", err)
+// replaceFoldedHashes gives tp the folded hashes hashes and returns the ones it had.
+func replaceFoldedHashes(ctx context.Context, tx *sql.Tx, tp threepid.ThreePID, hashes []string) ([]string, error) {
+	old, err := deleteReturning(ctx, tx, `DELETE FROM binding_folded_hashes WHERE medium = $1 AND address = $2 RETURNING hash`, tp.Medium, tp.Address)
+	if err != nil {
+		return nil, fmt.Errorf("replace folded lookup hashes: %w", err)
 	}
 	for _, h := range hashes {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO binding_folded_hashes (hash, medium, address) VALUES ($1, $2, $3)
 			ON CONFLICT DO NOTHING`, h, tp.Medium, tp.Address); err != nil {
-			return fmt.Errorf("store folded lookup hash: %w", err)
+			return nil, fmt.Errorf("store folded lookup hash: %w", err)
 		}
 	}
-	return nil
+	return old, nil
 }
 
 func (s *Store) LookupThreePIDs(ctx context.Context, tps []threepid.ThreePID) (map[threepid.ThreePID]string, error) {
@@ -768,8 +799,19 @@ func (s *Store) LookupThreePIDs(ctx context.Context, tps []threepid.ThreePID) (m
 	return out, nil
 }
 
-func (s *Store) RehashBindings(ctx context.Context, hashFn func(threepid.ThreePID) (hashes, folded []string)) error {
+func (s *Store) RehashBindings(ctx context.Context, pepper string, hashFn func(threepid.ThreePID) (hashes, folded []string)) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
+		seq, err := nextChange(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if err := s.logChanges(ctx, tx, seq, changeRehash, ""); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO settings (name, value) VALUES ($1, $2)
+			ON CONFLICT (name) DO UPDATE SET value = excluded.value`, identity.SettingPepper, pepper); err != nil {
+			return fmt.Errorf("store pepper: %w", err)
+		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM binding_hashes`); err != nil {
 			return fmt.Errorf("clear lookup hashes: %w", err)
 		}
@@ -805,7 +847,7 @@ func (s *Store) RehashBindings(ctx context.Context, hashFn func(threepid.ThreePI
 					return fmt.Errorf("store lookup hash: %w", err)
 				}
 			}
-			if err := replaceFoldedHashes(ctx, tx, tp, folded); err != nil {
+			if _, err := replaceFoldedHashes(ctx, tx, tp, folded); err != nil {
 				return err
 			}
 		}

@@ -1,0 +1,181 @@
+package hashindex_test
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/ozo-platform/ozo-identity/lookup/hashindex"
+)
+
+func hashOf(i int) hashindex.Hash { return sha256.Sum256([]byte(fmt.Sprint("addr", i))) }
+
+// The table answers like a map through random sets, replacements and deletes, across growth,
+// free-list reuse and arena compaction.
+func TestTableMatchesMap(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	tab := hashindex.New(0)
+	want := map[hashindex.Hash]string{}
+	const keys = 20000
+	for op := range 400000 {
+		h := hashOf(rng.IntN(keys))
+		switch rng.IntN(3) {
+		case 0, 1:
+			v := fmt.Sprintf("@u%d-%s:hs.example.nl", rng.IntN(1000), strings.Repeat("x", rng.IntN(40)))
+			if err := tab.Set(&h, v); err != nil {
+				t.Fatal(err)
+			}
+			want[h] = v
+		case 2:
+			_, had := want[h]
+			if got := tab.Delete(&h); got != had {
+				t.Fatalf("op %d: Delete = %v, want %v", op, got, had)
+			}
+			delete(want, h)
+		}
+		if op%9973 == 0 {
+			check(t, tab, want, keys)
+		}
+	}
+	check(t, tab, want, keys)
+	// Empty it entirely: every probe run must still end.
+	for h := range want {
+		tab.Delete(&h)
+	}
+	if tab.Len() != 0 {
+		t.Fatalf("Len %d after deleting everything", tab.Len())
+	}
+	check(t, tab, map[hashindex.Hash]string{}, keys)
+}
+
+func check(t *testing.T, tab *hashindex.Table, want map[hashindex.Hash]string, keys int) {
+	t.Helper()
+	if tab.Len() != len(want) {
+		t.Fatalf("Len %d, want %d", tab.Len(), len(want))
+	}
+	for i := range keys {
+		h := hashOf(i)
+		got, ok := tab.Get(&h)
+		w, wok := want[h]
+		if ok != wok || got != w {
+			t.Fatalf("key %d: got %q %v, want %q %v", i, got, ok, w, wok)
+		}
+	}
+}
+
+// Keys equal in their first 8 bytes (the part placed by) are still told apart by the full hash.
+func TestTableSamePrefix(t *testing.T) {
+	tab := hashindex.New(4)
+	var a, b hashindex.Hash
+	a[31], b[31] = 1, 2
+	tab.Set(&a, "@a:x")
+	tab.Set(&b, "@b:x")
+	if v, _ := tab.Get(&a); v != "@a:x" {
+		t.Fatalf("a = %q", v)
+	}
+	if v, _ := tab.Get(&b); v != "@b:x" {
+		t.Fatalf("b = %q", v)
+	}
+	tab.Delete(&a)
+	if _, ok := tab.Get(&a); ok {
+		t.Fatal("a still there")
+	}
+	if v, _ := tab.Get(&b); v != "@b:x" {
+		t.Fatalf("b after deleting a = %q", v)
+	}
+}
+
+func TestTableRefusesLongValues(t *testing.T) {
+	tab := hashindex.New(1)
+	h := hashOf(1)
+	if err := tab.Set(&h, strings.Repeat("x", 256)); err == nil {
+		t.Fatal("256-byte value accepted")
+	}
+	if err := tab.Set(&h, strings.Repeat("x", 255)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Parse accepts exactly the canonical form the server computes and refuses every other string,
+// including other spellings of the same bytes.
+func TestParse(t *testing.T) {
+	h := hashOf(7)
+	s := base64.RawURLEncoding.EncodeToString(h[:])
+	if got, err := hashindex.Parse(s); err != nil || got != h {
+		t.Fatalf("Parse(%s) = %v, %v", s, got, err)
+	}
+	last := strings.IndexByte("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", s[42])
+	alt := s[:42] + string("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[last|1])
+	if alt == s {
+		alt = s[:42] + string("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[last|2])
+	}
+	for _, bad := range []string{"", s[:42], s + "A", s + "=", base64.StdEncoding.EncodeToString(h[:]),
+		strings.Replace(s, s[:1], "+", 1), alt, strings.Repeat("\x00", 43), "é" + s[2:]} {
+		if _, err := hashindex.Parse(bad); err == nil {
+			t.Errorf("Parse(%q) accepted", bad)
+		}
+	}
+}
+
+// BenchmarkTableGet measures one hit or miss at 10k and 1M entries; the memory column is the
+// table's own arrays per entry.
+func BenchmarkTableGet(b *testing.B) {
+	for _, n := range []int{10_000, 1_000_000} {
+		tab := hashindex.New(n)
+		keys := make([]hashindex.Hash, n)
+		for i := range keys {
+			keys[i] = hashOf(i)
+			tab.Set(&keys[i], fmt.Sprintf("@user%07d:hs.example.nl", i))
+		}
+		runtime.GC()
+		for _, hit := range []bool{true, false} {
+			b.Run(fmt.Sprintf("entries=%d/hit=%v", n, hit), func(b *testing.B) {
+				probe := keys
+				if !hit {
+					probe = make([]hashindex.Hash, 4096)
+					for i := range probe {
+						probe[i] = hashOf(-1 - i)
+					}
+				}
+				i := 0
+				for b.Loop() {
+					_, ok := tab.Get(&probe[i%len(probe)])
+					if ok != hit {
+						b.Fatal("wrong answer")
+					}
+					i += 7919
+				}
+				b.ReportMetric(float64(tab.Bytes())/float64(n), "B/entry")
+			})
+		}
+	}
+}
+
+// BenchmarkTableParseGet is the whole per-address cost of a lookup: decode the base64 hash, then Get.
+func BenchmarkTableParseGet(b *testing.B) {
+	const n = 1_000_000
+	tab := hashindex.New(n)
+	strs := make([]string, 4096)
+	for i := range n {
+		h := hashOf(i)
+		tab.Set(&h, fmt.Sprintf("@user%07d:hs.example.nl", i))
+		if i < len(strs) {
+			strs[i] = base64.RawURLEncoding.EncodeToString(h[:])
+		}
+	}
+	i := 0
+	for b.Loop() {
+		h, err := hashindex.Parse(strs[i%len(strs)])
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, ok := tab.Get(&h); !ok {
+			b.Fatal("miss")
+		}
+		i++
+	}
+}
