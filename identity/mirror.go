@@ -276,9 +276,9 @@ func (m *Mirror) Run(ctx context.Context) {
 // mirror can tell them from hashes of another pepper during a rotation.
 type pepperKey struct{}
 
-// ResolveHashes answers from memory while the mirror is current, and from the database otherwise.
-// When the hashes' pepper (from Service.Lookup) is not the one of the answers, it fails with
-// ErrPepperChanged rather than answer "not bound" for bound addresses.
+// ResolveHashes answers from memory while the mirror is current and has the hashes' pepper (from
+// Service.Lookup), and from the database otherwise. When that pepper is no longer the stored one it
+// fails with ErrPepperChanged rather than answer "not bound" for bound addresses.
 func (m *Mirror) ResolveHashes(ctx context.Context, hashes []string) (map[string]string, error) {
 	pepper, _ := ctx.Value(pepperKey{}).(string)
 	out, ok, err := m.resolveHashes(pepper, hashes)
@@ -307,7 +307,9 @@ func (m *Mirror) resolveHashes(pepper string, hashes []string) (map[string]strin
 		return nil, false, nil
 	}
 	if pepper != "" && pepper != m.pepper {
-		return nil, false, ErrPepperChanged
+		// A rotation the mirror has not read yet (or one it read before this lookup's caller
+		// did): the database answers, and refuses a pepper that is really gone.
+		return nil, false, nil
 	}
 	out := make(map[string]string, len(hashes))
 	for _, s := range hashes {
