@@ -208,7 +208,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	}
 	webCfg := web.Config{Key: webKey, SubmitTemplate: cfg.Validation.SubmitPage, Tokens: svc,
 		Accounts: accounts, ClientURLs: cfg.OZOAccounts.ClientURLs, MinPasswordLength: cfg.OZOAccounts.MinPasswordLength,
-		Log: log.With("component", "web")}
+		Unavailable: sqlstore.Unavailable, Log: log.With("component", "web")}
 	if ssoSvc != nil {
 		webCfg.SSO = ssoSvc
 	}
