@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/ozo-platform/ozo-identity/ozoaccount"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
@@ -151,6 +152,46 @@ func TestActivationOnce(t *testing.T) {
 		}
 		if left, _ := f.store.RecoveryCodesLeft(ctx, a.ID); left != 0 {
 			t.Fatalf("%d recovery codes left that nobody was shown", left)
+		}
+	})
+}
+
+// TestPruneTokens: the housekeeping removes the links, tickets and codes a real account left
+// behind once they expired or were used more than a day ago, and keeps a link still waiting.
+func TestPruneTokens(t *testing.T) {
+	forEngines(t, func(t *testing.T, f *fixture) {
+		ctx := t.Context()
+		const addr = "prune@example.nl"
+		secret, _ := f.activate(t, addr) // a used activation link
+		_, challenge := pkce(t, "pruning")
+		f.handoffLogin(t, addr, secret, challenge) // a used login ticket and a waiting hand-off code
+		if _, err := f.svc.Login(ctx, addr, password); err != nil { // a ticket never used
+			t.Fatal(err)
+		}
+		var before int
+		f.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM ozo_account_tokens`).Scan(&before)
+		if before != 4 {
+			t.Fatalf("%d tokens after activation and two logins, want 4", before)
+		}
+		if n, err := f.svc.PruneTokens(ctx); err != nil || n != 0 {
+			t.Fatalf("prune with nothing expired or long used: %d, %v", n, err)
+		}
+		f.clock.add(25 * time.Hour)
+		other, _, err := f.svc.Provision(ctx, ozoaccount.ProvisionRequest{Email: "waiting@example.nl", Kind: ozoaccount.KindPatient})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := f.svc.PruneTokens(ctx)
+		if err != nil || n != int64(before) {
+			t.Fatalf("pruned %d of %d tokens, %v", n, before, err)
+		}
+		var left int
+		f.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM ozo_account_tokens WHERE account_id = $1`, other.ID).Scan(&left)
+		if left != 1 {
+			t.Fatalf("the waiting activation link of another account: %d rows", left)
+		}
+		if _, err := f.svc.CheckActivation(ctx, f.mailedToken(t, "waiting@example.nl", 1, ozoaccount.ActivatePath)); err != nil {
+			t.Fatalf("a live link after pruning: %v", err)
 		}
 	})
 }
