@@ -626,6 +626,10 @@ func (s *Service) CompleteActivation(ctx context.Context, token, code string) ([
 		return nil, Account{}, err
 	}
 	if a.TOTPPending == "" || a.PasswordHash == "" {
+		// A concurrent completion may have just used the link (and cleared the pending secret).
+		if _, err := s.store.GetToken(ctx, hashToken(token), PurposeActivation, s.now()); err != nil {
+			return nil, Account{}, s.linkRefused(ctx, "activation", a.ID, err)
+		}
 		return nil, Account{}, fmt.Errorf("%w: set a password first", ErrInvalid)
 	}
 	pending, err := s.openSecret(a.TOTPPending)
