@@ -164,7 +164,7 @@ func TestPruneTokens(t *testing.T) {
 		const addr = "prune@example.nl"
 		secret, _ := f.activate(t, addr) // a used activation link
 		_, challenge := pkce(t, "pruning")
-		f.handoffLogin(t, addr, secret, challenge) // a used login ticket and a waiting hand-off code
+		f.handoffLogin(t, addr, secret, challenge)                  // a used login ticket and a waiting hand-off code
 		if _, err := f.svc.Login(ctx, addr, password); err != nil { // a ticket never used
 			t.Fatal(err)
 		}
