@@ -164,8 +164,9 @@ func TestPruneTokens(t *testing.T) {
 		const addr = "prune@example.nl"
 		secret, _ := f.activate(t, addr) // a used activation link
 		_, challenge := pkce(t, "pruning")
-		f.handoffLogin(t, addr, secret, challenge)                  // a used login ticket and a waiting hand-off code
-		if _, err := f.svc.Login(ctx, addr, password); err != nil { // a ticket never used
+		// A used login ticket and a waiting hand-off code, then a ticket never used.
+		f.handoffLogin(t, addr, secret, challenge)
+		if _, err := f.svc.Login(ctx, addr, password); err != nil {
 			t.Fatal(err)
 		}
 		var before int
