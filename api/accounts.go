@@ -186,6 +186,12 @@ func (s *Server) accountToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res, err := s.cfg.Accounts.RedeemHandoff(r.Context(), req.Code, req.CodeVerifier)
+	if errors.Is(err, ozoaccount.ErrHomeserver) {
+		// The code was put back: the client retries with it rather than start a new login.
+		s.log.WarnContext(r.Context(), "ozo account: homeserver login failed at redemption", "err", err)
+		matrixError(w, http.StatusBadGateway, identity.CodeUnknown, "the homeserver did not sign the account in; try again with the same code while it is valid")
+		return
+	}
 	if err != nil {
 		s.writeAccountError(w, r, err)
 		return

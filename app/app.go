@@ -226,7 +226,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	}
 	webCfg := web.Config{Key: webKey, SubmitTemplate: cfg.Validation.SubmitPage, Tokens: svc,
 		Accounts: accounts, ClientURLs: cfg.OZOAccounts.ClientURLs, MinPasswordLength: cfg.OZOAccounts.MinPasswordLength,
-		Log: log.With("component", "web")}
+		Unavailable: sqlstore.Unavailable, Log: log.With("component", "web")}
 	if ssoSvc != nil {
 		webCfg.SSO = ssoSvc
 	}
@@ -436,7 +436,7 @@ type lifetimes struct {
 }
 
 // runWorkers runs the background work (mCSD sync, onbind delivery, audit, clean-up of expired
-// sessions, invites and ephemeral keys) until its lifetimes end.
+// sessions, invites, ephemeral keys and OZO account tokens) until its lifetimes end.
 func (a *App) runWorkers(l lifetimes) {
 	ctx := l.jobs
 	a.adminSync.setContext(ctx)
@@ -485,6 +485,11 @@ func (a *App) runWorkers(l lifetimes) {
 				a.log.Warn("invite clean-up", "err", err)
 			} else if inv > 0 || keys > 0 {
 				a.log.Info("removed expired invites", "invites", inv, "ephemeral_keys", keys)
+			}
+			if n, err := a.Accounts.PruneTokens(ctx); err != nil && ctx.Err() == nil {
+				a.log.Warn("ozo account token clean-up", "err", err)
+			} else if n > 0 {
+				a.log.Info("removed expired and used ozo account links, tickets and codes", "count", n)
 			}
 			a.PruneAudit(ctx)
 			select {

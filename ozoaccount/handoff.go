@@ -106,13 +106,23 @@ func (s *Service) RedeemHandoff(ctx context.Context, code, verifier string) (Log
 		}
 		return LoginResult{}, err
 	}
+	// giveBack puts the code back after a failure that is not the client's (the homeserver or
+	// the database), so the client may try again while it lives, as onboarding does.
+	giveBack := func(cause error) error {
+		ok, err := s.store.ReleaseToken(context.WithoutCancel(ctx), t.Hash, PurposeHandoff, t.UsedAt, s.now())
+		if err != nil || !ok {
+			s.log.WarnContext(ctx, "ozo account: handoff code not put back after a failed redemption", "account", t.AccountID,
+				"released", ok, "err", err)
+		}
+		return cause
+	}
 	a, err := s.store.GetAccount(ctx, t.AccountID)
 	if errors.Is(err, ErrNotFound) {
 		s.refused(ctx, audit.ActionLoginFailure, Account{ID: t.AccountID}, "handoff: the account is gone")
 		return LoginResult{}, ErrInvalidCredentials
 	}
 	if err != nil {
-		return LoginResult{}, err
+		return LoginResult{}, giveBack(err)
 	}
 	if a.Status != StatusActive {
 		s.refused(ctx, audit.ActionLoginFailure, a, "handoff: the account is "+string(a.Status))
@@ -123,12 +133,13 @@ func (s *Service) RedeemHandoff(ctx context.Context, code, verifier string) (Log
 		return res, nil
 	}
 	if a, err = s.ensureMatrix(ctx, a); err != nil {
-		return LoginResult{}, err
+		return LoginResult{}, giveBack(err)
 	}
 	res.Account, res.UserID = a, a.MXID
 	if res.AccessToken, res.DeviceID, err = s.hs.Login(ctx, a.MXID); err != nil {
-		return LoginResult{}, fmt.Errorf("%w: %v", ErrHomeserver, err)
+		return LoginResult{}, giveBack(fmt.Errorf("%w: %v", ErrHomeserver, err))
 	}
+	// From here the code stays spent: a session exists (or was ended below), so it is never put back.
 	// Disabled or deleted while the homeserver signed in: the new session must not outlive it
 	// (Disable logged the user out before this device existed).
 	if now, err := s.store.GetAccount(ctx, a.ID); err != nil || now.Status != StatusActive {

@@ -484,6 +484,17 @@ func (s *Service) List(ctx context.Context, after string, limit int) ([]Account,
 	return s.store.ListAccounts(ctx, after, limit)
 }
 
+// usedTokenGrace is how long a used link, ticket or code is kept: a link followed again the
+// same day is told "already used" rather than "unknown".
+const usedTokenGrace = 24 * time.Hour
+
+// PruneTokens removes the links, login tickets and hand-off codes that expired, and those used
+// more than a day ago; the hourly housekeeping calls it. It returns how many it removed.
+func (s *Service) PruneTokens(ctx context.Context) (int64, error) {
+	now := s.now().UTC()
+	return s.store.PruneTokens(ctx, now, now.Add(-usedTokenGrace))
+}
+
 // RecoveryCodesLeft counts the account's unused recovery codes.
 func (s *Service) RecoveryCodesLeft(ctx context.Context, id string) (int, error) {
 	return s.store.RecoveryCodesLeft(ctx, id)
@@ -615,6 +626,10 @@ func (s *Service) CompleteActivation(ctx context.Context, token, code string) ([
 		return nil, Account{}, err
 	}
 	if a.TOTPPending == "" || a.PasswordHash == "" {
+		// A concurrent completion may have just used the link (and cleared the pending secret).
+		if _, err := s.store.GetToken(ctx, hashToken(token), PurposeActivation, s.now()); err != nil {
+			return nil, Account{}, s.linkRefused(ctx, "activation", a.ID, err)
+		}
 		return nil, Account{}, fmt.Errorf("%w: set a password first", ErrInvalid)
 	}
 	pending, err := s.openSecret(a.TOTPPending)
@@ -625,9 +640,6 @@ func (s *Service) CompleteActivation(ctx context.Context, token, code string) ([
 	if !ok {
 		s.refused(ctx, audit.ActionAccountCredentials, a, "activation: wrong code")
 		return nil, Account{}, ErrWrongCode
-	}
-	if _, err := s.store.UseToken(ctx, hashToken(token), PurposeActivation, s.now()); err != nil {
-		return nil, Account{}, s.linkRefused(ctx, "activation", a.ID, err)
 	}
 	codes, hashes, err := newRecoveryCodes()
 	if err != nil {
@@ -642,19 +654,16 @@ func (s *Service) CompleteActivation(ctx context.Context, token, code string) ([
 		a.ActivatedAt = now
 	}
 	rec := byHolder(record(ctx, audit.ActionAccountCredentials, a, what), a)
-	if err := s.store.UpdateAccount(ctx, a, rec); err != nil {
+	// One transaction: a failure anywhere leaves the link usable and the account as it was, so
+	// the person simply tries again. The confirming code's step is used up like any other.
+	err = s.store.CompleteActivation(ctx, hashToken(token), s.now(), a, step, hashes, rec)
+	switch {
+	case errors.Is(err, ErrNotFound) || errors.Is(err, ErrTokenUsed) || errors.Is(err, ErrTokenExpired):
+		return nil, Account{}, s.linkRefused(ctx, "activation", a.ID, err)
+	case err != nil:
 		return nil, Account{}, err
 	}
-	if err := s.store.ResetTOTPStep(ctx, a.ID); err != nil {
-		return nil, Account{}, err
-	}
-	// The confirming code is used up like any other.
-	if _, err := s.store.UseTOTPStep(ctx, a.ID, step); err != nil {
-		return nil, Account{}, err
-	}
-	if err := s.store.SetRecoveryCodes(ctx, a.ID, hashes); err != nil {
-		return nil, Account{}, err
-	}
+	a.TOTPLastStep = step
 	if a, err = s.ensureMatrix(ctx, a); err != nil {
 		// The account is active; the next login tries again.
 		s.log.WarnContext(ctx, "ozo account: matrix account not ready", "account", a.ID, "err", err)

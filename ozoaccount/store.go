@@ -114,8 +114,23 @@ type Store interface {
 	// UseToken marks a usable token used, so that of concurrent callers exactly one succeeds
 	// (and appends recs); errors as GetToken.
 	UseToken(ctx context.Context, hash string, purpose Purpose, now time.Time, recs ...audit.Record) (Token, error)
+	// ReleaseToken makes a token that UseToken spent usable again, for a use that could not be
+	// completed (the homeserver failed): only while usedAt is still the token's used time (that
+	// use, not a later one) and it has not expired. It reports whether it did.
+	ReleaseToken(ctx context.Context, hash string, purpose Purpose, usedAt, now time.Time) (bool, error)
 	// DeleteTokens removes the account's tokens of purpose (all purposes when empty).
 	DeleteTokens(ctx context.Context, accountID string, purpose Purpose) error
+	// PruneTokens removes the tokens of every purpose that expired by now, and those used
+	// before usedBefore; it returns how many it removed.
+	PruneTokens(ctx context.Context, now, usedBefore time.Time) (int64, error)
+
+	// CompleteActivation is the end of an activation, in one transaction: it uses the
+	// activation link hash of account a (errors as UseToken; ErrNotFound for a link of another
+	// account, or an account that is gone or disabled), writes every field of a as UpdateAccount
+	// does, sets the last accepted TOTP step to step, replaces the recovery codes by
+	// recoveryHashes and appends recs. When any of it fails, nothing changes: the link stays usable.
+	CompleteActivation(ctx context.Context, hash string, now time.Time, a Account, step int64, recoveryHashes []string,
+		recs ...audit.Record) error
 
 	// UseTOTPStep records step as the account's last accepted TOTP step if it is later than the
 	// one recorded, atomically; it reports whether it was.

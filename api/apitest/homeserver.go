@@ -20,7 +20,8 @@ import (
 )
 
 // Homeserver is a homeserver stand-in over TLS on 127.0.0.1: it answers OpenID userinfo for the
-// tokens it issued, records 3PID onbind calls and publishes its signing key.
+// tokens it issued, records 3PID onbind calls, publishes its signing key and serves the
+// client-server calls of an application service (ASToken) that OZO accounts make.
 type Homeserver struct {
 	// Name is the server name, 127.0.0.1:port.
 	Name string
@@ -40,6 +41,7 @@ type Homeserver struct {
 	// onbindError is the error body answered with a non-200 onbind status; nil means M_UNKNOWN.
 	onbindError map[string]string
 	notify      chan struct{}
+	as          appService
 }
 
 // OnBind is one /3pid/onbind call the stand-in received.
@@ -67,6 +69,7 @@ func NewHomeserverTLS(t testing.TB, tlsConfig *tls.Config) *Homeserver {
 	mux.HandleFunc("GET /_matrix/key/v2/server", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, hs.Key.GenerateKeyResponse(hs.Name, nil))
 	})
+	hs.mountAppService(mux)
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hs.hits.Add(1)
 		mux.ServeHTTP(w, r)

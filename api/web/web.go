@@ -43,7 +43,10 @@ type Config struct {
 	ClientURLs []string
 	// MinPasswordLength is shown on the password forms.
 	MinPasswordLength int
-	Log               *slog.Logger
+	// Unavailable reports errors that mean the database is gone for the moment
+	// (sqlstore.Unavailable): pages answer 503 with Retry-After for them instead of 500.
+	Unavailable func(error) bool
+	Log         *slog.Logger
 }
 
 // Handler renders pages and serves their static files and form targets.
@@ -61,6 +64,7 @@ type Handler struct {
 	accounts    Accounts
 	clientURLs  []string
 	minPassword int
+	unavailable func(error) bool
 }
 
 // New parses the embedded templates and derives the cookie keys.
@@ -76,7 +80,7 @@ func New(cfg Config) (*Handler, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	h := &Handler{pages: map[string]map[string]*template.Template{}, tokens: cfg.Tokens, sso: cfg.SSO, log: log,
-		accounts: cfg.Accounts, clientURLs: cfg.ClientURLs, minPassword: cfg.MinPasswordLength}
+		accounts: cfg.Accounts, clientURLs: cfg.ClientURLs, minPassword: cfg.MinPasswordLength, unavailable: cfg.Unavailable}
 	var err error
 	if h.sessionKey, err = hkdf.Key(sha256.New, cfg.Key, nil, "ozo-identity web session v1", 32); err != nil {
 		return nil, fmt.Errorf("web: derive session key: %w", err)
@@ -277,6 +281,15 @@ type errorData struct {
 // logged with the id so that an operator can find it.
 func (h *Handler) Error(w http.ResponseWriter, r *http.Request, status int, msgKey string, err error) {
 	pr := fromContext(r.Context())
+	if status == http.StatusInternalServerError && err != nil && h.unavailable != nil && h.unavailable(err) {
+		// The database is gone for the moment: the person tries again shortly, here or at
+		// another replica, and the operator looks at the database rather than at this service.
+		status, msgKey = http.StatusServiceUnavailable, "error.unavailable"
+		w.Header().Set("Retry-After", "5")
+		h.log.WarnContext(r.Context(), "page error: database unreachable", "status", status, "path", r.URL.Path, "request_id", pr.id, "err", err)
+		h.Render(w, r, status, "error", errorData{Status: status, Message: msgKey})
+		return
+	}
 	if err != nil {
 		level := slog.LevelInfo
 		if status >= 500 {

@@ -3,6 +3,7 @@ package storetest
 
 import (
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -20,6 +21,10 @@ func Run(t *testing.T, open func(t *testing.T) ozoaccount.Store) {
 	t.Run("Lockout", func(t *testing.T) { testLockout(t, open(t)) })
 	t.Run("AuditFailsClosed", func(t *testing.T) { testAuditFailsClosed(t, open(t)) })
 	t.Run("LockRecordsOnlyWhenLocking", func(t *testing.T) { testLockRecords(t, open(t)) })
+	t.Run("CompleteActivation", func(t *testing.T) { testCompleteActivation(t, open(t)) })
+	t.Run("CompleteActivationOnce", func(t *testing.T) { testCompleteActivationOnce(t, open(t)) })
+	t.Run("ReleaseToken", func(t *testing.T) { testReleaseToken(t, open(t)) })
+	t.Run("PruneTokens", func(t *testing.T) { testPruneTokens(t, open(t)) })
 }
 
 var t0 = time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
@@ -372,5 +377,271 @@ func testLockRecords(t *testing.T, s ozoaccount.Store) {
 	}
 	if len(seen) != 2 || seen[0].Failures != 3 || !seen[0].LockedUntil.Equal(t0.Add(2*time.Second+3*time.Minute)) || seen[1].Failures != 4 {
 		t.Fatalf("onLock saw %+v, want the 3rd and 4th failures", seen)
+	}
+}
+
+// activated is a's state after a completed activation with secret.
+func activated(a ozoaccount.Account, secret string) ozoaccount.Account {
+	a.Status, a.PasswordHash, a.TOTPSecret, a.TOTPPending = ozoaccount.StatusActive, "$argon2id$new", secret, ""
+	a.ActivatedAt, a.UpdatedAt = t0.Add(time.Minute), t0.Add(time.Minute)
+	return a
+}
+
+// usable reports whether the recovery code hash is one of the account's unused codes, using it.
+func usable(t *testing.T, s ozoaccount.Store, id, hash string) bool {
+	t.Helper()
+	ok, err := s.UseRecoveryCode(t.Context(), id, hash, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ok
+}
+
+// testCompleteActivation: the link, the account's credentials and status, the TOTP step, the
+// recovery codes and the record change together or not at all.
+func testCompleteActivation(t *testing.T, s ozoaccount.Store) {
+	ctx := t.Context()
+	a := account("a1", "els@example.nl")
+	a.PasswordHash, a.TOTPPending = "$argon2id$new", "PENDING"
+	if err := s.CreateAccount(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	s.CreateAccount(ctx, account("b1", "jan@example.nl"))
+	// An account enrolling again still has its old codes until the new ones replace them.
+	if err := s.SetRecoveryCodes(ctx, "a1", []string{"old1", "old2"}); err != nil {
+		t.Fatal(err)
+	}
+	link := ozoaccount.Token{Hash: "act", AccountID: "a1", Purpose: ozoaccount.PurposeActivation, CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}
+	s.CreateToken(ctx, link)
+	s.CreateToken(ctx, ozoaccount.Token{Hash: "reset", AccountID: "a1", Purpose: ozoaccount.PurposeReset, CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)})
+	done := activated(a, "SECRET")
+	now := t0.Add(time.Minute)
+
+	unchanged := func(t *testing.T, when string) {
+		t.Helper()
+		if got, _ := s.GetAccount(ctx, "a1"); got != a {
+			t.Fatalf("%s: account %+v, want it unchanged %+v", when, got, a)
+		}
+		if _, err := s.GetToken(ctx, "act", ozoaccount.PurposeActivation, now); err != nil {
+			t.Fatalf("%s: the link is no longer usable: %v", when, err)
+		}
+		if n, _ := s.RecoveryCodesLeft(ctx, "a1"); n != 2 {
+			t.Fatalf("%s: %d recovery codes, want the 2 old ones", when, n)
+		}
+	}
+	// The audit record is refused: nothing happened.
+	if err := s.CompleteActivation(ctx, "act", now, done, 42, []string{"n1", "n2", "n3"}, good, bad); err == nil {
+		t.Fatal("an activation whose record could not be written completed")
+	}
+	unchanged(t, "after a refused record")
+	// Not a link of this account, not an activation link, unknown, expired: refused, nothing changes.
+	other := done
+	other.ID = "b1"
+	for name, c := range map[string]struct {
+		hash string
+		a    ozoaccount.Account
+		now  time.Time
+		want error
+	}{
+		"another account's link": {"act", other, now, ozoaccount.ErrNotFound},
+		"a reset link":           {"reset", done, now, ozoaccount.ErrNotFound},
+		"unknown link":           {"nope", done, now, ozoaccount.ErrNotFound},
+		"expired link":           {"act", done, t0.Add(time.Hour), ozoaccount.ErrTokenExpired},
+	} {
+		if err := s.CompleteActivation(ctx, c.hash, c.now, c.a, 42, []string{"n1"}, good); !errors.Is(err, c.want) {
+			t.Fatalf("%s: %v, want %v", name, err, c.want)
+		}
+		unchanged(t, name)
+	}
+	if got, _ := s.GetAccount(ctx, "b1"); got.Status != ozoaccount.StatusInvited || got.TOTPSecret != "" {
+		t.Fatalf("the other account changed: %+v", got)
+	}
+
+	if err := s.CompleteActivation(ctx, "act", now, done, 42, []string{"n1", "n2", "n3"}, good); err != nil {
+		t.Fatal(err)
+	}
+	want := done
+	want.TOTPLastStep = 42
+	if got, _ := s.GetAccount(ctx, "a1"); got != want {
+		t.Fatalf("after activation: %+v, want %+v", got, want)
+	}
+	if ok, _ := s.UseTOTPStep(ctx, "a1", 42); ok {
+		t.Fatal("the confirming code's step was accepted again")
+	}
+	if n, _ := s.RecoveryCodesLeft(ctx, "a1"); n != 3 || usable(t, s, "a1", "old1") || !usable(t, s, "a1", "n2") {
+		t.Fatalf("recovery codes after activation: %d left, or the old ones still work", n)
+	}
+	if _, err := s.GetToken(ctx, "act", ozoaccount.PurposeActivation, now); !errors.Is(err, ozoaccount.ErrTokenUsed) {
+		t.Fatalf("the link after activation: %v", err)
+	}
+	if err := s.CompleteActivation(ctx, "act", now, done, 43, []string{"x"}, good); !errors.Is(err, ozoaccount.ErrTokenUsed) {
+		t.Fatalf("the link used twice: %v", err)
+	}
+	if n, _ := s.RecoveryCodesLeft(ctx, "a1"); n != 2 {
+		t.Fatalf("a second completion touched the recovery codes: %d left", n)
+	}
+
+	// A disabled account's link does not activate it.
+	c := account("c1", "piet@example.nl")
+	c.Status = ozoaccount.StatusDisabled
+	s.CreateAccount(ctx, c)
+	s.CreateToken(ctx, ozoaccount.Token{Hash: "act-c", AccountID: "c1", Purpose: ozoaccount.PurposeActivation, CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)})
+	if err := s.CompleteActivation(ctx, "act-c", now, activated(c, "S"), 1, []string{"x"}, good); !errors.Is(err, ozoaccount.ErrNotFound) {
+		t.Fatalf("activation of a disabled account: %v", err)
+	}
+	if got, _ := s.GetAccount(ctx, "c1"); got != c {
+		t.Fatalf("disabled account after a refused activation: %+v", got)
+	}
+	if _, err := s.GetToken(ctx, "act-c", ozoaccount.PurposeActivation, now); err != nil {
+		t.Fatalf("the link of a refused activation was used: %v", err)
+	}
+}
+
+// testCompleteActivationOnce: of concurrent completions with one link, exactly one activates
+// the account, and only its recovery codes exist.
+func testCompleteActivationOnce(t *testing.T, s ozoaccount.Store) {
+	ctx := t.Context()
+	a := account("a1", "els@example.nl")
+	s.CreateAccount(ctx, a)
+	s.CreateToken(ctx, ozoaccount.Token{Hash: "act", AccountID: "a1", Purpose: ozoaccount.PurposeActivation, CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)})
+	const n = 8
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			codes := []string{fmt.Sprintf("c%d-1", i), fmt.Sprintf("c%d-2", i)}
+			errs[i] = s.CompleteActivation(ctx, "act", t0.Add(time.Minute), activated(a, fmt.Sprintf("SECRET%d", i)), int64(100+i), codes, good)
+		})
+	}
+	wg.Wait()
+	winner := -1
+	for i, err := range errs {
+		switch {
+		case err == nil && winner >= 0:
+			t.Fatalf("completions %d and %d both succeeded", winner, i)
+		case err == nil:
+			winner = i
+		case !errors.Is(err, ozoaccount.ErrTokenUsed):
+			t.Fatalf("completion %d: %v", i, err)
+		}
+	}
+	if winner < 0 {
+		t.Fatal("no completion succeeded")
+	}
+	got, _ := s.GetAccount(ctx, "a1")
+	if got.Status != ozoaccount.StatusActive || got.TOTPSecret != fmt.Sprintf("SECRET%d", winner) || got.TOTPLastStep != int64(100+winner) {
+		t.Fatalf("account after concurrent completions: %+v, winner %d", got, winner)
+	}
+	if left, _ := s.RecoveryCodesLeft(ctx, "a1"); left != 2 {
+		t.Fatalf("%d recovery codes, want the winner's 2", left)
+	}
+	for i := range n {
+		if usable(t, s, "a1", fmt.Sprintf("c%d-1", i)) != (i == winner) {
+			t.Fatalf("recovery code of completion %d (winner %d)", i, winner)
+		}
+	}
+}
+
+// testReleaseToken: a spent token is put back only for the use that spent it, only while it
+// lives; a later use (a successful redemption) cannot be undone by it.
+func testReleaseToken(t *testing.T, s ozoaccount.Store) {
+	ctx := t.Context()
+	s.CreateAccount(ctx, account("a1", "els@example.nl"))
+	s.CreateToken(ctx, ozoaccount.Token{Hash: "h", AccountID: "a1", Purpose: ozoaccount.PurposeHandoff, CreatedAt: t0, ExpiresAt: t0.Add(time.Minute)})
+	if ok, err := s.ReleaseToken(ctx, "h", ozoaccount.PurposeHandoff, t0, t0); err != nil || ok {
+		t.Fatalf("release of an unused token: %v, %v", ok, err)
+	}
+	first, err := s.UseToken(ctx, "h", ozoaccount.PurposeHandoff, t0.Add(time.Second))
+	if err != nil || !first.UsedAt.Equal(t0.Add(time.Second)) {
+		t.Fatalf("use: %+v, %v", first, err)
+	}
+	for name, c := range map[string]struct {
+		hash    string
+		purpose ozoaccount.Purpose
+		usedAt  time.Time
+	}{
+		"another use's time": {"h", ozoaccount.PurposeHandoff, t0.Add(2 * time.Second)},
+		"no use":             {"h", ozoaccount.PurposeHandoff, time.Time{}},
+		"another purpose":    {"h", ozoaccount.PurposeLogin, first.UsedAt},
+		"unknown token":      {"x", ozoaccount.PurposeHandoff, first.UsedAt},
+	} {
+		if ok, err := s.ReleaseToken(ctx, c.hash, c.purpose, c.usedAt, t0.Add(2*time.Second)); err != nil || ok {
+			t.Fatalf("release with %s: %v, %v", name, ok, err)
+		}
+	}
+	if _, err := s.GetToken(ctx, "h", ozoaccount.PurposeHandoff, t0.Add(2*time.Second)); !errors.Is(err, ozoaccount.ErrTokenUsed) {
+		t.Fatalf("after refused releases: %v", err)
+	}
+	if ok, err := s.ReleaseToken(ctx, "h", ozoaccount.PurposeHandoff, first.UsedAt, t0.Add(2*time.Second)); err != nil || !ok {
+		t.Fatalf("release: %v, %v", ok, err)
+	}
+	if ok, _ := s.ReleaseToken(ctx, "h", ozoaccount.PurposeHandoff, first.UsedAt, t0.Add(2*time.Second)); ok {
+		t.Fatal("released twice")
+	}
+	second, err := s.UseToken(ctx, "h", ozoaccount.PurposeHandoff, t0.Add(3*time.Second))
+	if err != nil {
+		t.Fatalf("use after the release: %v", err)
+	}
+	// The first use's release, late, does not bring back a code the second use spent.
+	if ok, _ := s.ReleaseToken(ctx, "h", ozoaccount.PurposeHandoff, first.UsedAt, t0.Add(3*time.Second)); ok {
+		t.Fatal("a stale release resurrected a token spent by a later use")
+	}
+	if _, err := s.UseToken(ctx, "h", ozoaccount.PurposeHandoff, t0.Add(4*time.Second)); !errors.Is(err, ozoaccount.ErrTokenUsed) {
+		t.Fatalf("third use: %v", err)
+	}
+	// Expired: nothing to give back.
+	if ok, _ := s.ReleaseToken(ctx, "h", ozoaccount.PurposeHandoff, second.UsedAt, t0.Add(time.Minute)); ok {
+		t.Fatal("an expired token was released")
+	}
+}
+
+// testPruneTokens: expired tokens and those used before the cut-off go, of every purpose and
+// account; live ones and recently used ones stay.
+func testPruneTokens(t *testing.T, s ozoaccount.Store) {
+	ctx := t.Context()
+	s.CreateAccount(ctx, account("a1", "els@example.nl"))
+	s.CreateAccount(ctx, account("b1", "jan@example.nl"))
+	now := t0.Add(48 * time.Hour)
+	purposes := []ozoaccount.Purpose{ozoaccount.PurposeActivation, ozoaccount.PurposeReset, ozoaccount.PurposeLogin, ozoaccount.PurposeHandoff}
+	type tok struct {
+		hash, account string
+		purpose       ozoaccount.Purpose
+		expires, used time.Time
+		stays         bool
+	}
+	var toks []tok
+	for i, p := range purposes {
+		acc := []string{"a1", "b1"}[i%2]
+		toks = append(toks,
+			tok{"live-" + string(p), acc, p, now.Add(time.Hour), time.Time{}, true},
+			tok{"expired-" + string(p), acc, p, now.Add(-time.Second), time.Time{}, false},
+			tok{"at-expiry-" + string(p), acc, p, now, time.Time{}, false},
+			tok{"used-long-ago-" + string(p), acc, p, now.Add(time.Hour), now.Add(-25 * time.Hour), false},
+			tok{"used-recently-" + string(p), acc, p, now.Add(time.Hour), now.Add(-time.Hour), true},
+			tok{"used-and-expired-" + string(p), acc, p, now.Add(-time.Minute), now.Add(-time.Hour), false},
+		)
+	}
+	for _, k := range toks {
+		if err := s.CreateToken(ctx, ozoaccount.Token{Hash: k.hash, AccountID: k.account, Purpose: k.purpose, CreatedAt: t0,
+			ExpiresAt: k.expires, UsedAt: k.used}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := s.PruneTokens(ctx, now, now.Add(-24*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 4*4 {
+		t.Fatalf("pruned %d tokens, want 16", n)
+	}
+	for _, k := range toks {
+		_, err := s.GetToken(ctx, k.hash, k.purpose, now.Add(-time.Hour))
+		gone := errors.Is(err, ozoaccount.ErrNotFound)
+		if gone == k.stays {
+			t.Fatalf("%s: gone=%v (%v), want stays=%v", k.hash, gone, err, k.stays)
+		}
+	}
+	if n, err := s.PruneTokens(ctx, now, now.Add(-24*time.Hour)); err != nil || n != 0 {
+		t.Fatalf("second prune: %d, %v", n, err)
 	}
 }

@@ -218,6 +218,79 @@ func (s *OZOAccounts) UseToken(ctx context.Context, hash string, purpose ozoacco
 	return t, err
 }
 
+func (s *OZOAccounts) ReleaseToken(ctx context.Context, hash string, purpose ozoaccount.Purpose, usedAt, now time.Time) (bool, error) {
+	if usedAt.IsZero() {
+		return false, nil
+	}
+	// Matching the used time is the guard: a use that completed after a release (or any other
+	// use) carries its own time, and this one's release cannot undo it.
+	res, err := s.db.ExecContext(ctx, `UPDATE ozo_account_tokens SET used_at = 0
+		WHERE token_hash = $1 AND purpose = $2 AND used_at = $3 AND expires_at > $4`, hash, string(purpose), ms(usedAt), ms(now))
+	if err != nil {
+		return false, fmt.Errorf("release ozo account token: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	return n == 1, nil
+}
+
+func (s *OZOAccounts) PruneTokens(ctx context.Context, now, usedBefore time.Time) (int64, error) {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM ozo_account_tokens WHERE expires_at <= $1 OR (used_at <> 0 AND used_at < $2)`,
+		ms(now), ms(usedBefore))
+	if err != nil {
+		return 0, fmt.Errorf("prune ozo account tokens: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	return n, nil
+}
+
+func (s *OZOAccounts) CompleteActivation(ctx context.Context, hash string, now time.Time, a ozoaccount.Account, step int64,
+	recoveryHashes []string, recs ...audit.Record) error {
+	used := false
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		// As in UseToken, the conditional update decides between concurrent completions; the
+		// loser changes nothing else.
+		res, err := tx.ExecContext(ctx, `UPDATE ozo_account_tokens SET used_at = $4
+			WHERE token_hash = $1 AND purpose = $2 AND account_id = $3 AND used_at = 0 AND expires_at > $4`,
+			hash, string(ozoaccount.PurposeActivation), a.ID, ms(now))
+		if err != nil {
+			return fmt.Errorf("complete activation: use link: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return nil
+		}
+		used = true
+		res, err = tx.ExecContext(ctx, `UPDATE ozo_accounts SET email = $2, display_name = $3, kind = $4, fhir_ref = $5,
+			status = $6, language = $7, mxid = $8, password_hash = $9, totp_secret = $10, totp_pending = $11,
+			updated_at = $12, activated_at = $13, totp_last_step = $14 WHERE id = $1 AND status <> $15`,
+			a.ID, a.Email, a.DisplayName, string(a.Kind), a.FHIRRef, string(a.Status), a.Language, a.MXID, a.PasswordHash,
+			a.TOTPSecret, a.TOTPPending, ms(a.UpdatedAt), ms(a.ActivatedAt), step, string(ozoaccount.StatusDisabled))
+		if isUniqueViolation(err) {
+			return ozoaccount.ErrAlreadyExists
+		}
+		if err != nil {
+			return fmt.Errorf("complete activation: update account: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return ozoaccount.ErrNotFound // deleted or disabled since the link was checked
+		}
+		if err := replaceRecoveryCodes(ctx, tx, a.ID, recoveryHashes); err != nil {
+			return fmt.Errorf("complete activation: %w", err)
+		}
+		return s.store.appendAudit(ctx, tx, recs)
+	})
+	if err != nil || used {
+		return err
+	}
+	t, err := s.readToken(ctx, s.db, hash, ozoaccount.PurposeActivation, now)
+	switch {
+	case t.AccountID != "" && t.AccountID != a.ID:
+		return ozoaccount.ErrNotFound // another account's link names nothing here
+	case err == nil:
+		return ozoaccount.ErrTokenUsed // used between our update and read
+	}
+	return err
+}
+
 func (s *OZOAccounts) DeleteTokens(ctx context.Context, accountID string, purpose ozoaccount.Purpose) error {
 	var err error
 	if purpose == "" {
@@ -250,17 +323,24 @@ func (s *OZOAccounts) ResetTOTPStep(ctx context.Context, accountID string) error
 
 func (s *OZOAccounts) SetRecoveryCodes(ctx context.Context, accountID string, hashes []string) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM ozo_account_recovery_codes WHERE account_id = $1`, accountID); err != nil {
+		if err := replaceRecoveryCodes(ctx, tx, accountID, hashes); err != nil {
 			return fmt.Errorf("set recovery codes: %w", err)
-		}
-		for _, h := range hashes {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO ozo_account_recovery_codes (account_id, code_hash) VALUES ($1, $2)`,
-				accountID, h); err != nil {
-				return fmt.Errorf("set recovery codes: %w", err)
-			}
 		}
 		return nil
 	})
+}
+
+func replaceRecoveryCodes(ctx context.Context, tx *sql.Tx, accountID string, hashes []string) error {
+	if _, err := tx.ExecContext(ctx, `DELETE FROM ozo_account_recovery_codes WHERE account_id = $1`, accountID); err != nil {
+		return fmt.Errorf("delete recovery codes: %w", err)
+	}
+	for _, h := range hashes {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO ozo_account_recovery_codes (account_id, code_hash) VALUES ($1, $2)`,
+			accountID, h); err != nil {
+			return fmt.Errorf("insert recovery code: %w", err)
+		}
+	}
+	return nil
 }
 
 func (s *OZOAccounts) UseRecoveryCode(ctx context.Context, accountID, hash string, now time.Time) (bool, error) {
