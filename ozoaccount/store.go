@@ -142,8 +142,6 @@ type Store interface {
 	// UseTOTPStep records step as the account's last accepted TOTP step if it is later than the
 	// one recorded, atomically; it reports whether it was.
 	UseTOTPStep(ctx context.Context, accountID string, step int64) (bool, error)
-	// ResetTOTPStep forgets the last step, for a newly enrolled secret.
-	ResetTOTPStep(ctx context.Context, accountID string) error
 	// SetRecoveryCodes replaces the account's recovery codes by these hashes.
 	SetRecoveryCodes(ctx context.Context, accountID string, hashes []string) error
 	// UseRecoveryCode marks an unused code used, atomically; it reports whether it was.

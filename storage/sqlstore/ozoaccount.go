@@ -360,13 +360,6 @@ func (s *OZOAccounts) UseTOTPStep(ctx context.Context, accountID string, step in
 	return n == 1, nil
 }
 
-func (s *OZOAccounts) ResetTOTPStep(ctx context.Context, accountID string) error {
-	if _, err := s.db.ExecContext(ctx, `UPDATE ozo_accounts SET totp_last_step = 0 WHERE id = $1`, accountID); err != nil {
-		return fmt.Errorf("reset totp step: %w", err)
-	}
-	return nil
-}
-
 func (s *OZOAccounts) SetRecoveryCodes(ctx context.Context, accountID string, hashes []string) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		if err := replaceRecoveryCodes(ctx, tx, accountID, hashes); err != nil {
