@@ -11,24 +11,24 @@ import (
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
 
-// refuseActivationRecords makes the database refuse the audit record of a completed activation,
-// as a full disk or a lost connection would at that point: the last write of the transaction.
-// It returns the function that lifts the refusal.
-func refuseActivationRecords(t *testing.T, f *fixture) func() {
+// refuseRecords makes the database refuse audit records whose detail starts with prefix (a
+// plain prefix: no quotes, % or _), as a full disk or a lost connection would at the last write
+// of the transaction that appends it. It returns the function that lifts the refusal.
+func refuseRecords(t *testing.T, f *fixture, prefix string) func() {
 	t.Helper()
 	ctx := t.Context()
-	stmts := []string{`CREATE TRIGGER refuse_activation BEFORE INSERT ON audit_records
-		WHEN NEW.detail LIKE 'activated:%'
-		BEGIN SELECT RAISE(ABORT, 'activation record refused by the test'); END`}
-	undo := []string{`DROP TRIGGER refuse_activation`}
+	stmts := []string{`CREATE TRIGGER refuse_records BEFORE INSERT ON audit_records
+		WHEN NEW.detail LIKE '` + prefix + `%'
+		BEGIN SELECT RAISE(ABORT, 'record refused by the test'); END`}
+	undo := []string{`DROP TRIGGER refuse_records`}
 	if f.db.Engine == sqlstore.Postgres {
-		stmts = []string{`CREATE FUNCTION refuse_activation() RETURNS trigger LANGUAGE plpgsql AS $$
+		stmts = []string{`CREATE FUNCTION refuse_records() RETURNS trigger LANGUAGE plpgsql AS $$
 			BEGIN
-				IF NEW.detail LIKE 'activated:%' THEN RAISE EXCEPTION 'activation record refused by the test'; END IF;
+				IF NEW.detail LIKE '` + prefix + `%' THEN RAISE EXCEPTION 'record refused by the test'; END IF;
 				RETURN NEW;
 			END $$`,
-			`CREATE TRIGGER refuse_activation BEFORE INSERT ON audit_records FOR EACH ROW EXECUTE FUNCTION refuse_activation()`}
-		undo = []string{`DROP TRIGGER refuse_activation ON audit_records`, `DROP FUNCTION refuse_activation()`}
+			`CREATE TRIGGER refuse_records BEFORE INSERT ON audit_records FOR EACH ROW EXECUTE FUNCTION refuse_records()`}
+		undo = []string{`DROP TRIGGER refuse_records ON audit_records`, `DROP FUNCTION refuse_records()`}
 	}
 	for _, q := range stmts {
 		if _, err := f.db.ExecContext(ctx, q); err != nil {
@@ -63,7 +63,7 @@ func TestActivationAtomic(t *testing.T) {
 		}
 		before := mustAccount(t, f, addr)
 
-		lift := refuseActivationRecords(t, f)
+		lift := refuseRecords(t, f, "activated:")
 		code := f.code(t, enrol.Secret)
 		if _, _, err := f.svc.CompleteActivation(ctx, tok, code); err == nil || !strings.Contains(err.Error(), "refused by the test") {
 			t.Fatalf("completion with its record refused: %v", err)

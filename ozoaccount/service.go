@@ -979,19 +979,12 @@ func (s *Service) CheckReset(ctx context.Context, token string) error {
 
 // ResetPassword sets a new password with a reset link, once. The second factor stays as it is.
 func (s *Service) ResetPassword(ctx context.Context, token, password string) error {
-	if err := s.CheckReset(ctx, token); err != nil {
-		return err
+	t, err := s.store.GetToken(ctx, hashToken(token), PurposeReset, s.now())
+	if err != nil {
+		return s.linkRefused(ctx, "password reset", t.AccountID, err)
 	}
 	if err := s.checkPassword(password); err != nil {
 		return err
-	}
-	hash, err := hashPassword(password, s.opts.Argon2)
-	if err != nil {
-		return err
-	}
-	t, err := s.store.UseToken(ctx, hashToken(token), PurposeReset, s.now())
-	if err != nil {
-		return s.linkRefused(ctx, "password reset", t.AccountID, err)
 	}
 	a, err := s.store.GetAccount(ctx, t.AccountID)
 	if err != nil {
@@ -1001,18 +994,19 @@ func (s *Service) ResetPassword(ctx context.Context, token, password string) err
 		s.refused(ctx, audit.ActionAccountCredentials, a, "password reset link refused: the account is "+string(a.Status))
 		return ErrInvalidLink
 	}
+	hash, err := hashPassword(password, s.opts.Argon2)
+	if err != nil {
+		return err
+	}
 	a.PasswordHash, a.UpdatedAt = hash, s.now().UTC()
 	rec := byHolder(record(ctx, audit.ActionAccountCredentials, a, "password reset with a mailed link"), a)
-	if err := s.store.UpdateAccount(ctx, a, rec); err != nil {
-		return err
+	// One transaction: the link, the password, the login tickets, the lockout and the record
+	// change together, so a failure leaves the link usable and the old password working.
+	err = s.store.CompleteReset(ctx, hashToken(token), s.now(), a, lockKey(a.Email), rec)
+	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrTokenUsed) || errors.Is(err, ErrTokenExpired) {
+		return s.linkRefused(ctx, "password reset", a.ID, err)
 	}
-	if err := s.store.DeleteTokens(ctx, a.ID, PurposeLogin); err != nil {
-		return err
-	}
-	if err := s.store.ClearFailures(ctx, lockKey(a.Email)); err != nil {
-		return err
-	}
-	return nil
+	return err
 }
 
 // Disable refuses the account's logins, unbinds its email and logs its Matrix user out.

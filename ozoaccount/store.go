@@ -132,11 +132,16 @@ type Store interface {
 	CompleteActivation(ctx context.Context, hash string, now time.Time, a Account, step int64, recoveryHashes []string,
 		recs ...audit.Record) error
 
+	// CompleteReset is the end of a password reset, in one transaction: it uses the reset link
+	// hash of account a (errors as UseToken; ErrNotFound for a link of another account, or an
+	// account that is gone, not active or has another email than a), sets the account's
+	// password hash and updated time to a's, removes its login tickets, clears the failures of
+	// lockKey and appends recs. When any of it fails, nothing changes: the link stays usable.
+	CompleteReset(ctx context.Context, hash string, now time.Time, a Account, lockKey string, recs ...audit.Record) error
+
 	// UseTOTPStep records step as the account's last accepted TOTP step if it is later than the
 	// one recorded, atomically; it reports whether it was.
 	UseTOTPStep(ctx context.Context, accountID string, step int64) (bool, error)
-	// ResetTOTPStep forgets the last step, for a newly enrolled secret.
-	ResetTOTPStep(ctx context.Context, accountID string) error
 	// SetRecoveryCodes replaces the account's recovery codes by these hashes.
 	SetRecoveryCodes(ctx context.Context, accountID string, hashes []string) error
 	// UseRecoveryCode marks an unused code used, atomically; it reports whether it was.

@@ -23,6 +23,8 @@ func Run(t *testing.T, open func(t *testing.T) ozoaccount.Store) {
 	t.Run("LockRecordsOnlyWhenLocking", func(t *testing.T) { testLockRecords(t, open(t)) })
 	t.Run("CompleteActivation", func(t *testing.T) { testCompleteActivation(t, open(t)) })
 	t.Run("CompleteActivationOnce", func(t *testing.T) { testCompleteActivationOnce(t, open(t)) })
+	t.Run("CompleteReset", func(t *testing.T) { testCompleteReset(t, open(t)) })
+	t.Run("CompleteResetOnce", func(t *testing.T) { testCompleteResetOnce(t, open(t)) })
 	t.Run("ReleaseToken", func(t *testing.T) { testReleaseToken(t, open(t)) })
 	t.Run("PruneTokens", func(t *testing.T) { testPruneTokens(t, open(t)) })
 }
@@ -176,12 +178,6 @@ func testTOTPStep(t *testing.T, s ozoaccount.Store) {
 		if ok, err := s.UseTOTPStep(ctx, "a1", c.step); err != nil || ok != c.want {
 			t.Fatalf("step %d: %v, %v; want %v", c.step, ok, err, c.want)
 		}
-	}
-	if err := s.ResetTOTPStep(ctx, "a1"); err != nil {
-		t.Fatal(err)
-	}
-	if ok, _ := s.UseTOTPStep(ctx, "a1", 50); !ok {
-		t.Fatal("step refused after reset")
 	}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -539,6 +535,174 @@ func testCompleteActivationOnce(t *testing.T, s ozoaccount.Store) {
 		if usable(t, s, "a1", fmt.Sprintf("c%d-1", i)) != (i == winner) {
 			t.Fatalf("recovery code of completion %d (winner %d)", i, winner)
 		}
+	}
+}
+
+// testCompleteReset: the reset link, the password, the account's login tickets, its lockout
+// and the record change together or not at all.
+func testCompleteReset(t *testing.T, s ozoaccount.Store) {
+	ctx := t.Context()
+	a := activated(account("a1", "els@example.nl"), "SECRET")
+	a.PasswordHash = "$argon2id$old"
+	if err := s.CreateAccount(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	b := activated(account("b1", "jan@example.nl"), "SECRET")
+	s.CreateAccount(ctx, b)
+	for _, tok := range []ozoaccount.Token{
+		{Hash: "rst", AccountID: "a1", Purpose: ozoaccount.PurposeReset},
+		{Hash: "act", AccountID: "a1", Purpose: ozoaccount.PurposeActivation},
+		{Hash: "ticket-a", AccountID: "a1", Purpose: ozoaccount.PurposeLogin},
+		{Hash: "ticket-b", AccountID: "b1", Purpose: ozoaccount.PurposeLogin},
+		{Hash: "rst-b", AccountID: "b1", Purpose: ozoaccount.PurposeReset},
+	} {
+		tok.CreatedAt, tok.ExpiresAt = t0, t0.Add(time.Hour)
+		if err := s.CreateToken(ctx, tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lockAll := func(int) time.Duration { return time.Hour }
+	for _, key := range []string{"key-a1", "key-b1"} {
+		if _, err := s.RecordFailure(ctx, key, t0, time.Hour, lockAll, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := t0.Add(time.Minute)
+	done := a
+	done.PasswordHash, done.UpdatedAt = "$argon2id$new", now
+
+	unchanged := func(t *testing.T, when string) {
+		t.Helper()
+		if got, _ := s.GetAccount(ctx, "a1"); got != a {
+			t.Fatalf("%s: account %+v, want it unchanged %+v", when, got, a)
+		}
+		for _, h := range []struct {
+			hash    string
+			purpose ozoaccount.Purpose
+		}{{"rst", ozoaccount.PurposeReset}, {"ticket-a", ozoaccount.PurposeLogin}} {
+			if _, err := s.GetToken(ctx, h.hash, h.purpose, now); err != nil {
+				t.Fatalf("%s: %s is no longer usable: %v", when, h.hash, err)
+			}
+		}
+		if l, _ := s.GetLockout(ctx, "key-a1"); l.Failures != 1 {
+			t.Fatalf("%s: lockout %+v, want it kept", when, l)
+		}
+	}
+	if err := s.CompleteReset(ctx, "rst", now, done, "key-a1", good, bad); err == nil {
+		t.Fatal("a reset whose record could not be written completed")
+	}
+	unchanged(t, "after a refused record")
+	other, moved := done, done
+	other.ID = "b1"
+	moved.Email = "els.new@example.nl"
+	for name, c := range map[string]struct {
+		hash string
+		a    ozoaccount.Account
+		now  time.Time
+		want error
+	}{
+		"another account's link":     {"rst", other, now, ozoaccount.ErrNotFound},
+		"an activation link":         {"act", done, now, ozoaccount.ErrNotFound},
+		"unknown link":               {"nope", done, now, ozoaccount.ErrNotFound},
+		"expired link":               {"rst", done, t0.Add(time.Hour), ozoaccount.ErrTokenExpired},
+		"the account's email before": {"rst", moved, now, ozoaccount.ErrNotFound},
+	} {
+		if err := s.CompleteReset(ctx, c.hash, c.now, c.a, "key-a1", good); !errors.Is(err, c.want) {
+			t.Fatalf("%s: %v, want %v", name, err, c.want)
+		}
+		unchanged(t, name)
+	}
+	if got, _ := s.GetAccount(ctx, "b1"); got != b {
+		t.Fatalf("the other account changed: %+v", got)
+	}
+
+	if err := s.CompleteReset(ctx, "rst", now, done, "key-a1", good); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.GetAccount(ctx, "a1"); got != done {
+		t.Fatalf("after reset: %+v, want %+v", got, done)
+	}
+	if _, err := s.GetToken(ctx, "rst", ozoaccount.PurposeReset, now); !errors.Is(err, ozoaccount.ErrTokenUsed) {
+		t.Fatalf("the link after the reset: %v", err)
+	}
+	if _, err := s.GetToken(ctx, "ticket-a", ozoaccount.PurposeLogin, now); !errors.Is(err, ozoaccount.ErrNotFound) {
+		t.Fatalf("a login ticket from before the reset: %v", err)
+	}
+	if l, _ := s.GetLockout(ctx, "key-a1"); l != (ozoaccount.Lockout{}) {
+		t.Fatalf("lockout after the reset: %+v", l)
+	}
+	for _, h := range []struct {
+		hash    string
+		purpose ozoaccount.Purpose
+	}{{"ticket-b", ozoaccount.PurposeLogin}, {"rst-b", ozoaccount.PurposeReset}} {
+		if _, err := s.GetToken(ctx, h.hash, h.purpose, now); err != nil {
+			t.Fatalf("the other account's %s: %v", h.hash, err)
+		}
+	}
+	if l, _ := s.GetLockout(ctx, "key-b1"); l.Failures != 1 {
+		t.Fatalf("the other account's lockout: %+v", l)
+	}
+	again := done
+	again.PasswordHash = "$argon2id$again"
+	if err := s.CompleteReset(ctx, "rst", now, again, "key-a1", good); !errors.Is(err, ozoaccount.ErrTokenUsed) {
+		t.Fatalf("the link used twice: %v", err)
+	}
+	if got, _ := s.GetAccount(ctx, "a1"); got != done {
+		t.Fatalf("a second completion changed the account: %+v", got)
+	}
+
+	// A disabled account's link sets no password.
+	c := activated(account("c1", "piet@example.nl"), "S")
+	c.Status = ozoaccount.StatusDisabled
+	s.CreateAccount(ctx, c)
+	s.CreateToken(ctx, ozoaccount.Token{Hash: "rst-c", AccountID: "c1", Purpose: ozoaccount.PurposeReset, CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)})
+	cDone := c
+	cDone.PasswordHash = "$argon2id$c"
+	if err := s.CompleteReset(ctx, "rst-c", now, cDone, "key-c1", good); !errors.Is(err, ozoaccount.ErrNotFound) {
+		t.Fatalf("reset of a disabled account: %v", err)
+	}
+	if got, _ := s.GetAccount(ctx, "c1"); got != c {
+		t.Fatalf("disabled account after a refused reset: %+v", got)
+	}
+	if _, err := s.GetToken(ctx, "rst-c", ozoaccount.PurposeReset, now); err != nil {
+		t.Fatalf("the link of a refused reset was used: %v", err)
+	}
+}
+
+// testCompleteResetOnce: of concurrent completions with one reset link, exactly one sets its
+// password.
+func testCompleteResetOnce(t *testing.T, s ozoaccount.Store) {
+	ctx := t.Context()
+	a := activated(account("a1", "els@example.nl"), "SECRET")
+	s.CreateAccount(ctx, a)
+	s.CreateToken(ctx, ozoaccount.Token{Hash: "rst", AccountID: "a1", Purpose: ozoaccount.PurposeReset, CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)})
+	const n = 8
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			b := a
+			b.PasswordHash = fmt.Sprintf("$argon2id$%d", i)
+			errs[i] = s.CompleteReset(ctx, "rst", t0.Add(time.Minute), b, "key-a1", good)
+		})
+	}
+	wg.Wait()
+	winner := -1
+	for i, err := range errs {
+		switch {
+		case err == nil && winner >= 0:
+			t.Fatalf("completions %d and %d both succeeded", winner, i)
+		case err == nil:
+			winner = i
+		case !errors.Is(err, ozoaccount.ErrTokenUsed):
+			t.Fatalf("completion %d: %v", i, err)
+		}
+	}
+	if winner < 0 {
+		t.Fatal("no completion succeeded")
+	}
+	if got, _ := s.GetAccount(ctx, "a1"); got.PasswordHash != fmt.Sprintf("$argon2id$%d", winner) {
+		t.Fatalf("password after concurrent completions: %q, winner %d", got.PasswordHash, winner)
 	}
 }
 

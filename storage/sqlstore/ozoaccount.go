@@ -281,14 +281,60 @@ func (s *OZOAccounts) CompleteActivation(ctx context.Context, hash string, now t
 	if err != nil || used {
 		return err
 	}
-	t, err := s.readToken(ctx, s.db, hash, ozoaccount.PurposeActivation, now)
+	return s.unusable(ctx, hash, ozoaccount.PurposeActivation, now, a.ID)
+}
+
+// unusable says why the link hash of account accountID could not be used by a completion.
+func (s *OZOAccounts) unusable(ctx context.Context, hash string, purpose ozoaccount.Purpose, now time.Time, accountID string) error {
+	t, err := s.readToken(ctx, s.db, hash, purpose, now)
 	switch {
-	case t.AccountID != "" && t.AccountID != a.ID:
+	case t.AccountID != "" && t.AccountID != accountID:
 		return ozoaccount.ErrNotFound // another account's link names nothing here
 	case err == nil:
 		return ozoaccount.ErrTokenUsed // used between our update and read
 	}
 	return err
+}
+
+func (s *OZOAccounts) CompleteReset(ctx context.Context, hash string, now time.Time, a ozoaccount.Account, lockKey string,
+	recs ...audit.Record) error {
+	used := false
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		// As in UseToken, the conditional update decides between concurrent completions.
+		res, err := tx.ExecContext(ctx, `UPDATE ozo_account_tokens SET used_at = $4
+			WHERE token_hash = $1 AND purpose = $2 AND account_id = $3 AND used_at = 0 AND expires_at > $4`,
+			hash, string(ozoaccount.PurposeReset), a.ID, ms(now))
+		if err != nil {
+			return fmt.Errorf("complete reset: use link: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return nil
+		}
+		used = true
+		// Only the password: an admin's concurrent change of the other fields stays. The email
+		// guard keeps lockKey the account's own.
+		res, err = tx.ExecContext(ctx, `UPDATE ozo_accounts SET password_hash = $2, updated_at = $3
+			WHERE id = $1 AND status = $4 AND email = $5`,
+			a.ID, a.PasswordHash, ms(a.UpdatedAt), string(ozoaccount.StatusActive), a.Email)
+		if err != nil {
+			return fmt.Errorf("complete reset: update account: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return ozoaccount.ErrNotFound // deleted, disabled or readdressed since the link was checked
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM ozo_account_tokens WHERE account_id = $1 AND purpose = $2`,
+			a.ID, string(ozoaccount.PurposeLogin)); err != nil {
+			return fmt.Errorf("complete reset: end login tickets: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM ozo_login_failures WHERE login_key = $1`, lockKey); err != nil {
+			return fmt.Errorf("complete reset: clear login failures: %w", err)
+		}
+		return s.store.appendAudit(ctx, tx, recs)
+	})
+	if err != nil || used {
+		return err
+	}
+	return s.unusable(ctx, hash, ozoaccount.PurposeReset, now, a.ID)
 }
 
 func (s *OZOAccounts) DeleteTokens(ctx context.Context, accountID string, purpose ozoaccount.Purpose) error {
@@ -312,13 +358,6 @@ func (s *OZOAccounts) UseTOTPStep(ctx context.Context, accountID string, step in
 	}
 	n, _ := res.RowsAffected()
 	return n == 1, nil
-}
-
-func (s *OZOAccounts) ResetTOTPStep(ctx context.Context, accountID string) error {
-	if _, err := s.db.ExecContext(ctx, `UPDATE ozo_accounts SET totp_last_step = 0 WHERE id = $1`, accountID); err != nil {
-		return fmt.Errorf("reset totp step: %w", err)
-	}
-	return nil
 }
 
 func (s *OZOAccounts) SetRecoveryCodes(ctx context.Context, accountID string, hashes []string) error {
