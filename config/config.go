@@ -242,12 +242,12 @@ type Lookup struct {
 	// MemoryIndex answers hashed lookups from an in-memory index of the local bindings' lookup
 	// hashes, kept current with the database; off, every lookup asks the database.
 	MemoryIndex bool `yaml:"memory_index"`
-	// ReplicaStaleness bounds how long a change committed through another replica (or the admin
-	// CLI) takes to reach this replica's in-memory index and token cache; past it, they answer
-	// nothing and the database answers. Changes made through this replica are there at once.
+	// ReplicaStaleness is how often (twice per) the in-memory index and token cache read the
+	// change log in the background; past it without a successful read they answer nothing and the
+	// database answers. Requests check the log's last number themselves (read after write).
 	ReplicaStaleness time.Duration `yaml:"replica_staleness"`
 	// TokenCacheTTL is how long a verified access token is trusted without asking the database;
-	// a logout reaches the cache at once on its replica and within ReplicaStaleness on others.
+	// a logout reaches every replica's cache at once (requests check the change log first).
 	TokenCacheTTL time.Duration `yaml:"token_cache_ttl"`
 	// TokenCacheEntries bounds the token cache; 0 turns it off.
 	TokenCacheEntries int `yaml:"token_cache_entries"`

@@ -45,7 +45,7 @@ func (s *Service) Authenticate(ctx context.Context, token string) (AccessToken, 
 	h := hashToken(token)
 	var epoch uint64
 	if s.mirror != nil {
-		if a, ok := s.mirror.token(h); ok {
+		if a, ok := s.mirror.token(ctx, h); ok {
 			return a, nil
 		}
 		epoch = s.mirror.tokens.epoch.Load()

@@ -49,8 +49,9 @@ func (o MirrorOptions) withDefaults() MirrorOptions {
 // Mirror keeps in memory what every lookup and token check reads: the answer of every lookup hash
 // of the local bindings, and recently verified access tokens. The database stays the truth. A
 // write through this process's Service is in the mirror before the write returns; one made
-// elsewhere arrives through the store's change log within MirrorOptions.Staleness, and when the
-// mirror cannot tell that it is that current, it answers nothing and the database answers.
+// elsewhere arrives through the store's change log, which a request checks before it is
+// answered from memory (current); when the mirror cannot tell that it is current, it answers
+// nothing and the database answers.
 //
 // It is the first link of the lookup chain (a lookup.Resolver).
 type Mirror struct {
@@ -62,8 +63,9 @@ type Mirror struct {
 	// syncMu runs one catch-up at a time, so database reads are applied in the order they were
 	// made and a slower, older read never overwrites a newer one.
 	syncMu   sync.Mutex
-	seq      int64     // the last change applied; under syncMu
-	nextLoad time.Time // after a failed load, when to try again; under syncMu
+	seq      int64        // the last change applied; under syncMu
+	applied  atomic.Int64 // seq, for readers outside syncMu
+	nextLoad time.Time    // after a failed load, when to try again; under syncMu
 
 	mu     sync.RWMutex
 	table  *hashindex.Table // nil: lookups go to the database
@@ -74,6 +76,8 @@ type Mirror struct {
 
 	onPepper func(string)
 	tokens   tokenCache
+
+	head headReads
 
 	// active is set by Load: before, the mirror stands aside (catch-ups do nothing, the database
 	// answers), so that commands that never serve do not read every hash.
@@ -95,6 +99,44 @@ func (m *Mirror) Load(ctx context.Context) error {
 	return m.reload(ctx, m.now())
 }
 
+func (m *Mirror) setSeq(seq int64) {
+	m.seq = seq
+	m.applied.Store(seq)
+}
+
+// headReads coalesces reads of the change log's last number: a read that started after a request
+// arrived answers for that request too, so concurrent requests share one query.
+type headReads struct {
+	mu     sync.Mutex
+	readAt int64 // UnixNano when the last successful read started
+	seq    int64
+}
+
+// current makes sure the mirror holds every change committed before arrived, catching up when
+// it does not: a write acknowledged by any replica is answered from then on (read after write
+// across replicas). False: it cannot tell, and the database answers.
+func (m *Mirror) current(ctx context.Context, arrived time.Time) bool {
+	if !m.active.Load() || !m.fresh() {
+		return false
+	}
+	m.head.mu.Lock()
+	if m.head.readAt < arrived.UnixNano() {
+		started := m.now()
+		seq, err := m.store.ChangeSeq(ctx)
+		if err != nil {
+			m.head.mu.Unlock()
+			return false
+		}
+		m.head.readAt, m.head.seq = started.UnixNano(), seq
+	}
+	seq := m.head.seq
+	m.head.mu.Unlock()
+	if m.applied.Load() >= seq {
+		return true
+	}
+	return m.CatchUp(ctx) == nil && m.applied.Load() >= seq
+}
+
 // fresh reports whether what the mirror holds is within the staleness bound.
 func (m *Mirror) fresh() bool {
 	at := m.freshAt.Load()
@@ -108,7 +150,7 @@ func (m *Mirror) reload(ctx context.Context, started time.Time) error {
 		if err != nil {
 			return err
 		}
-		m.seq = seq
+		m.setSeq(seq)
 		m.freshAt.Store(started.UnixNano())
 		return nil
 	}
@@ -133,7 +175,7 @@ func (m *Mirror) reload(ctx context.Context, started time.Time) error {
 		return fmt.Errorf("load lookup index: %w", err)
 	}
 	m.setTable(t, snap.Pepper)
-	m.seq = snap.Seq
+	m.setSeq(snap.Seq)
 	m.freshAt.Store(started.UnixNano())
 	if snap.Pepper != "" && m.onPepper != nil {
 		m.onPepper(snap.Pepper)
@@ -224,7 +266,7 @@ func (m *Mirror) catchUp(ctx context.Context, started time.Time) error {
 			return err
 		}
 	}
-	m.seq = ch.Seq
+	m.setSeq(ch.Seq)
 	return nil
 }
 
@@ -281,11 +323,13 @@ type pepperKey struct{}
 // fails with ErrPepperChanged rather than answer "not bound" for bound addresses.
 func (m *Mirror) ResolveHashes(ctx context.Context, hashes []string) (map[string]string, error) {
 	pepper, _ := ctx.Value(pepperKey{}).(string)
-	out, ok, err := m.resolveHashes(pepper, hashes)
-	if ok || err != nil {
-		return out, err
+	if m.current(ctx, m.now()) {
+		out, ok, err := m.resolveHashes(pepper, hashes)
+		if ok || err != nil {
+			return out, err
+		}
 	}
-	out, err = m.store.LookupHashes(ctx, hashes)
+	out, err := m.store.LookupHashes(ctx, hashes)
 	if err != nil || pepper == "" || !m.active.Load() {
 		return out, err
 	}
@@ -358,8 +402,8 @@ func (m *Mirror) Stats() MirrorStats {
 }
 
 // token returns a cached, unexpired access token while the mirror is current.
-func (m *Mirror) token(hash string) (AccessToken, bool) {
-	if !m.fresh() {
+func (m *Mirror) token(ctx context.Context, hash string) (AccessToken, bool) {
+	if !m.current(ctx, m.now()) {
 		return AccessToken{}, false
 	}
 	return m.tokens.get(hash, m.now())

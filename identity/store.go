@@ -256,6 +256,9 @@ type Store interface {
 	// lookup hash answers or revokes an access token logs it, numbered in commit order. More
 	// than max changed hashes make a Reload instead.
 	Changes(ctx context.Context, after int64, max int) (Changes, error)
+	// ChangeSeq is the number of the last change committed: a replica whose views have applied
+	// it holds every write acknowledged before the call.
+	ChangeSeq(ctx context.Context) (int64, error)
 	// ScanLookupHashes reads, from one consistent snapshot, every lookup hash that has an
 	// answer, with the MXID LookupHashes would give it: begin gets the snapshot's change number
 	// and pepper first, then each is called per hash (its slices are valid during the call only).

@@ -704,6 +704,9 @@ func testChangeLog(t *testing.T, s identity.Store) {
 	if err := s.DeleteAccessToken(ctx, "no-such-token"); !errors.Is(err, identity.ErrNotFound) {
 		t.Fatal(err)
 	}
+	if seq, err := s.ChangeSeq(ctx); err != nil || seq != ch2.Seq {
+		t.Fatalf("ChangeSeq after the rebind = %d, %v; want %d", seq, err, ch2.Seq)
+	}
 	if again := changesAfter(t, s, ch2.Seq); again.Seq != ch2.Seq || len(again.Hashes)+len(again.Tokens) != 0 {
 		t.Fatalf("failed writes logged: %+v", again)
 	}

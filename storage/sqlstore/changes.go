@@ -97,6 +97,18 @@ func deleteReturning(ctx context.Context, tx *sql.Tx, q string, args ...any) ([]
 	return out, rows.Err()
 }
 
+func (s *Store) ChangeSeq(ctx context.Context) (int64, error) {
+	st, err := s.stmt(ctx, `SELECT seq FROM change_log_seq WHERE id = 1`)
+	if err != nil {
+		return 0, fmt.Errorf("read change number: %w", err)
+	}
+	var seq int64
+	if err := st.QueryRowContext(ctx).Scan(&seq); err != nil {
+		return 0, fmt.Errorf("read change number: %w", err)
+	}
+	return seq, nil
+}
+
 func (s *Store) Changes(ctx context.Context, after int64, max int) (identity.Changes, error) {
 	var ch identity.Changes
 	// One statement, so one snapshot on both engines: the counter, the pruning mark and the
