@@ -121,5 +121,20 @@ func TestAccountHandoffHomeserverFails(t *testing.T) {
 		}
 		// The newer login replaced the code that was put back.
 		redeem(code, verifier).Want(t, http.StatusForbidden, "M_FORBIDDEN")
+
+		// A password reset (the old one may be stolen) ends the account's Matrix sessions and
+		// the login waiting for its client.
+		if w := whoami(token); w.Status != http.StatusOK {
+			t.Fatalf("whoami before the reset: %d %s", w.Status, w.Body)
+		}
+		waiting := login(t)
+		h.Post(t, "/_ozo/v1/accounts/password/request_reset", "", map[string]any{"email": addr}).Want(t, http.StatusOK, "")
+		reset := mailedAccountToken(t, h, addr, 2, "reset")
+		h.Post(t, "/_ozo/v1/accounts/password/reset", "", map[string]any{"token": reset, "password": "another long passphrase"}).
+			Want(t, http.StatusOK, "")
+		if w := whoami(token); w.Status != http.StatusUnauthorized {
+			t.Fatalf("whoami after the reset: %d %s", w.Status, w.Body)
+		}
+		redeem(waiting, verifier).Want(t, http.StatusForbidden, "M_FORBIDDEN")
 	})
 }

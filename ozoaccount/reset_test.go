@@ -164,3 +164,26 @@ func TestResetOnce(t *testing.T) {
 		}
 	})
 }
+
+// TestResetEndsPendingHandoffs: a reset may follow a stolen password, so a login completed
+// before it cannot be handed to a client after it.
+func TestResetEndsPendingHandoffs(t *testing.T) {
+	forEngines(t, func(t *testing.T, f *fixture) {
+		ctx := t.Context()
+		const addr = "reset-handoff@example.nl"
+		secret, _ := f.activate(t, addr)
+		verifier, challenge := pkce(t, "before-reset")
+		_, h := f.handoffLogin(t, addr, secret, challenge)
+		if err := f.svc.RequestReset(ctx, addr); err != nil {
+			t.Fatal(err)
+		}
+		f.svc.Wait()
+		tok := f.mailedToken(t, addr, 2, ozoaccount.ResetPath)
+		if err := f.svc.ResetPassword(ctx, tok, "a brand new passphrase"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.svc.RedeemHandoff(ctx, h.Code, verifier); !errors.Is(err, ozoaccount.ErrHandoffRefused) {
+			t.Fatalf("a hand-off code from before the reset: %v", err)
+		}
+	})
+}

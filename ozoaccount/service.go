@@ -1006,7 +1006,17 @@ func (s *Service) ResetPassword(ctx context.Context, token, password string) err
 	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrTokenUsed) || errors.Is(err, ErrTokenExpired) {
 		return s.linkRefused(ctx, "password reset", a.ID, err)
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	// Whoever knew the old password may hold a Matrix session from it: end them all, as a
+	// Matrix homeserver does on a password change. The new password is set either way.
+	if s.hs != nil && a.MXID != "" {
+		if err := s.hs.LogoutAll(ctx, a.MXID); err != nil {
+			s.log.WarnContext(ctx, "password reset: Matrix sessions not ended", "account", a.ID, "err", err)
+		}
+	}
+	return nil
 }
 
 // Disable refuses the account's logins, unbinds its email and logs its Matrix user out.

@@ -135,7 +135,7 @@ type Store interface {
 	// CompleteReset is the end of a password reset, in one transaction: it uses the reset link
 	// hash of account a (errors as UseToken; ErrNotFound for a link of another account, or an
 	// account that is gone, not active or has another email than a), sets the account's
-	// password hash and updated time to a's, removes its login tickets, clears the failures of
+	// password hash and updated time to a's, removes its login tickets and hand-off codes, clears the failures of
 	// lockKey and appends recs. When any of it fails, nothing changes: the link stays usable.
 	CompleteReset(ctx context.Context, hash string, now time.Time, a Account, lockKey string, recs ...audit.Record) error
 

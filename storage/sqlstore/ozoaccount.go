@@ -322,9 +322,10 @@ func (s *OZOAccounts) CompleteReset(ctx context.Context, hash string, now time.T
 		if n, _ := res.RowsAffected(); n == 0 {
 			return ozoaccount.ErrNotFound // deleted, disabled or readdressed since the link was checked
 		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM ozo_account_tokens WHERE account_id = $1 AND purpose = $2`,
-			a.ID, string(ozoaccount.PurposeLogin)); err != nil {
-			return fmt.Errorf("complete reset: end login tickets: %w", err)
+		// A reset may follow a stolen password: logins begun or completed before it end here.
+		if _, err := tx.ExecContext(ctx, `DELETE FROM ozo_account_tokens WHERE account_id = $1 AND purpose IN ($2, $3)`,
+			a.ID, string(ozoaccount.PurposeLogin), string(ozoaccount.PurposeHandoff)); err != nil {
+			return fmt.Errorf("complete reset: end login tickets and hand-off codes: %w", err)
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM ozo_login_failures WHERE login_key = $1`, lockKey); err != nil {
 			return fmt.Errorf("complete reset: clear login failures: %w", err)
