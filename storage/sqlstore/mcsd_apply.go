@@ -57,7 +57,7 @@ var pgUpsertResources = func() []string {
 	q := func(full bool) string {
 		return `INSERT INTO mcsd_resources (dir, type, seen_run, ` + strings.Join(cols, ", ") + `)
 			SELECT $1, $2, $3, u.* FROM unnest(` + strings.Join(arrays, ", ") + `) AS u(` + strings.Join(cols, ", ") + `)
-			ON CONFLICT (dir, type, id) DO UPDATE SET ` + upsertSet + guardSQL(full) + ` RETURNING id`
+			ON CONFLICT (dir, type, id) DO UPDATE SET ` + upsertSet + guardSQL(full) + ` RETURNING id, xmax = 0`
 	}
 	return []string{q(false), q(true)}
 }()
@@ -65,6 +65,8 @@ var pgUpsertResources = func() []string {
 // applyTx writes versions of resources of type typ, one per id, in tx; the caller marks the
 // directory dirty when any applied.
 func (db *DB) applyTx(ctx context.Context, tx *sql.Tx, dir, typ string, run int64, full bool, batch []mcsd.Resource) (applied, deleted int, err error) {
+	// appliedIDs holds the ids written, true for rows that are new (known on PostgreSQL only):
+	// those have no references or identifiers to replace, which in a first sync is every row.
 	var appliedIDs map[string]bool
 	if db.Engine == Postgres {
 		appliedIDs, err = db.upsertResourcesPG(ctx, tx, dir, typ, run, full, batch)
@@ -80,14 +82,17 @@ func (db *DB) applyTx(ctx context.Context, tx *sql.Tx, dir, typ string, run int6
 	var ids []string
 	var refs, idents [][3]string
 	for _, r := range batch {
-		if !appliedIDs[r.ID] {
+		isNew, ok := appliedIDs[r.ID]
+		if !ok {
 			continue
 		}
 		applied++
 		if r.Deleted {
 			deleted++
 		}
-		ids = append(ids, r.ID)
+		if !isNew {
+			ids = append(ids, r.ID)
+		}
 		for _, rf := range r.Refs {
 			refs = append(refs, [3]string{r.ID, rf.Kind, rf.To})
 		}
@@ -160,7 +165,21 @@ func (db *DB) upsertResourcesPG(ctx context.Context, tx *sql.Tx, dir, typ string
 	if err != nil {
 		return nil, err
 	}
-	return collectIDs(st.QueryContext(ctx, args...))
+	rows, err := st.QueryContext(ctx, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var id string
+		var inserted bool
+		if err := rows.Scan(&id, &inserted); err != nil {
+			return nil, err
+		}
+		out[id] = inserted
+	}
+	return out, rows.Err()
 }
 
 func (db *DB) upsertResourcesSQLite(ctx context.Context, tx *sql.Tx, dir, typ string, run int64, full bool, batch []mcsd.Resource) (map[string]bool, error) {
@@ -186,7 +205,7 @@ func (db *DB) upsertResourcesSQLite(ctx context.Context, tx *sql.Tx, dir, typ st
 			return nil, err
 		}
 		for id := range ids {
-			out[id] = true
+			out[id] = false // SQLite cannot tell an insert from an update here
 		}
 	}
 	return out, nil
