@@ -4,7 +4,7 @@
 GO ?= go
 RACE_PKGS = ./storage/... ./identity/... ./homeserver/... ./email/... ./api/... ./lookup/...
 
-.PHONY: test vet dendrite jsdeps build image bench bench-go bench-load fuzz
+.PHONY: test vet dendrite jsdeps build image bench bench-go bench-mcsd bench-load fuzz
 
 # Every Fuzz* function of every package runs for FUZZTIME (their seed corpora, f.Add and
 # testdata/fuzz, already run in plain `go test`). New fuzz tests are found without listing them.
@@ -40,12 +40,18 @@ IMAGE_TAG ?= ozo-identity:dev
 image:
 	$(GO) run ./cmd/ozo-image --out $(IMAGE_OUT) --tag $(IMAGE_TAG)
 
-bench: bench-go bench-load
+bench: bench-go bench-mcsd bench-load
 
 bench-go:
-	$(GO) test -run '^$$' -bench . -skip MirrorLoad -benchtime 200x ./identity/ ./lookup/...
+	$(GO) test -run '^$$' -bench . -skip MirrorLoad -benchtime 200x ./identity/ ./lookup/ ./lookup/hashindex/
 	$(GO) test -run '^$$' -bench MirrorLoad -benchtime 3x ./identity/
 	$(GO) test -run '^$$' -bench LookupHandler -benchtime 200x ./api/
+
+# mCSD directory sync of 1,000 directories / ~100,000 resources from an HTTPS server in the test
+# process, SQLite and PostgreSQL (BENCH_PG_URL's server): a full sync into an empty index, then
+# incremental syncs with 1 % changed and with nothing changed. One run each (minutes, not seconds).
+bench-mcsd:
+	CI=true OZO_TEST_POSTGRES_URL='$(BENCH_PG_URL)' $(GO) test -run '^$$' -bench 'BenchmarkSync(Full|Incremental)$$' -benchtime 1x -timeout 30m ./lookup/mcsd/
 
 # The load tool against the real binary on loopback, both engines, every size in BENCH_SIZES
 # (make bench-load BENCH_SIZES=10000 for a quick run: 1M bindings take minutes to seed).

@@ -1,6 +1,7 @@
 package identity_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/ozo-platform/ozo-identity/audit"
 	"github.com/ozo-platform/ozo-identity/identity"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore/dbtest"
@@ -26,6 +28,12 @@ func BenchmarkImportBindings(b *testing.B) {
 		b.Run(string(engine), func(b *testing.B) {
 			db := dbtest.Open(b, engine)
 			store := sqlstore.New(db)
+			// Imports are audited: a store without the chain key refuses them.
+			chain, err := audit.NewChain(bytes.Repeat([]byte{7}, 32))
+			if err != nil {
+				b.Fatal(err)
+			}
+			store.SetAuditChain(chain)
 			ctx := context.Background()
 			signer, err := identity.LoadSigner(ctx, store, "ozo.example.nl", "")
 			if err != nil {

@@ -12,14 +12,18 @@
 // plain http is refused and reported unless Options.AllowHTTP lists it (the LRZA itself and the
 // directories the operator configures are taken as given). The watermark per directory and type
 // is the first page's Bundle.meta.lastUpdated, stored once the whole history was read, so a
-// restart resumes where the last complete read ended. Pages are decoded token by token and written in batches; memory does
-// not grow with the size of a directory.
+// restart resumes where the last complete read ended. Pages are decoded token by token; a
+// directory's versions wait in memory up to a bound (flushAt) and are written with the rest of
+// its sync in one transaction, a large directory's in batches before it, so memory does not grow
+// with the size of a directory. The placement pass revisits only the UZI numbers whose candidates
+// a validation changed.
 //
 // One sync of a database runs at a time, across processes and replicas: SyncAll holds the lease
 // LeaseName (a Lease from the Store) and renews it while it works. Even so, a run only deletes what its
 // own reading proves gone: the tombstones its history listed, and, after a full read, the
-// resources it did not list that are not newer than its snapshot. Those deletions, the
-// watermarks and the derived candidates of a directory are stored in one transaction, which a
+// resources it did not list that are not newer than its snapshot. Those deletions, the last
+// versions, the watermarks, the derived candidates and the attempt's outcome of a directory are
+// stored in one transaction, which a
 // mass-delete guard (Options.MaxDeleteShare, MaxDeleteMin) rolls back when it would remove most
 // of a type at once. Options.Full re-reads directories whole; until that transaction commits the
 // old candidates keep resolving.

@@ -28,7 +28,10 @@ type Index struct {
 
 	// written counts rows written since the planner statistics were refreshed; a first sync
 	// grows the tables from nothing, and plans made for empty tables scan them whole.
+	// analyzed is what was written before that refresh: the next waits until the rows
+	// written since match it, so a first sync of n rows refreshes O(log n) times.
 	written   atomic.Int64
+	analyzed  int64 // under analyzeMu
 	analyzeMu sync.Mutex
 }
 
@@ -37,24 +40,27 @@ func NewIndex(db Store) *Index {
 	return &Index{db: db, now: time.Now}
 }
 
-// analyzeEvery is how many written rows make the statistics stale.
+// analyzeEvery is how many written rows make the statistics stale at least.
 const analyzeEvery = 5000
 
-// analyzeIfStale refreshes the planner statistics of the index tables when many rows were
-// written since the last time, before a directory is validated with plans based on them.
+// analyzeIfStale refreshes the planner statistics of the index tables when the rows written
+// since the last time are as many as were written before it (and at least analyzeEvery),
+// before a directory is validated with plans based on them.
 func (x *Index) analyzeIfStale(ctx context.Context) error {
 	if x.written.Load() < analyzeEvery {
 		return nil
 	}
 	x.analyzeMu.Lock()
 	defer x.analyzeMu.Unlock()
-	if x.written.Load() < analyzeEvery {
-		return nil // another worker just did it
+	w := x.written.Load()
+	if w < max(analyzeEvery, x.analyzed) {
+		return nil // another worker just did it, or not stale enough yet
 	}
 	if err := x.db.Analyze(ctx); err != nil {
 		return err
 	}
-	x.written.Store(0)
+	x.analyzed += w
+	x.written.Add(-w)
 	return nil
 }
 

@@ -98,15 +98,19 @@ func (x *Index) ResetDirectory(ctx context.Context, baseURL string) error {
 	return nil
 }
 
-// recordAttempt stores the outcome of a directory's sync and its backoff.
-func (x *Index) recordAttempt(ctx context.Context, d directory, start time.Time, syncErr error, backoff func(failures int) time.Duration) error {
+// attempt is the outcome of a directory's sync that started at start, with its backoff.
+func (x *Index) attempt(d directory, start time.Time, syncErr error, backoff func(failures int) time.Duration) Attempt {
 	now := x.now()
-	a := Attempt{OK: true, Start: start.UnixMilli(), Now: now.UnixMilli()}
-	if syncErr != nil {
-		failures := d.failures + 1
-		a = Attempt{Start: start.UnixMilli(), Now: now.UnixMilli(), Error: clean(syncErr.Error(), 1000),
-			Failures: failures, NextAttempt: now.Add(backoff(failures)).UnixMilli()}
+	if syncErr == nil {
+		return Attempt{OK: true, Start: start.UnixMilli(), Now: now.UnixMilli()}
 	}
+	failures := d.failures + 1
+	return Attempt{Start: start.UnixMilli(), Now: now.UnixMilli(), Error: clean(syncErr.Error(), 1000),
+		Failures: failures, NextAttempt: now.Add(backoff(failures)).UnixMilli()}
+}
+
+// recordAttempt stores the outcome of a directory's sync on its own.
+func (x *Index) recordAttempt(ctx context.Context, d directory, a Attempt) error {
 	if err := x.db.RecordAttempt(ctx, d.id, a); err != nil {
 		return fmt.Errorf("record sync of %s: %w", d.baseURL, err)
 	}

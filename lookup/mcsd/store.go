@@ -26,10 +26,10 @@ type Store interface {
 type ResourceStore interface {
 	// StoredVersion returns the version of a resource in the index; ok is false without one.
 	StoredVersion(ctx context.Context, dir, typ, id string) (versionID string, ts int64, ok bool, err error)
-	// ApplyResources writes versions of resources of type typ, one per id, where they win over
-	// the stored ones (see FinishInput.Run), and reports how many changed the index and how
-	// many of those were deletes.
-	ApplyResources(ctx context.Context, dir, typ string, run int64, full bool, rs []Resource) (applied, deleted int, err error)
+	// ApplyResources writes batches of versions of resources in one transaction, where they
+	// win over the stored ones (see FinishInput.Run), and reports how many changed the index
+	// and how many of those were deletes.
+	ApplyResources(ctx context.Context, dir string, run int64, batches []Batch) (applied, deleted int, err error)
 	// FinishDirectory ends a directory's sync in one transaction; see FinishInput.
 	FinishDirectory(ctx context.Context, f FinishInput) (FinishResult, error)
 	// Analyze refreshes the planner statistics of the index.
@@ -100,6 +100,14 @@ type SearchStore interface {
 	SearchOrganizations(ctx context.Context, q OrganizationSearch) ([]Found[OrganizationHit], error)
 }
 
+// Batch is versions of resources of one type, one per id, as ApplyResources writes them.
+type Batch struct {
+	Type string
+	// Full: from a read of the whole history, which marks unchanged resources as seen again.
+	Full      bool
+	Resources []Resource
+}
+
 // TypeResult is what a complete read of one type's history leaves to store.
 type TypeResult struct {
 	Type  string
@@ -115,7 +123,8 @@ type TypeResult struct {
 	Deletes []Resource
 }
 
-// FinishInput is the end of one directory's sync: the store applies the tombstones and stores
+// FinishInput is the end of one directory's sync: the store applies the batches not written yet
+// (Apply) and the tombstones, stores
 // the watermarks of the types read completely, sweeps what full reads proved gone, asks Guard
 // about the deletions (its error rolls all of it back) and, if Judge is set and anything
 // changed, validates the directory and derives its candidates again.
@@ -125,18 +134,23 @@ type FinishInput struct {
 	TrustAll bool
 	// Run identifies the sync: within one run the first version seen of a resource wins unless
 	// a later one is strictly newer; across runs anything not older wins.
-	Run            int64
+	Run int64
+	// Apply holds the last versions fetched, written first: a small directory's sync is this
+	// one transaction.
+	Apply          []Batch
 	Done           []TypeResult
 	Judge, Changed bool
-	MaxRejections  int
-	Now            int64
+	// Attempt, if set, is recorded (RecordAttempt) in the same transaction.
+	Attempt       *Attempt
+	MaxRejections int
+	Now           int64
 	// Guard, if set, judges the live resources per type before and after the deletions.
 	Guard func(before, after map[string]int) error
 }
 
 // FinishResult is what FinishDirectory did besides storing watermarks.
 type FinishResult struct {
-	Applied, Deleted int // the history's tombstones that changed the index
+	Applied, Deleted int // the versions of Apply and the history's tombstones that changed the index
 	Swept            int
 	Rejected         int // of the resources this run touched
 	Rejections       []Rejection

@@ -478,24 +478,31 @@ func (s *Syncer) syncDirectory(ctx context.Context, d directory, run int64, tota
 		marks = map[string]string{}
 	}
 	var done []TypeResult
+	var pend pending
 	if err == nil {
 		for _, typ := range d.types() {
 			var tr TypeResult
-			if tr, err = s.syncType(dctx, d, typ, marks[typ], run, &rep, progress); err != nil {
+			if tr, err = s.syncType(dctx, d, typ, marks[typ], run, &pend, &rep, progress); err != nil {
 				break
 			}
 			done = append(done, tr)
 		}
 	}
-	// One transaction stores what the completed types leave (deletes, watermarks, sweeps) and,
-	// after a complete fetch, judges the directory: a half-read directory is judged on its last
-	// complete state; what was applied stays and is judged next time. Nothing changed, nothing judged.
+	// One transaction stores the versions not written yet, what the completed types leave
+	// (deletes, watermarks, sweeps) and the outcome of the attempt, and, after a complete fetch,
+	// judges the directory: a half-read directory is judged on its last complete state; what was
+	// applied stays and is judged next time. Nothing changed, nothing judged.
 	fctx := dctx
 	if err != nil {
 		fctx = context.WithoutCancel(ctx) // keep the types that completed before a time-out
 	}
+	if err != nil && ctx.Err() == nil && dctx.Err() != nil {
+		err = fmt.Errorf("the whole directory took longer than %s; the types read completely are kept", s.opts.DirectoryTimeout)
+	}
 	g := deleteGuard{share: s.opts.MaxDeleteShare, min: s.opts.MaxDeleteMin, off: s.opts.AllowMassDelete}
-	res, ferr := s.idx.finish(fctx, d, run, done, err == nil, d.dirty || rep.Applied > 0, g, s.opts.MaxRejections)
+	apply := pend.take()
+	attempt := s.idx.attempt(d, rep.Started, err, s.backoff)
+	res, ferr := s.idx.finish(fctx, d, run, apply, done, err == nil, d.dirty || rep.Applied > 0 || len(apply) > 0, g, s.opts.MaxRejections, &attempt)
 	rep.Applied += res.Applied + res.Swept
 	rep.Deleted += res.Deleted + res.Swept
 	rep.Rejected += res.Rejected
@@ -507,14 +514,15 @@ func (s *Syncer) syncDirectory(ctx context.Context, d directory, run int64, tota
 	if err == nil {
 		err = ferr
 	}
-	if err != nil && ctx.Err() == nil && dctx.Err() != nil {
-		err = fmt.Errorf("the whole directory took longer than %s; the types read completely are kept", s.opts.DirectoryTimeout)
-	}
 	rep.Err = err
 	rep.Duration = time.Since(rep.Started)
-	// The outcome is recorded even when the run's context ended, so a new context is used.
-	if rerr := s.idx.recordAttempt(context.WithoutCancel(ctx), d, rep.Started, err, s.backoff); rerr != nil && rep.Err == nil {
-		rep.Err = rerr
+	if ferr != nil {
+		// The finish transaction, and the attempt in it, rolled back: record the outcome alone,
+		// even when the run's context ended, so a new context is used.
+		a := s.idx.attempt(d, rep.Started, err, s.backoff)
+		if rerr := s.idx.recordAttempt(context.WithoutCancel(ctx), d, a); rerr != nil && rep.Err == nil {
+			rep.Err = rerr
+		}
 	}
 	if rep.Err != nil {
 		s.log.WarnContext(ctx, "mCSD directory sync failed", "directory", d.baseURL, "err", rep.Err)
@@ -561,7 +569,7 @@ type winner struct {
 // syncType pages through {base}/{typ}/_history since the watermark and applies every live
 // version; tombstones wait for the caller, which stores the new watermark only when the whole
 // history was read.
-func (s *Syncer) syncType(ctx context.Context, d directory, typ, since string, run int64, rep *DirectoryReport, progress func(Progress)) (TypeResult, error) {
+func (s *Syncer) syncType(ctx context.Context, d directory, typ, since string, run int64, pend *pending, rep *DirectoryReport, progress func(Progress)) (TypeResult, error) {
 	full := since == ""
 	q := url.Values{"_count": {fmt.Sprint(s.opts.PageSize)}}
 	if !full {
@@ -573,18 +581,15 @@ func (s *Syncer) syncType(ctx context.Context, d directory, typ, since string, r
 		return TypeResult{}, &FetchError{Type: typ, Reason: fmt.Sprintf("directory base URL %q is not an http(s) URL", clean(d.baseURL, 200))}
 	}
 
-	var batch []Resource
 	// The history lists the newest version first; like the store's upsert, a later entry only
 	// replaces the one decided on when it is strictly newer.
 	decided := map[string]winner{}
 	deletes := map[string]Resource{}
-	const batchSize = 200
 	flush := func() error {
-		if len(batch) == 0 {
+		if pend.n < flushAt {
 			return nil
 		}
-		applied, _, err := s.idx.applyBatch(ctx, d.id, typ, run, full, batch)
-		batch = batch[:0]
+		applied, _, err := s.idx.applyBatches(ctx, d.id, run, pend.take())
 		rep.Applied += applied
 		return err
 	}
@@ -628,10 +633,7 @@ func (s *Syncer) syncType(ctx context.Context, d directory, typ, since string, r
 				return nil
 			}
 			delete(deletes, r.ID)
-			batch = append(batch, r)
-			if len(batch) >= batchSize {
-				return flush()
-			}
+			pend.add(typ, full, r)
 			return nil
 		})
 		if ferr := flush(); err == nil && ferr != nil {

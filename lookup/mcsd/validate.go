@@ -48,19 +48,20 @@ func (g deleteGuard) check(types []string) func(before, after map[string]int) er
 	}
 }
 
-// finish ends a directory's sync in one transaction of the store (FinishInput): tombstones,
-// watermarks, sweeps, the mass-delete guard and, if judge is set and anything changed, the
-// directory's validation and derivation.
-func (x *Index) finish(ctx context.Context, d directory, run int64, done []TypeResult, judge, changed bool, g deleteGuard, max int) (FinishResult, error) {
+// finish ends a directory's sync in one transaction of the store (FinishInput): the versions
+// not written yet, tombstones, watermarks, sweeps, the mass-delete guard, the attempt and, if
+// judge is set and anything changed, the directory's validation and derivation.
+func (x *Index) finish(ctx context.Context, d directory, run int64, apply []Batch, done []TypeResult, judge, changed bool, g deleteGuard, max int, a *Attempt) (FinishResult, error) {
 	if judge && changed {
 		if err := x.analyzeIfStale(ctx); err != nil {
 			return FinishResult{}, err
 		}
 	}
-	res, err := x.db.FinishDirectory(ctx, FinishInput{Dir: d.id, TrustAll: d.kind == "lrza", Run: run, Done: done,
-		Judge: judge, Changed: changed, MaxRejections: max, Now: x.now().UnixMilli(), Guard: g.check(d.types())})
+	res, err := x.db.FinishDirectory(ctx, FinishInput{Dir: d.id, TrustAll: d.kind == "lrza", Run: run, Apply: apply, Done: done,
+		Judge: judge, Changed: changed, MaxRejections: max, Now: x.now().UnixMilli(), Guard: g.check(d.types()), Attempt: a})
 	if err != nil {
 		return FinishResult{}, err
 	}
+	x.written.Add(int64(res.Applied))
 	return res, nil
 }

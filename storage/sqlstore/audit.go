@@ -53,6 +53,14 @@ func (s *Store) appendAudit(ctx context.Context, tx *sql.Tx, recs []audit.Record
 		s.chain.Seal(&recs[i], seq+1, mac)
 		seq, mac = recs[i].Seq, recs[i].MAC
 	}
+	if s.db.Engine == Postgres && len(recs) > 1 {
+		// A bulk import appends one record per binding it changed: on PostgreSQL as columns in
+		// one statement.
+		if err := insertAuditColumns(ctx, tx, recs); err != nil {
+			return fmt.Errorf("append audit records: %w", err)
+		}
+		recs = nil
+	}
 	// Many rows per statement: a bulk import appends one record per binding it changed.
 	const rowsPerInsert = 50
 	for start := 0; start < len(recs); start += rowsPerInsert {
@@ -70,7 +78,13 @@ func (s *Store) appendAudit(ctx context.Context, tx *sql.Tx, recs []audit.Record
 				if c > 0 {
 					q.WriteString(", ")
 				}
-				fmt.Fprintf(&q, "$%d", len(args)+c+1)
+				// SQLite finds a $N parameter by a linear search of the statement's names, which
+				// made an import's records cost quadratic time; ? parameters are numbered in order.
+				if s.db.Engine == Postgres {
+					fmt.Fprintf(&q, "$%d", len(args)+c+1)
+				} else {
+					q.WriteString("?")
+				}
 			}
 			q.WriteString(")")
 			args = append(args, r.Seq, ms(r.At), string(r.Action), string(r.Outcome), string(r.Actor.Kind), r.Actor.ID, r.OnBehalfOf,
@@ -84,6 +98,29 @@ func (s *Store) appendAudit(ctx context.Context, tx *sql.Tx, recs []audit.Record
 		return fmt.Errorf("move audit head: %w", err)
 	}
 	return nil
+}
+
+// insertAuditColumns inserts recs with one array per column (PostgreSQL).
+func insertAuditColumns(ctx context.Context, tx *sql.Tx, recs []audit.Record) error {
+	n := len(recs)
+	seq, at, count, found := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+	text := make([][]string, 13)
+	for i := range text {
+		text[i] = make([]string, n)
+	}
+	for i, r := range recs {
+		seq[i], at[i], count[i], found[i] = r.Seq, ms(r.At), r.Count, r.Found
+		for c, v := range []string{string(r.Action), string(r.Outcome), string(r.Actor.Kind), r.Actor.ID, r.OnBehalfOf,
+			r.Medium, r.Address, r.Resource, r.Source, r.RequestID, r.Detail, r.PrevMAC, r.MAC} {
+			text[c][i] = v
+		}
+	}
+	_, err := tx.ExecContext(ctx, `INSERT INTO audit_records (seq, at, action, outcome, actor_kind, actor, on_behalf_of,
+		medium, address, resource, source, request_id, detail, prev_mac, mac, count, found)
+		SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+			$9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::bigint[], $17::bigint[])`,
+		seq, at, text[0], text[1], text[2], text[3], text[4], text[5], text[6], text[7], text[8], text[9], text[10], text[11], text[12], count, found)
+	return err
 }
 
 func (s *Store) AppendAudit(ctx context.Context, recs ...audit.Record) error {

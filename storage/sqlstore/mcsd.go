@@ -47,9 +47,10 @@ func (db *DB) writeTx(ctx context.Context, fn func(*sql.Tx) error) error {
 	defer db.writeLock()()
 	setup := ""
 	if db.Engine == Postgres {
-		// Custom plans too: the tables grow from empty during a first sync, and a generic plan
-		// made while they were small would keep scanning them whole.
-		setup = `SELECT set_config('synchronous_commit', 'off', true), set_config('plan_cache_mode', 'force_custom_plan', true)`
+		// Generic plans are kept (planning the validation cost more than running it): the
+		// tables grow from empty during a first sync, but Index.analyzeIfStale refreshes their
+		// statistics as they double, and PostgreSQL plans a statement again after that.
+		setup = `SELECT set_config('synchronous_commit', 'off', true), set_config('plan_cache_mode', 'force_generic_plan', true)`
 	}
 	return inTx(ctx, db.DB, setup, fn)
 }
@@ -97,13 +98,36 @@ func (db *DB) execPrepared(ctx context.Context, tx *sql.Tx, q string, args ...an
 	return st.ExecContext(ctx, args...)
 }
 
-// Analyze refreshes the planner statistics of the index tables: a first sync grows them from
-// nothing, and plans made for empty tables scan them whole.
+// Analyze refreshes the planner statistics of the index tables on PostgreSQL: a first sync grows
+// them from nothing, and plans made for empty tables scan them whole. SQLite keeps none: without
+// statistics its planner already uses the indexes on dir, and with them its STAT4 (as modernc
+// builds it) re-prepares every statement whose directory parameter changed, which was a third of
+// an incremental sync's CPU.
 func (db *DB) Analyze(ctx context.Context) error {
-	defer db.writeLock()() // SQLite writes its statistics into a table
+	if db.Engine != Postgres {
+		return nil
+	}
 	for _, t := range []string{"mcsd_resources", "mcsd_refs", "mcsd_identifiers", "mcsd_role_uzis", "mcsd_addresses", "mcsd_hashes"} {
 		if _, err := db.ExecContext(ctx, `ANALYZE `+t); err != nil {
 			return fmt.Errorf("analyze %s: %w", t, err)
+		}
+	}
+	return nil
+}
+
+// dropMCSDStatistics removes the statistics that earlier versions' Analyze left for the index
+// tables in a SQLite file (see Analyze).
+func (db *DB) dropMCSDStatistics(ctx context.Context) error {
+	for _, t := range []string{"sqlite_stat1", "sqlite_stat4"} {
+		var n int
+		if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $1`, t).Scan(&n); err != nil {
+			return fmt.Errorf("find %s: %w", t, err)
+		}
+		if n == 0 {
+			continue
+		}
+		if _, err := db.ExecContext(ctx, `DELETE FROM `+t+` WHERE tbl LIKE 'mcsd!_%' ESCAPE '!'`); err != nil {
+			return fmt.Errorf("clear %s: %w", t, err)
 		}
 	}
 	return nil

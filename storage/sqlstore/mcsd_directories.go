@@ -135,14 +135,22 @@ func (db *DB) ResetWatermarks(ctx context.Context, dir string) error {
 
 // RecordAttempt stores the outcome of a directory's sync.
 func (db *DB) RecordAttempt(ctx context.Context, dir string, a mcsd.Attempt) error {
+	return db.writeTx(ctx, func(tx *sql.Tx) error { return db.recordAttemptTx(ctx, tx, dir, a) })
+}
+
+func (db *DB) recordAttemptTx(ctx context.Context, tx *sql.Tx, dir string, a mcsd.Attempt) error {
+	var err error
 	if a.OK {
-		_, err := db.execWrite(ctx, `UPDATE mcsd_directories SET last_attempt_at = $2, last_success_at = $3, last_error = '',
+		_, err = db.execPrepared(ctx, tx, `UPDATE mcsd_directories SET last_attempt_at = $2, last_success_at = $3, last_error = '',
 			failures = 0, next_attempt_at = 0 WHERE id = $1`, dir, a.Start, a.Now)
-		return err
+	} else {
+		_, err = db.execPrepared(ctx, tx, `UPDATE mcsd_directories SET last_attempt_at = $2, last_error = $3, failures = $4,
+			next_attempt_at = $5 WHERE id = $1`, dir, a.Start, a.Error, a.Failures, a.NextAttempt)
 	}
-	_, err := db.execWrite(ctx, `UPDATE mcsd_directories SET last_attempt_at = $2, last_error = $3, failures = $4,
-		next_attempt_at = $5 WHERE id = $1`, dir, a.Start, a.Error, a.Failures, a.NextAttempt)
-	return err
+	if err != nil {
+		return fmt.Errorf("record sync attempt: %w", err)
+	}
+	return nil
 }
 
 // RemoveDirectory deletes everything of a directory in one transaction and makes it inactive;

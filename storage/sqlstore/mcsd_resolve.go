@@ -6,7 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ozo-platform/ozo-identity/internal/sqlin"
@@ -145,42 +148,52 @@ func (db *DB) ChangedUZIs(ctx context.Context, after string, limit int) ([]strin
 	return uzis, err
 }
 
-// StorePlacements stores one page of the placement pass in one transaction.
+// StorePlacements stores one page of the placement pass in one transaction: a few statements
+// for the whole page, and one per UZI number only where a conflict exists.
 func (db *DB) StorePlacements(ctx context.Context, p mcsd.PlacementPage) (added, resolved []mcsd.Conflict, err error) {
+	var clear []string
+	for _, u := range p.UZIs {
+		if p.Conflicts[u] == nil {
+			clear = append(clear, u)
+		}
+	}
 	err = db.writeTx(ctx, func(tx *sql.Tx) error {
 		added, resolved = added[:0], resolved[:0]
+		// Conflicts that no longer exist, in one statement for the page.
+		err := db.deleteIn(ctx, tx, `DELETE FROM mcsd_conflicts WHERE medium = $1 AND address`, []any{threepid.MediumUZI}, clear,
+			"address, claims, first_seen", func(rows *sql.Rows) error {
+				var raw string
+				var first int64
+				old := mcsd.Conflict{Medium: threepid.MediumUZI}
+				if err := rows.Scan(&old.Address, &raw, &first); err != nil {
+					return err
+				}
+				old.FirstSeen = time.UnixMilli(first).UTC()
+				_ = json.Unmarshal([]byte(raw), &old.Claims)
+				resolved = append(resolved, old)
+				return nil
+			})
+		if err != nil {
+			return fmt.Errorf("clear conflicts: %w", err)
+		}
+		slices.SortFunc(resolved, func(a, b mcsd.Conflict) int { return strings.Compare(a.Address, b.Address) })
 		for _, u := range p.UZIs {
-			isNew, wasResolved, err := recordConflict(ctx, tx, u, p.Conflicts[u], p.Now)
+			if p.Conflicts[u] == nil {
+				continue
+			}
+			isNew, err := recordConflict(ctx, tx, u, p.Conflicts[u], p.Now)
 			if err != nil {
 				return err
 			}
 			if isNew != nil {
 				added = append(added, *isNew)
 			}
-			if wasResolved != nil {
-				resolved = append(resolved, *wasResolved)
-			}
-			next, ok := p.Placements[u]
-			if !ok {
-				continue
-			}
-			if _, err := tx.ExecContext(ctx, `INSERT INTO mcsd_placements (uzi, homeserver, mxid, since, prev_homeserver, prev_mxid, updated_at)
-				VALUES ($1, $2, $3, $4, $5, $6, $7)
-				ON CONFLICT (uzi) DO UPDATE SET homeserver = excluded.homeserver, mxid = excluded.mxid, since = excluded.since,
-				prev_homeserver = excluded.prev_homeserver, prev_mxid = excluded.prev_mxid, updated_at = excluded.updated_at`,
-				u, next.Homeserver, next.MXID, next.Since, next.PrevHomeserver, next.PrevMXID, p.Now); err != nil {
-				return fmt.Errorf("store placement: %w", err)
-			}
 		}
-		args := make([]any, len(p.UZIs))
-		for i, u := range p.UZIs {
-			args[i] = u
+		if err := db.upsertPlacements(ctx, tx, p); err != nil {
+			return fmt.Errorf("store placements: %w", err)
 		}
-		for start := 0; start < len(args); start += mcsdChunk {
-			part := args[start:min(len(args), start+mcsdChunk)]
-			if _, err := tx.ExecContext(ctx, `DELETE FROM mcsd_dirty WHERE medium = 'uzi' AND address IN (`+sqlin.Placeholders(1, len(part))+`)`, part...); err != nil {
-				return fmt.Errorf("clear changed 3pids: %w", err)
-			}
+		if err := db.deleteIn(ctx, tx, `DELETE FROM mcsd_dirty WHERE medium = $1 AND address`, []any{threepid.MediumUZI}, p.UZIs, "", nil); err != nil {
+			return fmt.Errorf("clear changed 3pids: %w", err)
 		}
 		return nil
 	})
@@ -190,40 +203,65 @@ func (db *DB) StorePlacements(ctx context.Context, p mcsd.PlacementPage) (added,
 	return added, resolved, nil
 }
 
-// recordConflict keeps mcsd_conflicts in step with one UZI number's conflict c (nil: it has none).
-// It returns the conflict when it is new, or the recorded one when it no longer exists.
-func recordConflict(ctx context.Context, tx *sql.Tx, uzi string, c *mcsd.Conflict, now int64) (isNew, resolved *mcsd.Conflict, err error) {
-	if c == nil {
-		var raw string
-		var first int64
-		err := tx.QueryRowContext(ctx, `DELETE FROM mcsd_conflicts WHERE medium = 'uzi' AND address = $1 RETURNING claims, first_seen`, uzi).Scan(&raw, &first)
-		if errors.Is(err, sql.ErrNoRows) {
-			return nil, nil, nil
-		}
-		if err != nil {
-			return nil, nil, fmt.Errorf("clear conflict: %w", err)
-		}
-		old := mcsd.Conflict{Medium: threepid.MediumUZI, Address: uzi, FirstSeen: time.UnixMilli(first).UTC()}
-		_ = json.Unmarshal([]byte(raw), &old.Claims)
-		return nil, &old, nil
+const placementUpsert = ` ON CONFLICT (uzi) DO UPDATE SET homeserver = excluded.homeserver, mxid = excluded.mxid, since = excluded.since,
+	prev_homeserver = excluded.prev_homeserver, prev_mxid = excluded.prev_mxid, updated_at = excluded.updated_at`
+
+// upsertPlacements writes the page's changed placements, in UZI order.
+func (db *DB) upsertPlacements(ctx context.Context, tx *sql.Tx, p mcsd.PlacementPage) error {
+	uzis := slices.Sorted(maps.Keys(p.Placements))
+	if len(uzis) == 0 {
+		return nil
 	}
+	if db.Engine == Postgres {
+		var hs, mxid, prevHS, prevMXID []string
+		var since []int64
+		for _, u := range uzis {
+			pl := p.Placements[u]
+			hs, mxid, prevHS, prevMXID = append(hs, pl.Homeserver), append(mxid, pl.MXID), append(prevHS, pl.PrevHomeserver), append(prevMXID, pl.PrevMXID)
+			since = append(since, pl.Since)
+		}
+		_, err := db.execPrepared(ctx, tx, `INSERT INTO mcsd_placements (uzi, homeserver, mxid, since, prev_homeserver, prev_mxid, updated_at)
+			SELECT u.*, $7 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[]) AS u`+placementUpsert,
+			uzis, hs, mxid, since, prevHS, prevMXID, p.Now)
+		return err
+	}
+	for len(uzis) > 0 {
+		n := rowSize(len(uzis))
+		part := uzis[:n]
+		uzis = uzis[n:]
+		args := make([]any, 0, 7*n)
+		for _, u := range part {
+			pl := p.Placements[u]
+			args = append(args, u, pl.Homeserver, pl.MXID, pl.Since, pl.PrevHomeserver, pl.PrevMXID, p.Now)
+		}
+		if _, err := db.execPrepared(ctx, tx, `INSERT INTO mcsd_placements (uzi, homeserver, mxid, since, prev_homeserver, prev_mxid, updated_at)
+			VALUES `+valueRows(n, 7)+placementUpsert, args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// recordConflict records the conflict c over a UZI number, or updates its claims; it returns c
+// when the conflict is new.
+func recordConflict(ctx context.Context, tx *sql.Tx, uzi string, c *mcsd.Conflict, now int64) (*mcsd.Conflict, error) {
 	raw, err := json.Marshal(c.Claims)
 	if err != nil {
-		return nil, nil, fmt.Errorf("record conflict: %w", err)
+		return nil, fmt.Errorf("record conflict: %w", err)
 	}
 	res, err := tx.ExecContext(ctx, `INSERT INTO mcsd_conflicts (medium, address, claims, first_seen, updated_at)
 		VALUES ('uzi', $1, $2, $3, $3) ON CONFLICT (medium, address) DO NOTHING`, uzi, string(raw), now)
 	if err != nil {
-		return nil, nil, fmt.Errorf("record conflict: %w", err)
+		return nil, fmt.Errorf("record conflict: %w", err)
 	}
 	if n, _ := res.RowsAffected(); n == 1 {
-		return c, nil, nil
+		return c, nil
 	}
 	if _, err := tx.ExecContext(ctx, `UPDATE mcsd_conflicts SET claims = $2, updated_at = $3
 		WHERE medium = 'uzi' AND address = $1 AND claims <> $2`, uzi, string(raw), now); err != nil {
-		return nil, nil, fmt.Errorf("record conflict: %w", err)
+		return nil, fmt.Errorf("record conflict: %w", err)
 	}
-	return nil, nil, nil
+	return nil, nil
 }
 
 // EndPlacementPass records now as the time of the last placement pass.

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/ozo-platform/ozo-identity/internal/sqlin"
@@ -40,135 +41,30 @@ const upsertGuard = ` WHERE (mcsd_resources.seen_run = excluded.seen_run AND exc
 		OR (excluded.version_ts = mcsd_resources.version_ts AND ($1 = 1 OR excluded.version_id <> mcsd_resources.version_id
 			OR excluded.deleted <> mcsd_resources.deleted))))`
 
-// ApplyResources writes one batch of versions of resources of type typ, one per id, in one short
-// transaction.
-func (db *DB) ApplyResources(ctx context.Context, dir, typ string, run int64, full bool, batch []mcsd.Resource) (applied, deleted int, err error) {
+// ApplyResources writes batches of versions of resources in one transaction.
+func (db *DB) ApplyResources(ctx context.Context, dir string, run int64, batches []mcsd.Batch) (applied, deleted int, err error) {
 	err = db.writeTx(ctx, func(tx *sql.Tx) error {
-		applied, deleted, err = db.applyTx(ctx, tx, dir, typ, run, full, batch)
+		applied, deleted, err = db.applyBatchesTx(ctx, tx, dir, run, batches)
 		return err
 	})
 	return applied, deleted, err
 }
 
-// applyTx writes versions of resources of type typ, one per id, in tx.
-func (db *DB) applyTx(ctx context.Context, tx *sql.Tx, dir, typ string, run int64, full bool, batch []mcsd.Resource) (applied, deleted int, err error) {
-	err = func() error {
-		appliedIDs := make(map[string]bool)
-		// Small statements: SQLite looks up $N parameters by name, in time quadratic in their number.
-		const perStmt = 20
-		for start := 0; start < len(batch); start += perStmt {
-			part := batch[start:min(len(batch), start+perStmt)]
-			args := []any{b2i(full)}
-			var q strings.Builder
-			q.WriteString(`INSERT INTO mcsd_resources (` + strings.Join(resourceCols, ", ") + `) VALUES `)
-			for i, r := range part {
-				if i > 0 {
-					q.WriteByte(',')
-				}
-				q.WriteString("(" + sqlin.Placeholders(len(args)+1, len(resourceCols)) + ")")
-				args = append(args, dir, typ, r.ID, r.VersionID, r.TS, run, b2i(r.Deleted), b2i(r.Active && !r.Deleted),
-					r.PeriodStart, r.PeriodEnd, r.Name, r.Search, r.URA, r.OrgRef, r.PractitionerRef, r.LocationRef,
-					r.Codes, r.CodeText, r.MXID, r.Homeserver, r.Kind, r.Address, r.City, r.Issue)
-			}
-			q.WriteString(` ON CONFLICT (dir, type, id) DO UPDATE SET `)
-			for i, c := range resourceCols[3:] {
-				if i > 0 {
-					q.WriteString(", ")
-				}
-				q.WriteString(c + " = excluded." + c)
-			}
-			q.WriteString(upsertGuard + ` RETURNING id`)
-			var rows *sql.Rows
-			if len(part) == perStmt {
-				st, err := db.prepared(ctx, tx, q.String())
-				if err != nil {
-					return fmt.Errorf("store %s: %w", typ, err)
-				}
-				rows, err = st.QueryContext(ctx, args...)
-			} else {
-				rows, err = tx.QueryContext(ctx, q.String(), args...)
-			}
-			if err != nil {
-				return fmt.Errorf("store %s: %w", typ, err)
-			}
-			for rows.Next() {
-				var id string
-				if err := rows.Scan(&id); err != nil {
-					rows.Close()
-					return fmt.Errorf("store %s: %w", typ, err)
-				}
-				appliedIDs[id] = true
-			}
-			rows.Close()
-			if err := rows.Err(); err != nil {
-				return fmt.Errorf("store %s: %w", typ, err)
-			}
+// applyBatchesTx writes batches in tx; one directory marked dirty for all of them.
+func (db *DB) applyBatchesTx(ctx context.Context, tx *sql.Tx, dir string, run int64, batches []mcsd.Batch) (applied, deleted int, err error) {
+	for _, b := range batches {
+		a, d, err := db.applyTx(ctx, tx, dir, b.Type, run, b.Full, b.Resources)
+		if err != nil {
+			return 0, 0, err
 		}
-		if len(appliedIDs) == 0 {
-			return nil
-		}
-		var ids []any
-		var refVals, identVals []any
-		for _, r := range batch {
-			if !appliedIDs[r.ID] {
-				continue
-			}
-			applied++
-			if r.Deleted {
-				deleted++
-			}
-			ids = append(ids, r.ID)
-			for _, rf := range r.Refs {
-				refVals = append(refVals, dir, typ, r.ID, rf.Kind, rf.To)
-			}
-			for _, id := range r.Idents {
-				identVals = append(identVals, dir, typ, r.ID, id.Kind, id.Value)
-			}
-		}
-		for start := 0; start < len(ids); start += mcsdChunk {
-			part := ids[start:min(len(ids), start+mcsdChunk)]
-			args := append([]any{dir, typ}, part...)
-			in := sqlin.Placeholders(3, len(part))
-			if _, err := tx.ExecContext(ctx, `DELETE FROM mcsd_refs WHERE dir = $1 AND from_type = $2 AND from_id IN (`+in+`)`, args...); err != nil {
-				return fmt.Errorf("replace references: %w", err)
-			}
-			if _, err := tx.ExecContext(ctx, `DELETE FROM mcsd_identifiers WHERE dir = $1 AND type = $2 AND id IN (`+in+`)`, args...); err != nil {
-				return fmt.Errorf("replace identifiers: %w", err)
-			}
-		}
-		if err := insertTuples(ctx, tx, `INSERT INTO mcsd_refs (dir, from_type, from_id, kind, to_id) VALUES `, 5, refVals); err != nil {
-			return fmt.Errorf("store references: %w", err)
-		}
-		if err := insertTuples(ctx, tx, `INSERT INTO mcsd_identifiers (dir, type, id, kind, value) VALUES `, 5, identVals); err != nil {
-			return fmt.Errorf("store identifiers: %w", err)
-		}
+		applied, deleted = applied+a, deleted+d
+	}
+	if applied > 0 {
 		if _, err := db.execPrepared(ctx, tx, `UPDATE mcsd_directories SET dirty = 1 WHERE id = $1 AND dirty = 0`, dir); err != nil {
-			return fmt.Errorf("mark directory: %w", err)
-		}
-		return nil
-	}()
-	return applied, deleted, err
-}
-
-// insertTuples inserts vals, width values a row, in statements of bounded size, skipping duplicates.
-func insertTuples(ctx context.Context, tx *sql.Tx, prefix string, width int, vals []any) error {
-	per := (mcsdChunk / width) * width
-	for start := 0; start < len(vals); start += per {
-		part := vals[start:min(len(vals), start+per)]
-		var q strings.Builder
-		q.WriteString(prefix)
-		for i := 0; i < len(part); i += width {
-			if i > 0 {
-				q.WriteByte(',')
-			}
-			q.WriteString("(" + sqlin.Placeholders(i+1, width) + ")")
-		}
-		q.WriteString(` ON CONFLICT DO NOTHING`)
-		if _, err := tx.ExecContext(ctx, q.String(), part...); err != nil {
-			return err
+			return 0, 0, fmt.Errorf("mark directory: %w", err)
 		}
 	}
-	return nil
+	return applied, deleted, nil
 }
 
 // sweepTx turns into tombstones the resources of type typ that a full read of its history (tr)
@@ -335,7 +231,7 @@ const roleWhere = ` WHERE r.dir = $1 AND r.type = 'PractitionerRole' AND r.delet
 const endpointJoin = ` JOIN mcsd_refs f ON f.dir = %[1]s.dir AND f.from_type = %[1]s.type AND f.from_id = %[1]s.id AND f.kind = 'endpoint'
 	JOIN mcsd_resources e ON e.dir = f.dir AND e.type = 'Endpoint' AND e.id = f.to_id AND e.deleted = 0 AND e.reason = '' AND e.active = 1 `
 
-const insertAddress = `INSERT INTO mcsd_addresses (dir, ura, medium, address, mxid, homeserver, pref, updated, source_id, not_before, not_after) SELECT DISTINCT `
+const insertAddress = `INSERT INTO mcsd_addresses_next (dir, ura, medium, address, mxid, homeserver, pref, updated, source_id, not_before, not_after) SELECT DISTINCT `
 
 var roleUpdated = greatest("r.version_ts", "COALESCE(p.version_ts, 0)")
 
@@ -344,9 +240,26 @@ func orgJoin(col string) string {
 	return ` JOIN mcsd_resources o ON o.dir = r.dir AND o.type = 'Organization' AND o.id = r.` + col + ` AND o.deleted = 0 AND o.reason = '' `
 }
 
-// derivationSteps rebuild the resolution candidates of directory $1 from its accepted resources.
-// pref orders them; see the package documentation for the rule.
-var derivationSteps = buildDerivationSteps()
+// derivationSteps derive the resolution candidates of directory $1 from its accepted resources
+// into mcsd_addresses_next. pref orders them; see the package documentation for the rule. The
+// candidates' INSERTs run as one statement (UNION ALL): a statement's fixed cost, not its rows,
+// was most of a small directory's validation.
+var derivationSteps = mergeInserts(buildDerivationSteps())
+
+// mergeInserts joins the consecutive steps that insert candidates into one statement.
+func mergeInserts(steps []step) []step {
+	var out []step
+	var selects, names []string
+	for _, st := range steps {
+		if rest, ok := strings.CutPrefix(st.sql, insertAddress); ok {
+			selects, names = append(selects, "SELECT DISTINCT "+rest), append(names, st.name)
+			continue
+		}
+		out = append(out, st)
+	}
+	into, _ := strings.CutSuffix(insertAddress, "SELECT DISTINCT ")
+	return append(out, step{strings.Join(names, "; "), into + strings.Join(selects, "\nUNION ALL ")})
+}
 
 func buildDerivationSteps() []step {
 	steps := []step{
@@ -431,31 +344,16 @@ func (db *DB) validateTx(ctx context.Context, tx *sql.Tx, dir string, trustAll b
 		WHERE dir = $1 AND deleted = 0 AND reason <> new_reason`, dir, run); err != nil {
 		return 0, nil, fmt.Errorf("validate (record): %w", err)
 	}
-	if err := markDirty(ctx, tx, dir); err != nil {
+	if err := db.deriveTx(ctx, tx, dir, pepper); err != nil {
 		return 0, nil, err
-	}
-	for _, q := range []string{`DELETE FROM mcsd_addresses WHERE dir = $1`, `DELETE FROM mcsd_hashes WHERE dir = $1`} {
-		if _, err := db.execPrepared(ctx, tx, q, dir); err != nil {
-			return 0, nil, fmt.Errorf("derive candidates: %w", err)
-		}
-	}
-	for _, st := range derivationSteps {
-		if _, err := db.execPrepared(ctx, tx, st.sql, dir); err != nil {
-			return 0, nil, fmt.Errorf("derive candidates (%s): %w", st.name, err)
-		}
-	}
-	if err := markDirty(ctx, tx, dir); err != nil {
-		return 0, nil, err
-	}
-	if err := fillHashes(ctx, tx, dir, pepper); err != nil {
-		return 0, nil, err
-	}
-	if _, err := tx.ExecContext(ctx, `UPDATE mcsd_directories SET dirty = 0 WHERE id = $1`, dir); err != nil {
-		return 0, nil, fmt.Errorf("validate: %w", err)
 	}
 	const touched = ` FROM mcsd_resources WHERE dir = $1 AND deleted = 0 AND reason <> '' AND (seen_run = $2 OR changed_run = $2)`
 	var rejected int
-	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*)`+touched, dir, run).Scan(&rejected); err != nil {
+	count, err := db.prepared(ctx, tx, `SELECT COUNT(*)`+touched)
+	if err != nil {
+		return 0, nil, fmt.Errorf("count rejections: %w", err)
+	}
+	if err := count.QueryRowContext(ctx, dir, run).Scan(&rejected); err != nil {
 		return 0, nil, fmt.Errorf("count rejections: %w", err)
 	}
 	if rejected == 0 {
@@ -475,6 +373,44 @@ func (db *DB) validateTx(ctx context.Context, tx *sql.Tx, dir string, trustAll b
 		rejections = append(rejections, r)
 	}
 	return rejected, rejections, rows.Err()
+}
+
+// candidateCols are the columns of a resolution candidate, for comparing derivations.
+const candidateCols = `dir, medium, address, mxid, homeserver, pref, updated, source_id, not_before, not_after, ura`
+
+// deriveSteps replace the candidates of directory $1 with those just derived into
+// mcsd_addresses_next, marking for the placement pass only the UZI numbers whose candidates
+// changed, and those in a recorded conflict (its claims name the care providers).
+var deriveSteps = []step{
+	{"mark changed", `INSERT INTO mcsd_dirty (dir, medium, address) SELECT DISTINCT dir, medium, address FROM (
+		SELECT ` + candidateCols + ` FROM mcsd_addresses WHERE dir = $1 AND medium = 'uzi'
+		EXCEPT SELECT ` + candidateCols + ` FROM mcsd_addresses_next WHERE dir = $1 AND medium = 'uzi') removed
+		UNION SELECT dir, medium, address FROM (
+		SELECT ` + candidateCols + ` FROM mcsd_addresses_next WHERE dir = $1 AND medium = 'uzi'
+		EXCEPT SELECT ` + candidateCols + ` FROM mcsd_addresses WHERE dir = $1 AND medium = 'uzi') added WHERE true
+		ON CONFLICT DO NOTHING`},
+	{"mark conflicts", `INSERT INTO mcsd_dirty (dir, medium, address) SELECT DISTINCT a.dir, a.medium, a.address FROM mcsd_addresses a
+		JOIN mcsd_conflicts c ON c.medium = a.medium AND c.address = a.address WHERE a.dir = $1 ON CONFLICT DO NOTHING`},
+	{"replace", `DELETE FROM mcsd_addresses WHERE dir = $1`},
+	{"replace", `INSERT INTO mcsd_addresses (` + candidateCols + `) SELECT ` + candidateCols + ` FROM mcsd_addresses_next WHERE dir = $1`},
+	{"clear", `DELETE FROM mcsd_addresses_next WHERE dir = $1`},
+	// Hashes of 3PIDs that lost every candidate go; fillHashes adds those of new ones.
+	{"hashes", `DELETE FROM mcsd_hashes WHERE dir = $1 AND NOT EXISTS (SELECT 1 FROM mcsd_addresses a
+		WHERE a.dir = mcsd_hashes.dir AND a.medium = mcsd_hashes.medium AND a.address = mcsd_hashes.address)`},
+}
+
+// deriveTx derives the candidates of directory dir again and keeps what changed (deriveSteps),
+// then adds the missing lookup hashes.
+func (db *DB) deriveTx(ctx context.Context, tx *sql.Tx, dir, pepper string) error {
+	for _, st := range append(derivationSteps[:len(derivationSteps):len(derivationSteps)], deriveSteps...) {
+		if _, err := db.execPrepared(ctx, tx, st.sql, dir); err != nil {
+			return fmt.Errorf("derive candidates (%s): %w", st.name, err)
+		}
+	}
+	if err := fillHashes(ctx, tx, dir, pepper); err != nil {
+		return err
+	}
+	return nil
 }
 
 // markDirty records the UZI numbers with candidates in dir so that the placement pass revisits them.
@@ -556,57 +492,11 @@ func (db *DB) FinishDirectory(ctx context.Context, f mcsd.FinishInput) (mcsd.Fin
 	var res mcsd.FinishResult
 	err := db.writeTx(ctx, func(tx *sql.Tx) error {
 		res = mcsd.FinishResult{}
-		before, err := liveCounts(ctx, tx, f.Dir)
-		if err != nil {
+		if err := db.finishTx(ctx, tx, f, &res); err != nil {
 			return err
 		}
-		for _, tr := range f.Done {
-			if len(tr.Deletes) > 0 {
-				a, del, err := db.applyTx(ctx, tx, f.Dir, tr.Type, f.Run, tr.Full, tr.Deletes)
-				if err != nil {
-					return err
-				}
-				res.Applied += a
-				res.Deleted += del
-			}
-			if tr.Full {
-				n, err := sweepTx(ctx, tx, f.Dir, tr, f.Run)
-				if err != nil {
-					return err
-				}
-				res.Swept += n
-			}
-			if tr.Since == "" {
-				continue
-			}
-			if _, err := db.execPrepared(ctx, tx, `INSERT INTO mcsd_watermarks (dir, type, since, updated_at) VALUES ($1, $2, $3, $4)
-				ON CONFLICT (dir, type) DO UPDATE SET since = excluded.since, updated_at = excluded.updated_at`,
-				f.Dir, tr.Type, tr.Since, f.Now); err != nil {
-				return fmt.Errorf("store watermark: %w", err)
-			}
-		}
-		if res.Deleted+res.Swept > 0 && f.Guard != nil {
-			after, err := liveCounts(ctx, tx, f.Dir)
-			if err != nil {
-				return err
-			}
-			if err := f.Guard(before, after); err != nil {
-				return err
-			}
-		}
-		if !f.Judge || !f.Changed && res.Deleted+res.Swept+res.Applied == 0 {
-			return nil
-		}
-		res.Rejected, res.Rejections, err = db.validateTx(ctx, tx, f.Dir, f.TrustAll, f.Run, f.MaxRejections)
-		if err != nil {
-			return err
-		}
-		// What counts now, and what counted before, for the status's collapse check.
-		const counted = `(SELECT COUNT(*) FROM mcsd_resources WHERE dir = $1 AND deleted = 0 AND reason = '')`
-		_, err = tx.ExecContext(ctx, `UPDATE mcsd_directories SET prev_resource_count = resource_count,
-			resource_count = `+counted+` WHERE id = $1 AND resource_count <> `+counted, f.Dir)
-		if err != nil {
-			return fmt.Errorf("count resources: %w", err)
+		if f.Attempt != nil {
+			return db.recordAttemptTx(ctx, tx, f.Dir, *f.Attempt)
 		}
 		return nil
 	})
@@ -614,4 +504,76 @@ func (db *DB) FinishDirectory(ctx context.Context, f mcsd.FinishInput) (mcsd.Fin
 		return mcsd.FinishResult{}, err
 	}
 	return res, nil
+}
+
+// finishTx is FinishDirectory but the attempt, in tx.
+func (db *DB) finishTx(ctx context.Context, tx *sql.Tx, f mcsd.FinishInput, res *mcsd.FinishResult) error {
+	a, _, err := db.applyBatchesTx(ctx, tx, f.Dir, f.Run, f.Apply)
+	if err != nil {
+		return err
+	}
+	res.Applied += a
+	// The guard compares live counts before and after, when anything may be deleted.
+	var before map[string]int
+	if f.Guard != nil && slices.ContainsFunc(f.Done, func(tr mcsd.TypeResult) bool { return tr.Full || len(tr.Deletes) > 0 }) {
+		if before, err = liveCounts(ctx, tx, f.Dir); err != nil {
+			return err
+		}
+	}
+	var marks []any // dir, type, since, now per type read completely
+	for _, tr := range f.Done {
+		if len(tr.Deletes) > 0 {
+			a, del, err := db.applyBatchesTx(ctx, tx, f.Dir, f.Run, []mcsd.Batch{{Type: tr.Type, Full: tr.Full, Resources: tr.Deletes}})
+			if err != nil {
+				return err
+			}
+			res.Applied += a
+			res.Deleted += del
+		}
+		if tr.Full {
+			n, err := sweepTx(ctx, tx, f.Dir, tr, f.Run)
+			if err != nil {
+				return err
+			}
+			res.Swept += n
+		}
+		if tr.Since != "" {
+			marks = append(marks, f.Dir, tr.Type, tr.Since, f.Now)
+		}
+	}
+	if len(marks) > 0 {
+		var rows []string
+		for i := 0; i < len(marks); i += 4 {
+			rows = append(rows, "("+sqlin.Placeholders(i+1, 4)+")")
+		}
+		if _, err := db.execPrepared(ctx, tx, `INSERT INTO mcsd_watermarks (dir, type, since, updated_at) VALUES `+strings.Join(rows, ", ")+`
+			ON CONFLICT (dir, type) DO UPDATE SET since = excluded.since, updated_at = excluded.updated_at`, marks...); err != nil {
+			return fmt.Errorf("store watermarks: %w", err)
+		}
+	}
+	if res.Deleted+res.Swept > 0 && before != nil {
+		after, err := liveCounts(ctx, tx, f.Dir)
+		if err != nil {
+			return err
+		}
+		if err := f.Guard(before, after); err != nil {
+			return err
+		}
+	}
+	if !f.Judge || !f.Changed && res.Deleted+res.Swept+res.Applied == 0 {
+		return nil
+	}
+	res.Rejected, res.Rejections, err = db.validateTx(ctx, tx, f.Dir, f.TrustAll, f.Run, f.MaxRejections)
+	if err != nil {
+		return err
+	}
+	// Judged; and what counts now, and what counted before, for the status's collapse check.
+	const counted = `(SELECT COUNT(*) FROM mcsd_resources WHERE dir = $1 AND deleted = 0 AND reason = '')`
+	_, err = db.execPrepared(ctx, tx, `UPDATE mcsd_directories SET dirty = 0,
+		prev_resource_count = CASE WHEN resource_count <> `+counted+` THEN resource_count ELSE prev_resource_count END,
+		resource_count = `+counted+` WHERE id = $1`, f.Dir)
+	if err != nil {
+		return fmt.Errorf("count resources: %w", err)
+	}
+	return nil
 }

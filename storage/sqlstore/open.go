@@ -195,5 +195,8 @@ func (db *DB) Migrate(ctx context.Context, log *slog.Logger) error {
 	for _, r := range results {
 		log.Info("applied migration", "file", r.Source.Path, "duration", r.Duration)
 	}
+	if db.Engine != Postgres {
+		return db.dropMCSDStatistics(ctx)
+	}
 	return nil
 }

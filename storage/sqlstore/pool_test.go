@@ -29,13 +29,15 @@ func TestPoolKeepsConnectionsUnderConcurrency(t *testing.T) {
 			// Hold n connections at once, twice: the second round must reuse the first's.
 			n := min(want, 8)
 			round := func() {
-				var wg sync.WaitGroup
+				var wg, ready sync.WaitGroup
 				start := make(chan struct{})
 				for range n {
 					wg.Add(1)
+					ready.Add(1)
 					go func() {
 						defer wg.Done()
 						tx, err := db.BeginTx(t.Context(), nil)
+						ready.Done()
 						if err != nil {
 							t.Error(err)
 							return
@@ -48,6 +50,9 @@ func TestPoolKeepsConnectionsUnderConcurrency(t *testing.T) {
 						tx.Rollback()
 					}()
 				}
+				// All n hold a transaction, hence a connection, before any ends: otherwise a late
+				// one may reuse a connection an early one returned.
+				ready.Wait()
 				close(start)
 				wg.Wait()
 			}

@@ -22,6 +22,7 @@ func Run(t *testing.T, newStore func(t *testing.T) mcsd.Store) {
 	run("ApplyResources", testApplyResources)
 	run("FinishValidatesAndDerives", testFinishValidatesAndDerives)
 	run("FinishGuardRollsBack", testFinishGuardRollsBack)
+	run("FinishAppliesAndRecords", testFinishAppliesAndRecords)
 	run("FinishSweeps", testFinishSweeps)
 	run("Hashes", testHashes)
 	run("Placements", testPlacements)
@@ -87,7 +88,7 @@ func apply(t *testing.T, s mcsd.Store, d, typ string, run int64, rs ...mcsd.Reso
 	for i := range rs {
 		rs[i].Type = typ
 	}
-	n, _, err := s.ApplyResources(ctx, d, typ, run, false, rs)
+	n, _, err := s.ApplyResources(ctx, d, run, []mcsd.Batch{{Type: typ, Resources: rs}})
 	must(t, err)
 	return n
 }
@@ -182,7 +183,7 @@ func testApplyResources(t *testing.T, s mcsd.Store) {
 	check("4", 300)
 	del := v("5", 400)
 	del.Type, del.Deleted = "Practitioner", true
-	applied, deleted, err := s.ApplyResources(ctx, provider, "Practitioner", 5, false, []mcsd.Resource{del})
+	applied, deleted, err := s.ApplyResources(ctx, provider, 5, []mcsd.Batch{{Type: "Practitioner", Resources: []mcsd.Resource{del}}})
 	if err != nil || applied != 1 || deleted != 1 {
 		t.Fatalf("delete: applied %d deleted %d, %v", applied, deleted, err)
 	}
@@ -262,6 +263,46 @@ func testFinishGuardRollsBack(t *testing.T, s mcsd.Store) {
 	}
 	if marks, _ := s.Watermarks(ctx, provider); marks["PractitionerRole"] != "2026-02-01T00:00:00Z" {
 		t.Fatalf("watermarks = %v", marks)
+	}
+}
+
+// A directory's last versions and the outcome of its attempt are written in the finish
+// transaction: all of it, or, when the guard refuses, none of it.
+func testFinishAppliesAndRecords(t *testing.T, s mcsd.Store) {
+	seed(t, s)
+	ep := mcsd.Resource{Type: "Endpoint", ID: "ep9", VersionID: "1", TS: 400, Active: true, Kind: "matrix-user", MXID: "@nieuw:hs.example"}
+	role := mcsd.Resource{Type: "PractitionerRole", ID: "role9", VersionID: "1", TS: 400, Active: true, OrgRef: "org1",
+		Refs: []mcsd.Ref{{Kind: "endpoint", To: "ep9"}}, Idents: []mcsd.Ident{{Kind: "uzi", Value: "900000009"}}}
+	tomb := mcsd.Resource{Type: "PractitionerRole", ID: "role1", VersionID: "2", TS: 300, Deleted: true}
+	in := func(run int64, guard func(b, a map[string]int) error) mcsd.FinishInput {
+		return mcsd.FinishInput{Dir: provider, Run: run, Judge: true, Now: 300, Guard: guard,
+			Apply:   []mcsd.Batch{{Type: "Endpoint", Resources: []mcsd.Resource{ep}}, {Type: "PractitionerRole", Resources: []mcsd.Resource{role}}},
+			Done:    []mcsd.TypeResult{{Type: "PractitionerRole", Since: "2026-03-01T00:00:00Z", Deletes: []mcsd.Resource{tomb}}},
+			Attempt: &mcsd.Attempt{OK: true, Start: 250, Now: 300}}
+	}
+	if _, err := s.FinishDirectory(ctx, in(2, func(b, a map[string]int) error { return errGuard })); !errors.Is(err, errGuard) {
+		t.Fatalf("guard's error = %v", err)
+	}
+	if _, _, ok, _ := s.StoredVersion(ctx, provider, "Endpoint", "ep9"); ok {
+		t.Fatal("a refused finish kept the versions it was to apply")
+	}
+	st, _ := s.DirectoryStatuses(ctx)
+	if st[0].LastAttempt.UnixMilli() == 250 {
+		t.Fatal("a refused finish recorded its attempt")
+	}
+	res, err := s.FinishDirectory(ctx, in(3, nil))
+	must(t, err)
+	if res.Applied != 3 || res.Deleted != 1 {
+		t.Fatalf("finish = %+v, want 2 versions and 1 tombstone applied", res)
+	}
+	cs, err := s.Candidates(ctx, threepid.MediumUZI, []string{"900000009", uzi1}, now, false)
+	must(t, err)
+	if len(cs) != 1 || cs[0].MXID != "@nieuw:hs.example" {
+		t.Fatalf("candidates after the finish = %+v, want only the new role's", cs)
+	}
+	st, _ = s.DirectoryStatuses(ctx)
+	if st[0].LastAttempt.UnixMilli() != 250 || st[0].LastSuccess.UnixMilli() != 300 {
+		t.Fatalf("attempt not recorded: %+v", st[0])
 	}
 }
 
