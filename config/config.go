@@ -360,7 +360,7 @@ func Defaults() Config {
 		HTTP:          HTTP{MaxBodyBytes: 64 << 10, CORSOrigins: []string{"*"}},
 		Lookup: Lookup{MaxBatch: 10000, MemoryIndex: true, ReplicaStaleness: time.Second,
 			TokenCacheTTL: time.Minute, TokenCacheEntries: 10000},
-		Database: Database{ConnMaxIdleTime: 5 * time.Minute, SQLiteMmapBytes: 256 << 20},
+		Database: Database{ConnMaxIdleTime: 5 * time.Minute, SQLiteMmapBytes: 32 << 20},
 		Validation: Validation{
 			SessionLifetime:    24 * time.Hour,
 			TokenLifetime:      24 * time.Hour,

@@ -59,7 +59,7 @@ type Pool struct {
 	// ConnMaxIdleTime closes connections idle this long (default 5m), so a quiet server gives
 	// its sessions back.
 	ConnMaxIdleTime time.Duration
-	// SQLiteMmapBytes maps that much of the SQLite file (default 256 MiB): reads go through the
+	// SQLiteMmapBytes maps that much of the SQLite file (default 32 MiB: lookups are answered from memory): reads go through the
 	// OS page cache, shared by every connection, instead of a private cache per connection.
 	SQLiteMmapBytes int64
 }
@@ -82,7 +82,7 @@ func (p Pool) withDefaults(engine Engine) Pool {
 		p.ConnMaxIdleTime = 5 * time.Minute
 	}
 	if p.SQLiteMmapBytes <= 0 {
-		p.SQLiteMmapBytes = 256 << 20
+		p.SQLiteMmapBytes = 32 << 20
 	}
 	return p
 }

@@ -126,8 +126,8 @@ func TestSQLiteCacheIsSharedNotPerConnection(t *testing.T) {
 		if cache != -2048 {
 			t.Fatalf("cache_size %d, want -2048 (2 MiB)", cache)
 		}
-		if mmap != 256<<20 {
-			t.Fatalf("mmap_size %d, want %d", mmap, 256<<20)
+		if mmap != 32<<20 {
+			t.Fatalf("mmap_size %d, want %d", mmap, 32<<20)
 		}
 	}
 }
