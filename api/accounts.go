@@ -173,19 +173,11 @@ func (s *Server) accountSecondFactor(w http.ResponseWriter, r *http.Request) {
 // for a session of the account: the client proves with the PKCE verifier that it started the
 // login. The access token leaves only in this response body.
 func (s *Server) accountToken(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Code         string `json:"code"`
-		CodeVerifier string `json:"code_verifier"`
-	}
-	if err := s.decodeJSON(w, r, &req); err != nil {
-		s.writeError(w, r, err)
+	code, verifier, ok := s.decodeRedemption(w, r)
+	if !ok {
 		return
 	}
-	if err := required(map[string]string{"code": req.Code, "code_verifier": req.CodeVerifier}, "code", "code_verifier"); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	res, err := s.cfg.Accounts.RedeemHandoff(r.Context(), req.Code, req.CodeVerifier)
+	res, err := s.cfg.Accounts.RedeemHandoff(r.Context(), code, verifier)
 	if errors.Is(err, ozoaccount.ErrHomeserver) {
 		// The code was put back: the client retries with it rather than start a new login.
 		s.log.WarnContext(r.Context(), "ozo account: homeserver login failed at redemption", "err", err)
@@ -200,9 +192,32 @@ func (s *Server) accountToken(w http.ResponseWriter, r *http.Request) {
 	if res.AccessToken != "" {
 		out["access_token"], out["device_id"], out["home_server"] = res.AccessToken, res.DeviceID, res.HomeServer()
 	}
-	// The access token is a credential: nothing on the way may keep it.
+	writeSession(w, out)
+}
+
+// decodeRedemption reads {code, code_verifier}, the redemption of a one-time code handed to a
+// client in its redirect (OZO account logins, onboarding); false: the error is written.
+func (s *Server) decodeRedemption(w http.ResponseWriter, r *http.Request) (code, verifier string, ok bool) {
+	var req struct {
+		Code         string `json:"code"`
+		CodeVerifier string `json:"code_verifier"`
+	}
+	if err := s.decodeJSON(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return "", "", false
+	}
+	if err := required(map[string]string{"code": req.Code, "code_verifier": req.CodeVerifier}, "code", "code_verifier"); err != nil {
+		s.writeError(w, r, err)
+		return "", "", false
+	}
+	return req.Code, req.CodeVerifier, true
+}
+
+// writeSession answers a Matrix session: the access token is a credential, so nothing on the
+// way may keep the response.
+func writeSession(w http.ResponseWriter, session any) {
 	w.Header().Set("Cache-Control", "no-store")
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, session)
 }
 
 func (s *Server) accountRequestReset(w http.ResponseWriter, r *http.Request) {

@@ -51,19 +51,11 @@ func (s *Server) onboardStart(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) onboardToken(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Code         string `json:"code"`
-		CodeVerifier string `json:"code_verifier"`
-	}
-	if err := s.decodeJSON(w, r, &req); err != nil {
-		s.writeError(w, r, err)
+	code, verifier, ok := s.decodeRedemption(w, r)
+	if !ok {
 		return
 	}
-	if err := required(map[string]string{"code": req.Code, "code_verifier": req.CodeVerifier}, "code", "code_verifier"); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	l, err := s.cfg.SSO.Redeem(r.Context(), req.Code, req.CodeVerifier)
+	l, err := s.cfg.SSO.Redeem(r.Context(), code, verifier)
 	if errors.Is(err, identity.ErrHomeserverFailed) {
 		s.log.WarnContext(r.Context(), "onboarding: homeserver login failed", "err", err)
 		matrixError(w, http.StatusBadGateway, identity.CodeUnknown, "the homeserver did not sign the account in; try again")
@@ -73,8 +65,6 @@ func (s *Server) onboardToken(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	// The access token is a credential: nothing on the way may keep it.
-	w.Header().Set("Cache-Control", "no-store")
-	writeJSON(w, http.StatusOK, map[string]string{"user_id": l.UserID, "access_token": l.AccessToken,
+	writeSession(w, map[string]string{"user_id": l.UserID, "access_token": l.AccessToken,
 		"device_id": l.DeviceID, "home_server": l.HomeServer})
 }
