@@ -161,12 +161,7 @@ func (s *Server) accountSecondFactor(w http.ResponseWriter, r *http.Request) {
 		s.writeAccountError(w, r, err)
 		return
 	}
-	out := map[string]any{"user_id": res.UserID}
-	if res.AccessToken != "" {
-		out["access_token"], out["device_id"], out["home_server"] = res.AccessToken, res.DeviceID, res.HomeServer()
-	}
-	w.Header().Set("Cache-Control", "no-store")
-	writeJSON(w, http.StatusOK, out)
+	writeSession(w, accountSession(res))
 }
 
 // accountToken redeems the one-time code the login page handed the client (in its redirect)
@@ -188,11 +183,17 @@ func (s *Server) accountToken(w http.ResponseWriter, r *http.Request) {
 		s.writeAccountError(w, r, err)
 		return
 	}
+	writeSession(w, accountSession(res))
+}
+
+// accountSession is the answer of a completed login: the Matrix session when the OZO homeserver
+// is configured, the user ID alone otherwise.
+func accountSession(res ozoaccount.LoginResult) map[string]any {
 	out := map[string]any{"user_id": res.UserID}
 	if res.AccessToken != "" {
 		out["access_token"], out["device_id"], out["home_server"] = res.AccessToken, res.DeviceID, res.HomeServer()
 	}
-	writeSession(w, out)
+	return out
 }
 
 // decodeRedemption reads {code, code_verifier}, the redemption of a one-time code handed to a
