@@ -274,13 +274,20 @@ func (im importer) upsertHashes(ctx context.Context, items []identity.ImportBind
 	if len(hashes) == 0 {
 		return nil
 	}
-	const head = `INSERT INTO binding_hashes (hash, medium, address) `
-	const tail = ` ON CONFLICT (hash) DO UPDATE SET medium = excluded.medium, address = excluded.address`
+	err := im.insertHashRows(ctx, `INSERT INTO binding_hashes (hash, medium, address) `,
+		` ON CONFLICT (hash) DO UPDATE SET medium = excluded.medium, address = excluded.address`, hashes, medium, address)
+	if err != nil {
+		return fmt.Errorf("store lookup hashes: %w", err)
+	}
+	return nil
+}
+
+// insertHashRows runs head, the rows (hash, medium, address) and tail: one statement of column
+// arrays on PostgreSQL, multi-row statements of importHashRows rows on SQLite.
+func (im importer) insertHashRows(ctx context.Context, head, tail string, hashes, medium, address []string) error {
 	if im.pg {
-		if _, err := im.tx.ExecContext(ctx, head+`SELECT * FROM unnest($1::text[], $2::text[], $3::text[])`+tail, hashes, medium, address); err != nil {
-			return fmt.Errorf("store lookup hashes: %w", err)
-		}
-		return nil
+		_, err := im.tx.ExecContext(ctx, head+`SELECT * FROM unnest($1::text[], $2::text[], $3::text[])`+tail, hashes, medium, address)
+		return err
 	}
 	for start := 0; start < len(hashes); start += importHashRows {
 		end := min(start+importHashRows, len(hashes))
@@ -289,7 +296,7 @@ func (im importer) upsertHashes(ctx context.Context, items []identity.ImportBind
 			args = append(args, hashes[i], medium[i], address[i])
 		}
 		if _, err := im.tx.ExecContext(ctx, head+`VALUES `+valueRows(end-start, 3)+tail, args...); err != nil {
-			return fmt.Errorf("store lookup hashes: %w", err)
+			return err
 		}
 	}
 	return nil
@@ -307,23 +314,10 @@ func (im importer) insertFoldedHashes(ctx context.Context, items []identity.Impo
 	if len(hashes) == 0 {
 		return nil
 	}
-	const head = `INSERT INTO binding_folded_hashes (hash, medium, address) `
-	const tail = ` ON CONFLICT DO NOTHING`
-	if im.pg {
-		if _, err := im.tx.ExecContext(ctx, head+`SELECT * FROM unnest($1::text[], $2::text[], $3::text[])`+tail, hashes, medium, address); err != nil {
-			return fmt.Errorf("store folded lookup hashes: %w", err)
-		}
-		return nil
-	}
-	for start := 0; start < len(hashes); start += importHashRows {
-		end := min(start+importHashRows, len(hashes))
-		args := make([]any, 0, 3*(end-start))
-		for i := start; i < end; i++ {
-			args = append(args, hashes[i], medium[i], address[i])
-		}
-		if _, err := im.tx.ExecContext(ctx, head+`VALUES `+valueRows(end-start, 3)+tail, args...); err != nil {
-			return fmt.Errorf("store folded lookup hashes: %w", err)
-		}
+	err := im.insertHashRows(ctx, `INSERT INTO binding_folded_hashes (hash, medium, address) `, ` ON CONFLICT DO NOTHING`,
+		hashes, medium, address)
+	if err != nil {
+		return fmt.Errorf("store folded lookup hashes: %w", err)
 	}
 	return nil
 }
