@@ -39,15 +39,37 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error
 		limit = n
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
-	var tooLarge *http.MaxBytesError
-	if errors.As(err, &tooLarge) {
-		return nil, &requestError{status: http.StatusRequestEntityTooLarge, code: "M_TOO_LARGE",
-			msg: fmt.Sprintf("request body is larger than %d bytes", limit)}
-	}
 	if err != nil {
-		return nil, badRequest("M_UNKNOWN", "could not read the request body")
+		return nil, bodyError(err, limit)
 	}
 	return body, nil
+}
+
+// readAll is io.ReadAll into buf's spare capacity.
+func readAll(r io.Reader, buf []byte) ([]byte, error) {
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+}
+
+// bodyError says why a body could not be read.
+func bodyError(err error, limit int64) error {
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		return &requestError{status: http.StatusRequestEntityTooLarge, code: "M_TOO_LARGE",
+			msg: fmt.Sprintf("request body is larger than %d bytes", limit)}
+	}
+	return badRequest("M_UNKNOWN", "could not read the request body")
 }
 
 // decodeJSON decodes a JSON object body into v: M_NOT_JSON for broken JSON, M_BAD_JSON for wrong types.

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http/httptest"
 	"reflect"
+	"strconv"
 	"testing"
 )
 
@@ -17,8 +18,10 @@ func TestWriteMappingsIsJSON(t *testing.T) {
 	for k, v := range mappings {
 		want["mappings"][k] = v
 	}
+	s := &Server{}
 	rec := httptest.NewRecorder()
-	writeMappings(rec, addresses, mappings)
+	s.writeMappings(rec, addresses, mappings)
+	size := rec.Body.Len()
 	var got map[string]map[string]string
 	dec := json.NewDecoder(rec.Body)
 	dec.DisallowUnknownFields()
@@ -31,8 +34,11 @@ func TestWriteMappingsIsJSON(t *testing.T) {
 	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
 		t.Fatalf("content type %q", ct)
 	}
+	if cl := rec.Header().Get("Content-Length"); cl != strconv.Itoa(size) {
+		t.Fatalf("Content-Length %q for %d bytes", cl, size)
+	}
 	empty := httptest.NewRecorder()
-	writeMappings(empty, []string{"x"}, map[string]string{})
+	s.writeMappings(empty, []string{"x"}, map[string]string{})
 	if empty.Body.String() != "{\"mappings\":{}}\n" {
 		t.Fatalf("empty answer %q", empty.Body.String())
 	}

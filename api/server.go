@@ -69,6 +69,7 @@ type Server struct {
 	metrics *Metrics
 	router  chi.Router
 	pages   *web.Handler
+	buffers buffers // lookup bodies
 }
 
 // New builds the HTTP handler. metrics may be nil.
@@ -261,6 +262,8 @@ func bearerToken(r *http.Request) string {
 func (s *Server) authenticated(withTerms bool) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			// The token check and what the request then reads share one view of the database.
+			r = r.WithContext(s.svc.Arrived(r.Context()))
 			acct, err := s.svc.Authenticate(r.Context(), bearerToken(r))
 			if err != nil {
 				s.writeError(w, r, err)

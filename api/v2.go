@@ -132,12 +132,14 @@ func (s *Server) hashDetails(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) lookup(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Addresses []string `json:"addresses"`
-		Algorithm string   `json:"algorithm"`
-		Pepper    *string  `json:"pepper"`
+	body, err := s.readLookupBody(w, r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
 	}
-	if err := s.decodeJSON(w, r, &req); err != nil {
+	req, err := decodeLookup(*body)
+	s.buffers.put(body) // the request's strings are a copy
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -165,15 +167,20 @@ func (s *Server) lookup(w http.ResponseWriter, r *http.Request) {
 		s.metrics.lookupBatch.Observe(float64(len(req.Addresses)))
 	}
 	s.auditLookup(r, lookupMedia(req.Algorithm, req.Addresses), len(req.Addresses), len(mappings))
-	writeMappings(w, req.Addresses, mappings)
+	s.writeMappings(w, req.Addresses, mappings)
 }
 
 // writeMappings answers {"mappings": {address: mxid, …}} in the order of the request, without
 // encoding/json's reflection and sorting of a map, which cost more than the lookup itself. It
 // empties mappings.
-func writeMappings(w http.ResponseWriter, addresses []string, mappings map[string]string) {
-	buf := make([]byte, 0, 16+len(mappings)*(44+48))
-	buf = append(buf, `{"mappings":{`...)
+func (s *Server) writeMappings(w http.ResponseWriter, addresses []string, mappings map[string]string) {
+	size := len(`{"mappings":{}}`) + 1
+	for a, mxid := range mappings {
+		size += len(a) + len(mxid) + len(`"":"",`)
+	}
+	p := s.buffers.get(size)
+	defer s.buffers.put(p)
+	buf := append(*p, `{"mappings":{`...)
 	first := true
 	for _, a := range addresses {
 		mxid, ok := mappings[a]
@@ -190,7 +197,9 @@ func writeMappings(w http.ResponseWriter, addresses []string, mappings map[strin
 		buf = appendJSONString(buf, mxid)
 	}
 	buf = append(buf, "}}\n"...)
+	*p = buf
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(buf)))
 	w.WriteHeader(http.StatusOK)
 	w.Write(buf)
 }
