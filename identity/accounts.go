@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // UserInfoer verifies an OpenID token at the homeserver that issued it.
@@ -104,6 +105,9 @@ func (s *Service) TermsAccepted(ctx context.Context, userID string) (bool, error
 	if len(s.opts.Policies) == 0 {
 		return true, nil
 	}
+	if s.terms.has(userID) {
+		return true, nil
+	}
 	accepted, err := s.store.AcceptedTerms(ctx, userID)
 	if err != nil {
 		return false, err
@@ -120,5 +124,33 @@ func (s *Service) TermsAccepted(ctx context.Context, userID string) (bool, error
 			return false, nil
 		}
 	}
+	s.terms.add(userID)
 	return true, nil
+}
+
+// acceptedSet remembers the users who accepted every current policy. Acceptances are never
+// withdrawn and the policies are fixed for the life of the process, so a yes stays a yes and
+// every lookup need not ask the database again.
+type acceptedSet struct {
+	mu sync.RWMutex
+	m  map[string]struct{}
+}
+
+// maxAccepted bounds the set; when full it starts over, and the database answers again.
+const maxAccepted = 100_000
+
+func (a *acceptedSet) has(userID string) bool {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	_, ok := a.m[userID]
+	return ok
+}
+
+func (a *acceptedSet) add(userID string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.m == nil || len(a.m) >= maxAccepted {
+		a.m = make(map[string]struct{})
+	}
+	a.m[userID] = struct{}{}
 }

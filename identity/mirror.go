@@ -112,6 +112,27 @@ type headReads struct {
 	seq    int64
 }
 
+// arrivalKey carries when a request arrived (WithArrival), so that its token check and its
+// lookup share one read of the change log.
+type arrivalKey struct{}
+
+// Arrived marks ctx as serving a request that arrives now: the mirror answers it with every
+// change committed before now, and one read of the change log serves all of its checks.
+func (s *Service) Arrived(ctx context.Context) context.Context {
+	if s.mirror == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, arrivalKey{}, s.mirror.now())
+}
+
+// arrival is when the request of ctx arrived, or now.
+func (m *Mirror) arrival(ctx context.Context) time.Time {
+	if t, ok := ctx.Value(arrivalKey{}).(time.Time); ok {
+		return t
+	}
+	return m.now()
+}
+
 // current makes sure the mirror holds every change committed before arrived, catching up when
 // it does not: a write acknowledged by any replica is answered from then on (read after write
 // across replicas). False: it cannot tell, and the database answers.
@@ -169,6 +190,9 @@ func (m *Mirror) reload(ctx context.Context, started time.Time) error {
 		return t.SetBytes(&h, mxid)
 	})
 	if err != nil {
+		if t != nil {
+			t.Close()
+		}
 		m.setTable(nil, "")
 		m.freshAt.Store(0)
 		m.nextLoad = m.now().Add(time.Minute)
@@ -193,10 +217,16 @@ func (m *Mirror) latest(ctx context.Context) (int64, error) {
 	return ch.Seq, nil
 }
 
+// setTable replaces the table and returns the old one's memory: readers use the table only
+// under mu, so none still holds it.
 func (m *Mirror) setTable(t *hashindex.Table, pepper string) {
 	m.mu.Lock()
+	old := m.table
 	m.table, m.pepper = t, pepper
 	m.mu.Unlock()
+	if old != nil && old != t {
+		old.Close()
+	}
 }
 
 // CatchUp applies what the change log says changed since the last catch-up. Service calls it
@@ -323,7 +353,7 @@ type pepperKey struct{}
 // fails with ErrPepperChanged rather than answer "not bound" for bound addresses.
 func (m *Mirror) ResolveHashes(ctx context.Context, hashes []string) (map[string]string, error) {
 	pepper, _ := ctx.Value(pepperKey{}).(string)
-	if m.current(ctx, m.now()) {
+	if m.current(ctx, m.arrival(ctx)) {
 		out, ok, err := m.resolveHashes(pepper, hashes)
 		if ok || err != nil {
 			return out, err
@@ -356,6 +386,16 @@ func (m *Mirror) resolveHashes(pepper string, hashes []string) (map[string]strin
 		return nil, false, nil
 	}
 	out := make(map[string]string, len(hashes))
+	if len(hashes) == 1 {
+		if h, err := hashindex.Parse(hashes[0]); err == nil {
+			if mxid, ok := m.table.Get(&h); ok {
+				out[hashes[0]] = mxid
+			}
+		}
+		return out, true, nil
+	}
+	keys := make([]hashindex.Hash, 0, len(hashes))
+	asked := make([]string, 0, len(hashes)) // the string of each key
 	for _, s := range hashes {
 		// Every hash in the table is canonical base64 of 32 bytes (apply and reload refuse
 		// others), so a string that does not parse matches nothing in the database either.
@@ -363,10 +403,10 @@ func (m *Mirror) resolveHashes(pepper string, hashes []string) (map[string]strin
 		if err != nil {
 			continue
 		}
-		if mxid, ok := m.table.Get(&h); ok {
-			out[s] = mxid
-		}
+		keys = append(keys, h)
+		asked = append(asked, s)
 	}
+	m.table.GetAll(keys, func(i int, mxid []byte) { out[asked[i]] = string(mxid) })
 	return out, true, nil
 }
 
@@ -403,7 +443,7 @@ func (m *Mirror) Stats() MirrorStats {
 
 // token returns a cached, unexpired access token while the mirror is current.
 func (m *Mirror) token(ctx context.Context, hash string) (AccessToken, bool) {
-	if !m.current(ctx, m.now()) {
+	if !m.current(ctx, m.arrival(ctx)) {
 		return AccessToken{}, false
 	}
 	return m.tokens.get(hash, m.now())

@@ -107,6 +107,8 @@ type Service struct {
 
 	// mirror answers lookups and token checks from memory (UseMirror); nil: the store does.
 	mirror *Mirror
+
+	terms acceptedSet // users known to have accepted every policy
 }
 
 // UseMirror makes the service keep m current after each of its writes, check tokens through
