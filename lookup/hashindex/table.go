@@ -11,6 +11,7 @@ import (
 	"errors"
 	"hash/maphash"
 	"math/bits"
+	"runtime"
 )
 
 // Hash is a decoded lookup hash.
@@ -60,12 +61,28 @@ const (
 // slots are open-addressed with linear probing at a load of at most one half, each holding 24
 // bits of the key's position hash beside its record's offset, so a lookup touches a slot and one
 // record, and a miss rarely more than the slots.
+//
+// Slots and arena live outside the Go heap where the platform allows (memory_linux.go): the
+// collector then neither paces itself on a table of a million entries nor keeps twice its size
+// around, and huge pages spare random lookups most of their TLB misses. Close returns them at
+// once; a table dropped without Close returns them when the collector finds it unreachable.
 type Table struct {
 	seed    maphash.Seed
-	slots   []uint64 // tag<<40 | offset+1; 0 is empty
-	arena   []byte
+	mem     *memory
 	garbage int // bytes of replaced or removed records
 	n       int
+}
+
+// memory is a table's two arrays, apart from the Table so that a cleanup can free them.
+type memory struct {
+	slots []byte // 8 bytes each, little-endian: tag<<40 | offset+1; 0 is empty
+	arena []byte // records; cap is what is mapped
+}
+
+func (m *memory) free() {
+	freeBytes(m.slots)
+	freeBytes(m.arena[:cap(m.arena)])
+	m.slots, m.arena = nil, nil
 }
 
 const (
@@ -75,7 +92,17 @@ const (
 
 // New returns a table sized for about n entries.
 func New(n int) *Table {
-	return &Table{seed: maphash.MakeSeed(), slots: make([]uint64, slotsFor(n)), arena: make([]byte, 0, n*(recValue+26))}
+	mem := &memory{slots: allocBytes(8 * slotsFor(n)), arena: allocBytes(n * (recValue + 26))[:0]}
+	t := &Table{seed: maphash.MakeSeed(), mem: mem}
+	runtime.AddCleanup(t, (*memory).free, mem)
+	return t
+}
+
+// Close returns the table's memory; the table must not be used after.
+func (t *Table) Close() {
+	if t.mem != nil && t.mem.slots != nil {
+		t.mem.free()
+	}
 }
 
 // slotsFor is the power of two that keeps n entries at a load of at most one half.
@@ -90,7 +117,13 @@ func slotsFor(n int) int {
 func (t *Table) Len() int { return t.n }
 
 // Bytes is the table's memory: slots and arena capacity.
-func (t *Table) Bytes() int { return cap(t.slots)*8 + cap(t.arena) }
+func (t *Table) Bytes() int { return len(t.mem.slots) + cap(t.mem.arena) }
+
+func (t *Table) slotCount() int { return len(t.mem.slots) / 8 }
+
+func (t *Table) slot(i uint64) uint64 { return binary.LittleEndian.Uint64(t.mem.slots[8*i:]) }
+
+func (t *Table) setSlot(i uint64, s uint64) { binary.LittleEndian.PutUint64(t.mem.slots[8*i:], s) }
 
 // position hashes the first 8 bytes (a uniform prefix of a SHA-256) with the table's random
 // seed, so that nobody can choose keys that pile up in one run of slots.
@@ -101,18 +134,20 @@ func (t *Table) position(h []byte) uint64 {
 func tagOf(p uint64) uint64 { return p >> (64 - (64 - offBits)) }
 
 // find returns the slot index holding h, or -1 and the first empty slot of its run.
-func (t *Table) find(h *Hash) (int, int) {
-	p := t.position(h[:])
+func (t *Table) find(h *Hash) (int, int) { return t.findAt(h, t.position(h[:])) }
+
+func (t *Table) findAt(h *Hash, p uint64) (int, int) {
 	tag := tagOf(p)
-	mask := uint64(len(t.slots) - 1)
+	mask := uint64(t.slotCount() - 1)
+	arena := t.mem.arena
 	for i := p & mask; ; i = (i + 1) & mask {
-		s := t.slots[i]
+		s := t.slot(i)
 		if s == 0 {
 			return -1, int(i)
 		}
 		if s>>offBits == tag {
 			off := s&offMask - 1
-			if Hash(t.arena[off:off+recHash]) == *h {
+			if Hash(arena[off:off+recHash]) == *h {
 				return int(i), -1
 			}
 		}
@@ -121,8 +156,8 @@ func (t *Table) find(h *Hash) (int, int) {
 
 // value returns the value of the record at off.
 func (t *Table) value(off uint64) []byte {
-	n := uint64(t.arena[off+recHash])
-	return t.arena[off+recValue : off+recValue+n]
+	n := uint64(t.mem.arena[off+recHash])
+	return t.mem.arena[off+recValue : off+recValue+n]
 }
 
 // Get returns the value of h.
@@ -131,7 +166,50 @@ func (t *Table) Get(h *Hash) (string, bool) {
 	if i < 0 {
 		return "", false
 	}
-	return string(t.value(t.slots[i]&offMask - 1)), true
+	return string(t.value(t.slot(uint64(i))&offMask - 1)), true
+}
+
+// group is how many keys GetAll looks up side by side.
+const group = 32
+
+// GetAll calls found(i, value) for each keys[i] in the table, in order; value is only valid
+// during the call. In a large table nearly every slot and record a lookup touches is a cache
+// miss, and one key at a time waits for each in turn. GetAll reads the home slots of a group of
+// keys, then the records they point to, so that the misses of the group overlap; most keys are
+// settled there, and the rest probe on as Get does.
+func (t *Table) GetAll(keys []Hash, found func(i int, value []byte)) {
+	var pos, home, hit [group]uint64
+	mask := uint64(t.slotCount() - 1)
+	arena := t.mem.arena
+	for base := 0; base < len(keys); base += group {
+		batch := keys[base:min(base+group, len(keys))]
+		for j := range batch {
+			pos[j] = t.position(batch[j][:])
+			home[j] = t.slot(pos[j] & mask)
+		}
+		for j := range batch {
+			hit[j] = 0
+			if s := home[j]; s != 0 && s>>offBits == tagOf(pos[j]) {
+				if off := s&offMask - 1; Hash(arena[off:off+recHash]) == batch[j] {
+					hit[j] = s
+				}
+			}
+		}
+		for j := range batch {
+			s := hit[j]
+			if s == 0 {
+				if home[j] == 0 {
+					continue // an empty home slot: not in the table
+				}
+				i, _ := t.findAt(&batch[j], pos[j])
+				if i < 0 {
+					continue
+				}
+				s = t.slot(uint64(i))
+			}
+			found(base+j, t.value(s&offMask-1))
+		}
+	}
 }
 
 // ErrValueTooLong: values are Matrix user IDs, at most 255 bytes.
@@ -149,30 +227,42 @@ func setValue[V ~string | ~[]byte](t *Table, h *Hash, value V) error {
 	}
 	i, empty := t.find(h)
 	if i >= 0 {
-		old := t.slots[i]&offMask - 1
+		old := t.slot(uint64(i))&offMask - 1
 		if string(t.value(old)) == string(value) {
 			return nil
 		}
-		t.garbage += recValue + int(t.arena[old+recHash])
-	} else if 2*(t.n+1) > len(t.slots) {
+		t.garbage += recValue + int(t.mem.arena[old+recHash])
+	} else if 2*(t.n+1) > t.slotCount() {
 		t.grow()
 		_, empty = t.find(h)
 	}
-	if uint64(len(t.arena)+recValue+len(value)) >= offMask {
+	if uint64(len(t.mem.arena)+recValue+len(value)) >= offMask {
 		return errors.New("hashindex: arena full")
 	}
-	off := uint64(len(t.arena))
-	t.arena = append(t.arena, h[:]...)
-	t.arena = append(t.arena, byte(len(value)))
-	t.arena = append(t.arena, value...)
+	t.reserve(recValue + len(value))
+	off := uint64(len(t.mem.arena))
+	arena := append(t.mem.arena, h[:]...)
+	arena = append(arena, byte(len(value)))
+	t.mem.arena = append(arena, value...)
 	if i >= 0 {
-		t.slots[i] = t.slots[i]&^offMask | (off + 1)
+		t.setSlot(uint64(i), t.slot(uint64(i))&^offMask|(off+1))
 		t.maybeCompact()
 		return nil
 	}
-	t.slots[empty] = tagOf(t.position(h[:]))<<offBits | (off + 1)
+	t.setSlot(uint64(empty), tagOf(t.position(h[:]))<<offBits|(off+1))
 	t.n++
 	return nil
+}
+
+// reserve makes room for n more arena bytes, by half again (at least a MiB) when it grows, so
+// that loading a million entries one by one grows it a few dozen times, not a million.
+func (t *Table) reserve(n int) {
+	a := t.mem.arena
+	if len(a)+n <= cap(a) {
+		return
+	}
+	size := max(len(a)+n, cap(a)+cap(a)/2, 1<<20)
+	t.mem.arena = growBytes(a, size)
 }
 
 // Delete removes h and reports whether it was there. The run after the freed slot shifts back
@@ -182,61 +272,66 @@ func (t *Table) Delete(h *Hash) bool {
 	if i < 0 {
 		return false
 	}
-	off := t.slots[i]&offMask - 1
-	t.garbage += recValue + int(t.arena[off+recHash])
+	off := t.slot(uint64(i))&offMask - 1
+	t.garbage += recValue + int(t.mem.arena[off+recHash])
 	t.n--
-	mask := len(t.slots) - 1
+	mask := t.slotCount() - 1
 	hole := i
-	for j := (i + 1) & mask; t.slots[j] != 0; j = (j + 1) & mask {
-		o := t.slots[j]&offMask - 1
-		home := int(t.position(t.arena[o:o+recHash])) & mask
+	for j := (i + 1) & mask; t.slot(uint64(j)) != 0; j = (j + 1) & mask {
+		sj := t.slot(uint64(j))
+		o := sj&offMask - 1
+		home := int(t.position(t.mem.arena[o:o+recHash])) & mask
 		// Move j into the hole unless its home lies cyclically in (hole, j].
 		if (j-home)&mask >= (j-hole)&mask {
-			t.slots[hole] = t.slots[j]
+			t.setSlot(uint64(hole), sj)
 			hole = j
 		}
 	}
-	t.slots[hole] = 0
+	t.setSlot(uint64(hole), 0)
 	t.maybeCompact()
 	return true
 }
 
 // grow doubles the slots and places every entry again.
 func (t *Table) grow() {
-	old := t.slots
-	t.slots = make([]uint64, 2*len(old))
-	mask := uint64(len(t.slots) - 1)
-	for _, s := range old {
+	old, oldCount := t.mem.slots, t.slotCount()
+	t.mem.slots = allocBytes(2 * len(old))
+	mask := uint64(t.slotCount() - 1)
+	for k := range oldCount {
+		s := binary.LittleEndian.Uint64(old[8*k:])
 		if s == 0 {
 			continue
 		}
 		o := s&offMask - 1
-		i := t.position(t.arena[o:o+recHash]) & mask
-		for t.slots[i] != 0 {
+		i := t.position(t.mem.arena[o:o+recHash]) & mask
+		for t.slot(i) != 0 {
 			i = (i + 1) & mask
 		}
-		t.slots[i] = s
+		t.setSlot(i, s)
 	}
+	freeBytes(old)
 }
 
 // maybeCompact rewrites the arena once replaced and removed records take more than half of it.
 func (t *Table) maybeCompact() {
-	if t.garbage > 1<<20 && t.garbage > len(t.arena)/2 {
+	if t.garbage > 1<<20 && t.garbage > len(t.mem.arena)/2 {
 		t.compact()
 	}
 }
 
 func (t *Table) compact() {
-	live := len(t.arena) - t.garbage
-	arena := make([]byte, 0, live+live/4)
-	for i, s := range t.slots {
+	live := len(t.mem.arena) - t.garbage
+	arena := allocBytes(live + live/4)[:0]
+	for i := range uint64(t.slotCount()) {
+		s := t.slot(i)
 		if s == 0 {
 			continue
 		}
 		o := s&offMask - 1
-		n := uint64(recValue) + uint64(t.arena[o+recHash])
-		t.slots[i] = s&^offMask | uint64(len(arena)+1)
-		arena = append(arena, t.arena[o:o+n]...)
+		n := uint64(recValue) + uint64(t.mem.arena[o+recHash])
+		t.setSlot(i, s&^offMask|uint64(len(arena)+1))
+		arena = append(arena, t.mem.arena[o:o+n]...)
 	}
-	t.arena, t.garbage = arena, 0
+	freeBytes(t.mem.arena[:cap(t.mem.arena)])
+	t.mem.arena, t.garbage = arena, 0
 }

@@ -179,3 +179,87 @@ func BenchmarkTableParseGet(b *testing.B) {
 		i++
 	}
 }
+
+// GetAll answers every key as Get does, hits and misses, in a crowded table (many keys away
+// from their home slot) and across growth and deletes.
+func TestTableGetAll(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	tab := hashindex.New(0)
+	defer tab.Close()
+	const keys = 30000
+	for i := range keys {
+		h := hashOf(i)
+		tab.Set(&h, fmt.Sprintf("@u%d:hs", i))
+	}
+	for i := 0; i < keys; i += 3 {
+		h := hashOf(i)
+		tab.Delete(&h)
+	}
+	for _, n := range []int{0, 1, 15, 16, 17, 1000} {
+		ask := make([]hashindex.Hash, n)
+		for i := range ask {
+			ask[i] = hashOf(rng.IntN(keys + 5000)) // some were never there
+		}
+		got := map[int]string{}
+		last := -1
+		tab.GetAll(ask, func(i int, v []byte) {
+			if i <= last {
+				t.Fatalf("answers out of order: %d after %d", i, last)
+			}
+			last = i
+			got[i] = string(v)
+		})
+		for i := range ask {
+			want, ok := tab.Get(&ask[i])
+			if g, gok := got[i]; gok != ok || g != want {
+				t.Fatalf("key %d of %d: GetAll %q %v, Get %q %v", i, n, g, gok, want, ok)
+			}
+		}
+	}
+}
+
+// A closed table's memory is returned; one dropped without Close is returned by the collector.
+func TestTableClose(t *testing.T) {
+	for range 50 {
+		tab := hashindex.New(100_000) // ~6 MB each: 300 MB if nothing were returned
+		h := hashOf(1)
+		tab.Set(&h, "@a:hs")
+		tab.Close()
+		tab.Close() // twice is harmless
+	}
+	for range 50 {
+		tab := hashindex.New(100_000)
+		h := hashOf(1)
+		tab.Set(&h, "@a:hs")
+	}
+	runtime.GC()
+}
+
+// BenchmarkTableGetAll is a batch of 1,000 random hits in a table of a million entries, per key.
+func BenchmarkTableGetAll(b *testing.B) {
+	const n = 1_000_000
+	tab := hashindex.New(n)
+	defer tab.Close()
+	keys := make([]hashindex.Hash, n)
+	for i := range keys {
+		keys[i] = hashOf(i)
+		tab.Set(&keys[i], fmt.Sprintf("@user%07d:hs.example.nl", i))
+	}
+	rng := rand.New(rand.NewPCG(5, 6))
+	batches := make([][]hashindex.Hash, 64)
+	for i := range batches {
+		batches[i] = make([]hashindex.Hash, 1000)
+		for j := range batches[i] {
+			batches[i][j] = keys[rng.IntN(n)]
+		}
+	}
+	i, hits := 0, 0
+	for b.Loop() {
+		tab.GetAll(batches[i%len(batches)], func(int, []byte) { hits++ })
+		i++
+	}
+	if hits != 1000*i {
+		b.Fatalf("%d hits of %d", hits, 1000*i)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(1000*b.N), "ns/key")
+}
