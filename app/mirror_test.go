@@ -234,6 +234,8 @@ func possible(i int, answer string, lo, hi int) error {
 // when the pepper changed under it (as a client does after M_INVALID_PEPPER), and returns the
 // answers by address number.
 func lookup(ctx context.Context, svc *identity.Service, addrs []int, retries *atomic.Int64) (map[int]string, error) {
+	// As the API does: the request arrives now, and every check it makes reads as of then.
+	ctx = svc.Arrived(ctx)
 	for {
 		pepper := svc.Pepper()
 		byHash := map[string]int{}

@@ -22,6 +22,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -192,7 +193,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	failed := 0
 	for _, batch := range o.batches {
 		for _, clients := range o.clients {
-			serverCPU, selfCPU := cpuTime(t.pid), cpuTime(os.Getpid())
 			c := w.run(ctx, batch, clients, o.duration)
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -200,7 +200,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			rss, peak := memory(t.pid)
 			fmt.Fprintf(stdout, "| %s | %d | %d | %d | %.0f | %.0f | %.2f | %.2f | %d | %s (%s) | %s | %s |\n", o.label, o.bindings, batch, clients,
 				c.reqPerSec(), c.reqPerSec()*float64(batch), ms(c.percentile(0.50)), ms(c.percentile(0.99)), c.errors, rss, peak,
-				busy(serverCPU, cpuTime(t.pid), c.elapsed), busy(selfCPU, cpuTime(os.Getpid()), c.elapsed))
+				c.serverCPU, c.selfCPU)
 			failed += c.errors
 		}
 	}
@@ -327,6 +327,8 @@ type cell struct {
 	latencies []time.Duration
 	errors    int
 	elapsed   time.Duration
+	// serverCPU and selfCPU are the server's and the tool's busy share of one core, in percent.
+	serverCPU, selfCPU string
 }
 
 func (c *cell) reqPerSec() float64 { return float64(len(c.latencies)) / c.elapsed.Seconds() }
@@ -355,22 +357,23 @@ type workload struct {
 func (w *workload) run(ctx context.Context, batch, clients int, duration time.Duration) *cell {
 	t := w.t
 	start := time.Now()
-	// Large batches are prepared before the clock starts: at a million bindings, drawing them
-	// (a cache miss per hash) cost the tool as much as the server's lookups. Enough are prepared
-	// to ask about every binding once; small batches are drawn as they go.
+	// Requests are prepared before the clock starts, enough to ask about every binding once: at
+	// a million bindings, drawing them as it went (a cache miss per hash, in a cache the tool
+	// shares with the server) cost the tool as much as the server's lookups and slowed the
+	// server's own memory accesses. The tool then reads its requests in sequence.
 	pools := make([][]*request, clients)
-	if batch >= 100 {
-		per := min(max(1, (len(w.hashes)+clients*batch-1)/(clients*batch)), 1024)
-		for n := range pools {
-			rng := rand.New(rand.NewPCG(uint64(n), uint64(start.UnixNano())))
-			pools[n] = make([]*request, per)
-			for k := range pools[n] {
-				pools[n][k] = w.draw(rng, batch, true)
-			}
+	per := max(1, (len(w.hashes)+clients*batch-1)/(clients*batch))
+	for n := range pools {
+		rng := rand.New(rand.NewPCG(uint64(n), uint64(start.UnixNano())))
+		pools[n] = make([]*request, per)
+		for k := range pools[n] {
+			pools[n][k] = w.draw(rng, batch)
 		}
 	}
+	runtime.GC() // the last cell's requests, before the clock starts
 	ctx, cancel := context.WithTimeout(ctx, duration)
 	defer cancel()
+	serverCPU, selfCPU := cpuTime(t.pid), cpuTime(os.Getpid())
 	var mu sync.Mutex
 	c := &cell{}
 	var firstErr error
@@ -380,19 +383,13 @@ func (w *workload) run(ctx context.Context, batch, clients int, duration time.Du
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rng := rand.New(rand.NewPCG(uint64(n), uint64(start.UnixNano())))
 			var lat []time.Duration
 			errs := 0
 			var werr error
 			seen := make(map[int]bool, batch)
 			var buf []byte
 			for k := 0; ctx.Err() == nil; k++ {
-				var r *request
-				if pool := pools[n]; pool != nil {
-					r = pool[k%len(pool)]
-				} else {
-					r = w.draw(rng, batch, false)
-				}
+				r := pools[n][k%len(pools[n])]
 				t0 := time.Now()
 				answer, err := t.postRaw(ctx, "/_matrix/identity/v2/lookup", t.token, r.body, buf)
 				d := time.Since(t0)
@@ -400,7 +397,7 @@ func (w *workload) run(ctx context.Context, batch, clients int, duration time.Du
 					break // the cell ended during this request; it does not count
 				}
 				buf = answer
-				if err == nil && (r.want == nil || !bytes.Equal(answer, r.want)) {
+				if err == nil && !bytes.Equal(answer, r.want) {
 					err = w.check(r.q, answer, seen)
 				}
 				if err != nil {
@@ -423,6 +420,7 @@ func (w *workload) run(ctx context.Context, batch, clients int, duration time.Du
 	}
 	wg.Wait()
 	c.elapsed = time.Since(start)
+	c.serverCPU, c.selfCPU = busy(serverCPU, cpuTime(t.pid), c.elapsed), busy(selfCPU, cpuTime(os.Getpid()), c.elapsed)
 	slices.Sort(c.latencies)
 	if firstErr != nil {
 		fmt.Fprintf(w.stderr, "batch %d, %d clients: first error: %v\n", batch, clients, firstErr)
@@ -430,15 +428,15 @@ func (w *workload) run(ctx context.Context, batch, clients int, duration time.Du
 	return c
 }
 
-// request is one lookup: the bindings asked, the body, and (when prepared) the exact answer
-// ozo-identity writes, compared byte for byte before the full check.
+// request is one lookup: the bindings asked, the body, and the exact answer ozo-identity
+// writes, compared byte for byte before the full check.
 type request struct {
 	q          []int
 	body, want []byte
 }
 
 // draw makes a lookup of batch random bound hashes.
-func (w *workload) draw(rng *rand.Rand, batch int, prepared bool) *request {
+func (w *workload) draw(rng *rand.Rand, batch int) *request {
 	r := &request{q: make([]int, batch)}
 	body := append(make([]byte, 0, 64+batch*46), `{"algorithm":"sha256","pepper":`...)
 	body = append(body, w.pepperJSON...)
@@ -454,26 +452,24 @@ func (w *workload) draw(rng *rand.Rand, batch int, prepared bool) *request {
 		body = append(body, '"')
 	}
 	r.body = append(body, "]}"...)
-	if prepared {
-		// The answer in the order of the request, each hash once.
-		want := []byte(`{"mappings":{`)
-		seen := make(map[int]bool, batch)
-		for _, i := range r.q {
-			if seen[i] {
-				continue
-			}
-			if len(seen) > 0 {
-				want = append(want, ',')
-			}
-			seen[i] = true
-			want = append(want, '"')
-			want = append(want, w.hashes[i]...)
-			want = append(want, `":"`...)
-			want = append(want, w.mxids[i]...)
-			want = append(want, '"')
+	// The answer in the order of the request, each hash once.
+	want := []byte(`{"mappings":{`)
+	seen := make(map[int]bool, batch)
+	for _, i := range r.q {
+		if seen[i] {
+			continue
 		}
-		r.want = append(want, "}}\n"...)
+		if len(seen) > 0 {
+			want = append(want, ',')
+		}
+		seen[i] = true
+		want = append(want, '"')
+		want = append(want, w.hashes[i]...)
+		want = append(want, `":"`...)
+		want = append(want, w.mxids[i]...)
+		want = append(want, '"')
 	}
+	r.want = append(want, "}}\n"...)
 	return r
 }
 
