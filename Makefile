@@ -59,16 +59,19 @@ BENCH_SIZES ?= 10000 1000000
 BENCH_DURATION ?= 20s
 BENCH_PG_URL ?= postgres://postgres@127.0.0.1:5432/test?sslmode=disable
 BENCH_BIN = .bench
-# e.g. BENCH_SERVER_CPUS=0 pins the server to CPU 0 (taskset), the load generator runs anywhere
+# e.g. BENCH_SERVER_CPUS=0 BENCH_CLIENT_CPUS=1: the server on CPU 0, the load generator on CPU 1
+# (taskset), as issue 18 measured; empty: both run anywhere
 BENCH_SERVER_CPUS ?=
+BENCH_CLIENT_CPUS ?=
+BENCH_LOADGEN = $(if $(BENCH_CLIENT_CPUS),taskset -c $(BENCH_CLIENT_CPUS) )$(BENCH_BIN)/ozo-loadgen
 
 bench-load:
 	mkdir -p $(BENCH_BIN)
 	$(GO) build -o $(BENCH_BIN)/ozo-identity ./cmd/ozo-identity
 	$(GO) build -o $(BENCH_BIN)/ozo-loadgen ./cmd/ozo-loadgen
 	@header=true; for n in $(BENCH_SIZES); do \
-	  $(BENCH_BIN)/ozo-loadgen --server-bin $(BENCH_BIN)/ozo-identity --server-cpus '$(BENCH_SERVER_CPUS)' --bindings $$n --duration $(BENCH_DURATION) --header=$$header || exit 1; header=false; \
-	  $(BENCH_BIN)/ozo-loadgen --server-bin $(BENCH_BIN)/ozo-identity --server-cpus '$(BENCH_SERVER_CPUS)' --database-url '$(BENCH_PG_URL)' --bindings $$n --duration $(BENCH_DURATION) --header=false || exit 1; \
+	  $(BENCH_LOADGEN) --server-bin $(BENCH_BIN)/ozo-identity --server-cpus '$(BENCH_SERVER_CPUS)' --bindings $$n --duration $(BENCH_DURATION) --header=$$header || exit 1; header=false; \
+	  $(BENCH_LOADGEN) --server-bin $(BENCH_BIN)/ozo-identity --server-cpus '$(BENCH_SERVER_CPUS)' --database-url '$(BENCH_PG_URL)' --bindings $$n --duration $(BENCH_DURATION) --header=false || exit 1; \
 	done
 
 fuzz:
