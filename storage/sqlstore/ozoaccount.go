@@ -243,23 +243,28 @@ func (s *OZOAccounts) PruneTokens(ctx context.Context, now, usedBefore time.Time
 	return n, nil
 }
 
+// useLink marks the account's unused, unexpired link of purpose used and reports whether this
+// call did: as in UseToken, the conditional update decides between concurrent completions.
+func useLink(ctx context.Context, tx *sql.Tx, hash string, purpose ozoaccount.Purpose, accountID string, now time.Time) (bool, error) {
+	res, err := tx.ExecContext(ctx, `UPDATE ozo_account_tokens SET used_at = $4
+		WHERE token_hash = $1 AND purpose = $2 AND account_id = $3 AND used_at = 0 AND expires_at > $4`,
+		hash, string(purpose), accountID, ms(now))
+	if err != nil {
+		return false, fmt.Errorf("use %s link: %w", purpose, err)
+	}
+	n, _ := res.RowsAffected()
+	return n == 1, nil
+}
+
 func (s *OZOAccounts) CompleteActivation(ctx context.Context, hash string, now time.Time, a ozoaccount.Account, step int64,
 	recoveryHashes []string, recs ...audit.Record) error {
 	used := false
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		// As in UseToken, the conditional update decides between concurrent completions; the
-		// loser changes nothing else.
-		res, err := tx.ExecContext(ctx, `UPDATE ozo_account_tokens SET used_at = $4
-			WHERE token_hash = $1 AND purpose = $2 AND account_id = $3 AND used_at = 0 AND expires_at > $4`,
-			hash, string(ozoaccount.PurposeActivation), a.ID, ms(now))
-		if err != nil {
-			return fmt.Errorf("complete activation: use link: %w", err)
+		var err error
+		if used, err = useLink(ctx, tx, hash, ozoaccount.PurposeActivation, a.ID, now); err != nil || !used {
+			return err // the loser of concurrent completions changes nothing else
 		}
-		if n, _ := res.RowsAffected(); n != 1 {
-			return nil
-		}
-		used = true
-		res, err = tx.ExecContext(ctx, `UPDATE ozo_accounts SET email = $2, display_name = $3, kind = $4, fhir_ref = $5,
+		res, err := tx.ExecContext(ctx, `UPDATE ozo_accounts SET email = $2, display_name = $3, kind = $4, fhir_ref = $5,
 			status = $6, language = $7, mxid = $8, password_hash = $9, totp_secret = $10, totp_pending = $11,
 			updated_at = $12, activated_at = $13, totp_last_step = $14 WHERE id = $1 AND status <> $15`,
 			a.ID, a.Email, a.DisplayName, string(a.Kind), a.FHIRRef, string(a.Status), a.Language, a.MXID, a.PasswordHash,
@@ -300,20 +305,13 @@ func (s *OZOAccounts) CompleteReset(ctx context.Context, hash string, now time.T
 	recs ...audit.Record) error {
 	used := false
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		// As in UseToken, the conditional update decides between concurrent completions.
-		res, err := tx.ExecContext(ctx, `UPDATE ozo_account_tokens SET used_at = $4
-			WHERE token_hash = $1 AND purpose = $2 AND account_id = $3 AND used_at = 0 AND expires_at > $4`,
-			hash, string(ozoaccount.PurposeReset), a.ID, ms(now))
-		if err != nil {
-			return fmt.Errorf("complete reset: use link: %w", err)
+		var err error
+		if used, err = useLink(ctx, tx, hash, ozoaccount.PurposeReset, a.ID, now); err != nil || !used {
+			return err
 		}
-		if n, _ := res.RowsAffected(); n != 1 {
-			return nil
-		}
-		used = true
 		// Only the password: an admin's concurrent change of the other fields stays. The email
 		// guard keeps lockKey the account's own.
-		res, err = tx.ExecContext(ctx, `UPDATE ozo_accounts SET password_hash = $2, updated_at = $3
+		res, err := tx.ExecContext(ctx, `UPDATE ozo_accounts SET password_hash = $2, updated_at = $3
 			WHERE id = $1 AND status = $4 AND email = $5`,
 			a.ID, a.PasswordHash, ms(a.UpdatedAt), string(ozoaccount.StatusActive), a.Email)
 		if err != nil {
