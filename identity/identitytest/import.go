@@ -76,6 +76,16 @@ func testImportBindings(t *testing.T, s identity.Store) {
 		t.Fatalf("after rebinding import: %v", m)
 	}
 
+	// A lookup hash row already there for another 3PID (as a rebind across media leaves it)
+	// moves to the imported binding, as a bind moves it.
+	res, err = s.ImportBindings(ctx, []identity.ImportBinding{{Binding: binding("email", "heir@example.org", "@heir:hs2"),
+		Hashes: []string{"h:email:u3@example.org", "h:email:heir@example.org"}}}, nil, nil)
+	must(t, err)
+	m, _ = s.LookupHashes(ctx, []string{"h:email:u3@example.org", "h:email:heir@example.org"})
+	if res.Created != 1 || m["h:email:u3@example.org"] != "@heir:hs2" || m["h:email:heir@example.org"] != "@heir:hs2" {
+		t.Fatalf("import over another binding's hash: %+v, %v", res, m)
+	}
+
 	// A pending invite for an imported 3PID is delivered, as a bind delivers it.
 	now := time.Now()
 	tp := threepid.ThreePID{Medium: "email", Address: "invited@example.org"}
@@ -121,3 +131,4 @@ func testImportBindings(t *testing.T, s identity.Store) {
 		t.Fatal("a failed import lost a pending invite")
 	}
 }
+

@@ -27,6 +27,12 @@ func (s *Store) SetAuditChain(c *audit.Chain) { s.chain = c }
 // last in their transaction to hold the lock briefly (SQLite's immediate transactions already
 // run one writer at a time).
 func (s *Store) appendAudit(ctx context.Context, tx *sql.Tx, recs []audit.Record) error {
+	return s.appendAuditIn(ctx, newTxStmts(tx, s.db.Engine), recs)
+}
+
+// appendAuditIn is appendAudit with the statements of a bulk write's transaction.
+func (s *Store) appendAuditIn(ctx context.Context, stmts *txStmts, recs []audit.Record) error {
+	tx := stmts.tx
 	if len(recs) == 0 {
 		return nil
 	}
@@ -66,7 +72,13 @@ func (s *Store) appendAudit(ctx context.Context, tx *sql.Tx, recs []audit.Record
 	for start := 0; start < len(recs); start += rowsPerInsert {
 		chunk := recs[start:min(start+rowsPerInsert, len(recs))]
 		var q strings.Builder
-		q.WriteString(`INSERT INTO audit_records (seq, at, action, outcome, actor_kind, actor, on_behalf_of,
+		// On SQLite, OR IGNORE spares the statement journal of a multi-row insert (see
+		// insertRows); a record it ignored fails the append below.
+		q.WriteString(`INSERT `)
+		if s.db.Engine == SQLite {
+			q.WriteString(`OR IGNORE `)
+		}
+		q.WriteString(`INTO audit_records (seq, at, action, outcome, actor_kind, actor, on_behalf_of,
 			medium, address, resource, subject, source, request_id, detail, count, found, prev_mac, mac) VALUES `)
 		args := make([]any, 0, len(chunk)*auditFields)
 		for i, r := range chunk {
@@ -90,8 +102,16 @@ func (s *Store) appendAudit(ctx context.Context, tx *sql.Tx, recs []audit.Record
 			args = append(args, r.Seq, ms(r.At), string(r.Action), string(r.Outcome), string(r.Actor.Kind), r.Actor.ID, r.OnBehalfOf,
 				r.Medium, r.Address, r.Resource, r.Subject, r.Source, r.RequestID, r.Detail, r.Count, r.Found, r.PrevMAC, r.MAC)
 		}
-		if _, err := tx.ExecContext(ctx, q.String(), args...); err != nil {
+		exec := tx.ExecContext
+		if len(recs) > rowsPerInsert {
+			exec = stmts.exec // the same statement for every full chunk
+		}
+		res, err := exec(ctx, q.String(), args...)
+		if err != nil {
 			return fmt.Errorf("append audit records: %w", err)
+		}
+		if n, err := res.RowsAffected(); err != nil || n != int64(len(chunk)) {
+			return fmt.Errorf("append audit records: %d of %d stored (%v)", n, len(chunk), err)
 		}
 	}
 	if _, err := tx.ExecContext(ctx, `UPDATE audit_head SET seq = $1, mac = $2 WHERE id = 1`, seq, mac); err != nil {

@@ -186,6 +186,50 @@ func TestAuditConcurrentAppendsLoseNothing(t *testing.T) {
 	}
 }
 
+// TestAuditAppendNeverDropsARecord: a batch of records whose place in the chain is taken (a row
+// left there by hand) fails whole; SQLite's multi-row insert ignores conflicts to spare its
+// statement journal, so the count of rows stored is what catches it.
+func TestAuditAppendNeverDropsARecord(t *testing.T) {
+	for _, engine := range dbtest.Engines {
+		t.Run(string(engine), func(t *testing.T) {
+			s, db, chain := newAuditStore(t, engine)
+			if err := s.AppendAudit(t.Context(), adminRecord(0)); err != nil {
+				t.Fatal(err)
+			}
+			head, err := s.AuditHead(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := db.ExecContext(t.Context(), `INSERT INTO audit_records (seq, at, action, outcome, actor_kind, actor,
+				on_behalf_of, medium, address, resource, source, request_id, detail, count, found, prev_mac, mac)
+				VALUES ($1, 0, 'stray', 'x', 'x', '', '', '', '', '', '', '', '', 0, 0, '', '')`, head.Seq+70); err != nil {
+				t.Fatal(err)
+			}
+			var recs []audit.Record
+			for i := range 120 { // three multi-row statements; the stray row is in the second
+				recs = append(recs, adminRecord(i+1))
+			}
+			if err := s.AppendAudit(t.Context(), recs...); err == nil {
+				t.Fatal("an append over a taken sequence number succeeded")
+			}
+			after, err := s.AuditHead(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if after.Seq != head.Seq || after.MAC != head.MAC {
+				t.Fatalf("head moved from %d to %d", head.Seq, after.Seq)
+			}
+			var n int
+			if err := db.QueryRowContext(t.Context(), `SELECT COUNT(*) FROM audit_records`).Scan(&n); err != nil || n != 2 {
+				t.Fatalf("%d records stored (want the first and the stray one): %v", n, err)
+			}
+			if rep, err := verify(t, s, chain, nil); err != nil || rep.Records != 1 {
+				t.Fatalf("%+v %v", rep, err)
+			}
+		})
+	}
+}
+
 // TestAuditEscapesHostileText: NUL and invalid UTF-8 (which PostgreSQL refuses in text) are
 // stored escaped; the record is never dropped, and long values are cut.
 func TestAuditEscapesHostileText(t *testing.T) {

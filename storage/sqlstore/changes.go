@@ -53,6 +53,12 @@ func checkPepper(ctx context.Context, tx *sql.Tx, peppers ...string) error {
 
 // logChanges records keys of kind under change number seq.
 func (s *Store) logChanges(ctx context.Context, tx *sql.Tx, seq int64, kind string, keys ...string) error {
+	return s.logChangesIn(ctx, newTxStmts(tx, s.db.Engine), seq, kind, keys...)
+}
+
+// logChangesIn is logChanges with the statements of a bulk write's transaction.
+func (s *Store) logChangesIn(ctx context.Context, stmts *txStmts, seq int64, kind string, keys ...string) error {
+	tx := stmts.tx
 	if len(keys) == 0 {
 		return nil
 	}
@@ -65,6 +71,10 @@ func (s *Store) logChanges(ctx context.Context, tx *sql.Tx, seq int64, kind stri
 		return nil
 	}
 	const rows = 300
+	exec := tx.ExecContext
+	if len(keys) > rows {
+		exec = stmts.exec // the same statement for every full chunk
+	}
 	for len(keys) > 0 {
 		chunk := keys[:min(rows, len(keys))]
 		keys = keys[len(chunk):]
@@ -72,7 +82,9 @@ func (s *Store) logChanges(ctx context.Context, tx *sql.Tx, seq int64, kind stri
 		for _, k := range chunk {
 			args = append(args, seq, kind, k, now)
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO change_log (seq, kind, key, created_at) VALUES `+valueRows(len(chunk), 4), args...); err != nil {
+		// OR IGNORE spares the statement journal (see insertRows): the log has no unique key,
+		// so nothing is ignored.
+		if _, err := exec(ctx, `INSERT OR IGNORE INTO change_log (seq, kind, key, created_at) VALUES `+valueRows(len(chunk), 4), args...); err != nil {
 			return fmt.Errorf("log changes: %w", err)
 		}
 	}

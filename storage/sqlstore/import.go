@@ -1,9 +1,13 @@
 package sqlstore
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"fmt"
+	"os"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/ozo-platform/ozo-identity/audit"
@@ -28,7 +32,7 @@ func (s *Store) ImportBindings(ctx context.Context, items []identity.ImportBindi
 	im := importer{pg: s.db.Engine == Postgres}
 	var res identity.ImportResult
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		im.tx = tx
+		im.tx = newTxStmts(tx, s.db.Engine)
 		res = identity.ImportResult{}
 		seq, err := nextChange(ctx, tx)
 		if err != nil {
@@ -47,7 +51,7 @@ func (s *Store) ImportBindings(ctx context.Context, items []identity.ImportBindi
 			// Thousands of random-keyed hash rows overflow a connection's small page cache,
 			// which then spills to the WAL many times per transaction. SQLite has one writer at
 			// a time, so one larger cache on the writing connection is a bounded cost.
-			if _, err := tx.ExecContext(ctx, fmt.Sprintf(`PRAGMA cache_size = -%d`, importCacheKiB)); err != nil {
+			if _, err := tx.ExecContext(ctx, fmt.Sprintf(`PRAGMA cache_size = -%d`, expCache())); err != nil {
 				return fmt.Errorf("import cache: %w", err)
 			}
 			defer tx.ExecContext(context.WithoutCancel(ctx), fmt.Sprintf(`PRAGMA cache_size = -%d`, sqliteCacheKiB))
@@ -56,25 +60,36 @@ func (s *Store) ImportBindings(ctx context.Context, items []identity.ImportBindi
 		if err != nil {
 			return err
 		}
-		var changed []identity.ImportBinding
+		var changed, created, updated []identity.ImportBinding
 		for _, it := range items {
 			mxid, ok := existing[it.Binding.ThreePID]
 			switch {
 			case !ok:
 				res.Created++
+				created = append(created, it)
 			case mxid != it.Binding.MXID:
 				res.Updated++
+				updated = append(updated, it)
 			default:
 				res.Unchanged++
 				continue
 			}
 			changed = append(changed, it)
 		}
-		if err := im.upsertBindings(ctx, changed); err != nil {
-			return err
+		// In key order, consecutive rows land on the same B-tree pages, which stay in the CPU's
+		// caches; in file order each row is a walk down a cold path.
+		for _, part := range [][]identity.ImportBinding{created, updated} {
+			slices.SortFunc(part, func(a, b identity.ImportBinding) int {
+				return cmp.Or(strings.Compare(a.Binding.Medium, b.Binding.Medium), strings.Compare(a.Binding.Address, b.Binding.Address))
+			})
 		}
-		if err := im.upsertHashes(ctx, changed); err != nil {
-			return err
+		for _, part := range [][]identity.ImportBinding{created, updated} {
+			if err := im.upsertBindings(ctx, part); err != nil {
+				return err
+			}
+			if err := im.upsertHashes(ctx, part); err != nil {
+				return err
+			}
 		}
 		if err := im.insertFoldedHashes(ctx, changed); err != nil {
 			return err
@@ -83,7 +98,7 @@ func (s *Store) ImportBindings(ctx context.Context, items []identity.ImportBindi
 		for _, it := range changed {
 			hashes = append(append(hashes, it.Hashes...), it.FoldedHashes...)
 		}
-		if err := s.logChanges(ctx, tx, seq, changeHash, hashes...); err != nil {
+		if err := s.logChangesIn(ctx, im.tx, seq, changeHash, hashes...); err != nil {
 			return err
 		}
 		delivered := map[threepid.ThreePID][]identity.Invite{}
@@ -113,7 +128,7 @@ func (s *Store) ImportBindings(ctx context.Context, items []identity.ImportBindi
 		for _, it := range changed {
 			recs = append(recs, record(it.Binding, delivered[it.Binding.ThreePID])...)
 		}
-		return s.appendAudit(ctx, tx, recs)
+		return s.appendAuditIn(ctx, im.tx, recs)
 	})
 	return res, err
 }
@@ -142,7 +157,7 @@ func lastPerThreePID(items []identity.ImportBinding) []identity.ImportBinding {
 // parameters: it finds a $N parameter by a linear search, so thousands of them cost
 // quadratic time.
 type importer struct {
-	tx *sql.Tx
+	tx *txStmts
 	pg bool
 }
 
@@ -202,7 +217,7 @@ func (im importer) boundMXIDs(ctx context.Context, items []identity.ImportBindin
 	for medium, addresses := range byMedium(items) {
 		err := im.chunks(addresses, importSelectRows, func(chunk []string) error {
 			q, args := im.in(`SELECT address, mxid FROM bindings WHERE medium = `+im.p(1)+` AND address `, []any{medium}, chunk)
-			rows, err := im.tx.QueryContext(ctx, q, args...)
+			rows, err := im.tx.query(ctx, q, args...)
 			if err != nil {
 				return fmt.Errorf("read bindings: %w", err)
 			}
@@ -230,7 +245,6 @@ func (im importer) upsertBindings(ctx context.Context, items []identity.ImportBi
 	if len(items) == 0 {
 		return nil
 	}
-	const head = `INSERT INTO bindings (medium, address, mxid, created_at, not_before, not_after, source) `
 	if im.pg {
 		var medium, address, mxid, source []string
 		var created, notBefore, notAfter []int64
@@ -239,7 +253,7 @@ func (im importer) upsertBindings(ctx context.Context, items []identity.ImportBi
 			medium, address, mxid, source = append(medium, b.Medium), append(address, b.Address), append(mxid, b.MXID), append(source, b.Source)
 			created, notBefore, notAfter = append(created, ms(b.CreatedAt)), append(notBefore, ms(b.NotBefore)), append(notAfter, ms(b.NotAfter))
 		}
-		if _, err := im.tx.ExecContext(ctx, head+`SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[])`+
+		if _, err := im.tx.exec(ctx, `INSERT INTO bindings (`+bindingColumns+`) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[])`+
 			upsertBindingTail, medium, address, mxid, created, notBefore, notAfter, source); err != nil {
 			return fmt.Errorf("store bindings: %w", err)
 		}
@@ -253,49 +267,93 @@ func (im importer) upsertBindings(ctx context.Context, items []identity.ImportBi
 			b := it.Binding
 			args = append(args, b.Medium, b.Address, b.MXID, ms(b.CreatedAt), ms(b.NotBefore), ms(b.NotAfter), b.Source)
 		}
-		if _, err := im.tx.ExecContext(ctx, head+`VALUES `+valueRows(len(chunk), 7)+upsertBindingTail, args...); err != nil {
+		if err := im.insertRows(ctx, `bindings (`+bindingColumns+`)`, upsertBindingTail, 7, args); err != nil {
 			return fmt.Errorf("store bindings: %w", err)
 		}
 	}
 	return nil
 }
 
-func (im importer) upsertHashes(ctx context.Context, items []identity.ImportBinding) error {
-	var hashes, medium, address []string
-	seen := map[string]bool{}
+// insertRows inserts rows of width values on SQLite as INSERT OR IGNORE, then writes the rows
+// it ignored (already there) again with tail, an upsert clause; an empty tail leaves them.
+// A multi-row statement that may fail half-way keeps a statement journal, a copy of every page
+// it changes, so that it can be undone alone; one that ignores conflicts and NULLs cannot fail
+// half-way and needs none. New rows, nearly all of an import, take that path.
+func (im importer) insertRows(ctx context.Context, into, tail string, width int, args []any) error {
+	rows := len(args) / width
+	res, err := im.tx.exec(ctx, `INSERT OR IGNORE INTO `+into+` VALUES `+valueRows(rows, width), args...)
+	if err != nil || tail == "" {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil || n == int64(rows) {
+		return err
+	}
+	_, err = im.tx.exec(ctx, `INSERT INTO `+into+` VALUES `+valueRows(rows, width)+tail, args...)
+	return err
+}
+
+// hashRow is a row of binding_hashes or binding_folded_hashes.
+type hashRow struct{ hash, medium, address string }
+
+// hashRows returns the rows of the items' hashes (of the fold: folded ones), once each, in hash
+// order for locality (see ImportBindings).
+func hashRows(items []identity.ImportBinding, folded bool) []hashRow {
+	var rows []hashRow
 	for _, it := range items {
-		for _, h := range it.Hashes {
-			if !seen[h] {
-				seen[h] = true
-				hashes, medium, address = append(hashes, h), append(medium, it.Binding.Medium), append(address, it.Binding.Address)
-			}
+		hashes := it.Hashes
+		if folded {
+			hashes = it.FoldedHashes
+		}
+		for _, h := range hashes {
+			rows = append(rows, hashRow{h, it.Binding.Medium, it.Binding.Address})
 		}
 	}
-	if len(hashes) == 0 {
-		return nil
+	if folded { // several 3PIDs may share a folded hash: each has its row
+		slices.SortFunc(rows, func(a, b hashRow) int {
+			return cmp.Or(strings.Compare(a.hash, b.hash), strings.Compare(a.medium, b.medium), strings.Compare(a.address, b.address))
+		})
+		return slices.Compact(rows)
 	}
-	err := im.insertHashRows(ctx, `INSERT INTO binding_hashes (hash, medium, address) `,
-		` ON CONFLICT (hash) DO UPDATE SET medium = excluded.medium, address = excluded.address`, hashes, medium, address)
+	slices.SortStableFunc(rows, func(a, b hashRow) int { return strings.Compare(a.hash, b.hash) })
+	// A hash is one row; of repeats, now next to each other, the first wins.
+	return slices.CompactFunc(rows, func(a, b hashRow) bool { return a.hash == b.hash })
+}
+
+func (im importer) upsertHashes(ctx context.Context, items []identity.ImportBinding) error {
+	err := im.insertHashRows(ctx, `binding_hashes (hash, medium, address)`,
+		` ON CONFLICT (hash) DO UPDATE SET medium = excluded.medium, address = excluded.address`, hashRows(items, false))
 	if err != nil {
 		return fmt.Errorf("store lookup hashes: %w", err)
 	}
 	return nil
 }
 
-// insertHashRows runs head, the rows (hash, medium, address) and tail: one statement of column
-// arrays on PostgreSQL, multi-row statements of importHashRows rows on SQLite.
-func (im importer) insertHashRows(ctx context.Context, head, tail string, hashes, medium, address []string) error {
+// insertHashRows inserts rows into the table and columns of into, updating rows already there
+// with the upsert clause tail or, without one, leaving them: one statement of column arrays on
+// PostgreSQL, multi-row statements of importHashRows rows on SQLite.
+func (im importer) insertHashRows(ctx context.Context, into, tail string, rows []hashRow) error {
+	if len(rows) == 0 {
+		return nil
+	}
 	if im.pg {
-		_, err := im.tx.ExecContext(ctx, head+`SELECT * FROM unnest($1::text[], $2::text[], $3::text[])`+tail, hashes, medium, address)
+		if tail == "" {
+			tail = ` ON CONFLICT DO NOTHING`
+		}
+		hashes, medium, address := make([]string, len(rows)), make([]string, len(rows)), make([]string, len(rows))
+		for i, r := range rows {
+			hashes[i], medium[i], address[i] = r.hash, r.medium, r.address
+		}
+		_, err := im.tx.exec(ctx, `INSERT INTO `+into+` SELECT * FROM unnest($1::text[], $2::text[], $3::text[])`+tail, hashes, medium, address)
 		return err
 	}
-	for start := 0; start < len(hashes); start += importHashRows {
-		end := min(start+importHashRows, len(hashes))
-		args := make([]any, 0, 3*(end-start))
-		for i := start; i < end; i++ {
-			args = append(args, hashes[i], medium[i], address[i])
+	for len(rows) > 0 {
+		chunk := rows[:min(importHashRows, len(rows))]
+		rows = rows[len(chunk):]
+		args := make([]any, 0, 3*len(chunk))
+		for _, r := range chunk {
+			args = append(args, r.hash, r.medium, r.address)
 		}
-		if _, err := im.tx.ExecContext(ctx, head+`VALUES `+valueRows(end-start, 3)+tail, args...); err != nil {
+		if err := im.insertRows(ctx, into, tail, 3, args); err != nil {
 			return err
 		}
 	}
@@ -305,18 +363,7 @@ func (im importer) insertHashRows(ctx context.Context, head, tail string, hashes
 // insertFoldedHashes adds the lower-cased 3PIDs' hashes; several bindings may share one (it
 // then answers none of them), so rows are added, never moved.
 func (im importer) insertFoldedHashes(ctx context.Context, items []identity.ImportBinding) error {
-	var hashes, medium, address []string
-	for _, it := range items {
-		for _, h := range it.FoldedHashes {
-			hashes, medium, address = append(hashes, h), append(medium, it.Binding.Medium), append(address, it.Binding.Address)
-		}
-	}
-	if len(hashes) == 0 {
-		return nil
-	}
-	err := im.insertHashRows(ctx, `INSERT INTO binding_folded_hashes (hash, medium, address) `, ` ON CONFLICT DO NOTHING`,
-		hashes, medium, address)
-	if err != nil {
+	if err := im.insertHashRows(ctx, `binding_folded_hashes (hash, medium, address)`, "", hashRows(items, true)); err != nil {
 		return fmt.Errorf("store folded lookup hashes: %w", err)
 	}
 	return nil
@@ -338,7 +385,7 @@ func (im importer) withPendingInvites(ctx context.Context, items []identity.Impo
 		err := im.chunks(addresses, importSelectRows, func(chunk []string) error {
 			q, args := im.in(`SELECT DISTINCT address FROM invites WHERE delivered_at = 0 AND expires_at > `+im.p(1)+
 				` AND medium = `+im.p(2)+` AND address `, []any{at, medium}, chunk)
-			rows, err := im.tx.QueryContext(ctx, q, args...)
+			rows, err := im.tx.query(ctx, q, args...)
 			if err != nil {
 				return fmt.Errorf("pending invites: %w", err)
 			}
@@ -357,4 +404,11 @@ func (im importer) withPendingInvites(ctx context.Context, items []identity.Impo
 		}
 	}
 	return out, nil
+}
+
+func expCache() int {
+	if v, _ := strconv.Atoi(os.Getenv("EXP_CACHE_KIB")); v > 0 {
+		return v
+	}
+	return importCacheKiB
 }
