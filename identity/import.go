@@ -74,6 +74,8 @@ func (s *Service) ImportBindings(ctx context.Context, entries []ImportEntry, sou
 	queued := false
 	scope := audit.ScopeFrom(ctx)
 	var res ImportResult
+	var changed []Binding
+	var used string
 	err := s.withPepper(ctx, func(pepper string) error {
 		for i := range items {
 			tp := items[i].Binding.ThreePID
@@ -81,14 +83,15 @@ func (s *Service) ImportBindings(ctx context.Context, entries []ImportEntry, sou
 			items[i].Pepper = pepper
 		}
 		var err error
-		res, err = s.importItems(ctx, items, source, scope, &queued)
+		used = pepper
+		res, changed, err = s.importItems(ctx, items, source, scope, &queued)
 		return err
 	})
 	if err != nil {
 		return rep, err
 	}
 	if res.Created+res.Updated > 0 {
-		s.written(ctx)
+		s.wroteImport(ctx, res.Seq, used, items, changed)
 	}
 	// Not MarkRecorded: the caller's record of the whole batch (what it did) follows.
 	if queued {
@@ -99,9 +102,11 @@ func (s *Service) ImportBindings(ctx context.Context, entries []ImportEntry, sou
 	return rep, nil
 }
 
-// importItems stores items in one transaction, queueing the onbinds of pending invites.
-func (s *Service) importItems(ctx context.Context, items []ImportBinding, source string, scope *audit.Scope, queued *bool) (ImportResult, error) {
-	return s.store.ImportBindings(ctx, items, func(b Binding, invites []Invite) ([]OnBindDelivery, error) {
+// importItems stores items in one transaction, queueing the onbinds of pending invites, and
+// returns the bindings it created or rebound.
+func (s *Service) importItems(ctx context.Context, items []ImportBinding, source string, scope *audit.Scope, queued *bool) (ImportResult, []Binding, error) {
+	var changed []Binding
+	res, err := s.store.ImportBindings(ctx, items, func(b Binding, invites []Invite) ([]OnBindDelivery, error) {
 		assoc, err := s.association(b)
 		if err != nil {
 			return nil, err
@@ -113,6 +118,37 @@ func (s *Service) importItems(ctx context.Context, items []ImportBinding, source
 		*queued = *queued || len(ds) > 0
 		return ds, nil
 	}, func(b Binding, delivered []Invite) []audit.Record {
+		changed = append(changed, b)
 		return bindRecords(scope, b, delivered, "source="+source+" import")
 	})
+	return res, changed, err
+}
+
+// wroteImport puts an import's changed bindings in the lookup index. Their exact hashes answer
+// their MXIDs, which the mirror takes from here instead of reading back thousands of rows just
+// written; a folded hash's answer depends on other bindings, so then it catches up as usual.
+func (s *Service) wroteImport(ctx context.Context, seq int64, pepper string, items []ImportBinding, changed []Binding) {
+	if s.mirror == nil {
+		return
+	}
+	byThreePID := make(map[threepid.ThreePID]*ImportBinding, len(items))
+	for i := range items {
+		byThreePID[items[i].Binding.ThreePID] = &items[i]
+	}
+	answers := map[string]string{}
+	for _, b := range changed {
+		it := byThreePID[b.ThreePID]
+		if it == nil || len(it.FoldedHashes) > 0 {
+			s.written(ctx)
+			return
+		}
+		for _, h := range it.Hashes {
+			answers[h] = b.MXID
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := s.mirror.Wrote(ctx, seq, pepper, answers); err != nil {
+		s.log.Warn("lookup index behind a write; lookups go to the database until it caught up", "err", err)
+	}
 }

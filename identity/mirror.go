@@ -238,12 +238,60 @@ func (m *Mirror) CatchUp(ctx context.Context) error {
 	}
 	m.syncMu.Lock()
 	defer m.syncMu.Unlock()
+	return m.catchUpNow(ctx)
+}
+
+// catchUpNow is CatchUp under syncMu.
+func (m *Mirror) catchUpNow(ctx context.Context) error {
 	started := m.now()
 	if err := m.catchUp(ctx, started); err != nil {
 		m.freshAt.Store(0)
 		return err
 	}
 	m.freshAt.Store(started.UnixNano())
+	return nil
+}
+
+// Wrote applies change seq, a write of this process whose every logged hash answers is given
+// in answers (hash → MXID). When the mirror holds every change before seq and the same pepper,
+// nothing needs reading back; otherwise it catches up.
+func (m *Mirror) Wrote(ctx context.Context, seq int64, pepper string, answers map[string]string) error {
+	if !m.active.Load() {
+		return nil
+	}
+	m.syncMu.Lock()
+	defer m.syncMu.Unlock()
+	if m.seq >= seq {
+		return nil // a catch-up read it already
+	}
+	m.mu.RLock()
+	next := m.seq == seq-1 && m.table != nil && m.pepper == pepper
+	m.mu.RUnlock()
+	if !next || m.opts.NoIndex {
+		return m.catchUpNow(ctx)
+	}
+	// freshAt stays: this says nothing of other writers. A newer change to one of these
+	// hashes has a higher number, and is read when the mirror catches up to it.
+	m.mu.Lock()
+	var err error
+	for s, mxid := range answers {
+		h, perr := hashindex.Parse(s)
+		if perr != nil {
+			err = fmt.Errorf("lookup hash %.50q: %w", s, perr)
+			break
+		}
+		if err = m.table.Set(&h, mxid); err != nil {
+			break
+		}
+	}
+	m.mu.Unlock()
+	if err != nil {
+		m.setTable(nil, "")
+		m.nextLoad = time.Time{}
+		m.freshAt.Store(0)
+		return err
+	}
+	m.setSeq(seq)
 	return nil
 }
 

@@ -152,6 +152,8 @@ type ImportBinding struct {
 // bindings already there with the same MXID (left as they were, so re-importing changes nothing).
 type ImportResult struct {
 	Created, Updated, Unchanged int
+	// Seq is the change number the import's writes were logged under.
+	Seq int64
 }
 
 // Changes is what the store's change log says happened after a change number: what the
@@ -243,8 +245,8 @@ type Store interface {
 	// another MXID is rebound (the later one wins), one bound to the same MXID is left untouched.
 	// Pending invites of created or rebound 3PIDs are delivered through deliver, as Bind does.
 	// When a 3PID occurs twice, the later entry wins.
-	// record returns the audit records of each changed binding and the invites it delivered,
-	// appended in the same transaction.
+	// record is called once for each binding created or rebound, with the invites it
+	// delivered, and returns their audit records, appended in the same transaction.
 	ImportBindings(ctx context.Context, items []ImportBinding, deliver func(b Binding, invites []Invite) ([]OnBindDelivery, error),
 		record func(b Binding, delivered []Invite) []audit.Record) (ImportResult, error)
 	// RehashBindings recomputes every binding's lookup hashes (exact and folded, as in

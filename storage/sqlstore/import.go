@@ -33,11 +33,11 @@ func (s *Store) ImportBindings(ctx context.Context, items []identity.ImportBindi
 	var res identity.ImportResult
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		im.tx = newTxStmts(tx, s.db.Engine)
-		res = identity.ImportResult{}
 		seq, err := nextChange(ctx, tx)
 		if err != nil {
 			return err
 		}
+		res = identity.ImportResult{Seq: seq}
 		peppers := map[string]bool{}
 		for _, it := range items {
 			peppers[it.Pepper] = true
