@@ -5,9 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"os"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/ozo-platform/ozo-identity/audit"
@@ -51,7 +49,7 @@ func (s *Store) ImportBindings(ctx context.Context, items []identity.ImportBindi
 			// Thousands of random-keyed hash rows overflow a connection's small page cache,
 			// which then spills to the WAL many times per transaction. SQLite has one writer at
 			// a time, so one larger cache on the writing connection is a bounded cost.
-			if _, err := tx.ExecContext(ctx, fmt.Sprintf(`PRAGMA cache_size = -%d`, expCache())); err != nil {
+			if _, err := tx.ExecContext(ctx, fmt.Sprintf(`PRAGMA cache_size = -%d`, importCacheKiB)); err != nil {
 				return fmt.Errorf("import cache: %w", err)
 			}
 			defer tx.ExecContext(context.WithoutCancel(ctx), fmt.Sprintf(`PRAGMA cache_size = -%d`, sqliteCacheKiB))
@@ -404,11 +402,4 @@ func (im importer) withPendingInvites(ctx context.Context, items []identity.Impo
 		}
 	}
 	return out, nil
-}
-
-func expCache() int {
-	if v, _ := strconv.Atoi(os.Getenv("EXP_CACHE_KIB")); v > 0 {
-		return v
-	}
-	return importCacheKiB
 }
