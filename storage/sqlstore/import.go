@@ -81,8 +81,8 @@ func (s *Store) ImportBindings(ctx context.Context, items []identity.ImportBindi
 				return cmp.Or(strings.Compare(a.Binding.Medium, b.Binding.Medium), strings.Compare(a.Binding.Address, b.Binding.Address))
 			})
 		}
-		for _, part := range [][]identity.ImportBinding{created, updated} {
-			if err := im.upsertBindings(ctx, part); err != nil {
+		for i, part := range [][]identity.ImportBinding{created, updated} {
+			if err := im.upsertBindings(ctx, part, i == 0); err != nil {
 				return err
 			}
 			if err := im.upsertHashes(ctx, part); err != nil {
@@ -239,11 +239,18 @@ func (im importer) boundMXIDs(ctx context.Context, items []identity.ImportBindin
 const upsertBindingTail = ` ON CONFLICT (medium, address) DO UPDATE SET mxid = excluded.mxid, created_at = excluded.created_at,
 	not_before = excluded.not_before, not_after = excluded.not_after, source = excluded.source`
 
-func (im importer) upsertBindings(ctx context.Context, items []identity.ImportBinding) error {
+// upsertBindings stores items; fresh ones were not there when the transaction read them, and no
+// other writer can add them before it ends: every writer of bindings first takes the next change
+// number, whose lock this transaction holds.
+func (im importer) upsertBindings(ctx context.Context, items []identity.ImportBinding, fresh bool) error {
 	if len(items) == 0 {
 		return nil
 	}
 	if im.pg {
+		tail := upsertBindingTail
+		if fresh {
+			tail = "" // a plain insert skips the upsert's probe of the key before each row
+		}
 		var medium, address, mxid, source []string
 		var created, notBefore, notAfter []int64
 		for _, it := range items {
@@ -252,7 +259,7 @@ func (im importer) upsertBindings(ctx context.Context, items []identity.ImportBi
 			created, notBefore, notAfter = append(created, ms(b.CreatedAt)), append(notBefore, ms(b.NotBefore)), append(notAfter, ms(b.NotAfter))
 		}
 		if _, err := im.tx.exec(ctx, `INSERT INTO bindings (`+bindingColumns+`) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[])`+
-			upsertBindingTail, medium, address, mxid, created, notBefore, notAfter, source); err != nil {
+			tail, medium, address, mxid, created, notBefore, notAfter, source); err != nil {
 			return fmt.Errorf("store bindings: %w", err)
 		}
 		return nil
