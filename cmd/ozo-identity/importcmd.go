@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/csv"
@@ -109,6 +110,11 @@ func importBindings(ctx context.Context, cfg config.Config, opts importOptions, 
 		return err
 	}
 
+	// Reading and parsing the next batch runs beside the transaction of the current one.
+	prefetch := newPrefetchReader(ctx, reader, opts.batch)
+	defer prefetch.stop()
+	reader = prefetch
+
 	log := newLogger(cfg, stderr)
 	a, err := app.New(ctx, cfg, quieter(cfg, log))
 	if err != nil {
@@ -199,6 +205,9 @@ func importBindings(ctx context.Context, cfg config.Config, opts importOptions, 
 		rec, err := reader.next()
 		if errors.Is(err, io.EOF) {
 			break
+		}
+		if err != nil && ctx.Err() != nil {
+			return fmt.Errorf("interrupted after line %d; run again to resume: %w", state.Line, ctx.Err())
 		}
 		if err != nil {
 			return err
@@ -377,6 +386,77 @@ func (n *ndjsonReader) next() (importRecord, error) {
 		rec.entry = identity.ImportEntry{Medium: *e.Medium, Address: *e.Address, MXID: *e.MXID}
 		return rec, nil
 	}
+}
+
+// prefetchReader reads records ahead in a goroutine, up to about one batch, so that the next
+// batch is read and parsed while the current one is stored.
+type prefetchReader struct {
+	chunks  chan prefetched
+	current []importRecord
+	err     error
+	cancel  context.CancelFunc
+	done    chan struct{}
+	stopped error // why the goroutine stopped early; read after chunks is closed
+}
+
+type prefetched struct {
+	recs []importRecord
+	err  error // after recs: io.EOF at the end
+}
+
+const prefetchChunk = 512
+
+func newPrefetchReader(ctx context.Context, r recordReader, ahead int) *prefetchReader {
+	ctx, cancel := context.WithCancel(ctx)
+	p := &prefetchReader{chunks: make(chan prefetched, ahead/prefetchChunk+1), cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		defer close(p.chunks)
+		for {
+			var c prefetched
+			for len(c.recs) < prefetchChunk {
+				rec, err := r.next()
+				if err != nil {
+					c.err = err
+					break
+				}
+				c.recs = append(c.recs, rec)
+			}
+			select {
+			case p.chunks <- c:
+			case <-ctx.Done():
+				p.stopped = ctx.Err()
+				return
+			}
+			if c.err != nil {
+				return
+			}
+		}
+	}()
+	return p
+}
+
+func (p *prefetchReader) next() (importRecord, error) {
+	for len(p.current) == 0 {
+		if p.err != nil {
+			return importRecord{}, p.err
+		}
+		c, ok := <-p.chunks
+		if !ok {
+			p.err = cmp.Or(p.stopped, io.EOF)
+			continue
+		}
+		p.current, p.err = c.recs, c.err
+	}
+	rec := p.current[0]
+	p.current = p.current[1:]
+	return rec, nil
+}
+
+// stop ends the reading goroutine and waits for it, so the file can be closed.
+func (p *prefetchReader) stop() {
+	p.cancel()
+	<-p.done
 }
 
 var errLineTooLong = errors.New("line too long")

@@ -297,8 +297,11 @@ func (im importer) insertRows(ctx context.Context, into, tail string, width int,
 	return err
 }
 
-// hashRow is a row of binding_hashes or binding_folded_hashes.
-type hashRow struct{ hash, medium, address string }
+// hashRow is a row of binding_hashes or binding_folded_hashes; i orders repeats of a hash.
+type hashRow struct {
+	hash, medium, address string
+	i                     int
+}
 
 // hashRows returns the rows of the items' hashes (of the fold: folded ones), once each, in hash
 // order for locality (see ImportBindings).
@@ -310,16 +313,18 @@ func hashRows(items []identity.ImportBinding, folded bool) []hashRow {
 			hashes = it.FoldedHashes
 		}
 		for _, h := range hashes {
-			rows = append(rows, hashRow{h, it.Binding.Medium, it.Binding.Address})
+			rows = append(rows, hashRow{h, it.Binding.Medium, it.Binding.Address, len(rows)})
 		}
 	}
 	if folded { // several 3PIDs may share a folded hash: each has its row
 		slices.SortFunc(rows, func(a, b hashRow) int {
 			return cmp.Or(strings.Compare(a.hash, b.hash), strings.Compare(a.medium, b.medium), strings.Compare(a.address, b.address))
 		})
-		return slices.Compact(rows)
+		return slices.CompactFunc(rows, func(a, b hashRow) bool {
+			return a.hash == b.hash && a.medium == b.medium && a.address == b.address
+		})
 	}
-	slices.SortStableFunc(rows, func(a, b hashRow) int { return strings.Compare(a.hash, b.hash) })
+	slices.SortFunc(rows, func(a, b hashRow) int { return cmp.Or(strings.Compare(a.hash, b.hash), cmp.Compare(a.i, b.i)) })
 	// A hash is one row; of repeats, now next to each other, the first wins.
 	return slices.CompactFunc(rows, func(a, b hashRow) bool { return a.hash == b.hash })
 }
