@@ -68,7 +68,7 @@ func (s *Store) appendAuditIn(ctx context.Context, stmts *txStmts, recs []audit.
 		recs = nil
 	}
 	// Many rows per statement: a bulk import appends one record per binding it changed.
-	const rowsPerInsert = 50
+	const rowsPerInsert = 500
 	for start := 0; start < len(recs); start += rowsPerInsert {
 		chunk := recs[start:min(start+rowsPerInsert, len(recs))]
 		var q strings.Builder

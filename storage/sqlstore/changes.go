@@ -70,7 +70,7 @@ func (s *Store) logChangesIn(ctx context.Context, stmts *txStmts, seq int64, kin
 		}
 		return nil
 	}
-	const rows = 300
+	const rows = 1000
 	exec := tx.ExecContext
 	if len(keys) > rows {
 		exec = stmts.exec // the same statement for every full chunk
