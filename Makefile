@@ -4,7 +4,7 @@
 GO ?= go
 RACE_PKGS = ./storage/... ./identity/... ./homeserver/... ./email/... ./api/... ./lookup/...
 
-.PHONY: test vet dendrite jsdeps build image bench bench-go bench-mcsd bench-load fuzz
+.PHONY: test vet dendrite jsdeps build image bench bench-go bench-mcsd bench-load bench-import fuzz
 
 # Every Fuzz* function of every package runs for FUZZTIME (their seed corpora, f.Add and
 # testdata/fuzz, already run in plain `go test`). New fuzz tests are found without listing them.
@@ -40,7 +40,7 @@ IMAGE_TAG ?= ozo-identity:dev
 image:
 	$(GO) run ./cmd/ozo-image --out $(IMAGE_OUT) --tag $(IMAGE_TAG)
 
-bench: bench-go bench-mcsd bench-load
+bench: bench-go bench-mcsd bench-load bench-import
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -skip MirrorLoad -benchtime 200x ./identity/ ./lookup/ ./lookup/hashindex/
@@ -72,6 +72,26 @@ bench-load:
 	@header=true; for n in $(BENCH_SIZES); do \
 	  $(BENCH_LOADGEN) --server-bin $(BENCH_BIN)/ozo-identity --server-cpus '$(BENCH_SERVER_CPUS)' --bindings $$n --duration $(BENCH_DURATION) --header=$$header || exit 1; header=false; \
 	  $(BENCH_LOADGEN) --server-bin $(BENCH_BIN)/ozo-identity --server-cpus '$(BENCH_SERVER_CPUS)' --database-url '$(BENCH_PG_URL)' --bindings $$n --duration $(BENCH_DURATION) --header=false || exit 1; \
+	done
+
+# The admin CLI imports BENCH_IMPORT_LINES new bindings from NDJSON into an empty database, SQLite
+# then PostgreSQL (a fresh schema in BENCH_PG_URL's database, psql needed), timed. The lines come
+# in scattered address order (line i holds address (i * 7919) mod N): an export sorted by address
+# is the easy case. bench-load times seeding through POST /bindings/batch ("seeded …").
+BENCH_IMPORT_LINES ?= 1000000
+bench-import:
+	mkdir -p $(BENCH_BIN)
+	$(GO) build -o $(BENCH_BIN)/ozo-identity ./cmd/ozo-identity
+	@set -e; d=$$(mktemp -d); schema=bench_import_$$$$; trap 'rm -rf $$d; psql -q "$(BENCH_PG_URL)" -c "DROP SCHEMA IF EXISTS $$schema CASCADE" 2>/dev/null' EXIT; \
+	awk -v n=$(BENCH_IMPORT_LINES) 'BEGIN { for (i = 0; i < n; i++) { j = (i * 7919) % n; \
+	  printf "{\"medium\":\"email\",\"address\":\"user%08d@import.example\",\"mxid\":\"@u%08d:hs.example\"}\n", j, j } }' > $$d/bindings.ndjson; \
+	psql -q "$(BENCH_PG_URL)" -c "CREATE SCHEMA $$schema"; \
+	for engine in sqlite postgres; do \
+	  url=; [ $$engine = postgres ] && url="$(BENCH_PG_URL)&search_path=$$schema"; \
+	  start=$$(date +%s%N); \
+	  OZO_DATABASE_URL="$$url" $(BENCH_BIN)/ozo-identity admin bindings import $$d/bindings.ndjson --data-dir $$d/data >/dev/null 2>$$d/log || { cat $$d/log; exit 1; }; \
+	  end=$$(date +%s%N); \
+	  awk -v e=$$engine -v n=$(BENCH_IMPORT_LINES) -v ns=$$((end - start)) 'BEGIN { printf "%s: %d bindings imported in %.1f s (%.0f bindings/s)\n", e, n, ns / 1e9, n / (ns / 1e9) }'; \
 	done
 
 fuzz:
