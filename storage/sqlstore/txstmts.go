@@ -10,16 +10,13 @@ import (
 // million bindings that was an eighth of an import's time. pgx already keeps the statements
 // it has prepared on each connection, so on PostgreSQL they go straight to the transaction.
 type txStmts struct {
-	tx *sql.Tx
-	m  map[string]*sql.Stmt // nil: no preparing
+	tx      *sql.Tx
+	prepare bool
+	m       map[string]*sql.Stmt // made by the first prepare: most transactions prepare nothing
 }
 
 func newTxStmts(tx *sql.Tx, engine Engine) *txStmts {
-	c := &txStmts{tx: tx}
-	if engine == SQLite {
-		c.m = map[string]*sql.Stmt{}
-	}
-	return c
+	return &txStmts{tx: tx, prepare: engine == SQLite}
 }
 
 // prepared returns q prepared in the transaction; the transaction closes it when it ends.
@@ -31,12 +28,15 @@ func (c *txStmts) prepared(ctx context.Context, q string) (*sql.Stmt, error) {
 	if err != nil {
 		return nil, err
 	}
+	if c.m == nil {
+		c.m = map[string]*sql.Stmt{}
+	}
 	c.m[q] = st
 	return st, nil
 }
 
 func (c *txStmts) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
-	if c.m == nil {
+	if !c.prepare {
 		return c.tx.ExecContext(ctx, q, args...)
 	}
 	st, err := c.prepared(ctx, q)
@@ -47,7 +47,7 @@ func (c *txStmts) exec(ctx context.Context, q string, args ...any) (sql.Result, 
 }
 
 func (c *txStmts) query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
-	if c.m == nil {
+	if !c.prepare {
 		return c.tx.QueryContext(ctx, q, args...)
 	}
 	st, err := c.prepared(ctx, q)
