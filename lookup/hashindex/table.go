@@ -169,47 +169,93 @@ func (t *Table) Get(h *Hash) (string, bool) {
 	return string(t.value(t.slot(uint64(i))&offMask - 1)), true
 }
 
-// group is how many keys GetAll looks up side by side.
-const group = 32
+const (
+	group = 32 // how many keys GetAll looks up side by side
+	line  = 64 // bytes in a cache line
+)
 
 // GetAll calls found(i, value) for each keys[i] in the table, in order; value is only valid
 // during the call. In a large table nearly every slot and record a lookup touches is a cache
-// miss, and one key at a time waits for each in turn. GetAll reads the home slots of a group of
-// keys, then the records they point to, so that the misses of the group overlap; most keys are
-// settled there, and the rest probe on as Get does.
+// miss (a record often two or three: records are not aligned to cache lines), and one key at a
+// time waits for each in turn. GetAll works on a group of keys in passes: it loads their home
+// slots, walks each run to the slot whose tag matches (those slots are now in cache), loads the
+// lines of the records those point to, and only then compares; each loading pass does little
+// else, so that the processor holds the whole group's misses in flight at once.
 func (t *Table) GetAll(keys []Hash, found func(i int, value []byte)) {
-	var pos, home, hit [group]uint64
+	var pos, home, cand, head [group]uint64
 	mask := uint64(t.slotCount() - 1)
 	arena := t.mem.arena
 	for base := 0; base < len(keys); base += group {
 		batch := keys[base:min(base+group, len(keys))]
 		for j := range batch {
 			pos[j] = t.position(batch[j][:])
+		}
+		for j := range batch {
 			home[j] = t.slot(pos[j] & mask)
 		}
 		for j := range batch {
-			hit[j] = 0
-			if s := home[j]; s != 0 && s>>offBits == tagOf(pos[j]) {
-				if off := s&offMask - 1; Hash(arena[off:off+recHash]) == batch[j] {
-					hit[j] = s
+			cand[j] = t.candidate(pos[j], home[j])
+		}
+		// A record's first line, and a byte of the next (records of up to a line often cross one);
+		// then, with the lengths read, the last byte of records longer than that.
+		for j := range batch {
+			if c := cand[j]; c != 0 {
+				head[j] = binary.LittleEndian.Uint64(arena[c-1:]) ^ uint64(arena[next(arena, c-1)])
+			}
+		}
+		for j := range batch {
+			if c := cand[j]; c != 0 {
+				if e, ok := end(arena, c-1); ok {
+					head[j] ^= uint64(arena[e]) << 8
 				}
 			}
 		}
 		for j := range batch {
-			s := hit[j]
-			if s == 0 {
-				if home[j] == 0 {
-					continue // an empty home slot: not in the table
-				}
+			c := cand[j]
+			if c == 0 {
+				continue // an empty slot ends the run: not in the table
+			}
+			off := c - 1
+			// The bytes read ahead are mixed out again (from cache): using them keeps the
+			// compiler from dropping those reads.
+			want := head[j] ^ uint64(arena[next(arena, off)])
+			if e, ok := end(arena, off); ok {
+				want ^= uint64(arena[e]) << 8
+			}
+			if want != binary.LittleEndian.Uint64(batch[j][:8]) || Hash(arena[off:off+recHash]) != batch[j] {
+				// A tag shared by another key (one in 2^24): probe the whole run.
 				i, _ := t.findAt(&batch[j], pos[j])
 				if i < 0 {
 					continue
 				}
-				s = t.slot(uint64(i))
+				off = t.slot(uint64(i))&offMask - 1
 			}
-			found(base+j, t.value(s&offMask-1))
+			found(base+j, t.value(off))
 		}
 	}
+}
+
+// next is the offset of a byte in the line after the first of the record at off (or the
+// arena's last byte).
+func next(arena []byte, off uint64) uint64 { return min(off+line-1, uint64(len(arena)-1)) }
+
+// end is the offset of the last byte of the record at off, and whether it lies beyond next.
+func end(arena []byte, off uint64) (uint64, bool) {
+	e := off + recHash + uint64(arena[off+recHash])
+	return e, e > off+line-1
+}
+
+// candidate walks the run from position p, whose home slot holds s, to the first slot with p's
+// tag and returns that slot's record offset+1, or 0 when an empty slot comes first.
+func (t *Table) candidate(p, s uint64) uint64 {
+	tag, mask := tagOf(p), uint64(t.slotCount()-1)
+	for i := p & mask; s != 0; s = t.slot(i) {
+		if s>>offBits == tag {
+			return s & offMask
+		}
+		i = (i + 1) & mask
+	}
+	return 0
 }
 
 // ErrValueTooLong: values are Matrix user IDs, at most 255 bytes.

@@ -184,7 +184,8 @@ func BenchmarkTableParseGet(b *testing.B) {
 }
 
 // GetAll answers every key as Get does, hits and misses, in a crowded table (many keys away
-// from their home slot) and across growth and deletes.
+// from their home slot), with values from a few bytes to 240 (records within one cache line,
+// across two, across several) and across growth and deletes.
 func TestTableGetAll(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	tab := hashindex.New(0)
@@ -192,7 +193,7 @@ func TestTableGetAll(t *testing.T) {
 	const keys = 30000
 	for i := range keys {
 		h := hashOf(i)
-		tab.Set(&h, fmt.Sprintf("@u%d:hs", i))
+		tab.Set(&h, fmt.Sprintf("@u%d:%s", i, strings.Repeat("h", i%233)))
 	}
 	for i := 0; i < keys; i += 3 {
 		h := hashOf(i)
@@ -281,16 +282,23 @@ func rssMiB(t *testing.T) int {
 
 // BenchmarkTableGetAll is a batch of 1,000 random hits in a table of a million entries, per key.
 func BenchmarkTableGetAll(b *testing.B) {
-	const n = 1_000_000
+	for _, n := range []int{10_000, 1_000_000} {
+		for _, mxid := range []string{"@user%07d:hs.example.nl", "@user%07d.de-vries:zorg.hs-example.nl"} {
+			b.Run(fmt.Sprintf("entries=%d/mxid=%d", n, len(fmt.Sprintf(mxid, 0))), func(b *testing.B) { benchGetAll(b, n, mxid) })
+		}
+	}
+}
+
+func benchGetAll(b *testing.B, n int, mxid string) {
 	tab := hashindex.New(n)
 	defer tab.Close()
 	keys := make([]hashindex.Hash, n)
 	for i := range keys {
 		keys[i] = hashOf(i)
-		tab.Set(&keys[i], fmt.Sprintf("@user%07d:hs.example.nl", i))
+		tab.Set(&keys[i], fmt.Sprintf(mxid, i))
 	}
 	rng := rand.New(rand.NewPCG(5, 6))
-	batches := make([][]hashindex.Hash, 64)
+	batches := make([][]hashindex.Hash, max(64, n/1000))
 	for i := range batches {
 		batches[i] = make([]hashindex.Hash, 1000)
 		for j := range batches[i] {
@@ -298,8 +306,9 @@ func BenchmarkTableGetAll(b *testing.B) {
 		}
 	}
 	i, hits := 0, 0
+	var value []byte // each value is copied, as a lookup's answer does
 	for b.Loop() {
-		tab.GetAll(batches[i%len(batches)], func(int, []byte) { hits++ })
+		tab.GetAll(batches[i%len(batches)], func(_ int, v []byte) { hits++; value = append(value[:0], v...) })
 		i++
 	}
 	if hits != 1000*i {
