@@ -69,10 +69,11 @@ bench-load:
 	mkdir -p $(BENCH_BIN)
 	$(GO) build -o $(BENCH_BIN)/ozo-identity ./cmd/ozo-identity
 	$(GO) build -o $(BENCH_BIN)/ozo-loadgen ./cmd/ozo-loadgen
-	@header=true; for n in $(BENCH_SIZES); do \
-	  $(BENCH_LOADGEN) --server-bin $(BENCH_BIN)/ozo-identity --server-cpus '$(BENCH_SERVER_CPUS)' --bindings $$n --duration $(BENCH_DURATION) --header=$$header || exit 1; header=false; \
-	  $(BENCH_LOADGEN) --server-bin $(BENCH_BIN)/ozo-identity --server-cpus '$(BENCH_SERVER_CPUS)' --database-url '$(BENCH_PG_URL)' --bindings $$n --duration $(BENCH_DURATION) --header=false || exit 1; \
-	done
+	@# Engine by engine, so that the sizes an engine is compared across run minutes apart, not
+	@# half an hour (this machine's speed drifts by the hour).
+	@header=true; for db in '' '$(BENCH_PG_URL)'; do for n in $(BENCH_SIZES); do \
+	  $(BENCH_LOADGEN) --server-bin $(BENCH_BIN)/ozo-identity --server-cpus '$(BENCH_SERVER_CPUS)' --database-url "$$db" --bindings $$n --duration $(BENCH_DURATION) --header=$$header || exit 1; header=false; \
+	done; done
 
 # The admin CLI imports BENCH_IMPORT_LINES new bindings from NDJSON into an empty database, SQLite
 # then PostgreSQL (a fresh schema in BENCH_PG_URL's database, psql needed), timed. The lines come
