@@ -46,15 +46,24 @@ func (s *Store) Close() error {
 // stmt returns query prepared once for the whole pool (database/sql prepares it again on
 // each connection that runs it). For the hot path, lookups and token checks: SQLite otherwise
 // parses and plans the SQL on every request. The set of queries is small and fixed.
+// The lock is not held while preparing: a database that stops answering mid-prepare must not
+// hold every other request's statements with it.
 func (s *Store) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if st, ok := s.stmts[query]; ok {
+	st, ok := s.stmts[query]
+	s.mu.Unlock()
+	if ok {
 		return st, nil
 	}
 	st, err := s.db.PrepareContext(ctx, query)
 	if err != nil {
 		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if first, ok := s.stmts[query]; ok {
+		st.Close() // another request prepared it meanwhile
+		return first, nil
 	}
 	s.stmts[query] = st
 	return st, nil
