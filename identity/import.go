@@ -146,7 +146,7 @@ func (s *Service) wroteImport(ctx context.Context, seq int64, pepper string, ite
 			answers[h] = b.MXID
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	ctx, cancel := detached(ctx)
 	defer cancel()
 	if err := s.mirror.Wrote(ctx, seq, pepper, answers); err != nil {
 		s.log.Warn("lookup index behind a write; lookups go to the database until it caught up", "err", err)

@@ -62,7 +62,7 @@ type Mirror struct {
 
 	// syncMu runs one catch-up at a time, so database reads are applied in the order they were
 	// made and a slower, older read never overwrites a newer one.
-	syncMu   sync.Mutex
+	syncMu   ctxMutex
 	seq      int64        // the last change applied; under syncMu
 	applied  atomic.Int64 // seq, for readers outside syncMu
 	nextLoad time.Time    // after a failed load, when to try again; under syncMu
@@ -87,13 +87,33 @@ type Mirror struct {
 // NewMirror returns an empty mirror of store, standing aside until Load fills it.
 func NewMirror(store Store, opts MirrorOptions, log *slog.Logger) *Mirror {
 	opts = opts.withDefaults()
-	return &Mirror{store: store, opts: opts, log: log, now: time.Now,
+	return &Mirror{store: store, opts: opts, log: log, now: time.Now, syncMu: newCtxMutex(), head: headReads{mu: newCtxMutex()},
 		tokens: tokenCache{ttl: opts.TokenTTL, max: opts.TokenEntries, m: map[string]tokenEntry{}}}
 }
 
+// ctxMutex is a mutex whose Lock gives up when ctx ends. Catch-ups and head reads hold theirs
+// while they ask the database; when it stops answering, a request waiting behind one must still
+// end at its deadline.
+type ctxMutex chan struct{}
+
+func newCtxMutex() ctxMutex { return make(ctxMutex, 1) }
+
+func (m ctxMutex) Lock(ctx context.Context) error {
+	select {
+	case m <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (m ctxMutex) Unlock() { <-m }
+
 // Load reads every lookup hash from the database; lookups are answered from memory from then on.
 func (m *Mirror) Load(ctx context.Context) error {
-	m.syncMu.Lock()
+	if err := m.syncMu.Lock(ctx); err != nil {
+		return err
+	}
 	defer m.syncMu.Unlock()
 	m.active.Store(true)
 	return m.reload(ctx, m.now())
@@ -107,7 +127,7 @@ func (m *Mirror) setSeq(seq int64) {
 // headReads coalesces reads of the change log's last number: a read that started after a request
 // arrived answers for that request too, so concurrent requests share one query.
 type headReads struct {
-	mu     sync.Mutex
+	mu     ctxMutex
 	readAt int64 // UnixNano when the last successful read started
 	seq    int64
 }
@@ -140,7 +160,9 @@ func (m *Mirror) current(ctx context.Context, arrived time.Time) bool {
 	if !m.active.Load() || !m.fresh() {
 		return false
 	}
-	m.head.mu.Lock()
+	if m.head.mu.Lock(ctx) != nil {
+		return false
+	}
 	if m.head.readAt < arrived.UnixNano() {
 		started := m.now()
 		seq, err := m.store.ChangeSeq(ctx)
@@ -236,7 +258,9 @@ func (m *Mirror) CatchUp(ctx context.Context) error {
 	if !m.active.Load() {
 		return nil
 	}
-	m.syncMu.Lock()
+	if err := m.syncMu.Lock(ctx); err != nil {
+		return err
+	}
 	defer m.syncMu.Unlock()
 	return m.catchUpNow(ctx)
 }
@@ -259,7 +283,9 @@ func (m *Mirror) Wrote(ctx context.Context, seq int64, pepper string, answers ma
 	if !m.active.Load() {
 		return nil
 	}
-	m.syncMu.Lock()
+	if err := m.syncMu.Lock(ctx); err != nil {
+		return err
+	}
 	defer m.syncMu.Unlock()
 	if m.seq >= seq {
 		return nil // a catch-up read it already
@@ -380,7 +406,12 @@ func (m *Mirror) Run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		err := m.CatchUp(ctx)
+		// Bounded: a catch-up stuck on a database that stopped answering (a partition that drops
+		// packets lasts the kernel's retransmissions, minutes) would keep the mirror stale after
+		// the database is back. Loading ten million hashes takes well under this.
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		err := m.CatchUp(cctx)
+		cancel()
 		switch {
 		case err != nil && ctx.Err() == nil && !failing:
 			m.log.Warn("lookup index and token cache behind the database; answering from the database", "err", err)

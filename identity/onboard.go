@@ -349,9 +349,11 @@ func (s *SSO) Redeem(ctx context.Context, code, verifier string) (OnboardedLogin
 	token, device, err := s.opts.Onboarding.Homeservers[i].Accounts.Login(ctx, f.Onboard.UserID)
 	if err != nil {
 		// The client may try again with the same code while it lives.
-		if perr := s.state.PutFlow(context.WithoutCancel(ctx), f); perr != nil && !errors.Is(perr, sso.ErrExists) {
+		pctx, cancel := detached(ctx)
+		if perr := s.state.PutFlow(pctx, f); perr != nil && !errors.Is(perr, sso.ErrExists) {
 			s.log.Warn("onboarding: code not put back after a failed login", "err", perr)
 		}
+		cancel()
 		return OnboardedLogin{}, fmt.Errorf("%w: %v", ErrHomeserverFailed, err)
 	}
 	s.log.Info("onboarding code redeemed", "user_id", f.Onboard.UserID, "device_id", device)

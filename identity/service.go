@@ -125,6 +125,13 @@ func (s *Service) setPepper(p string) {
 	s.mu.Unlock()
 }
 
+// detached is ctx without its cancellation, for work that must outlive a caller who hung up (an
+// audit record, the mirror catching up), bounded so that a database that does not answer cannot
+// hold it for ever.
+func detached(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+}
+
 // written brings the mirror up to a write this service just committed, so that the write is
 // answered from the moment it returns. When that fails the mirror answers nothing until it has
 // caught up, and the database answers.
@@ -132,7 +139,7 @@ func (s *Service) written(ctx context.Context) {
 	if s.mirror == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	ctx, cancel := detached(ctx)
 	defer cancel()
 	if err := s.mirror.CatchUp(ctx); err != nil {
 		s.log.Warn("lookup index behind a write; lookups go to the database until it caught up", "err", err)

@@ -308,9 +308,11 @@ func (s *SSO) fail(ctx context.Context, idpID, reason string, err error) (SSORes
 		rec := audit.ScopeFrom(ctx).Record(audit.ActionLoginFailure, outcome)
 		rec.Resource, rec.Detail = "idp "+idpID, "reason="+reason
 		// A browser that hangs up does not take the record of its refused login with it.
-		if aerr := s.opts.AuditRefused(context.WithoutCancel(ctx), rec); aerr != nil {
+		actx, cancel := detached(ctx)
+		if aerr := s.opts.AuditRefused(actx, rec); aerr != nil {
 			s.log.Error("audit record of a refused login not written", "err", aerr)
 		}
+		cancel()
 	}
 	return SSOResult{}, &SSOError{Reason: reason, IdP: idpID, Err: err}
 }
