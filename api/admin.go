@@ -1,7 +1,6 @@
 package api
 
 import (
-	"context"
 	"crypto/subtle"
 	"fmt"
 	"net/http"
@@ -57,7 +56,8 @@ func (s *Server) adminAuth(next http.Handler) http.Handler {
 			rec.Actor = audit.Agent{Kind: audit.AgentAnonymous, ID: who}
 			rec.Detail = fmt.Sprintf("status=%d %s", status, code)
 			// A client hanging up does not take the record of its attempt with it.
-			ctx := context.WithoutCancel(r.Context())
+			ctx, cancel := s.detached(r)
+			defer cancel()
 			var err error
 			if s.cfg.Audit.Lookups != nil {
 				err = s.cfg.Audit.Lookups.Refused(ctx, rec)
@@ -100,7 +100,9 @@ func (s *Server) adminAuth(next http.Handler) http.Handler {
 		if !scope.Recorded() {
 			rec := scope.Record(audit.ActionAdminCall, outcomeOf(buf.status))
 			rec.Detail = strings.TrimSpace(fmt.Sprintf("status=%d %s", buf.status, scope.Target))
-			if err := s.cfg.Audit.Store.AppendAudit(context.WithoutCancel(r.Context()), rec); err != nil {
+			ctx, cancel := s.detached(r)
+			defer cancel()
+			if err := s.cfg.Audit.Store.AppendAudit(ctx, rec); err != nil {
 				// Fail closed: an admin call that cannot be recorded is not answered.
 				w.Header().Del("Content-Length")
 				if s.unavailable(err) {

@@ -3,6 +3,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"log/slog"
@@ -30,8 +31,10 @@ type Homeservers interface {
 
 // Config holds the API's settings.
 type Config struct {
-	PublicBaseURL     string
-	MaxBodyBytes      int64
+	PublicBaseURL string
+	MaxBodyBytes  int64
+	// RequestTimeout bounds each request's context (database, homeserver, mail, IdP); 0: none.
+	RequestTimeout    time.Duration
 	MaxLookupBatch    int
 	CORSOrigins       []string
 	TrustedProxies    []netip.Prefix
@@ -85,7 +88,7 @@ func New(svc *identity.Service, hs Homeservers, cfg Config, metrics *Metrics, lo
 		s.pages = p
 	}
 	r := chi.NewRouter()
-	r.Use(s.requestID, s.recoverer, s.instrument, s.auditScope, s.cors)
+	r.Use(s.requestID, s.recoverer, s.instrument, s.deadline, s.auditScope, s.cors)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		markUnmatched(r)
 		matrixError(w, http.StatusNotFound, "M_UNRECOGNIZED", "unrecognised request")
@@ -122,6 +125,26 @@ func (s *Server) versions(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"versions": []string{
 		"r0.1.0", "r0.2.0", "r0.2.1", "r0.3.0", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8",
 		"v1.9", "v1.10", "v1.11", "v1.12", "v1.13", "v1.14", "v1.15", "v1.16"}})
+}
+
+// deadline ends a request's work after RequestTimeout: a database that holds its connections
+// open without answering then fails the request as unavailable (503, Retry-After) instead of
+// holding it, and a pool connection, for as long as the caller waits.
+func (s *Server) deadline(next http.Handler) http.Handler {
+	if s.cfg.RequestTimeout <= 0 {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
+		defer cancel()
+		next.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
+// detached is r's context without its cancellation, for records that must be written although
+// the client hung up, bounded as a request is.
+func (s *Server) detached(r *http.Request) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(r.Context()), cmp.Or(s.cfg.RequestTimeout, 30*time.Second))
 }
 
 func (s *Server) recoverer(next http.Handler) http.Handler {

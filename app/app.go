@@ -286,6 +286,7 @@ func build(ctx context.Context, cfg config.Config, db *sqlstore.DB, log *slog.Lo
 	srv := api.New(svc, hs, api.Config{
 		PublicBaseURL:     cfg.PublicBaseURL,
 		MaxBodyBytes:      cfg.HTTP.MaxBodyBytes,
+		RequestTimeout:    cfg.HTTP.RequestTimeout,
 		MaxLookupBatch:    cfg.Lookup.MaxBatch,
 		CORSOrigins:       cfg.HTTP.CORSOrigins,
 		TrustedProxies:    proxies,

@@ -138,3 +138,88 @@ func TestDatabaseLostMidRequest(t *testing.T) {
 		}
 	}
 }
+
+// PostgreSQL stops answering without closing its connections (a hung server, a partition that
+// drops packets): binds, lookups and token checks answer 503 M_UNKNOWN with Retry-After once
+// http.request_timeout has passed, instead of holding the request as long as the caller waits;
+// when it answers again, so does the service, and a binding made then is found.
+func TestDatabaseSilent(t *testing.T) {
+	const timeout = 2 * time.Second
+	var p *proxytest.Proxy
+	h := apitest.New(t, sqlstore.Postgres, func(c *config.Config) {
+		u, err := url.Parse(c.Database.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p = proxytest.New(t, u.Host)
+		u.Host = p.Addr()
+		c.Database.URL = u.String()
+		c.HTTP.RequestTimeout = timeout
+	})
+	alice := h.NewUser(t, "alice")
+	pepper := h.Pepper(t, alice)
+	send := func(path, token, body string) (int, string, string) {
+		method := http.MethodPost
+		if body == "" {
+			method = http.MethodGet
+		}
+		req, _ := http.NewRequest(method, h.URL+path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := h.Client.Do(req)
+		if err != nil {
+			return 0, err.Error(), ""
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), resp.Header.Get("Retry-After")
+	}
+	bind := func(addr string) string {
+		return fmt.Sprintf(`{"medium":"email","address":%q,"mxid":"@silent:%s"}`, addr, h.HS.Name)
+	}
+	requests := []struct{ what, path, token, body string }{
+		{"bind", "/_ozo/admin/v1/bindings", apitest.AdminToken, bind("during@patient.example")},
+		{"lookup", apitest.V2 + "/lookup", alice.Token,
+			fmt.Sprintf(`{"addresses":["someone@patient.example email"],"algorithm":"none","pepper":%q}`, pepper)},
+		{"account", apitest.V2 + "/account", alice.Token, ""},
+	}
+
+	p.Stall()
+	var wg sync.WaitGroup
+	for _, r := range requests {
+		wg.Go(func() {
+			start := time.Now()
+			status, body, retry := send(r.path, r.token, r.body)
+			took := time.Since(start)
+			var e struct{ Errcode, Error string }
+			json.Unmarshal([]byte(body), &e)
+			if status != http.StatusServiceUnavailable || e.Errcode != "M_UNKNOWN" || !strings.HasPrefix(e.Error, "temporarily unavailable") || retry == "" {
+				t.Errorf("%s with PostgreSQL silent: %d %s (Retry-After %q) after %v", r.what, status, body, retry, took)
+			}
+			// The request's own deadline ended it, not the client's.
+			if took > timeout+5*time.Second {
+				t.Errorf("%s with PostgreSQL silent took %v; request_timeout is %v", r.what, took, timeout)
+			}
+		})
+	}
+	wg.Wait()
+	if status, body := ops(t, h, "/readyz"); status != http.StatusServiceUnavailable {
+		t.Errorf("/readyz with PostgreSQL silent: %d %s", status, body)
+	}
+	p.Resume()
+
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		status, body, _ := send("/_ozo/admin/v1/bindings", apitest.AdminToken, bind("after@patient.example"))
+		if status == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bind after PostgreSQL answered again: %d %s", status, body)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if got := h.LookupOne(t, alice, "email", "after@patient.example"); got != "@silent:"+h.HS.Name {
+		t.Errorf("binding made after PostgreSQL answered again looked up as %q", got)
+	}
+}

@@ -231,6 +231,10 @@ type Database struct {
 
 type HTTP struct {
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// RequestTimeout bounds the work of one request (database, homeserver, mail, IdP): a database
+	// that stops answering without closing its connections fails requests with 503 after it,
+	// instead of holding them, and the pool's connections, until the caller gives up.
+	RequestTimeout time.Duration `yaml:"request_timeout"`
 	// CORSOrigins lists origins allowed to call from a browser; ["*"] allows all (the default, as the spec expects).
 	CORSOrigins []string `yaml:"cors_origins"`
 	// TrustedProxies are networks whose X-Forwarded-For is believed for the client address.
@@ -357,7 +361,7 @@ func Defaults() Config {
 		PublicBaseURL: "http://localhost:8090",
 		LogLevel:      "info",
 		LogFormat:     "text",
-		HTTP:          HTTP{MaxBodyBytes: 64 << 10, CORSOrigins: []string{"*"}},
+		HTTP:          HTTP{MaxBodyBytes: 64 << 10, RequestTimeout: 30 * time.Second, CORSOrigins: []string{"*"}},
 		Lookup: Lookup{MaxBatch: 10000, MemoryIndex: true, ReplicaStaleness: time.Second,
 			TokenCacheTTL: time.Minute, TokenCacheEntries: 10000},
 		Database: Database{ConnMaxIdleTime: 5 * time.Minute, SQLiteMmapBytes: 32 << 20},
@@ -782,6 +786,10 @@ func (c *Config) Validate() error {
 	}
 	if c.HTTP.MaxBodyBytes <= 0 {
 		errs = append(errs, errors.New("http.max_body_bytes must be positive"))
+	}
+	// The listener gives up writing an answer after 60 s; a request may not outlive that.
+	if c.HTTP.RequestTimeout < time.Second || c.HTTP.RequestTimeout > 55*time.Second {
+		errs = append(errs, errors.New("http.request_timeout must be between 1s and 55s"))
 	}
 	if c.Validation.MaxFailedAttempts <= 0 {
 		errs = append(errs, errors.New("validation.max_failed_attempts must be positive"))

@@ -72,6 +72,8 @@ func TestBadConfigFailsAtLoad(t *testing.T) {
 		"http exception":  "directory:\n  allow_http_urls: [\"mcsd.example.nl/fhir\"]\n",
 		"policy, no url":  "terms:\n  policies:\n    p:\n      version: \"1\"\n      languages:\n        nl: {name: x}\n",
 		"not yaml at all": "{{{",
+		"no deadline":     "http:\n  request_timeout: 0s\n",
+		"past the writer": "http:\n  request_timeout: 2m\n",
 	}
 	for name, body := range cases {
 		path := filepath.Join(dir, strings.ReplaceAll(name, " ", "_")+".yaml")

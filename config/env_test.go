@@ -19,6 +19,7 @@ var envSamples = map[string]string{
 	"directory.allowed_networks":   `["10.8.0.0/16"]`,
 	"v1.networks":                  "10.9.0.0/16",
 	"http.trusted_proxies":         "192.0.2.1",
+	"http.request_timeout":         "47s",
 	"directory.lrza_url":           "https://lrza.env.example/fhir",
 	"directory.directories":        `[{"url": "https://provider.env.example/fhir", "uras": ["12345678", "87654321"]}]`,
 	"directory.peers":              `[{"url": "https://peer.env.example", "token": "peer-token"}]`,

@@ -3,7 +3,6 @@
 package proxytest
 
 import (
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -11,13 +10,15 @@ import (
 )
 
 // Proxy forwards TCP connections on a loopback port to a target until Cut, which closes every
-// open connection and refuses new ones until Restore. It stops when the test ends.
+// open connection and refuses new ones until Restore, or Stall, which keeps every connection
+// open and forwards nothing until Resume. It stops when the test ends.
 type Proxy struct {
 	ln     net.Listener
 	target string
 	cut    atomic.Bool
 	mu     sync.Mutex
 	conns  map[net.Conn]bool
+	gate   chan struct{} // while stalled, open: forwarding waits for it to close
 }
 
 // New starts a proxy to target (host:port).
@@ -28,7 +29,7 @@ func New(t testing.TB, target string) *Proxy {
 		t.Fatal(err)
 	}
 	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]bool{}}
-	t.Cleanup(func() { ln.Close(); p.Cut() })
+	t.Cleanup(func() { ln.Close(); p.Cut(); p.Resume() })
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -62,6 +63,48 @@ func (p *Proxy) Cut() {
 // Restore lets new connections through again.
 func (p *Proxy) Restore() { p.cut.Store(false) }
 
+// Stall holds every byte in both directions, on open and new connections alike, as a server
+// that stopped answering (or a network that drops packets) would, without closing anything.
+func (p *Proxy) Stall() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.gate == nil {
+		p.gate = make(chan struct{})
+	}
+}
+
+// Resume forwards what Stall held, and what follows.
+func (p *Proxy) Resume() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.gate != nil {
+		close(p.gate)
+		p.gate = nil
+	}
+}
+
+// pipe copies src to dst, holding each read while the proxy is stalled.
+func (p *Proxy) pipe(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			gate := p.gate
+			p.mu.Unlock()
+			if gate != nil {
+				<-gate
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
 func (p *Proxy) track(cs ...net.Conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -86,8 +129,8 @@ func (p *Proxy) forward(c net.Conn) {
 		return
 	}
 	done := make(chan struct{}, 2)
-	go func() { io.Copy(up, c); done <- struct{}{} }()
-	go func() { io.Copy(c, up); done <- struct{}{} }()
+	go func() { p.pipe(up, c); done <- struct{}{} }()
+	go func() { p.pipe(c, up); done <- struct{}{} }()
 	<-done
 	c.Close()
 	up.Close()
