@@ -11,9 +11,6 @@ import (
 	"time"
 
 	"github.com/ozo-platform/ozo-identity/api/apitest"
-	"github.com/ozo-platform/ozo-identity/config"
-	"github.com/ozo-platform/ozo-identity/internal/proxytest"
-	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
 
 var (
@@ -26,16 +23,7 @@ var (
 // never a 500; a page that needs no database still works; once PostgreSQL is back, the same
 // link and login work.
 func TestPagesDatabaseLost(t *testing.T) {
-	var p *proxytest.Proxy
-	h := apitest.New(t, sqlstore.Postgres, func(c *config.Config) {
-		u, err := url.Parse(c.Database.URL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p = proxytest.New(t, u.Host)
-		u.Host = p.Addr()
-		c.Database.URL = u.String()
-	})
+	h, p := postgresBehindProxy(t, nil)
 	const addr = "cut@example.org"
 	h.Post(t, "/_ozo/admin/v1/accounts", apitest.AdminToken, map[string]any{"email": addr, "kind": "patient", "language": "en"}).
 		Want(t, http.StatusCreated, "")

@@ -18,12 +18,9 @@ import (
 	"github.com/ozo-platform/ozo-identity/storage/sqlstore"
 )
 
-// PostgreSQL is cut three times under binds, store-invites and lookups, with statements and
-// transactions in flight: every request that fails answers 503 M_UNKNOWN "temporarily
-// unavailable" with Retry-After (pgx's "conn closed", a lost connection, a refused or timed-out
-// connect alike), never 500; /readyz names the database meanwhile; service resumes by itself and
-// every acknowledged binding is there.
-func TestDatabaseLostMidRequest(t *testing.T) {
+// postgresBehindProxy is a server on PostgreSQL reached through a proxy the test can cut or
+// stall; configure adjusts the rest of the configuration (nil: nothing).
+func postgresBehindProxy(t *testing.T, configure func(*config.Config)) (*apitest.Harness, *proxytest.Proxy) {
 	var p *proxytest.Proxy
 	h := apitest.New(t, sqlstore.Postgres, func(c *config.Config) {
 		u, err := url.Parse(c.Database.URL)
@@ -33,7 +30,20 @@ func TestDatabaseLostMidRequest(t *testing.T) {
 		p = proxytest.New(t, u.Host)
 		u.Host = p.Addr()
 		c.Database.URL = u.String()
+		if configure != nil {
+			configure(c)
+		}
 	})
+	return h, p
+}
+
+// PostgreSQL is cut three times under binds, store-invites and lookups, with statements and
+// transactions in flight: every request that fails answers 503 M_UNKNOWN "temporarily
+// unavailable" with Retry-After (pgx's "conn closed", a lost connection, a refused or timed-out
+// connect alike), never 500; /readyz names the database meanwhile; service resumes by itself and
+// every acknowledged binding is there.
+func TestDatabaseLostMidRequest(t *testing.T) {
+	h, p := postgresBehindProxy(t, nil)
 	alice := h.NewUser(t, "alice")
 	pepper := h.Pepper(t, alice)
 
@@ -145,17 +155,7 @@ func TestDatabaseLostMidRequest(t *testing.T) {
 // when it answers again, so does the service, and a binding made then is found.
 func TestDatabaseSilent(t *testing.T) {
 	const timeout = 2 * time.Second
-	var p *proxytest.Proxy
-	h := apitest.New(t, sqlstore.Postgres, func(c *config.Config) {
-		u, err := url.Parse(c.Database.URL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p = proxytest.New(t, u.Host)
-		u.Host = p.Addr()
-		c.Database.URL = u.String()
-		c.HTTP.RequestTimeout = timeout
-	})
+	h, p := postgresBehindProxy(t, func(c *config.Config) { c.HTTP.RequestTimeout = timeout })
 	alice := h.NewUser(t, "alice")
 	pepper := h.Pepper(t, alice)
 	send := func(path, token, body string) (int, string, string) {
