@@ -242,6 +242,10 @@ func pathParams(r *http.Request, a, b string) (string, string, error) {
 // MaxImportBatch bounds the bindings of one POST /bindings/batch, one transaction.
 const MaxImportBatch = 10000
 
+// importSlots is how many batches are imported at once: one is written while the next is
+// parsed and hashed.
+const importSlots = 2
+
 // importBodyBytes fits MaxImportBatch entries of the longest address and MXID (255 bytes, the
 // spec's bound) with their JSON keys.
 func importBodyBytes(small int64) int64 {
@@ -252,7 +256,19 @@ func importBodyBytes(small int64) int64 {
 // adminImportBindings binds a JSON array of {medium, address, mxid} in one transaction: invalid
 // entries are reported by index and skipped (or, with ?strict=true, nothing is imported); the
 // audit log gets one record for the batch.
+//
+// At most importSlots batches are read and imported at once: each holds its entries, hashes and
+// audit record in memory while it waits for the database (SQLite writes one transaction at a
+// time), and sixteen at once took the server past 300 MB. The others wait with their bodies
+// unread, until their deadline (then 503, Retry-After).
 func (s *Server) adminImportBindings(w http.ResponseWriter, r *http.Request) {
+	select {
+	case s.imports <- struct{}{}:
+		defer func() { <-s.imports }()
+	case <-r.Context().Done():
+		s.writeError(w, r, fmt.Errorf("wait for an import slot: %w", r.Context().Err()))
+		return
+	}
 	var entries []identity.ImportEntry
 	if err := s.decodeJSON(w, r, &entries); err != nil {
 		s.writeError(w, r, err)

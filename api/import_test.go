@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -166,6 +167,48 @@ func TestAdminImportBindings(t *testing.T) {
 		}
 		if got := h.LookupOne(t, bob, "email", "alice@example.org"); got != alice.MXID {
 			t.Fatalf("earlier binding lost: %q", got)
+		}
+	})
+}
+
+// Batches sent at once, more than are imported side by side, all land: each answers 200 with
+// its own counts (none waits out its deadline), every binding is found, and the audit chain
+// holds one record per batch.
+func TestAdminImportBatchesAtOnce(t *testing.T) {
+	apitest.ForEachEngine(t, func(t *testing.T, e sqlstore.Engine) {
+		h := apitest.New(t, e)
+		bob := h.NewUser(t, "bob")
+		const senders, per = 12, 400
+		var wg sync.WaitGroup
+		for w := range senders {
+			wg.Go(func() {
+				entries := make([]map[string]string, per)
+				for i := range entries {
+					entries[i] = map[string]string{"medium": "email", "address": fmt.Sprintf("w%d-%d@example.org", w, i),
+						"mxid": fmt.Sprintf("@w%d-%d:%s", w, i, h.HS.Name)}
+				}
+				r := h.Do(t, apitest.Request{Method: http.MethodPost, Path: admin + "/bindings/batch", Body: entries,
+					Header: http.Header{"Authorization": {"Bearer " + apitest.AdminToken}}})
+				var a importAnswer
+				if r.Status != http.StatusOK || json.Unmarshal(r.Body, &a) != nil || a.Created != per || len(a.Invalid) != 0 {
+					t.Errorf("sender %d: %d %s", w, r.Status, r.Body)
+				}
+			})
+		}
+		wg.Wait()
+		var bound int
+		h.App.DB.QueryRowContext(t.Context(), `SELECT COUNT(*) FROM bindings WHERE source = 'admin'`).Scan(&bound)
+		if bound != senders*per {
+			t.Fatalf("%d bindings stored, want %d", bound, senders*per)
+		}
+		for w := range senders {
+			i := (w * 37) % per
+			if got, want := h.LookupOne(t, bob, "email", fmt.Sprintf("w%d-%d@example.org", w, i)), fmt.Sprintf("@w%d-%d:%s", w, i, h.HS.Name); got != want {
+				t.Errorf("w%d-%d looked up as %q, want %q", w, i, got, want)
+			}
+		}
+		if rep, err := h.App.VerifyAudit(t.Context(), nil); err != nil {
+			t.Fatalf("audit chain: %+v %v", rep, err)
 		}
 	})
 }

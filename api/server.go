@@ -72,12 +72,14 @@ type Server struct {
 	metrics *Metrics
 	router  chi.Router
 	pages   *web.Handler
-	buffers buffers // lookup bodies
+	buffers buffers       // lookup bodies
+	imports chan struct{} // import slots (adminImportBindings)
 }
 
 // New builds the HTTP handler. metrics may be nil.
 func New(svc *identity.Service, hs Homeservers, cfg Config, metrics *Metrics, log *slog.Logger) *Server {
-	s := &Server{svc: svc, hs: hs, cfg: cfg, log: logger(log), metrics: metrics, pages: cfg.Pages}
+	s := &Server{svc: svc, hs: hs, cfg: cfg, log: logger(log), metrics: metrics, pages: cfg.Pages,
+		imports: make(chan struct{}, importSlots)}
 	if s.pages == nil {
 		key := make([]byte, 32)
 		rand.Read(key)
