@@ -66,7 +66,7 @@ func (c chain) ResolveHashes(ctx context.Context, hashes []string) (map[string]s
 		if err != nil {
 			return nil, fmt.Errorf("lookup link %d: %w", i, err)
 		}
-		if out == nil && len(found) == len(rest) && !withheld(found) {
+		if out == nil && (len(found) == len(rest) || answersAll(found, rest)) && !withheld(found) {
 			return found, nil // the first link answered everything: nothing to merge
 		}
 		if out == nil {
@@ -90,6 +90,20 @@ func (c chain) ResolveHashes(ctx context.Context, hashes []string) (map[string]s
 		out = map[string]string{}
 	}
 	return out, nil
+}
+
+// answersAll reports whether found answers every one of hashes, some of which are asked more than
+// once (a batch with repeats would otherwise be copied into a merged map for nothing).
+func answersAll(found map[string]string, hashes []string) bool {
+	if len(found) == 0 {
+		return len(hashes) == 0
+	}
+	for _, h := range hashes {
+		if _, ok := found[h]; !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // withheld reports whether found withholds an answer ("").

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -169,6 +170,23 @@ func TestChain(t *testing.T) {
 			}
 			if len(gotH) != 2 || gotH[hashes[0]] != "@marieke:ozo.example.nl" || gotH[hashes[1]] != "@e.mulder:"+srv.Homeserver("hs2") {
 				t.Errorf("hashed chain: %v", gotH)
+			}
+			// Repeats in a batch: answered once each, by the first link that knows them.
+			for _, batch := range [][]string{
+				{hashes[0], hashes[0], hashes[0]},
+				{hashes[0], hashes[1], hashes[0], hashes[1], "unknown", "unknown"},
+			} {
+				got, err := chain.ResolveHashes(ctx, batch)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := map[string]string{hashes[0]: "@marieke:ozo.example.nl"}
+				if len(batch) > 3 {
+					want[hashes[1]] = "@e.mulder:" + srv.Homeserver("hs2")
+				}
+				if fmt.Sprint(got) != fmt.Sprint(want) {
+					t.Errorf("batch with repeats %d: got %v, want %v", len(batch), got, want)
+				}
 			}
 
 			// The peer rotates its pepper: the link fetches the new one and retries.
