@@ -174,11 +174,9 @@ func (s *Server) lookup(w http.ResponseWriter, r *http.Request) {
 // encoding/json's reflection and sorting of a map, which cost more than the lookup itself. It
 // empties mappings.
 func (s *Server) writeMappings(w http.ResponseWriter, addresses []string, mappings map[string]string) {
-	size := len(`{"mappings":{}}`) + 1
-	for a, mxid := range mappings {
-		size += len(a) + len(mxid) + len(`"":"",`)
-	}
-	p := s.buffers.get(size)
+	// Sized for a sha256 hash and a longish MXID per answer, without a pass over the map; a
+	// longer answer grows the buffer, which goes back to the pool grown.
+	p := s.buffers.get(len(`{"mappings":{}}`) + 1 + len(mappings)*(43+64+len(`"":"",`)))
 	defer s.buffers.put(p)
 	buf := append(*p, `{"mappings":{`...)
 	first := true
