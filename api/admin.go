@@ -1,7 +1,9 @@
 package api
 
 import (
+	"context"
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -266,7 +268,13 @@ func (s *Server) adminImportBindings(w http.ResponseWriter, r *http.Request) {
 	case s.imports <- struct{}{}:
 		defer func() { <-s.imports }()
 	case <-r.Context().Done():
-		s.writeError(w, r, fmt.Errorf("wait for an import slot: %w", r.Context().Err()))
+		if errors.Is(r.Context().Err(), context.DeadlineExceeded) {
+			w.Header().Set("Retry-After", "5")
+			matrixError(w, http.StatusServiceUnavailable, identity.CodeUnknown,
+				fmt.Sprintf("other imports held all %d import slots for this request's whole time; try again shortly", importSlots))
+			return
+		}
+		s.writeError(w, r, r.Context().Err())
 		return
 	}
 	var entries []identity.ImportEntry
